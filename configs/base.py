@@ -1,0 +1,52 @@
+"""Fields every tfmeta run has. Algorithm configs start from `get_config` here."""
+
+import re
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def parse_setting(setting: str):
+    """'5w1s' -> (5, 1): N ways, K shots."""
+    match = re.fullmatch(r"(\d+)w(\d+)s", setting or "")
+    if not match:
+        raise ValueError(f"A setting looks like '5w1s' (5-way 1-shot); got {setting!r}.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections.ConfigDict:
+    ways, shots = parse_setting(setting)
+    config = ml_collections.ConfigDict()
+    config.algo = algo
+    config.dataset = dataset
+    config.setting = setting
+    config.seed = 0
+    # Loader options, passed to tfmeta.data.load_dataset(dataset, **data).
+    config.data = ml_collections.ConfigDict()
+    # Backbone: `name` in tfmeta.models.BACKBONES plus its keyword arguments.
+    config.model = ml_collections.ConfigDict({"name": "conv4", "filters": 64})
+    # The algorithm's constructor arguments.
+    config.learner = ml_collections.ConfigDict()
+
+    # Meta-training episodes.
+    config.ways = ways
+    config.shots = shots
+    config.queries = 15
+    config.meta_batch_size = 4
+    # Meta-test episodes (None: same as training).
+    config.eval_ways = config_dict.placeholder(int)
+    config.eval_shots = config_dict.placeholder(int)
+    config.eval_queries = config_dict.placeholder(int)
+    config.eval_episodes = 600
+    config.eval_meta_batch_size = 20
+    config.val_episodes = 100
+
+    config.optimizer = ml_collections.ConfigDict(
+        {"name": "adam", "learning_rate": 1e-3, "clipnorm": config_dict.placeholder(float)})
+    config.num_steps = 60000
+    config.checkpoint_every = 500  # steps; also the interval of validation and logging
+    config.keep_checkpoints = 3
+    config.strategy = "default"  # default | one_device | mirrored
+    config.jit_compile = "auto"  # Keras resolves "auto" to False on CPU-only machines
+    config.mixed_precision = False
+    return config

@@ -1,0 +1,26 @@
+"""Datasets in their official on-disk formats, and the episode sampler.
+
+`load_dataset(name, data_dir=None, **options)` returns a `FewShotDataset`; each
+registered loader lives in its own module and exposes `load(data_dir, **options)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from tfmeta.data.base import FewShotDataset
+from tfmeta.data.episodes import ClassImages, episode_dataset
+
+# name -> module with a `load(data_dir=None, **options) -> FewShotDataset`.
+DATASETS = {
+    "omniglot": "tfmeta.data.omniglot",
+}
+
+
+def load_dataset(name: str, data_dir: str | None = None, **options) -> FewShotDataset:
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}.")
+    return importlib.import_module(DATASETS[name]).load(data_dir, **options)
+
+
+__all__ = ["ClassImages", "DATASETS", "FewShotDataset", "episode_dataset", "load_dataset"]

@@ -1,0 +1,121 @@
+"""What every dataset loader returns, the on-disk cache and the download helper."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Callable
+
+import numpy as np
+
+from tfmeta.data.episodes import ClassImages
+
+
+@dataclasses.dataclass
+class FewShotDataset:
+    """A dataset split into disjoint sets of classes, ready for episode sampling.
+
+    Attributes:
+      name: the registry name (`omniglot`, ...).
+      splits: split name -> `ClassImages` holding *preprocessed* examples, i.e. what
+        the model takes as input.
+      raw_shape: the shape of one example as decoded from the dataset's own files
+        (105x105x1 for Omniglot). Exported models take inputs of this shape.
+      preprocess: maps a float32 batch `[n, *raw_shape]` of decoded examples (images
+        in [0, 1]) to model inputs. The cache was built with this same function, so
+        a served model and the trainer see identical inputs.
+      description: one line on what was loaded and how it was split.
+    """
+
+    name: str
+    splits: dict
+    raw_shape: tuple
+    preprocess: Callable
+    description: str = ""
+
+    def split(self, name: str) -> ClassImages:
+        if name not in self.splits:
+            raise ValueError(
+                f"Dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}.")
+        return self.splits[name]
+
+    @property
+    def input_shape(self) -> tuple:
+        return next(iter(self.splits.values())).example_shape
+
+
+def cache_dir() -> str:
+    """Where decoded datasets are cached: $TFMETA_CACHE or ~/.cache/tfmeta."""
+    return os.environ.get("TFMETA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tfmeta"))
+
+
+def source_fingerprint(paths, *extra) -> str:
+    """A key that changes when any source file (path, size, mtime) or option changes."""
+    digest = hashlib.sha1()
+    for path in sorted(paths):
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    for item in extra:
+        digest.update(repr(item).encode())
+    return digest.hexdigest()[:16]
+
+
+def load_cached_arrays(key: str, build: Callable[[], dict]) -> dict:
+    """Returns the arrays cached under `key`, building and caching them on a miss.
+
+    The cache file is written to a temporary name and renamed, so a killed run
+    never leaves a truncated cache behind.
+    """
+    path = os.path.join(cache_dir(), f"{key}.npz")
+    if os.path.exists(path):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError):
+            os.remove(path)  # unreadable cache: rebuild it
+    arrays = build()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".npz", delete=False) as f:
+            np.savez(f, **arrays)
+        os.replace(f.name, path)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return arrays
+
+
+def md5_of(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_file(url: str, destination: str, md5: str | None = None) -> str:
+    """Downloads `url` to `destination` atomically and checks its MD5 if given.
+
+    Works with `file://` URLs too, which is how it is tested offline.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+    partial = destination + ".part"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as error:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise OSError(
+            f"Could not download {url} to {destination}: {error}. Check the network, or fetch "
+            f"the file by hand and put it at {destination}.") from error
+    if md5 is not None and md5_of(partial) != md5:
+        got = md5_of(partial)
+        os.remove(partial)
+        raise OSError(f"Downloaded {url} has MD5 {got}, expected {md5}; the file is corrupt or "
+                      "has changed upstream. Try again, or fetch it by hand.")
+    os.replace(partial, destination)
+    return destination

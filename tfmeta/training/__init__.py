@@ -1,0 +1,1 @@
+"""Running learners: strategies, the trainer, checkpoints, evaluation and export."""

@@ -1,0 +1,68 @@
+"""SavedModel export with an `adapt_and_predict` signature that adapts inside the graph.
+
+    loaded = tf.saved_model.load(f"{workdir}/export")
+    logits = loaded.adapt_and_predict(support_images=s, support_labels=l,
+                                      query_images=q)["logits"]
+
+Inputs are images as decoded from the dataset's own files (float32 in [0, 1], the
+files' own height and width, e.g. `[n, 105, 105, 1]` for Omniglot) and labels
+int32 in 0..N-1; the module applies the training preprocessing itself, so a
+client needs only TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+
+class AdaptAndPredict(tf.Module):
+    """Wraps a learner and its dataset's preprocessing for serving."""
+
+    def __init__(self, learner, preprocess, raw_shape):
+        super().__init__(name="tfmeta_serving")
+        self.learner = learner
+        self._preprocess = preprocess
+        images = tf.TensorSpec([None, *raw_shape], tf.float32)
+        self.adapt_and_predict = tf.function(
+            self._adapt_and_predict,
+            input_signature=[images, tf.TensorSpec([None], tf.int32), images])
+
+    def _adapt_and_predict(self, support_images, support_labels, query_images):
+        checks = [
+            tf.debugging.assert_non_negative(support_labels,
+                                             message="support_labels must be in 0..N-1"),
+            tf.debugging.assert_equal(tf.shape(support_images)[0], tf.shape(support_labels)[0],
+                                      message="one support label per support image"),
+            tf.debugging.assert_greater_equal(tf.reduce_min(support_images), 0.0,
+                                              message="images must be float32 in [0, 1]"),
+            tf.debugging.assert_less_equal(tf.reduce_max(support_images), 1.0,
+                                           message="images must be float32 in [0, 1]"),
+        ]
+        with tf.control_dependencies(checks):
+            logits = self.learner.adapt_and_predict(self._preprocess(support_images),
+                                                    support_labels,
+                                                    self._preprocess(query_images))
+        return {"logits": tf.cast(logits, tf.float32)}
+
+
+def export_learner(learner, dataset, path: str) -> str:
+    """Writes a SavedModel of `learner` for `dataset`'s raw inputs to `path`."""
+    module = AdaptAndPredict(learner, dataset.preprocess, dataset.raw_shape)
+    tf.saved_model.save(module, path, signatures={
+        "adapt_and_predict": module.adapt_and_predict.get_concrete_function()})
+    return path
+
+
+def export_workdir(workdir: str, data_dir: str | None = None) -> str:
+    """Exports the newest checkpoint of a run to `<workdir>/export`."""
+    from tfmeta.config import load_config
+    from tfmeta.data import load_dataset
+    from tfmeta.training.trainer import CONFIG_FILE, build_compiled_learner, restore_latest
+
+    config = load_config(os.path.join(workdir, CONFIG_FILE))
+    dataset = load_dataset(config.dataset, data_dir, **config.data)
+    learner = build_compiled_learner(config, dataset.input_shape)
+    restore_latest(learner, workdir, require=True)
+    return export_learner(learner, dataset, os.path.join(workdir, "export"))

@@ -1,0 +1,61 @@
+"""Weight arithmetic on lists of tensors, written once for every algorithm.
+
+Fast weights, snapshots and meta-updates are plain lists of tensors (in the order of
+a model's `trainable_variables`). MAML's inner step, Reptile's outer step and
+Reptile-GAN's copies all go through these helpers.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def values(variables) -> list:
+    """Reads variables (or tensors) into a list of tensors; inside a tape, differentiably."""
+    return [tf.convert_to_tensor(v) for v in variables]
+
+
+def add(a, b) -> list:
+    """a + b."""
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def subtract(a, b) -> list:
+    """a - b."""
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
+def scale(a, factor) -> list:
+    """factor * a."""
+    return [factor * x for x in a]
+
+
+def gradient_step(params, grads, learning_rate) -> list:
+    """params - learning_rate * grads (learning_rate a scalar or one tensor per param).
+
+    A `None` gradient (a parameter the loss does not touch) leaves the param unchanged.
+    """
+    if not isinstance(learning_rate, list | tuple):
+        learning_rate = [learning_rate] * len(params)
+    return [p if g is None else p - lr * g
+            for p, g, lr in zip(params, grads, learning_rate, strict=True)]
+
+
+def interpolate(old, new, epsilon) -> list:
+    """old + epsilon * (new - old): epsilon=0 keeps old, epsilon=1 takes new."""
+    return [o + epsilon * (n - o) for o, n in zip(old, new, strict=True)]
+
+
+def average(weight_lists) -> list:
+    """Element-wise mean over a list of weight lists (e.g. over tasks)."""
+    return [tf.add_n(list(group)) / len(group) for group in zip(*weight_lists, strict=True)]
+
+
+def assign(variables, new_values) -> None:
+    """Writes values into variables (outer updates only, never inside an inner loop)."""
+    for variable, value in zip(variables, new_values, strict=True):
+        variable.assign(value)
+
+
+def global_norm(tensors) -> tf.Tensor:
+    return tf.linalg.global_norm([t for t in tensors if t is not None])
