@@ -53,6 +53,7 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
                      num_episodes: int | None = None, ways: int | None = None,
                      shots: int | None = None, seed: int = 1234) -> dict:
     """Evaluates the newest checkpoint of a run and writes `<workdir>/eval.json`."""
+    from tfmeta.algorithms import algorithm_module
     from tfmeta.config import load_config
     from tfmeta.training.trainer import (CONFIG_FILE, build_compiled_learner, eval_spec,
                                          restore_latest)
@@ -62,9 +63,16 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
     learner = build_compiled_learner(config, dataset.input_shape)
     step = restore_latest(learner, workdir, require=True)
     default_ways, default_shots, queries = eval_spec(config)
-    result = evaluate(learner, dataset.split(split), ways or default_ways, shots or default_shots,
-                      queries, num_episodes or config.eval_episodes,
-                      config.eval_meta_batch_size, seed, split)
+    # An algorithm whose quality is not N-way accuracy (Reptile-GAN) defines its own
+    # `evaluate_run(learner, dataset, config, split, num_episodes, seed) -> dict`.
+    custom = getattr(algorithm_module(config.algo), "evaluate_run", None)
+    if custom is not None:
+        result = custom(learner, dataset, config, split,
+                        num_episodes or config.eval_episodes, seed)
+    else:
+        result = evaluate(learner, dataset.split(split), ways or default_ways,
+                          shots or default_shots, queries, num_episodes or config.eval_episodes,
+                          config.eval_meta_batch_size, seed, split)
     result.update(algo=config.algo, dataset=config.dataset, split=split, step=step)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)

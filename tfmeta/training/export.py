@@ -48,10 +48,17 @@ class AdaptAndPredict(tf.Module):
 
 
 def export_learner(learner, dataset, path: str) -> str:
-    """Writes a SavedModel of `learner` for `dataset`'s raw inputs to `path`."""
-    module = AdaptAndPredict(learner, dataset.preprocess, dataset.raw_shape)
-    tf.saved_model.save(module, path, signatures={
-        "adapt_and_predict": module.adapt_and_predict.get_concrete_function()})
+    """Writes a SavedModel of `learner` for `dataset`'s raw inputs to `path`.
+
+    A learner that serves something other than `adapt_and_predict` (Reptile-GAN)
+    defines `serving_module(preprocess, raw_shape) -> (tf.Module, signatures dict)`.
+    """
+    if hasattr(learner, "serving_module"):
+        module, signatures = learner.serving_module(dataset.preprocess, dataset.raw_shape)
+    else:
+        module = AdaptAndPredict(learner, dataset.preprocess, dataset.raw_shape)
+        signatures = {"adapt_and_predict": module.adapt_and_predict.get_concrete_function()}
+    tf.saved_model.save(module, path, signatures=signatures)
     return path
 
 

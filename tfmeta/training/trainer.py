@@ -21,7 +21,7 @@ import os
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms import build_learner
+from tfmeta.algorithms import algorithm_module, build_learner
 from tfmeta.config import load_config, save_config
 from tfmeta.data import episode_dataset, load_dataset
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
@@ -36,6 +36,22 @@ def eval_spec(config):
     """(ways, shots, queries) of meta-test episodes; eval_* fields default to training's."""
     return (config.eval_ways or config.ways, config.eval_shots or config.shots,
             config.eval_queries or config.queries)
+
+
+def training_data(dataset, config, replicas=1):
+    """(train, validation) meta-batches of N-way K-shot episodes.
+
+    An algorithm whose tasks are not N-way episodes (Reptile-GAN) defines its own
+    `training_data(dataset, config, replicas)` in its module; the trainer uses that.
+    """
+    train = episode_dataset(dataset.split("train"), config.ways, config.shots, config.queries,
+                            config.meta_batch_size, seed=config.seed, split="train")
+    ways, shots, queries = eval_spec(config)
+    val_batch = max(replicas, min(config.eval_meta_batch_size, config.val_episodes))
+    val_batch -= val_batch % replicas
+    val = episode_dataset(dataset.split("val"), ways, shots, queries, val_batch,
+                          seed=config.seed + 1, num_episodes=config.val_episodes, split="val")
+    return train, val
 
 
 def make_optimizer(optimizer_config) -> keras.optimizers.Optimizer:
@@ -116,15 +132,8 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
         raise ValueError(f"meta_batch_size={config.meta_batch_size} does not split over "
                          f"{replicas} replicas; use a multiple of {replicas}.")
 
-    ways, shots, queries = eval_spec(config)
-    train_episodes = episode_dataset(dataset.split("train"), config.ways, config.shots,
-                                     config.queries, config.meta_batch_size, seed=config.seed,
-                                     split="train")
-    val_batch = max(replicas, min(config.eval_meta_batch_size, config.val_episodes))
-    val_batch -= val_batch % replicas
-    val_episodes = episode_dataset(dataset.split("val"), ways, shots, queries, val_batch,
-                                   seed=config.seed + 1, num_episodes=config.val_episodes,
-                                   split="val")
+    make_data = getattr(algorithm_module(config.algo), "training_data", training_data)
+    train_episodes, val_episodes = make_data(dataset, config, replicas)
 
     learner = build_compiled_learner(config, dataset.input_shape, strategy)
     manager = checkpoint_manager(learner, workdir, config.keep_checkpoints)

@@ -1,0 +1,67 @@
+"""Timing helpers: medians of wall-clock times, first-step latency, sampler rate, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+
+import tensorflow as tf
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def time_train_steps(learner, dataset, steps: int) -> dict:
+    """Times `learner`'s compiled train function on batches from `dataset`.
+
+    Returns first_step_s (trace + first step) and median_ms_per_step over `steps` more.
+    Batches are prefetched before timing, so the sampler is not in the measurement.
+    """
+    batches = [batch for batch in dataset.take(steps + 1)]
+    learner.make_train_function()
+    train_function = learner.train_function
+    start = time.perf_counter()
+    logs = train_function(iter([batches[0]]))
+    _block(logs)
+    first = time.perf_counter() - start
+    times = []
+    for batch in batches[1:]:
+        start = time.perf_counter()
+        _block(train_function(iter([batch])))
+        times.append(time.perf_counter() - start)
+    return {"first_step_s": first, "median_ms_per_step": 1000 * statistics.median(times),
+            "steps_timed": len(times)}
+
+
+def time_function(fn, args, repeats: int) -> dict:
+    """First call (trace) and the median of `repeats` further calls of a tf.function."""
+    start = time.perf_counter()
+    _block(fn(*args))
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _block(fn(*args))
+        times.append(time.perf_counter() - start)
+    return {"first_call_s": first, "median_ms": 1000 * statistics.median(times)}
+
+
+def sampler_rate(dataset, batches: int, episodes_per_batch: int) -> float:
+    """Episodes per second drawn from an episode dataset (after a warm-up batch)."""
+    iterator = iter(dataset)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        _block(next(iterator))
+    return batches * episodes_per_batch / (time.perf_counter() - start)
+
+
+def _block(result):
+    for value in tf.nest.flatten(result):
+        if hasattr(value, "numpy"):
+            value.numpy()
