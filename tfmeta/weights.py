@@ -59,3 +59,15 @@ def assign(variables, new_values) -> None:
 
 def global_norm(tensors) -> tf.Tensor:
     return tf.linalg.global_norm([t for t in tensors if t is not None])
+
+
+def flatten(tensors) -> tf.Tensor:
+    """Concatenates a weight list into one vector `[P]` (P = total number of coordinates)."""
+    return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+
+def unflatten(vector, like) -> list:
+    """Splits a vector `[P]` back into tensors shaped like the list `like` (inverse of flatten)."""
+    shapes = [tuple(t.shape) for t in like]
+    sizes = [int(tf.TensorShape(s).num_elements()) for s in shapes]
+    return [tf.reshape(part, shape) for part, shape in zip(tf.split(vector, sizes), shapes)]

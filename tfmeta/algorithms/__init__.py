@@ -14,6 +14,18 @@ from tfmeta.algorithms.maml import MAML
 # --algo name -> module with `from_config(config, input_shape) -> MetaLearner`.
 ALGORITHMS = {
     "maml": "tfmeta.algorithms.maml",
+    "leo": "tfmeta.algorithms.leo",
+    "reptile": "tfmeta.algorithms.reptile",
+    "reptile_gan": "tfmeta.algorithms.reptile_gan",
+    "metasgd": "tfmeta.algorithms.metasgd",
+    "anil": "tfmeta.algorithms.anil",
+    "lstm_meta": "tfmeta.algorithms.lstm_meta",
+    "metanet": "tfmeta.algorithms.metanet",
+    "mann": "tfmeta.algorithms.mann",
+    "protonet": "tfmeta.algorithms.prototypical",
+    "matching": "tfmeta.algorithms.matching",
+    "relation": "tfmeta.algorithms.relation",
+    "siamese": "tfmeta.algorithms.siamese",
 }
 
 

@@ -121,8 +121,8 @@ class MetaLearner(keras.Model):
 
 def check_episodes(data, labelled=True):
     """Validates the structure of a meta-batch where it enters a learner."""
-    if isinstance(data, tuple) and len(data) == 1:
-        data = data[0]
+    if isinstance(data, tuple | list):  # Keras packs (x, y, sample_weight); x is the episodes
+        data, _, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
     needed = EPISODE_KEYS if labelled else EPISODE_KEYS[:3]
     if not isinstance(data, dict) or any(k not in data for k in needed):
         got = sorted(data) if isinstance(data, dict) else type(data).__name__

@@ -11,6 +11,9 @@ import importlib
 
 BENCHMARK_MODULES = [
     "tfmeta.benchmarking.maml",
+    "tfmeta.benchmarking.leo",
+    "tfmeta.benchmarking.reptile",
+    "tfmeta.benchmarking.metric",
 ]
 
 

@@ -14,6 +14,10 @@ from tfmeta.data.episodes import ClassImages, episode_dataset
 # name -> module with a `load(data_dir=None, **options) -> FewShotDataset`.
 DATASETS = {
     "omniglot": "tfmeta.data.omniglot",
+    "mnist": "tfmeta.data.mnist",  # mnist.npz (x_train, y_train, x_test, y_test)
+    "mini_imagenet": "tfmeta.data.leo_mini_imagenet",  # LEO's released embeddings
+    "tiered_imagenet": "tfmeta.data.leo_tiered_imagenet",  # LEO's released embeddings
+    "embeddings": "tfmeta.data.leo_embeddings",  # any folder in the LEO layout
 }
 
 

@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 from tfmeta.models.conv4 import conv4
+from tfmeta.models.relation_net import relation_embedding
+from tfmeta.models.siamese_net import siamese_twin
 
 BACKBONES = {
     "conv4": conv4,
+    "relation_embedding": relation_embedding,
+    "siamese_twin": siamese_twin,
 }
 
 

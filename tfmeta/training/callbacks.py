@@ -32,11 +32,22 @@ class CheckpointAndNaNGuard(keras.callbacks.Callback):
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
+    def _weights_finite(self) -> bool:
+        return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables
+                   if tf.as_dtype(v.dtype).is_floating)
+
     def save(self) -> None:
+        """Saves the current step, unless training diverged: a step's loss is computed before
+        its update, so the weights are checked too (the update itself may have overflowed)."""
         step = self._step()
-        if self.nan_step is None and step != self.last_saved_step:
-            self.manager.save(checkpoint_number=step)
-            self.last_saved_step = step
+        if self.nan_step is not None or step == self.last_saved_step:
+            return
+        if not self._weights_finite():
+            self.nan_step = step
+            self.model.stop_training = True
+            return
+        self.manager.save(checkpoint_number=step)
+        self.last_saved_step = step
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")

@@ -143,6 +143,8 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
         return learner
     if step:
         logging.info("Resuming %s from step %d.", workdir, step)
+        # The checkpoint restored the old learning rate; the config's is the one asked for.
+        learner.optimizer.learning_rate = config.optimizer.learning_rate
 
     steps_per_epoch = min(config.checkpoint_every, config.num_steps)
     guard = CheckpointAndNaNGuard(manager, config.checkpoint_every, config.num_steps)
@@ -154,7 +156,8 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
     try:
         learner.fit(train_episodes, epochs=math.ceil(config.num_steps / steps_per_epoch),
                     initial_epoch=step // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                    validation_data=val_episodes, callbacks=callbacks, verbose=verbose)
+                    validation_data=val_episodes, callbacks=callbacks, verbose=verbose,
+                    shuffle=False)
     except KeyboardInterrupt:
         guard.save()  # a checkpoint at exit, so rerunning resumes here
         raise

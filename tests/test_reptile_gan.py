@@ -1,0 +1,214 @@
+"""Reptile-GAN: WGAN-GP losses against hand-worked numbers, the shared Reptile outer update,
+input errors, and (slow) meta-training on MNIST-format data and Omniglot with export,
+evaluation and the SavedModel signatures in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import reptile_gan as reptile_gan_config
+from tests.test_mnist import write_mnist_npz
+from tfmeta.algorithms import reptile_gan, wgan_gp
+from tfmeta.algorithms.reptile_gan import ReptileGAN, make_postprocess
+from tfmeta.data import load_dataset
+from tfmeta.models.resnet_gan import resnet_critic, resnet_generator
+
+TINY_MODEL = {"filters": 4, "blocks": 2, "units_per_block": 1, "latent_dim": 8}
+
+
+def tiny_config(dataset="mnist", **learner):
+    config = reptile_gan_config.get_config(dataset)
+    config.model.update(TINY_MODEL)
+    config.learner.update(inner_steps=2, inner_steps_test=2, inner_optimizer="adam",
+                          inner_lr=1e-3)
+    config.learner.update(learner)
+    config.val_episodes, config.eval_meta_batch_size = 2, 2
+    config.eval_samples, config.eval_metric_classes, config.eval_classifier_steps = 8, 10, 30
+    config.checkpoint_every = 2
+    return config
+
+
+def tiny_gan(image_shape=(8, 8, 1), **kwargs):
+    generator = resnet_generator(image_shape, latent_dim=4, filters=2, blocks=1, units_per_block=1)
+    critic = resnet_critic(image_shape, filters=2, blocks=1, units_per_block=1)
+    return ReptileGAN(generator, critic, **kwargs)
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    # D(x) = sum(w * x): the gradient at any point is w, so each per-sample norm is |w|_2
+    # and the penalty is (|w| - 1)^2 whatever the interpolates. Here |w| = sqrt(4 * 1.5^2) = 3.
+    w = tf.fill([1, 2, 2, 1], 1.5)
+
+    def critic(images):
+        return tf.reduce_sum(w * images, axis=[1, 2, 3])[:, None]
+
+    real = tf.random.uniform([3, 2, 2, 1])
+    fake = tf.random.uniform([3, 2, 2, 1])
+    penalty = wgan_gp.gradient_penalty(critic, real, fake, tf.constant([1, 2]))
+    assert float(penalty) == pytest.approx((3.0 - 1.0) ** 2, rel=1e-5)
+    loss, wasserstein, _ = wgan_gp.critic_loss(critic, real, fake, tf.constant([1, 2]), 10.0)
+    expected_w = 1.5 * (float(tf.reduce_sum(real)) - float(tf.reduce_sum(fake))) / 3
+    assert float(wasserstein) == pytest.approx(expected_w, rel=1e-4)
+    assert float(loss) == pytest.approx(-expected_w + 10 * 4.0, rel=1e-4)
+
+
+def test_gradient_penalty_norm_is_per_sample():
+    # D(x) = x0^2 / 2 for each sample: gradient x0 in the first pixel, so sample norms are
+    # |x0| of the interpolate. With real == fake the interpolate is that image: norms 0 and 3,
+    # penalty = ((0 - 1)^2 + (3 - 1)^2) / 2 = 2.5 (a batch-wide norm would give (3 - 1)^2 = 4).
+    def critic(images):
+        return 0.5 * tf.square(images[:, 0, 0, :])
+
+    images = tf.constant([[[[0.0]], [[5.0]]], [[[3.0]], [[7.0]]]])
+    penalty = wgan_gp.gradient_penalty(critic, images, images, tf.constant([0, 0]))
+    assert float(penalty) == pytest.approx(2.5, rel=1e-5)
+
+
+def test_image_grid_places_images_row_major():
+    images = tf.reshape(tf.range(5, dtype=tf.float32), [5, 1, 1, 1]) * tf.ones([5, 2, 2, 1])
+    grid = wgan_gp.image_grid(images, columns=3).numpy()
+    assert grid.shape == (1, 4, 6, 1)
+    assert grid[0, 0, 2, 0] == 1 and grid[0, 2, 0, 0] == 3 and grid[0, 2, 4, 0] == 0  # padding
+
+
+def test_outer_update_moves_toward_adapted_copies(monkeypatch):
+    # With epsilon = 1/2 and a fake inner loop that adds 2 to every weight, one meta-step
+    # adds 1 to every weight of both networks: phi + 1/2 * ((phi + 2) - phi).
+    keras.utils.set_random_seed(0)
+    gan = tiny_gan(outer_optimizer=False, meta_step_size=0.5, meta_step_size_final=0.5)
+    gan.compile(optimizer=keras.optimizers.SGD())
+    gan.optimizer.build(gan.trainable_variables)
+    before = [v.numpy() for v in gan.meta_variables]
+    monkeypatch.setattr(gan, "adapt", lambda params, real, steps, seed: (
+        [p + 2.0 for p in params], [tf.constant(0.0)] * 4))
+    gan.train_on_batch({"images": tf.random.uniform([2, 3, 8, 8, 1])})
+    for old, new in zip(before, gan.meta_variables):
+        np.testing.assert_allclose(new.numpy(), old + 1.0, rtol=1e-6, atol=1e-6)
+    assert int(gan.optimizer.iterations.numpy()) == 1
+
+
+def test_inner_loop_changes_both_networks_and_is_seeded():
+    keras.utils.set_random_seed(0)
+    gan = tiny_gan(inner_steps=2, inner_optimizer="adam", inner_lr=1e-2)
+    params = [tf.convert_to_tensor(v) for v in gan.meta_variables]
+    real = tf.random.uniform([3, 8, 8, 1]) * 2 - 1
+    adapted, metrics = gan.adapt(params, real, 2, tf.constant([1, 2], tf.int64))
+    again, _ = gan.adapt(params, real, 2, tf.constant([1, 2], tf.int64))
+    g_count = len(gan.generator.trainable_variables)
+    assert any(not np.allclose(a, p) for a, p in zip(adapted[:g_count], params[:g_count]))
+    assert any(not np.allclose(a, p) for a, p in zip(adapted[g_count:], params[g_count:]))
+    for a, b in zip(adapted, again):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert all(np.isfinite(float(m)) for m in metrics)
+
+
+def test_bad_images_are_named():
+    gan = tiny_gan()
+    with pytest.raises(ValueError, match=r"\(2, 9, 9, 1\)"):
+        gan.adapt_and_generate(tf.zeros([2, 9, 9, 1]), 3)
+    with pytest.raises(ValueError, match="empty"):
+        gan.adapt_and_generate(tf.zeros([0, 8, 8, 1]), 3)
+    with pytest.raises(ValueError, match=r"got values in \[255, 255\]"):
+        gan.adapt_and_generate(tf.fill([2, 8, 8, 1], 255.0), 3)
+    gan.compile(optimizer=keras.optimizers.SGD())
+    with pytest.raises(ValueError, match="'images'"):
+        gan.train_on_batch({"pictures": tf.zeros([1, 2, 8, 8, 1])})
+
+
+def test_bad_architecture_is_named():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        resnet_generator((10, 10, 1), blocks=2)
+    with pytest.raises(ValueError, match="critic takes"):
+        ReptileGAN(resnet_generator((8, 8, 1), filters=2, blocks=1),
+                   resnet_critic((16, 16, 1), filters=2, blocks=1))
+
+
+def test_postprocess_inverts_omniglot_preprocessing():
+    from tfmeta.data.omniglot import make_preprocess
+
+    preprocess = make_preprocess(28)
+    raw = np.ones([1, 105, 105, 1], np.float32)
+    raw[:, 30:70, 40:60] = 0.0  # a dark stroke on white, as Omniglot files are
+    back = make_postprocess(preprocess, (105, 105, 1))(preprocess(raw)).numpy()
+    assert back.shape == raw.shape
+    assert back[0, 50, 50, 0] < 0.05 and back[0, 5, 5, 0] > 0.95
+    with pytest.raises(ValueError, match="affinely"):
+        make_postprocess(lambda x: tf.square(tf.convert_to_tensor(x)) * tf.range(
+            105.0)[None, :, None, None] / 105, (105, 105, 1))
+
+
+@pytest.fixture
+def mnist_dataset(tmp_path):
+    write_mnist_npz(tmp_path / "mnist.npz", train_per_digit=20, test_per_digit=10)
+    return str(tmp_path), load_dataset("mnist", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_trains_resumes_evaluates_and_exports_on_mnist(mnist_dataset, tmp_path):
+    from tfmeta.training import evaluation, export, trainer
+
+    data_dir, dataset = mnist_dataset
+    config = tiny_config()
+    config.num_steps = 2
+    workdir = str(tmp_path / "run")
+    trainer.train(config, workdir, data_dir, verbose=0)
+    config.num_steps = 4
+    learner = trainer.train(config, workdir, data_dir, verbose=0)  # resumes at step 2
+    assert int(learner.optimizer.iterations.numpy()) == 4
+    path = export.export_workdir(workdir, data_dir)
+    result = reptile_gan.evaluate_run(learner, dataset, config, "test", 4, 0,
+                                      log_dir=str(tmp_path / "logs"))
+    assert result["ways"] == 10 and 0.0 <= result["accuracy"] <= 1.0
+    assert os.listdir(tmp_path / "logs")
+    via_workdir = evaluation.evaluate_workdir(workdir, data_dir, num_episodes=2)
+    assert via_workdir["algo"] == "reptile_gan" and "unadapted_accuracy" in via_workdir
+
+    images = dataset.split("test").images[:4]
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(f"""
+        import json, numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({path!r})
+        images = tf.constant(np.load({str(tmp_path / 'images.npy')!r}))
+        adapted = loaded.signatures["adapt_and_generate"](images=images,
+                                                          num_samples=tf.constant(5))["samples"]
+        meta = loaded.signatures["generate"](num_samples=tf.constant(3))["samples"]
+        try:
+            loaded.signatures["adapt_and_generate"](images=images * 255.0,
+                                                    num_samples=tf.constant(5))
+            error = ""
+        except tf.errors.InvalidArgumentError as e:
+            error = e.message
+        print(json.dumps({{"adapted": adapted.shape.as_list(), "meta": meta.shape.as_list(),
+                          "low": float(tf.reduce_min(adapted)),
+                          "high": float(tf.reduce_max(adapted)), "error": error}}))
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["adapted"] == [5, 28, 28, 1] and out["meta"] == [3, 28, 28, 1]
+    assert 0.0 <= out["low"] <= out["high"] <= 1.0
+    assert "[0, 1]" in out["error"]
+
+
+@pytest.mark.slow
+def test_omniglot_meta_steps_and_raw_size_samples(omniglot):
+    config = tiny_config("omniglot")
+    learner = reptile_gan.from_config(config, omniglot.input_shape)
+    learner.compile(optimizer=keras.optimizers.Adam(1e-4))
+    train, val = reptile_gan.training_data(omniglot, config)
+    history = learner.fit(train, steps_per_epoch=2, epochs=1, validation_data=val, verbose=0)
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    module, signatures = learner.serving_module(omniglot.preprocess, omniglot.raw_shape)
+    raw = 1.0 - omniglot.split("test").class_examples(0)[:4]  # model inputs are inverted raw
+    raw = tf.image.resize(raw, (105, 105))
+    samples = signatures["adapt_and_generate"](images=raw, num_samples=tf.constant(2))["samples"]
+    assert samples.shape == (2, 105, 105, 1)

@@ -1,0 +1,179 @@
+"""The training run: configs and overrides, checkpoints and resume (also after SIGKILL),
+the NaN guard, TensorBoard logs, and the command-line tools end to end."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import ROOT
+from tfmeta import config as config_lib
+from tfmeta.training import trainer
+
+# A MAML run small enough for a test: 8-filter Conv4, 2 tasks per meta-batch, first order.
+TINY = ["model.filters=8", "meta_batch_size=2", "learner.first_order=True",
+        "val_episodes=4", "eval_meta_batch_size=2", "eval_episodes=20"]
+
+
+def tiny_config(*overrides):
+    config = config_lib.get_config("maml", "omniglot")
+    return config_lib.apply_overrides(config, TINY + list(overrides))
+
+
+def checkpoint_steps(workdir):
+    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+    return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] if state else []
+
+
+def all_checkpoints_readable(workdir):
+    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+    for path in state.all_model_checkpoint_paths:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                assert np.all(np.isfinite(value)), (path, name)
+
+
+def test_overrides_keep_types_and_reject_unknown_fields():
+    config = tiny_config("ways=20", "learner.inner_lr=1", "optimizer.clipnorm=5")
+    assert config.ways == 20 and config.learner.inner_lr == 1.0
+    assert isinstance(config.learner.inner_lr, float) and config.optimizer.clipnorm == 5.0
+    with pytest.raises(ValueError, match=r"Unknown config field 'wayz'.*'ways'"):
+        config_lib.apply_overrides(config, ["wayz=5"])
+    with pytest.raises(ValueError, match="An override is key=value"):
+        config_lib.apply_overrides(config, ["ways"])
+    with pytest.raises(ValueError, match="Bad value for ways"):
+        config_lib.apply_overrides(config, ["ways='five'"])
+
+
+def test_unknown_algo_and_dataset_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"Unknown --algo 'mamal'; valid algorithms: \[.*'maml'"):
+        config_lib.get_config("mamal", "omniglot")
+    with pytest.raises(ValueError, match=r"Unknown --dataset 'omniglott'.*'omniglot'"):
+        config_lib.get_config("maml", "omniglott")
+
+
+def test_paper_settings_per_dataset():
+    five = config_lib.get_config("maml", "omniglot", "5w1s")
+    assert (five.meta_batch_size, five.learner.inner_lr, five.learner.inner_steps) == (32, 0.4, 1)
+    twenty = config_lib.get_config("maml", "omniglot", "20w1s")
+    assert (twenty.ways, twenty.meta_batch_size, twenty.learner.inner_lr) == (20, 16, 0.1)
+
+
+def scalar_tags(logdir):
+    tags = set()
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_train_checkpoints_logs_and_resumes(tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config("num_steps=6", "checkpoint_every=3"), workdir, verbose=0)
+    assert checkpoint_steps(workdir) == [3, 6]
+    saved = config_lib.load_config(os.path.join(workdir, "config.json"))
+    assert saved.algo == "maml" and saved.model.filters == 8
+    train_tags = scalar_tags(os.path.join(workdir, "logs", "train"))
+    assert {"epoch_loss", "epoch_accuracy", "epoch_steps_per_second"} <= train_tags
+    assert "epoch_accuracy" in scalar_tags(os.path.join(workdir, "logs", "validation"))
+
+    caplog.set_level("INFO")
+    learner = trainer.train(tiny_config("num_steps=9", "checkpoint_every=3"), workdir, verbose=0)
+    assert "Resuming" in caplog.text and "from step 6" in caplog.text
+    assert int(learner.optimizer.iterations.numpy()) == 9
+    assert checkpoint_steps(workdir) == [3, 6, 9]
+    all_checkpoints_readable(workdir)
+
+
+def test_workdir_of_another_experiment_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config("num_steps=1", "checkpoint_every=1"), workdir, verbose=0)
+    with pytest.raises(ValueError, match=r"holds a run with ways=5, but this run has ways=4"):
+        trainer.train(tiny_config("num_steps=2", "ways=4"), workdir, verbose=0)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config("num_steps=2", "checkpoint_every=2"), workdir, verbose=0)
+    # A learning rate that overflows float32 turns the weights, then the loss, non-finite.
+    diverging = tiny_config("num_steps=20", "checkpoint_every=1", "optimizer.learning_rate=1e39")
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite at step \d+.*last good "
+                                                 r"checkpoint \(step \d+\)"):
+        trainer.train(diverging, workdir, verbose=0)
+    all_checkpoints_readable(workdir)
+    assert max(checkpoint_steps(workdir)) >= 2
+
+
+def run_cli(script, *args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "bin", script), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def cli_train_args(workdir, steps, every):
+    return [f"--workdir={workdir}", f"--num_steps={steps}", "--export=false",
+            *[f"--set={o}" for o in TINY + [f"checkpoint_every={every}"]]]
+
+
+def test_cli_unknown_algo_lists_the_valid_ones():
+    proc = run_cli("train.py", "--algo=nope")
+    assert proc.returncode != 0
+    assert "Unknown --algo 'nope'; valid algorithms:" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_resumes_and_finishes(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = cli_train_args(workdir, 60, 4)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "train.py"), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(s >= 8 for s in checkpoint_steps(workdir)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(checkpoint_steps(workdir))
+    assert 8 <= killed_at < 60
+    all_checkpoints_readable(workdir)
+
+    rerun = run_cli("train.py", *args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"Resuming {workdir} from step {killed_at}" in rerun.stderr
+    assert max(checkpoint_steps(workdir)) == 60
+    all_checkpoints_readable(workdir)
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_export(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = [a for a in cli_train_args(workdir, 4, 2) if a != "--export=false"]
+    proc = run_cli("train.py", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert os.path.isfile(os.path.join(workdir, "export", "saved_model.pb"))
+
+    proc = run_cli("evaluate.py", f"--workdir={workdir}", "--episodes=40")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(workdir, "eval.json")) as f:
+        result = json.load(f)
+    assert {"accuracy", "ci95", "episodes", "ways", "shots"} <= set(result)
+    assert result["episodes"] == 40 and result["ways"] == 5 and result["shots"] == 1
+    assert 0 <= result["accuracy"] <= 1 and 0 < result["ci95"] < 0.5
+    assert f"accuracy {100 * result['accuracy']:.2f}%" in proc.stdout
+
+    # The served model takes raw 105x105 images and returns [m, N] logits.
+    loaded = tf.saved_model.load(os.path.join(workdir, "export"))
+    raw = tf.random.uniform((5, 105, 105, 1), seed=1)
+    logits = loaded.adapt_and_predict(raw, tf.range(5), raw[:3])["logits"]
+    assert logits.shape == (3, 5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be float32 in \[0, 1\]"):
+        loaded.adapt_and_predict(raw * 255, tf.range(5), raw[:3])

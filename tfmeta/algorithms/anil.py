@@ -1,0 +1,61 @@
+"""ANIL: Almost No Inner Loop (Raghu, Raghu, Bengio and Vinyals, ICLR 2020).
+
+https://arxiv.org/abs/1909.09157. MAML where the inner loop adapts only the network's
+head; the body (all layers below it) is meta-learned by the outer loop alone:
+
+    for task in meta_batch:
+        head = theta_head
+        for _ in range(inner_steps):
+            head = head - inner_lr * grad(loss(theta_body, head, task.support), head)
+        meta_loss += loss(theta_body, head, task.query) / len(meta_batch)
+    theta = optimizer.apply(grad(meta_loss, theta), theta)       # body and head
+
+Everything but the choice of adapted parameters is MAML's (`tfmeta.algorithms.maml`):
+this module only overrides the `adapted_indices` hook. The body still gets a
+meta-gradient, through the query loss and (second order) through the head's steps.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfmeta.algorithms.maml import MAML
+
+
+class ANIL(MAML):
+    """MAML that adapts only the parameters of the layer named `head`.
+
+    Example:
+
+        learner = ANIL(tfmeta.models.conv4((28, 28, 1), num_classes=5), head="head")
+
+    Args:
+      model: a built Keras classifier.
+      head: name of the layer whose parameters the inner loop adapts (Conv4's is "head").
+      **kwargs: MAML's arguments.
+    """
+
+    def __init__(self, model: keras.Model, head: str = "head", **kwargs):
+        super().__init__(model, **kwargs)
+        names = [layer.name for layer in model.layers]
+        if head not in names:
+            raise ValueError(f"ANIL adapts the layer named head={head!r}, but {model.name!r} has "
+                             f"no such layer; its layers are {names}. Pass head=<one of them>.")
+        head_ids = {id(v) for v in model.get_layer(head).trainable_variables}
+        self.head = head
+        self._head_indices = [i for i, v in enumerate(self.params) if id(v) in head_ids]
+        if not self._head_indices:
+            raise ValueError(f"Layer {head!r} of {model.name!r} has no trainable parameters, "
+                             "so ANIL would adapt nothing; name the model's output layer.")
+
+    @property
+    def adapted_indices(self):
+        """Indices into `params` of the head's parameters (the only ones adapted)."""
+        return list(self._head_indices)
+
+
+def from_config(config, input_shape):
+    from tfmeta.models import backbone_from_config
+
+    backbone = backbone_from_config(config.model, input_shape, num_classes=config.ways)
+    return ANIL(backbone, **config.learner)

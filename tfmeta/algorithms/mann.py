@@ -1,0 +1,254 @@
+"""Memory-Augmented Neural Network (Santoro, Bartunov, Botvinick, Wierstra and
+Lillicrap, ICML 2016). https://arxiv.org/abs/1605.06065
+
+An episode is a sequence. At step t the network sees example x_t together with the
+one-hot label of the previous step, y_{t-1} (the label offset: the label of step t is
+given at t+1), and predicts y_t, so it must bind each example to the label that
+arrives one step later through an external memory. One step (paper eqs. 1-8):
+
+    h, c = lstm_controller([x_t, onehot(y_{t-1})], (h, c))
+    k = tanh(W_k h); alpha = W_a h                      # per read/write head
+    lu = indices of the `heads` least used slots of w_u          # w_lu of step t-1
+    M[lu[0]] = 0                                        # erase the least used slot
+    w_w = sigmoid(alpha) * w_r + (1 - sigmoid(alpha)) * onehot(lu)  # LRUA write weights
+    M = M + w_w^T k                                     # write the key
+    w_r = softmax(cosine(k, M))                         # content-based read
+    r = w_r @ M
+    w_u = gamma * w_u + w_r + w_w                       # usage, decay gamma
+    logits = W_o [h, r]
+
+tfmeta's N-way episodes: the support set, shuffled in time, is the sequence (its
+labels are fed offset by one step); each query is then one more step, taken from the
+state after the support sequence with the last support label as its label input, in
+parallel for all queries (so queries never see each other or any query label).
+`query_logits` returns those steps' logits `[B, M, N]`; `sequence_logits` also
+returns the support steps'. Meta-training minimizes the cross-entropy of every step,
+support and query, as the paper's loss over the whole sequence. The order in time is
+random while training and a fixed permutation otherwise (deterministic serving).
+
+`accuracy_by_instance` reports accuracy by presentation number (1st, 2nd, 5th, 10th),
+as the paper's Table 1, on sequences of `instances` examples per class.
+
+Inputs to the controller are features of an image encoder (any Keras feature model;
+the paper used flattened 20x20 pixels: pass `encoder=None`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmeta.algorithms.base import MetaLearner, cross_entropy, num_ways, replica_mean
+from tfmeta.data import episode_dataset
+
+
+class LRUAMemory(keras.layers.Layer):
+    """LSTM controller with an external memory read by content and written by LRUA.
+
+    `step(inputs [R, in], state) -> (output [R, units + heads * slot_size], state)`;
+    `initial_state(rows)` gives the zero state
+    `(h [R, units], c [R, units], M [R, slots, size], w_r [R, heads, slots], w_u [R, slots])`.
+    """
+
+    def __init__(self, input_dim: int, units: int = 200, memory_slots: int = 128,
+                 slot_size: int = 40, heads: int = 4, gamma: float = 0.95, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma (usage decay) must be in [0, 1]; got {gamma}.")
+        if heads > memory_slots:
+            raise ValueError(f"heads={heads} needs at least as many memory_slots; got "
+                             f"{memory_slots}.")
+        self.units, self.slots, self.slot_size = units, memory_slots, slot_size
+        self.heads, self.gamma = heads, gamma
+        self.controller = keras.layers.LSTMCell(units, name="controller")
+        self.controller.build((None, input_dim))
+        self.key_layer = keras.layers.Dense(heads * slot_size, activation="tanh", name="keys")
+        self.key_layer.build((None, units))
+        self.alpha_layer = keras.layers.Dense(heads, name="alpha")
+        self.alpha_layer.build((None, units))
+        self.output_dim = units + heads * slot_size
+
+    def initial_state(self, rows):
+        return (tf.zeros([rows, self.units]), tf.zeros([rows, self.units]),
+                tf.fill([rows, self.slots, self.slot_size], 1e-6),
+                tf.zeros([rows, self.heads, self.slots]), tf.zeros([rows, self.slots]))
+
+    def step(self, inputs, state):
+        h, c, memory, read_weights, usage = state
+        h, (_, c) = self.controller(inputs, [h, c])
+        keys = tf.reshape(self.key_layer(h), [-1, self.heads, self.slot_size])      # [R, H, W]
+        gate = tf.sigmoid(self.alpha_layer(h))[..., None]                            # [R, H, 1]
+        _, least_used = tf.math.top_k(-usage, self.heads)                            # [R, H]
+        least_used_weights = tf.one_hot(least_used, self.slots)                      # [R, H, S]
+        memory = memory * (1.0 - least_used_weights[:, 0, :, None])
+        write_weights = gate * read_weights + (1.0 - gate) * least_used_weights
+        memory = memory + tf.einsum("rhs,rhw->rsw", write_weights, keys)
+        similarity = tf.einsum("rhw,rsw->rhs", tf.math.l2_normalize(keys, -1),
+                               tf.math.l2_normalize(memory, -1))
+        read_weights = tf.nn.softmax(similarity, axis=-1)
+        reads = tf.einsum("rhs,rsw->rhw", read_weights, memory)
+        usage = (self.gamma * usage + tf.reduce_sum(read_weights, 1)
+                 + tf.reduce_sum(write_weights, 1))
+        output = tf.concat([h, tf.reshape(reads, [-1, self.heads * self.slot_size])], -1)
+        return output, (h, c, memory, read_weights, usage)
+
+
+class MANN(MetaLearner):
+    """A memory-augmented network that learns an N-way episode as a sequence.
+
+    Example:
+
+        learner = MANN(conv4((28, 28, 1), filters=32), num_classes=5)
+        learner.compile(optimizer=keras.optimizers.Adam(1e-3))
+        support_logits, query_logits, order = learner.sequence_logits(episodes)
+
+    Args:
+      encoder: Keras model, images -> features `[n, D]`; None flattens the pixels.
+      input_shape: one example's shape (needed when `encoder` is None).
+      num_classes: label classes of the sequence (one-hot size, the most ways served).
+      units, memory_slots, slot_size, heads, gamma: as LRUAMemory (paper: 200, 128,
+        40, 4, 0.95).
+      eval_order_seed: seed of the fixed time order used when not training.
+    """
+
+    def __init__(self, encoder: keras.Model | None, num_classes: int, input_shape=None,
+                 units: int = 200, memory_slots: int = 128, slot_size: int = 40,
+                 heads: int = 4, gamma: float = 0.95, eval_order_seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if encoder is None:
+            if input_shape is None:
+                raise ValueError("MANN without an encoder flattens pixels and needs "
+                                 "input_shape=(H, W, C); got input_shape=None.")
+            feature_dim = int(np.prod(input_shape))
+        elif not encoder.built or len(encoder.output_shape) != 2:
+            raise ValueError("MANN's encoder must be a built model with flat features [n, D]; "
+                             f"got output shape {getattr(encoder, 'output_shape', None)}.")
+        else:
+            feature_dim = int(encoder.output_shape[-1])
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
+        self.encoder = encoder
+        self.num_classes = int(num_classes)
+        self.eval_order_seed = int(eval_order_seed)
+        self.memory = LRUAMemory(feature_dim + num_classes, units, memory_slots, slot_size,
+                                 heads, gamma, name="memory")
+        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        self.classifier.build((None, self.memory.output_dim))
+
+    def _features(self, images, training):
+        flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
+        if self.encoder is None:
+            features = tf.reshape(flat, [tf.shape(flat)[0], -1])
+        else:
+            features = tf.cast(self.encoder(flat, training=training), tf.float32)
+        return tf.reshape(features, [tf.shape(images)[0], tf.shape(images)[1], -1])
+
+    def time_order(self, batch, length, training):
+        """`[B, n]` permutation of the support set in time: random if training, else fixed."""
+        if training:
+            scores = tf.random.uniform([batch, length])
+        else:
+            scores = tf.tile(tf.random.stateless_uniform([1, length],
+                                                         [self.eval_order_seed, 0]), [batch, 1])
+        return tf.argsort(scores, axis=-1)
+
+    def sequence_logits(self, episodes, training=False):
+        """Runs the episode as a sequence.
+
+        Returns (support_logits `[B, n, N]` in time order, query_logits `[B, M, N]`,
+        order `[B, n]`: the support index presented at each step).
+        """
+        support_labels = tf.cast(episodes["support_labels"], tf.int32)
+        batch, length = tf.shape(support_labels)[0], tf.shape(support_labels)[1]
+        order = self.time_order(batch, length, training)
+        support = tf.gather(self._features(episodes["support_images"], training), order,
+                            batch_dims=1)                                         # [B, n, D]
+        labels = tf.one_hot(tf.gather(support_labels, order, batch_dims=1), self.num_classes)
+        previous = tf.concat([tf.zeros_like(labels[:, :1]), labels[:, :-1]], 1)  # offset by one
+        inputs = tf.transpose(tf.concat([support, previous], -1), [1, 0, 2])      # time-major
+
+        def step(carry, x):
+            output, state = self.memory.step(x, carry[1])
+            return self.classifier(output), state
+
+        initial = (tf.zeros([batch, self.num_classes]), self.memory.initial_state(batch))
+        support_logits, states = tf.scan(step, inputs, initializer=initial)
+        final = tf.nest.map_structure(lambda s: s[-1], states)
+
+        queries = self._features(episodes["query_images"], training)             # [B, M, D]
+        count = tf.shape(queries)[1]
+        query_inputs = tf.concat(
+            [queries, tf.broadcast_to(labels[:, -1:], [batch, count, self.num_classes])], -1)
+        tiled = tf.nest.map_structure(
+            lambda s: tf.reshape(tf.repeat(s[:, None], count, axis=1),
+                                 tf.concat([[-1], tf.shape(s)[1:]], 0)), final)
+        output, _ = self.memory.step(tf.reshape(query_inputs, [batch * count, -1]), tiled)
+        query_logits = tf.reshape(self.classifier(output), [batch, count, self.num_classes])
+        return tf.transpose(support_logits, [1, 0, 2]), query_logits, order
+
+    def query_logits(self, episodes, training=False):
+        return self.sequence_logits(episodes, training)[1]
+
+    def compute_meta_gradients(self, episodes):
+        """The paper's loss: cross-entropy of every step of the sequence, support and query."""
+        with tf.GradientTape() as tape:
+            support_logits, logits, order = self.sequence_logits(episodes, training=True)
+            support_labels = tf.gather(episodes["support_labels"], order, batch_dims=1)
+            labels = tf.concat([support_labels, tf.cast(episodes["query_labels"], tf.int32)], 1)
+            loss = tf.reduce_mean(cross_entropy(labels, tf.concat([support_logits, logits], 1)))
+            loss = loss + self.regularization_loss()
+            scaled = self.optimizer.scale_loss(replica_mean(loss))
+        return tape.gradient(scaled, self.trainable_variables), loss, logits
+
+    def adapt_and_predict(self, support_images, support_labels, query_images):
+        tf.debugging.assert_less_equal(
+            num_ways(support_labels), self.num_classes,
+            message=f"This MANN has {self.num_classes} label classes; support_labels must be "
+                    f"in 0..{self.num_classes - 1}.")
+        return super().adapt_and_predict(support_images, support_labels, query_images)
+
+
+def instance_numbers(labels):
+    """1-based presentation number of each step's class: `[B, n]` labels in time order."""
+    labels = np.asarray(labels)
+    numbers = np.zeros(labels.shape, np.int64)
+    for row in range(labels.shape[0]):
+        seen = {}
+        for t, label in enumerate(labels[row]):
+            seen[label] = seen.get(label, 0) + 1
+            numbers[row, t] = seen[label]
+    return numbers
+
+
+def accuracy_by_instance(learner, classes, ways=5, instances=10, num_episodes=100,
+                         meta_batch_size=20, seed=1234, report=(1, 2, 5, 10)) -> dict:
+    """Accuracy of the support-sequence predictions by presentation number (paper Table 1).
+
+    Sequences hold `instances` examples of each of `ways` classes (50 steps for 5 x 10),
+    in the learner's evaluation order. Returns {instance: accuracy} for `report`.
+    """
+    if max(report) > instances:
+        raise ValueError(f"Reporting instance {max(report)} needs instances >= {max(report)}; "
+                         f"got instances={instances}.")
+    batches = math.ceil(num_episodes / meta_batch_size)
+    episodes = episode_dataset(classes, ways, instances, 1, meta_batch_size, seed=seed,
+                               num_episodes=batches * meta_batch_size)
+    run = tf.function(lambda batch: learner.sequence_logits(batch, training=False))
+    correct, numbers = [], []
+    for batch in episodes:
+        support_logits, _, order = run(batch)
+        labels = tf.gather(batch["support_labels"], order, batch_dims=1).numpy()
+        correct.append(np.argmax(support_logits.numpy(), -1) == labels)
+        numbers.append(instance_numbers(labels))
+    correct, numbers = np.concatenate(correct), np.concatenate(numbers)
+    return {k: float(correct[numbers == k].mean()) for k in report}
+
+
+def from_config(config, input_shape):
+    from tfmeta.models import backbone_from_config
+
+    encoder = backbone_from_config(config.model, input_shape) if config.model.name else None
+    return MANN(encoder, num_classes=config.ways, input_shape=input_shape, **config.learner)

@@ -1,0 +1,187 @@
+"""Image embeddings in the layout of the LEO paper's release (Rusu et al., ICLR 2019).
+
+DeepMind released the 640-d features of a WRN-28-10 for mini-ImageNet and
+tieredImageNet (README of https://github.com/deepmind/leo:
+http://storage.googleapis.com/leo-embeddings/embeddings.zip), laid out as
+
+    <data_dir>/<Name>/<crop>/{train,val,test}_embeddings.pkl
+
+with Name `miniImageNet` or `tieredImageNet` and crop `center` or `multiview`
+(multiview exists for mini-ImageNet only). Each file is a Python 2 pickle (read
+with latin-1 encoding) of a dict:
+
+    keys        [n] strings (or bytes) "<x>-<wnid>-<wnid>_<n>.JPEG"
+    embeddings  float32 [n, dim]
+
+The class of an example is the wnid in its key. Classes may have different
+numbers of examples. `tfmeta.embeddings.write_embeddings` writes the same
+layout from any tfmeta dataset and backbone; the dataset `embeddings` reads such
+a folder.
+
+Preprocessing (also inside exported models): L2 normalization of each
+embedding, as the LEO data provider does (`tf.nn.l2_normalize(x, axis=-1)`).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import tensorflow as tf
+
+from tfmeta.data.base import FewShotDataset
+from tfmeta.data.episodes import ClassImages
+
+PUBLISHED = {"miniImageNet": ("center", "multiview"), "tieredImageNet": ("center",)}
+RELEASE_URL = "http://storage.googleapis.com/leo-embeddings/embeddings.zip"
+SPLITS = ("train", "val", "test")
+
+
+def l2_normalize(embeddings):
+    """`[n, dim]` embeddings -> the same, each row scaled to unit L2 norm."""
+    return tf.math.l2_normalize(tf.convert_to_tensor(embeddings, tf.float32), axis=-1)
+
+
+def pickle_path(data_dir: str, name: str, crop: str, split: str) -> str:
+    return os.path.join(data_dir, name, crop, f"{split}_embeddings.pkl")
+
+
+def read_pickle(path: str) -> dict:
+    """Reads one embeddings pickle: {"keys": [n] str, "embeddings": float32 [n, dim]}."""
+    with open(path, "rb") as f:
+        try:
+            raw = pickle.load(f, encoding="latin1")
+        except (pickle.UnpicklingError, EOFError, ValueError) as error:
+            raise ValueError(f"{path} is not a readable pickle ({error}); download or write "
+                             "it again.") from None
+    if not isinstance(raw, dict) or "keys" not in raw or "embeddings" not in raw:
+        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path} should hold a dict with 'keys' and 'embeddings'; got {got}.")
+    keys = [k.decode("latin-1") if isinstance(k, bytes) else str(k) for k in raw["keys"]]
+    embeddings = np.asarray(raw["embeddings"], np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(keys):
+        raise ValueError(f"{path}: 'embeddings' should be [n, dim] with one row per key "
+                         f"({len(keys)} keys); got shape {embeddings.shape}.")
+    return {"keys": keys, "embeddings": embeddings}
+
+
+def class_of_key(key: str, path: str = "") -> str:
+    """"<x>-<wnid>-<wnid>_<n>.JPEG" -> wnid; an error naming the key if it is malformed."""
+    parts = key.split("-")
+    if len(parts) != 3 or parts[2].split("_")[0] != parts[1]:
+        where = f" in {path}" if path else ""
+        raise ValueError(
+            f"Bad key {key!r}{where}: LEO keys look like '<x>-<wnid>-<wnid>_<n>.JPEG', the "
+            "file name starting with its class's wnid. Rewrite the file with "
+            "bin/write_embeddings.py or fix its keys.")
+    return parts[1]
+
+
+def group_by_class(data: dict, path: str = "") -> ClassImages:
+    """Groups rows by the wnid of their keys (classes sorted by wnid), L2-normalized."""
+    rows = {}
+    seen = set()
+    for i, key in enumerate(data["keys"]):
+        wnid = class_of_key(key, path)
+        image = key.split("-")[2]
+        if image in seen:
+            raise ValueError(f"Duplicate image {image!r} (key {key!r}) in {path}; each image "
+                             "must appear once.")
+        seen.add(image)
+        rows.setdefault(wnid, []).append(i)
+    if not rows:
+        raise ValueError(f"{path} holds no embeddings.")
+    names = sorted(rows)
+    normalized = l2_normalize(data["embeddings"]).numpy()
+    return ClassImages.from_lists([normalized[rows[n]] for n in names], names)
+
+
+def merge(a: dict, b: dict) -> dict:
+    return {"keys": a["keys"] + b["keys"],
+            "embeddings": np.concatenate([a["embeddings"], b["embeddings"]], axis=0)}
+
+
+def not_found_message(data_dir, name, crop, missing) -> str:
+    where = (f"in {os.path.abspath(data_dir)!r}: looked for {missing}" if data_dir
+             else "because no --data_dir was given")
+    return (
+        f"No {name} embeddings ({crop}) {where}. LEO's embeddings are the paper's release ({RELEASE_URL}, "
+        "linked from the README of https://github.com/deepmind/leo); extract it so that "
+        f"--data_dir holds {name}/{crop}/train_embeddings.pkl (and val_, test_), or write "
+        "your own with bin/write_embeddings.py.")
+
+
+def load_folder(data_dir: str, name: str, crop: str = "center", train_on_val: bool = False,
+                dataset_name: str = "embeddings") -> FewShotDataset:
+    """Reads `<data_dir>/<name>/<crop>/{train,val,test}_embeddings.pkl`.
+
+    Args:
+      data_dir: the folder holding `<name>/`.
+      name: `miniImageNet`, `tieredImageNet` or a folder written by write_embeddings.
+      crop: `center` or `multiview`.
+      train_on_val: add the validation examples to the training split (the paper's
+        final numbers are trained on train + val); the val split is then not held out.
+      dataset_name: the registry name reported in the dataset.
+    """
+    if not data_dir:
+        raise FileNotFoundError(not_found_message(data_dir, name, crop, []))
+    paths = {s: pickle_path(data_dir, name, crop, s) for s in SPLITS}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(not_found_message(data_dir, name, crop, missing))
+    data = {s: read_pickle(p) for s, p in paths.items()}
+    dims = {s: d["embeddings"].shape[1] for s, d in data.items()}
+    if len(set(dims.values())) != 1:
+        raise ValueError(f"The splits of {data_dir}/{name}/{crop} have different embedding "
+                         f"sizes {dims}; write them with the same backbone.")
+    if train_on_val:
+        data["train"] = merge(data["train"], data["val"])
+        paths["train"] += " + " + paths["val"]
+    splits = {s: group_by_class(d, paths[s]) for s, d in data.items()}
+    description = (f"{name} {crop} embeddings from {data_dir}"
+                   f"{' (train on train + val)' if train_on_val else ''}: " + ", ".join(
+                       f"{s} {c.num_classes} classes / {len(c.images)} examples"
+                       for s, c in splits.items()))
+    return FewShotDataset(dataset_name, splits, (dims["train"],), l2_normalize, description)
+
+
+def load_published(name: str, data_dir: str | None = None, embeddings: str = "center",
+                   train_on_val: bool = False) -> FewShotDataset:
+    """The released LEO embeddings of `name` (`miniImageNet` or `tieredImageNet`)."""
+    if embeddings not in PUBLISHED[name]:
+        raise ValueError(f"embeddings={embeddings!r} is not available for {name}; the LEO "
+                         f"release has {list(PUBLISHED[name])} for it.")
+    registry = {"miniImageNet": "mini_imagenet", "tieredImageNet": "tiered_imagenet"}[name]
+    return load_folder(data_dir, name, embeddings, train_on_val, dataset_name=registry)
+
+
+def find_embedding_folders(data_dir: str, crop: str = "center") -> list:
+    """Names of the subfolders of `data_dir` that hold `<crop>/train_embeddings.pkl`."""
+    if not data_dir or not os.path.isdir(data_dir):
+        return []
+    return sorted(n for n in os.listdir(data_dir)
+                  if os.path.isfile(pickle_path(data_dir, n, crop, "train")))
+
+
+def load(data_dir: str | None = None, folder: str | None = None, embeddings: str = "center",
+         train_on_val: bool = False) -> FewShotDataset:
+    """The `embeddings` dataset: any folder in the LEO layout (e.g. from write_embeddings).
+
+    Args:
+      data_dir: the folder holding `<folder>/<crop>/*_embeddings.pkl`.
+      folder: that subfolder; may be omitted when `data_dir` holds exactly one.
+      embeddings: the crop subfolder (`center` unless the files say otherwise).
+      train_on_val: add the validation examples to the training split.
+    """
+    if folder is None:
+        found = find_embedding_folders(data_dir, embeddings)
+        if len(found) != 1:
+            what = f"several ({found})" if found else "none"
+            raise FileNotFoundError(
+                f"Looked for <folder>/{embeddings}/train_embeddings.pkl in "
+                f"{os.path.abspath(data_dir) if data_dir else data_dir!r} and found {what}; "
+                "pass --set=data.folder=<name>, or write embeddings there with "
+                "bin/write_embeddings.py.")
+        folder = found[0]
+    return load_folder(data_dir, folder, embeddings, train_on_val)

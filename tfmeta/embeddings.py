@@ -1,0 +1,158 @@
+"""Writes LEO-format embeddings from any tfmeta dataset and backbone.
+
+LEO (Rusu et al. 2019) meta-learns on fixed image features; its authors released
+them for mini-ImageNet and tieredImageNet only. This module computes such
+features with a backbone of yours (for example the Conv4 of a trained MAML run)
+for any dataset tfmeta reads, and writes them in the release's layout:
+
+    <output_dir>/<name>/center/{train,val,test}_embeddings.pkl
+        {"keys": [n] str "<split>-<class>-<class>_<i>.JPEG", "embeddings": float32 [n, dim]}
+    <output_dir>/<name>/center/class_names.json    {class id: the dataset's class name}
+
+Class ids are `<split><index>` (e.g. `train00017`): LEO keys cannot hold the
+dataset's own names, which may contain '-' or '_'. Then
+
+    python bin/train.py --algo=leo --dataset=embeddings --data_dir=<output_dir>
+
+meta-trains LEO on them (see `tfmeta.data.leo_embeddings`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import keras
+import numpy as np
+
+from tfmeta.data.leo_embeddings import pickle_path
+
+SPLITS = ("train", "val", "test")
+
+
+def write_pickle(path: str, keys, embeddings) -> str:
+    """Writes one LEO embeddings pickle (protocol 2, readable by Python 2 and 3), atomically."""
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or len(keys) != len(embeddings):
+        raise ValueError(f"Need one [dim] embedding per key; got {len(keys)} keys and "
+                         f"embeddings of shape {embeddings.shape}.")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".part", "wb") as f:
+        pickle.dump({"keys": np.array(keys), "embeddings": embeddings}, f, protocol=2)
+    os.replace(path + ".part", path)
+    return path
+
+
+def feature_extractor(backbone: keras.Model, layer: str | None = None) -> keras.Model:
+    """The backbone up to `layer` (flattened), or without its head (a final Dense layer).
+
+    Args:
+      backbone: a functional Keras model.
+      layer: the name of the layer whose output is the feature, e.g. "block4_relu" of
+        Conv4 for its last feature map before pooling; None: everything but the head.
+    """
+    if layer is not None:
+        names = [x.name for x in backbone.layers]
+        if layer not in names:
+            raise ValueError(f"{backbone.name!r} has no layer {layer!r}; its layers: {names}.")
+        output = keras.layers.Flatten(name="features")(backbone.get_layer(layer).output)
+        return keras.Model(backbone.inputs, output, name=f"{backbone.name}_{layer}")
+    if isinstance(backbone.layers[-1], keras.layers.Dense) and len(backbone.layers) > 1:
+        return keras.Model(backbone.inputs, backbone.layers[-2].output,
+                           name=f"{backbone.name}_features")
+    return backbone
+
+
+def backbone_of(learner) -> keras.Model:
+    """The Keras backbone a learner wraps (`learner.model`, `.backbone` or `.encoder`)."""
+    for attribute in ("model", "backbone", "encoder", "embedding"):
+        candidate = getattr(learner, attribute, None)
+        if isinstance(candidate, keras.Model):
+            return candidate
+    raise ValueError(f"Cannot find the backbone of a {type(learner).__name__}: it has no Keras "
+                     "model in .model, .backbone, .encoder or .embedding. Pass the backbone to "
+                     "write_embeddings() directly.")
+
+
+def embed(features: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """`[n, *example_shape]` model inputs -> float32 `[n, dim]` features (inference mode)."""
+    outputs = [np.asarray(features(images[i:i + batch_size], training=False))
+               for i in range(0, len(images), batch_size)]
+    outputs = np.concatenate(outputs).astype(np.float32)
+    return outputs.reshape(len(outputs), -1)
+
+
+def recalibrate_batch_norm(features: keras.Model, images: np.ndarray, batch_size: int = 256,
+                           passes: int = 30, seed: int = 0) -> None:
+    """Sets batch-norm moving statistics from random batches of `images`.
+
+    For backbones meta-trained with batch statistics only (MAML's "batch_stats"),
+    whose moving averages were never updated: inference then normalizes with the
+    statistics of the data rather than the initial 0 and 1.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(passes):
+        features(images[rng.choice(len(images), min(batch_size, len(images)), replace=False)],
+                 training=True)
+
+
+def write_embeddings(features: keras.Model, dataset, output_dir: str, name: str,
+                     splits=SPLITS, batch_size: int = 256) -> dict:
+    """Embeds every example of `dataset`'s splits; returns {split: pickle path}.
+
+    Args:
+      features: maps the dataset's (preprocessed) examples to feature vectors.
+      dataset: a `FewShotDataset`.
+      output_dir, name: files go to `<output_dir>/<name>/center/`.
+      splits: the splits to write (LEO reads train, val and test).
+      batch_size: examples per forward pass.
+    """
+    if not name or any(c in name for c in "/\\"):
+        raise ValueError(f"name is a folder name such as 'Omniglot'; got {name!r}.")
+    paths, class_names = {}, {}
+    for split in splits:
+        classes = dataset.split(split)
+        vectors = embed(features, classes.images, batch_size)
+        keys = []
+        for index, count in enumerate(classes.class_counts):
+            class_id = f"{split}{index:05d}"
+            class_names[class_id] = classes.class_names[index]
+            keys += [f"{split}-{class_id}-{class_id}_{i}.JPEG" for i in range(count)]
+        paths[split] = write_pickle(pickle_path(output_dir, name, "center", split), keys, vectors)
+    with open(os.path.join(output_dir, name, "center", "class_names.json"), "w") as f:
+        json.dump(class_names, f, indent=1)
+    return paths
+
+
+def write_workdir_embeddings(workdir: str, output_dir: str, name: str | None = None,
+                             data_dir: str | None = None, recalibrate: bool | None = None,
+                             batch_size: int = 256, layer: str | None = None) -> dict:
+    """Writes embeddings of a trained run's dataset with the run's backbone.
+
+    Args:
+      workdir: a run written by bin/train.py (its config and newest checkpoint).
+      output_dir, name: files go to `<output_dir>/<name>/center/` (name defaults to
+        the run's dataset).
+      data_dir: the dataset's files, as for training.
+      recalibrate: recompute batch-norm statistics from the training split first;
+        by default only for runs that never kept them (learner.batch_norm="batch_stats").
+      batch_size: examples per forward pass.
+      layer: the backbone layer whose (flattened) output is the embedding; None: the
+        input of the classification head.
+    """
+    from tfmeta.config import load_config
+    from tfmeta.data import load_dataset
+    from tfmeta.training.trainer import CONFIG_FILE, build_compiled_learner, restore_latest
+
+    config = load_config(os.path.join(workdir, CONFIG_FILE))
+    dataset = load_dataset(config.dataset, data_dir, **config.data)
+    learner = build_compiled_learner(config, dataset.input_shape)
+    restore_latest(learner, workdir, require=True)
+    features = feature_extractor(backbone_of(learner), layer)
+    if recalibrate is None:
+        recalibrate = config.learner.get("batch_norm") == "batch_stats"
+    if recalibrate:
+        recalibrate_batch_norm(features, dataset.split("train").images, batch_size)
+    return write_embeddings(features, dataset, output_dir, name or config.dataset,
+                            batch_size=batch_size)
