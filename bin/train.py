@@ -42,7 +42,9 @@ def main(argv):
         overrides.append(f"strategy='{FLAGS.strategy}'")
     config = config_lib.apply_overrides(config, overrides)
     workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.algo}_{FLAGS.dataset}")
-    learner = trainer.train(config, workdir, FLAGS.data_dir, download=FLAGS.download)
+    verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, one line per epoch in logs
+    learner = trainer.train(config, workdir, FLAGS.data_dir, download=FLAGS.download,
+                            verbose=verbose)
     if FLAGS.export:
         del learner
         logging.info("Exported to %s", export.export_workdir(workdir, FLAGS.data_dir))

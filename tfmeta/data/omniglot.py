@@ -30,8 +30,7 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.data.base import (FewShotDataset, download_file, load_cached_arrays,
-                              source_fingerprint)
+from tfmeta.data.base import FewShotDataset, download_file, load_cached_arrays, source_fingerprint
 from tfmeta.data.episodes import ClassImages
 
 URL_PREFIX = "https://github.com/brendenlake/omniglot/raw/master/python/"

@@ -55,8 +55,12 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
     """Evaluates the newest checkpoint of a run and writes `<workdir>/eval.json`."""
     from tfmeta.algorithms import algorithm_module
     from tfmeta.config import load_config
-    from tfmeta.training.trainer import (CONFIG_FILE, build_compiled_learner, eval_spec,
-                                         restore_latest)
+    from tfmeta.training.trainer import (
+        CONFIG_FILE,
+        build_compiled_learner,
+        eval_spec,
+        restore_latest,
+    )
 
     config = load_config(os.path.join(workdir, CONFIG_FILE))
     dataset = load_dataset(config.dataset, data_dir, **config.data)
