@@ -186,8 +186,21 @@ class TestReptileContract(LearnerContract):
                        inner_batch_size=10, inner_steps_test=5, inner_batch_size_test=5,
                        inner_lr=1e-3, meta_step_size=1.0, anneal_steps=1000)
 
+    queries_are_supports = False
+
     def learner_and_data(self, dataset, seed=0):
         learner, _, held_out = super().learner_and_data(dataset, seed)
         train = episode_dataset(dataset.split("train"), self.ways, self.train_shots,
                                 self.queries, self.meta_batch_size, seed=seed)
+        if self.queries_are_supports:
+            train = train.map(lambda e: dict(e, query_images=e["support_images"],
+                                             query_labels=e["support_labels"]))
         return learner, train, held_out
+
+    def test_overfits_one_episode(self, dataset):
+        """Reptile never sees query labels: its objective is the support loss after adaptation,
+        and meta-training on one fixed meta-batch leaves query accuracy where adaptation puts
+        it (measured 0.7-0.9 over 150 steps, flat). So here "overfit" means fitting that
+        meta-batch's support sets: the contract's check with queries = supports."""
+        self.queries_are_supports = True
+        super().test_overfits_one_episode(dataset)

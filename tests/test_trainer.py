@@ -175,5 +175,5 @@ def test_cli_train_evaluate_export(tmp_path):
     raw = tf.random.uniform((5, 105, 105, 1), seed=1)
     logits = loaded.adapt_and_predict(raw, tf.range(5), raw[:3])["logits"]
     assert logits.shape == (3, 5)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be float32 in \[0, 1\]"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be float32 in \[0, 1\]"):
         loaded.adapt_and_predict(raw * 255, tf.range(5), raw[:3])

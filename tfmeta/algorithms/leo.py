@@ -47,7 +47,6 @@ from keras import layers
 
 from tfmeta import weights
 from tfmeta.algorithms.base import MetaLearner, cross_entropy, num_ways, replica_mean
-from tfmeta.training.export import AdaptAndPredict
 
 MIN_STDDEV = 1e-10
 
@@ -326,30 +325,6 @@ class LEO(MetaLearner):
         grads = clip_gradients([g / factor for g in grads], self.gradient_threshold,
                                self.gradient_norm_threshold)
         return [g * factor for g in grads], loss, logits
-
-    def serving_module(self, preprocess, raw_shape):
-        """`adapt_and_predict` on raw embeddings (any real values, not images in [0, 1])."""
-        module = EmbeddingAdaptAndPredict(self, preprocess, raw_shape)
-        return module, {"adapt_and_predict": module.adapt_and_predict.get_concrete_function()}
-
-
-class EmbeddingAdaptAndPredict(AdaptAndPredict):
-    """The standard serving signature, checking embeddings for finiteness instead of range."""
-
-    def _adapt_and_predict(self, support_images, support_labels, query_images):
-        checks = [
-            tf.debugging.assert_non_negative(support_labels,
-                                             message="support_labels must be in 0..N-1"),
-            tf.debugging.assert_equal(tf.shape(support_images)[0], tf.shape(support_labels)[0],
-                                      message="one support label per support embedding"),
-        ]
-        support_images = tf.debugging.assert_all_finite(support_images, "non-finite embedding")
-        query_images = tf.debugging.assert_all_finite(query_images, "non-finite embedding")
-        with tf.control_dependencies(checks):
-            logits = self.learner.adapt_and_predict(self._preprocess(support_images),
-                                                    support_labels,
-                                                    self._preprocess(query_images))
-        return {"logits": tf.cast(logits, tf.float32)}
 
 
 def from_config(config, input_shape):

@@ -6,7 +6,7 @@ one-hot label of the previous step, y_{t-1} (the label offset: the label of step
 given at t+1), and predicts y_t, so it must bind each example to the label that
 arrives one step later through an external memory. One step (paper eqs. 1-8):
 
-    h, c = lstm_controller([x_t, onehot(y_{t-1})], (h, c))
+    h, c = lstm_controller([x_t, onehot(y_{t-1}), r_{t-1}], (h, c))  # reads fed back, as NTM
     k = tanh(W_k h); alpha = W_a h                      # per read/write head
     lu = indices of the `heads` least used slots of w_u          # w_lu of step t-1
     M[lu[0]] = 0                                        # erase the least used slot
@@ -49,8 +49,8 @@ class LRUAMemory(keras.layers.Layer):
     """LSTM controller with an external memory read by content and written by LRUA.
 
     `step(inputs [R, in], state) -> (output [R, units + heads * slot_size], state)`;
-    `initial_state(rows)` gives the zero state
-    `(h [R, units], c [R, units], M [R, slots, size], w_r [R, heads, slots], w_u [R, slots])`.
+    `initial_state(rows)` gives the zero state `(h [R, units], c [R, units],
+    M [R, slots, size], w_r [R, heads, slots], w_u [R, slots], r [R, heads * size])`.
     """
 
     def __init__(self, input_dim: int, units: int = 200, memory_slots: int = 128,
@@ -64,7 +64,7 @@ class LRUAMemory(keras.layers.Layer):
         self.units, self.slots, self.slot_size = units, memory_slots, slot_size
         self.heads, self.gamma = heads, gamma
         self.controller = keras.layers.LSTMCell(units, name="controller")
-        self.controller.build((None, input_dim))
+        self.controller.build((None, input_dim + heads * slot_size))
         self.key_layer = keras.layers.Dense(heads * slot_size, activation="tanh", name="keys")
         self.key_layer.build((None, units))
         self.alpha_layer = keras.layers.Dense(heads, name="alpha")
@@ -74,11 +74,12 @@ class LRUAMemory(keras.layers.Layer):
     def initial_state(self, rows):
         return (tf.zeros([rows, self.units]), tf.zeros([rows, self.units]),
                 tf.fill([rows, self.slots, self.slot_size], 1e-6),
-                tf.zeros([rows, self.heads, self.slots]), tf.zeros([rows, self.slots]))
+                tf.zeros([rows, self.heads, self.slots]), tf.zeros([rows, self.slots]),
+                tf.zeros([rows, self.heads * self.slot_size]))
 
     def step(self, inputs, state):
-        h, c, memory, read_weights, usage = state
-        h, (_, c) = self.controller(inputs, [h, c])
+        h, c, memory, read_weights, usage, reads = state
+        h, (_, c) = self.controller(tf.concat([inputs, reads], -1), [h, c])
         keys = tf.reshape(self.key_layer(h), [-1, self.heads, self.slot_size])      # [R, H, W]
         gate = tf.sigmoid(self.alpha_layer(h))[..., None]                            # [R, H, 1]
         _, least_used = tf.math.top_k(-usage, self.heads)                            # [R, H]
@@ -92,8 +93,8 @@ class LRUAMemory(keras.layers.Layer):
         reads = tf.einsum("rhs,rsw->rhw", read_weights, memory)
         usage = (self.gamma * usage + tf.reduce_sum(read_weights, 1)
                  + tf.reduce_sum(write_weights, 1))
-        output = tf.concat([h, tf.reshape(reads, [-1, self.heads * self.slot_size])], -1)
-        return output, (h, c, memory, read_weights, usage)
+        reads = tf.reshape(reads, [-1, self.heads * self.slot_size])
+        return tf.concat([h, reads], -1), (h, c, memory, read_weights, usage, reads)
 
 
 class MANN(MetaLearner):

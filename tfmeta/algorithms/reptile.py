@@ -34,6 +34,8 @@ Weight arithmetic goes through `tfmeta.weights`; `InnerAdam`, `InnerSGD`,
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import tensorflow as tf
 
@@ -43,6 +45,9 @@ from tfmeta.data.episodes import episode_dataset
 
 INNER_OPTIMIZERS = ("adam", "sgd")
 EVAL_SEED = 2 ** 31 - 1  # mini-batch order at meta-test time: fixed, so serving is deterministic
+# learner -> its compiled query_logits for eager callers (kept off the learner so SavedModel
+# export does not try to save it).
+_COMPILED = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------- inner optimizers on tensors
@@ -281,6 +286,17 @@ class Reptile(ReptileSchedule, MetaLearner):
         return self.optimizer.iterations if training else tf.constant(EVAL_SEED, tf.int64)
 
     def query_logits(self, episodes, training=False):
+        if tf.executing_eagerly():
+            # Eager while-loops run op by op (minutes for a meta-batch); compile instead.
+            if self not in _COMPILED:
+                learner = weakref.ref(self)  # a strong reference would keep the key alive
+                _COMPILED[self] = tf.function(
+                    lambda episodes, training: learner()._query_logits(episodes, training),
+                    reduce_retracing=True)
+            return _COMPILED[self](episodes, bool(training))
+        return self._query_logits(episodes, training)
+
+    def _query_logits(self, episodes, training):
         params = weights.values(self.model.trainable_variables)
         state = weights.values(self.model.non_trainable_variables)
         steps = self.inner_steps if training else self.inner_steps_test

@@ -11,6 +11,7 @@ import importlib
 
 BENCHMARK_MODULES = [
     "tfmeta.benchmarking.maml",
+    "tfmeta.benchmarking.model_based",
     "tfmeta.benchmarking.leo",
     "tfmeta.benchmarking.reptile",
     "tfmeta.benchmarking.metric",

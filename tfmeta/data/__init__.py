@@ -1,7 +1,8 @@
 """Datasets in their official on-disk formats, and the episode sampler.
 
 `load_dataset(name, data_dir=None, **options)` returns a `FewShotDataset`; each
-registered loader lives in its own module and exposes `load(data_dir, **options)`.
+registered loader is a function `load(data_dir, **options)`, named in DATASETS as
+"module" (its `load`) or "module:function".
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import importlib
 from tfmeta.data.base import FewShotDataset
 from tfmeta.data.episodes import ClassImages, episode_dataset
 
-# name -> module with a `load(data_dir=None, **options) -> FewShotDataset`.
+# name -> "module[:function]" of a `load(data_dir=None, **options) -> FewShotDataset`.
 DATASETS = {
     "omniglot": "tfmeta.data.omniglot",
     "mnist": "tfmeta.data.mnist",  # mnist.npz (x_train, y_train, x_test, y_test)
-    "mini_imagenet": "tfmeta.data.leo_mini_imagenet",  # LEO's released embeddings
-    "tiered_imagenet": "tfmeta.data.leo_tiered_imagenet",  # LEO's released embeddings
+    "mini_imagenet": "tfmeta.data.leo_embeddings:load_mini_imagenet",  # LEO's released embeddings
+    "tiered_imagenet": "tfmeta.data.leo_embeddings:load_tiered_imagenet",  # LEO's released embeddings
     "embeddings": "tfmeta.data.leo_embeddings",  # any folder in the LEO layout
 }
 
@@ -24,7 +25,8 @@ DATASETS = {
 def load_dataset(name: str, data_dir: str | None = None, **options) -> FewShotDataset:
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}.")
-    return importlib.import_module(DATASETS[name]).load(data_dir, **options)
+    module, _, function = DATASETS[name].partition(":")
+    return getattr(importlib.import_module(module), function or "load")(data_dir, **options)
 
 
 __all__ = ["ClassImages", "DATASETS", "FewShotDataset", "episode_dataset", "load_dataset"]

@@ -29,6 +29,8 @@ class FewShotDataset:
         in [0, 1]) to model inputs. The cache was built with this same function, so
         a served model and the trainer see identical inputs.
       description: one line on what was loaded and how it was split.
+      value_range: (low, high) of raw inputs (images in [0, 1]); None for unbounded
+        inputs such as embeddings. Exported models reject inputs outside it.
     """
 
     name: str
@@ -36,6 +38,7 @@ class FewShotDataset:
     raw_shape: tuple
     preprocess: Callable
     description: str = ""
+    value_range: tuple | None = (0.0, 1.0)
 
     def split(self, name: str) -> ClassImages:
         if name not in self.splits:

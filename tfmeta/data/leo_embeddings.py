@@ -143,7 +143,8 @@ def load_folder(data_dir: str, name: str, crop: str = "center", train_on_val: bo
                    f"{' (train on train + val)' if train_on_val else ''}: " + ", ".join(
                        f"{s} {c.num_classes} classes / {len(c.images)} examples"
                        for s, c in splits.items()))
-    return FewShotDataset(dataset_name, splits, (dims["train"],), l2_normalize, description)
+    return FewShotDataset(dataset_name, splits, (dims["train"],), l2_normalize, description,
+                          value_range=None)
 
 
 def load_published(name: str, data_dir: str | None = None, embeddings: str = "center",
@@ -154,6 +155,16 @@ def load_published(name: str, data_dir: str | None = None, embeddings: str = "ce
                          f"release has {list(PUBLISHED[name])} for it.")
     registry = {"miniImageNet": "mini_imagenet", "tieredImageNet": "tiered_imagenet"}[name]
     return load_folder(data_dir, name, embeddings, train_on_val, dataset_name=registry)
+
+
+def load_mini_imagenet(data_dir: str | None = None, **options) -> FewShotDataset:
+    """`--dataset=mini_imagenet`: the released miniImageNet embeddings."""
+    return load_published("miniImageNet", data_dir, **options)
+
+
+def load_tiered_imagenet(data_dir: str | None = None, **options) -> FewShotDataset:
+    """`--dataset=tiered_imagenet`: the released tieredImageNet embeddings."""
+    return load_published("tieredImageNet", data_dir, **options)
 
 
 def find_embedding_folders(data_dir: str, crop: str = "center") -> list:

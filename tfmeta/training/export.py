@@ -20,27 +20,36 @@ import tensorflow as tf
 class AdaptAndPredict(tf.Module):
     """Wraps a learner and its dataset's preprocessing for serving."""
 
-    def __init__(self, learner, preprocess, raw_shape):
+    def __init__(self, learner, preprocess, raw_shape, value_range=(0.0, 1.0)):
         super().__init__(name="tfmeta_serving")
         self.learner = learner
         self._preprocess = preprocess
-        images = tf.TensorSpec([None, *raw_shape], tf.float32)
+        self._value_range = value_range
+        inputs = tf.TensorSpec([None, *raw_shape], tf.float32)
         self.adapt_and_predict = tf.function(
             self._adapt_and_predict,
-            input_signature=[images, tf.TensorSpec([None], tf.int32), images])
+            input_signature=[inputs, tf.TensorSpec([None], tf.int32), inputs])
 
-    def _adapt_and_predict(self, support_images, support_labels, query_images):
+    def input_checks(self, support_images, support_labels, query_images):
+        """Assertions on a request: labels, counts, finite values in the dataset's range."""
         checks = [
             tf.debugging.assert_non_negative(support_labels,
                                              message="support_labels must be in 0..N-1"),
             tf.debugging.assert_equal(tf.shape(support_images)[0], tf.shape(support_labels)[0],
-                                      message="one support label per support image"),
-            tf.debugging.assert_greater_equal(tf.reduce_min(support_images), 0.0,
-                                              message="images must be float32 in [0, 1]"),
-            tf.debugging.assert_less_equal(tf.reduce_max(support_images), 1.0,
-                                           message="images must be float32 in [0, 1]"),
+                                      message="one support label per support example"),
         ]
-        with tf.control_dependencies(checks):
+        for inputs in (support_images, query_images):
+            checks.append(tf.debugging.assert_all_finite(inputs, "inputs must be finite"))
+            if self._value_range is not None:
+                low, high = self._value_range
+                message = f"inputs must be float32 in [{low:g}, {high:g}]"
+                checks.append(tf.debugging.assert_greater_equal(inputs, low, message=message))
+                checks.append(tf.debugging.assert_less_equal(inputs, high, message=message))
+        return checks
+
+    def _adapt_and_predict(self, support_images, support_labels, query_images):
+        with tf.control_dependencies(self.input_checks(support_images, support_labels,
+                                                       query_images)):
             logits = self.learner.adapt_and_predict(self._preprocess(support_images),
                                                     support_labels,
                                                     self._preprocess(query_images))
@@ -56,7 +65,8 @@ def export_learner(learner, dataset, path: str) -> str:
     if hasattr(learner, "serving_module"):
         module, signatures = learner.serving_module(dataset.preprocess, dataset.raw_shape)
     else:
-        module = AdaptAndPredict(learner, dataset.preprocess, dataset.raw_shape)
+        module = AdaptAndPredict(learner, dataset.preprocess, dataset.raw_shape,
+                                 dataset.value_range)
         signatures = {"adapt_and_predict": module.adapt_and_predict.get_concrete_function()}
     tf.saved_model.save(module, path, signatures=signatures)
     return path
