@@ -44,7 +44,8 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.optimizer = ml_collections.ConfigDict(
         {"name": "adam", "learning_rate": 1e-3, "clipnorm": config_dict.placeholder(float)})
     config.num_steps = 60000
-    config.checkpoint_every = 500  # steps; also the interval of validation and logging
+    config.checkpoint_every = 500  # steps between checkpoints
+    config.log_every = 100  # steps per Keras epoch: validation, TensorBoard, progress line
     config.keep_checkpoints = 3
     config.strategy = "default"  # default | one_device | mirrored
     config.jit_compile = "auto"  # Keras resolves "auto" to False on CPU-only machines

@@ -26,7 +26,8 @@ def test_label_of_step_t_is_seen_from_step_t_plus_one():
     learner = pixel_mann()
     episode = toy_episode([0, 1, 2, 0])
     support, query, order = learner.sequence_logits(episode)
-    # Change the label of the support example shown at time step 2 (eval order is fixed).
+    # Change the label of the support example shown at time step 2 (the evaluation order
+    # depends on the images only).
     step2 = int(order[0, 2])
     labels = episode["support_labels"].numpy().copy()
     labels[0, step2] = (labels[0, step2] + 1) % 3

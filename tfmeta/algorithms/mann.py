@@ -24,7 +24,8 @@ parallel for all queries (so queries never see each other or any query label).
 `query_logits` returns those steps' logits `[B, M, N]`; `sequence_logits` also
 returns the support steps'. Meta-training minimizes the cross-entropy of every step,
 support and query, as the paper's loss over the whole sequence. The order in time is
-random while training and a fixed permutation otherwise (deterministic serving).
+random while training and, otherwise, a permutation seeded by the episode's pixels
+(deterministic serving).
 
 `accuracy_by_instance` reports accuracy by presentation number (1st, 2nd, 5th, 10th),
 as the paper's Table 1, on sequences of `instances` examples per class.
@@ -112,7 +113,7 @@ class MANN(MetaLearner):
       num_classes: label classes of the sequence (one-hot size, the most ways served).
       units, memory_slots, slot_size, heads, gamma: as LRUAMemory (paper: 200, 128,
         40, 4, 0.95).
-      eval_order_seed: seed of the fixed time order used when not training.
+      eval_order_seed: seed of the time order used when not training.
     """
 
     def __init__(self, encoder: keras.Model | None, num_classes: int, input_shape=None,
@@ -147,13 +148,21 @@ class MANN(MetaLearner):
             features = tf.cast(self.encoder(flat, training=training), tf.float32)
         return tf.reshape(features, [tf.shape(images)[0], tf.shape(images)[1], -1])
 
-    def time_order(self, batch, length, training):
-        """`[B, n]` permutation of the support set in time: random if training, else fixed."""
+    def time_order(self, support_images, training):
+        """`[B, n]` permutation of the support set in time.
+
+        Random while training; otherwise a pseudo-random permutation seeded by the
+        episode's own pixels, so serving is deterministic yet the label order in time
+        differs between episodes (a fixed order would be a pattern to exploit).
+        """
+        batch, length = tf.shape(support_images)[0], tf.shape(support_images)[1]
         if training:
-            scores = tf.random.uniform([batch, length])
-        else:
-            scores = tf.tile(tf.random.stateless_uniform([1, length],
-                                                         [self.eval_order_seed, 0]), [batch, 1])
+            return tf.argsort(tf.random.uniform([batch, length]), axis=-1)
+        content = tf.reduce_sum(tf.reshape(support_images, [batch, -1]), -1)
+        seeds = tf.stack([tf.fill([batch], self.eval_order_seed),
+                          tf.bitcast(tf.cast(content, tf.float32), tf.int32)], -1)
+        scores = tf.map_fn(lambda seed: tf.random.stateless_uniform([length], seed), seeds,
+                           fn_output_signature=tf.float32)
         return tf.argsort(scores, axis=-1)
 
     def sequence_logits(self, episodes, training=False):
@@ -163,8 +172,8 @@ class MANN(MetaLearner):
         order `[B, n]`: the support index presented at each step).
         """
         support_labels = tf.cast(episodes["support_labels"], tf.int32)
-        batch, length = tf.shape(support_labels)[0], tf.shape(support_labels)[1]
-        order = self.time_order(batch, length, training)
+        batch = tf.shape(support_labels)[0]
+        order = self.time_order(episodes["support_images"], training)
         support = tf.gather(self._features(episodes["support_images"], training), order,
                             batch_dims=1)                                         # [B, n, D]
         labels = tf.one_hot(tf.gather(support_labels, order, batch_dims=1), self.num_classes)

@@ -146,7 +146,7 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
         # The checkpoint restored the old learning rate; the config's is the one asked for.
         learner.optimizer.learning_rate = config.optimizer.learning_rate
 
-    steps_per_epoch = min(config.checkpoint_every, config.num_steps)
+    steps_per_epoch = min(config.get("log_every", config.checkpoint_every), config.num_steps)
     guard = CheckpointAndNaNGuard(manager, config.checkpoint_every, config.num_steps)
     callbacks = [
         guard,
