@@ -69,7 +69,8 @@ def train_classifier(pool, steps: int, seed: int, max_per_class: int = 300):
 
 
 def evaluate_run(learner, dataset, config, split: str = "test", num_episodes: int = 100,
-                 seed: int = 1234, log_dir: str | None = None, step: int = 0) -> dict:
+                 seed: int = 1234, ways=None, shots=None, log_dir: str | None = None,
+                 step: int = 0) -> dict:
     """Class accuracy of adapted vs unadapted samples on `split`'s classes (see module doc).
 
     Returns a dict with `accuracy`/`ci95` (adapted samples), `unadapted_accuracy`/
@@ -86,7 +87,8 @@ def evaluate_run(learner, dataset, config, split: str = "test", num_episodes: in
     evaluated, pool, _ = _class_pool(dataset, split, max_classes, rng)
     classifier, real_accuracy = train_classifier(
         pool, int(config.get("eval_classifier_steps") or 300), seed)
-    shots, samples = int(config.shots), int(config.get("eval_samples") or 16)
+    del ways  # the classifier's classes are fixed by the split, not by a way count
+    shots, samples = int(shots or config.shots), int(config.get("eval_samples") or 16)
     if any(len(pool[i]) < shots for i in range(len(evaluated))):
         raise ValueError(f"Some {split} classes have fewer than shots={shots} images; lower shots.")
 

@@ -337,16 +337,20 @@ def from_config(config, input_shape):
     return LEO(embedding_dim=int(input_shape[0]), **config.learner)
 
 
-def evaluate_run(learner, dataset, config, split, num_episodes, seed):
+def evaluate_run(learner, dataset, config, split, num_episodes, seed, ways=None, shots=None,
+                 log_dir=None, step=0):
     """The paper's protocol: every remaining example of each class is a query.
 
     With `config.eval_queries` set, that many queries per class instead. Classes
     may differ in size, so "every remaining" is the smallest class's count minus K.
+    `ways`/`shots` override the config's; `log_dir` and `step` are unused here.
     """
     from tfmeta.training.evaluation import evaluate
     from tfmeta.training.trainer import eval_spec
 
-    ways, shots, _ = eval_spec(config)
+    del log_dir, step
+    default_ways, default_shots, _ = eval_spec(config)
+    ways, shots = ways or default_ways, shots or default_shots
     classes = dataset.split(split)
     queries = config.eval_queries or int(classes.class_counts.min()) - shots
     if queries < 1:

@@ -67,12 +67,14 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
     learner = build_compiled_learner(config, dataset.input_shape)
     step = restore_latest(learner, workdir, require=True)
     default_ways, default_shots, queries = eval_spec(config)
-    # An algorithm whose quality is not N-way accuracy (Reptile-GAN) defines its own
-    # `evaluate_run(learner, dataset, config, split, num_episodes, seed) -> dict`.
+    # An algorithm with its own protocol (LEO's queries, Reptile-GAN's generation metric)
+    # defines `evaluate_run(learner, dataset, config, split, num_episodes, seed, ways=None,
+    # shots=None, log_dir=None, step=0) -> dict` with at least accuracy, ci95, ways, shots.
     custom = getattr(algorithm_module(config.algo), "evaluate_run", None)
     if custom is not None:
-        result = custom(learner, dataset, config, split,
-                        num_episodes or config.eval_episodes, seed)
+        result = custom(learner, dataset, config, split, num_episodes or config.eval_episodes,
+                        seed, ways=ways, shots=shots,
+                        log_dir=os.path.join(workdir, "logs", "eval"), step=step)
     else:
         result = evaluate(learner, dataset.split(split), ways or default_ways,
                           shots or default_shots, queries, num_episodes or config.eval_episodes,
