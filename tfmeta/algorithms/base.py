@@ -110,8 +110,19 @@ class MetaLearner(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     # ----------------------------------------------------------------- serving
+    @property
+    def max_ways(self):
+        """The most ways this learner serves (a fixed-size head), or None for any number."""
+        return None
+
     def adapt_and_predict(self, support_images, support_labels, query_images):
         """One unbatched episode -> query logits `[m, N]` (N = max(support_labels) + 1)."""
+        if self.max_ways is not None:
+            k = self.max_ways
+            tf.debugging.assert_less_equal(
+                num_ways(support_labels), k,
+                message=f"This {type(self).__name__} learner has {k} outputs, so it serves at "
+                        f"most {k} ways; support_labels must be in 0..{k - 1}.")
         episodes = {"support_images": support_images[None],
                     "support_labels": support_labels[None],
                     "query_images": query_images[None]}

@@ -35,7 +35,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.base import MetaLearner, cross_entropy, num_ways, replica_mean
+from tfmeta.algorithms.base import MetaLearner, cross_entropy, replica_mean
 
 BATCH_NORM_MODES = ("batch_stats", "running_stats")
 
@@ -192,12 +192,9 @@ class MAML(MetaLearner):
             weights.assign(self.model.non_trainable_variables, state)
         return grads, loss_sum / global_batch, logits_array.stack()
 
-    def adapt_and_predict(self, support_images, support_labels, query_images):
-        tf.debugging.assert_less_equal(
-            num_ways(support_labels), self.num_outputs,
-            message=f"This MAML model has {self.num_outputs} outputs, so it serves at most "
-                    f"{self.num_outputs} ways; support_labels must be in 0..{self.num_outputs - 1}.")
-        return super().adapt_and_predict(support_images, support_labels, query_images)
+    @property
+    def max_ways(self):
+        return self.num_outputs
 
 
 def from_config(config, input_shape):

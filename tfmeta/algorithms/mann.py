@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.algorithms.base import MetaLearner, cross_entropy, num_ways, replica_mean
+from tfmeta.algorithms.base import MetaLearner, cross_entropy, replica_mean
 from tfmeta.data import episode_dataset
 
 
@@ -213,12 +213,9 @@ class MANN(MetaLearner):
             scaled = self.optimizer.scale_loss(replica_mean(loss))
         return tape.gradient(scaled, self.trainable_variables), loss, logits
 
-    def adapt_and_predict(self, support_images, support_labels, query_images):
-        tf.debugging.assert_less_equal(
-            num_ways(support_labels), self.num_classes,
-            message=f"This MANN has {self.num_classes} label classes; support_labels must be "
-                    f"in 0..{self.num_classes - 1}.")
-        return super().adapt_and_predict(support_images, support_labels, query_images)
+    @property
+    def max_ways(self):
+        return self.num_classes
 
 
 def instance_numbers(labels):

@@ -39,7 +39,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.base import MetaLearner, num_ways
+from tfmeta.algorithms.base import MetaLearner
 from tfmeta.algorithms.lstm_meta import preprocess_gradients
 
 
@@ -201,12 +201,9 @@ class MetaNet(MetaLearner):
         fast_w = tf.einsum("bmn,bnk->bmk", attention, memory_values[1])
         return augmented_dense(query_f, (self.W, self.w), (fast_W, fast_w))
 
-    def adapt_and_predict(self, support_images, support_labels, query_images):
-        tf.debugging.assert_less_equal(
-            num_ways(support_labels), self.num_classes,
-            message=f"This MetaNet has {self.num_classes} outputs; support_labels must be in "
-                    f"0..{self.num_classes - 1}.")
-        return super().adapt_and_predict(support_images, support_labels, query_images)
+    @property
+    def max_ways(self):
+        return self.num_classes
 
 
 def from_config(config, input_shape):

@@ -40,7 +40,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.base import MetaLearner, accuracy, check_episodes, cross_entropy, num_ways
+from tfmeta.algorithms.base import MetaLearner, accuracy, check_episodes, cross_entropy
 from tfmeta.data.episodes import episode_dataset
 
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -340,12 +340,9 @@ class Reptile(ReptileSchedule, MetaLearner):
         self.accuracy_tracker.update_state(acc, sample_weight=batch)
         return {m.name: m.result() for m in self.metrics}
 
-    def adapt_and_predict(self, support_images, support_labels, query_images):
-        tf.debugging.assert_less_equal(
-            num_ways(support_labels), self.num_outputs,
-            message=f"This Reptile model has {self.num_outputs} outputs, so it serves at most "
-                    f"{self.num_outputs} ways; support_labels must be in 0..{self.num_outputs - 1}.")
-        return super().adapt_and_predict(support_images, support_labels, query_images)
+    @property
+    def max_ways(self):
+        return self.num_outputs
 
 
 def from_config(config, input_shape):
