@@ -38,6 +38,31 @@ def time_train_steps(learner, dataset, steps: int) -> dict:
             "steps_timed": len(times)}
 
 
+def time_config_training(algo: str, steps: int, dataset_name: str = "omniglot",
+                         setting: str = "5w1s"):
+    """Builds `configs/<algo>.py`'s learner with its optimizer and times its meta-steps.
+
+    Returns (result dict from `time_train_steps` plus `meta_batch_size`, learner, dataset).
+    """
+    import keras
+
+    from tfmeta.algorithms import build_learner
+    from tfmeta.config import get_config
+    from tfmeta.data import episode_dataset, load_dataset
+
+    config = get_config(algo, dataset_name, setting)
+    dataset = load_dataset(dataset_name)
+    episodes = episode_dataset(dataset.split("train"), config.ways, config.shots,
+                               config.queries, config.meta_batch_size)
+    keras.utils.set_random_seed(0)
+    learner = build_learner(config, dataset.input_shape)
+    learner.compile(optimizer=keras.optimizers.Adam(config.optimizer.learning_rate))
+    result = time_train_steps(learner, episodes, steps)
+    result.update(meta_batch_size=config.meta_batch_size, train_ways=config.ways,
+                  train_queries=config.queries)
+    return result, learner, dataset
+
+
 def time_function(fn, args, repeats: int) -> dict:
     """First call (trace) and the median of `repeats` further calls of a tf.function."""
     start = time.perf_counter()

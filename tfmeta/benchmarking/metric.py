@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.benchmarking.common import time_function, time_train_steps
-from tfmeta.data import episode_dataset, load_dataset
+from tfmeta.benchmarking.common import time_config_training, time_function
 from tfmeta.training.export import export_learner
 
 SERVING_WAYS, SERVING_SHOTS, SERVING_QUERIES = 20, 1, 5
@@ -20,21 +18,9 @@ SERVING_WAYS, SERVING_SHOTS, SERVING_QUERIES = 20, 1, 5
 
 def _case(algo: str):
     def run(steps: int) -> dict:
-        from tfmeta.algorithms import build_learner
-        from tfmeta.config import get_config
-
-        config = get_config(algo, "omniglot", "5w1s")
-        dataset = load_dataset("omniglot")
-        episodes = episode_dataset(dataset.split("train"), config.ways, config.shots,
-                                   config.queries, config.meta_batch_size)
-        keras.utils.set_random_seed(0)
-        learner = build_learner(config, dataset.input_shape)
-        learner.compile(optimizer=keras.optimizers.Adam(config.optimizer.learning_rate))
-        result = time_train_steps(learner, episodes, steps)
-        result["train_episodes_per_s"] = config.meta_batch_size / (
+        result, learner, dataset = time_config_training(algo, steps)
+        result["train_episodes_per_s"] = result["meta_batch_size"] / (
             result["median_ms_per_step"] / 1000)
-        result.update(train_ways=config.ways, train_queries=config.queries,
-                      meta_batch_size=config.meta_batch_size)
         result.update(_serving_latency(learner, dataset, max(steps, 10)))
         return result
 

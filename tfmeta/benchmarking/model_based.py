@@ -3,25 +3,12 @@ configs' backbones, meta-batch sizes and inner steps): median ms per meta-step."
 
 from __future__ import annotations
 
-import keras
-
-from tfmeta.algorithms import build_learner
-from tfmeta.benchmarking.common import time_train_steps
-from tfmeta.config import get_config
-from tfmeta.data import episode_dataset, load_dataset
+from tfmeta.benchmarking.common import time_config_training
 
 
 def _case(algo: str):
     def run(steps: int) -> dict:
-        config = get_config(algo, "omniglot", "5w1s")
-        dataset = load_dataset("omniglot")
-        episodes = episode_dataset(dataset.split("train"), config.ways, config.shots,
-                                   config.queries, config.meta_batch_size)
-        learner = build_learner(config, dataset.input_shape)
-        learner.compile(optimizer=keras.optimizers.Adam(config.optimizer.learning_rate))
-        result = time_train_steps(learner, episodes, steps)
-        result["meta_batch_size"] = config.meta_batch_size
-        return result
+        return time_config_training(algo, steps)[0]
 
     return run
 
