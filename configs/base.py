@@ -28,6 +28,10 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     # The algorithm's constructor arguments.
     config.learner = ml_collections.ConfigDict()
 
+    # Random affine augmentation of training examples (tfmeta.data.augment.RandomAffine):
+    # shift as a fraction of the image size, rotation in degrees, scale as 1 +- scale.
+    config.augment = ml_collections.ConfigDict(
+        {"shift": 0.0, "rotation": 0.0, "scale": 0.0, "fill_mode": "constant", "fill_value": 0.0})
     # Meta-training episodes.
     config.ways = ways
     config.shots = shots
@@ -41,8 +45,12 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.eval_meta_batch_size = 20
     config.val_episodes = 100
 
+    # schedule: None (constant), "step" (x decay_rate every decay_steps) or "cosine"
+    # (to 0 over decay_steps, default num_steps); see trainer.learning_rate_schedule.
     config.optimizer = ml_collections.ConfigDict(
-        {"name": "adam", "learning_rate": 1e-3, "clipnorm": config_dict.placeholder(float)})
+        {"name": "adam", "learning_rate": 1e-3, "clipnorm": config_dict.placeholder(float),
+         "schedule": config_dict.placeholder(str), "decay_steps": config_dict.placeholder(int),
+         "decay_rate": config_dict.placeholder(float)})
     config.num_steps = 60000
     config.checkpoint_every = 500  # steps between checkpoints
     config.log_every = 100  # steps per Keras epoch: validation, TensorBoard, progress line

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.learner_contract import LearnerContract
@@ -51,25 +52,35 @@ def test_queries_are_independent_of_each_other():
     np.testing.assert_allclose(learner.sequence_logits(one)[1], query[:, :1], atol=1e-6)
 
 
-def test_lrua_write_goes_to_least_used_slots_and_read_is_cosine_softmax():
-    memory = LRUAMemory(input_dim=3, units=4, memory_slots=3, slot_size=2, heads=1, gamma=0.5)
+@pytest.mark.parametrize("write_key, key_strength", [(True, False), (False, False),
+                                                      (False, True)])
+def test_lrua_write_goes_to_least_used_slots_and_read_is_cosine_softmax(write_key, key_strength):
+    memory = LRUAMemory(input_dim=3, units=4, memory_slots=3, slot_size=2, heads=1, gamma=0.5,
+                        write_key=write_key, key_strength=key_strength)
     h, c, m, read_w, usage, reads = memory.initial_state(1)
     usage = tf.constant([[0.7, 0.2, 0.9]])          # slot 1 is the least used
     m = tf.constant([[[1.0, 0.0], [5.0, 5.0], [0.0, 1.0]]])
     read_w = tf.constant([[[1.0, 0.0, 0.0]]])        # previous read: slot 0
     memory.alpha_layer.kernel.assign(np.zeros((4, 1)))
     memory.alpha_layer.bias.assign([0.0])             # sigmoid(0) = 0.5
+    if key_strength:
+        memory.strength_layer.kernel.assign(np.zeros((4, 1)))
+        memory.strength_layer.bias.assign([np.log(np.e - 1.0)])  # 1 + softplus = 2
     _, (h, _, new_m, new_read, new_usage, new_reads) = memory.step(
         tf.constant([[1.0, 0.0, 0.0]]), (h, c, m, read_w, usage, reads))
     key = tf.reshape(memory.key_layer(h), [2]).numpy()
+    # The paper writes the key; by default a separate add vector tanh(W_a h) is written.
+    written = key if write_key else tf.reshape(memory.add_layer(h), [2]).numpy()
+    assert write_key or not np.allclose(written, key)
     # The least-used slot 1 is erased, then w_w = 0.5 * [1, 0, 0] + 0.5 * [0, 1, 0]:
     expected_m = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
-    expected_m[0] += 0.5 * key
-    expected_m[1] += 0.5 * key
+    expected_m[0] += 0.5 * written
+    expected_m[1] += 0.5 * written
     np.testing.assert_allclose(new_m[0], expected_m, atol=1e-6)
     unit = lambda v: v / max(np.linalg.norm(v), 1e-12)  # noqa: E731
     cos = np.array([unit(key) @ unit(row) for row in expected_m])
-    expected_read = np.exp(cos) / np.exp(cos).sum()
+    strength = 2.0 if key_strength else 1.0
+    expected_read = np.exp(strength * cos) / np.exp(strength * cos).sum()
     np.testing.assert_allclose(new_read[0, 0], expected_read, atol=1e-5)
     np.testing.assert_allclose(new_reads[0], expected_read @ expected_m, atol=1e-5)
     # usage = gamma * usage + w_r + w_w

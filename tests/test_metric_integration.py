@@ -12,12 +12,13 @@ from tfmeta.training.trainer import train
 
 EPISODES = 200
 # algo -> (overrides of its Omniglot 5w1s config, minimum 5-way and 20-way 1-shot accuracy):
-# a wide margin over chance (20%, 5%). The issue asks 95% 5-way 1-shot of ProtoNet; on these
-# 161 training characters it plateaus near 89% on the test alphabets (measured: 85% after 200
-# steps, 89% after 1000 steps of 20-way training at lr 3e-3, while 5-way accuracy on training
-# characters reaches 98%), so the bar here is what a CI budget reliably gives.
+# a wide margin over chance (20%, 5%). ProtoNet runs its paper config (60-way training,
+# train + val characters, lr halving) with the config's augmentation, cut to 1000 steps and
+# 2 queries per class; measured 92.4% 5-way / 77.8% 20-way with these settings at 1500
+# steps, 90.3% / 74.2% without augmentation. The issue's 95% is not reached on the 183
+# training characters of the bundled data in any budget tried (docs/metric_learners.md).
 BUDGETS = {
-    "protonet": (["num_steps=500", "ways=20", "optimizer.learning_rate=0.003"], 0.83, 0.60),
+    "protonet": (["num_steps=1000", "queries=2", "optimizer.decay_steps=700"], 0.88, 0.70),
     "matching": (["num_steps=200", "meta_batch_size=4"], 0.45, 0.18),
     "relation": (["num_steps=300", "queries=5", "model.filters=32",
                   "learner.relation_filters=32"], 0.45, 0.18),

@@ -21,13 +21,14 @@ SMALL = ["data.image_size=14", "model.filters=16", "model.num_blocks=3", "meta_b
          "val_episodes=20", "eval_meta_batch_size=20"]
 # (algo, steps, extra overrides): sized for ~30-60 s of training on two idle CPU cores.
 RUNS = {
-    "metasgd": (150, ["queries=5", "learner.inner_steps_test=1"]),
+    "metasgd": (150, ["queries=5", "learner.inner_steps_test=1", "optimizer.learning_rate=0.003"]),
     "anil": (150, ["queries=5", "optimizer.learning_rate=0.003"]),
     "lstm_meta": (150, ["queries=5", "learner.inner_steps=3", "learner.inner_steps_test=3",
                         "optimizer.learning_rate=0.003"]),
     "metanet": (150, ["queries=5", "optimizer.learning_rate=0.002"]),
-    "mann": (800, ["shots=5", "queries=1", "eval_shots=1", "eval_queries=5",
-                    "optimizer.learning_rate=0.002"]),
+    # MANN's config: 14x14 pixels here, 50-step training sequences (10 instances of 5
+    # classes) and one query step per class, 16 sequences per update.
+    "mann": (1000, ["meta_batch_size=16", "optimizer.learning_rate=0.003"]),
 }
 CHANCE = 0.2
 
@@ -55,14 +56,14 @@ def test_trains_above_chance_on_held_out_alphabets(algo, tmp_path, test_alphabet
     if algo == "mann":
         from tfmeta.algorithms.mann import accuracy_by_instance
 
-        by_instance = accuracy_by_instance(learner, test_alphabets, num_episodes=40)
+        by_instance = accuracy_by_instance(learner, test_alphabets, num_episodes=100)
         print(f"mann accuracy by instance: {by_instance}")
-        # In a CI budget MANN learns the sequence's label structure (a class shown for the
-        # first time gets a label not used yet, chance 1/(unused labels) > 1/5), not yet
-        # the binding of images to labels, which took the paper ~10^5 episodes; so the
-        # check is on the 1st instance and the 1-shot accuracy is reported, not asserted.
-        assert by_instance[1] > CHANCE + 0.05, by_instance
-        return
+        # Memory-free, a sequence model can only use the label structure (a class shown
+        # the first time gets a label not used yet). Measured with the binding not yet
+        # learned: 1st 43.5%, 2nd 30.5%, 5th 26.5%, 10th 21.5%. Well above that on later
+        # instances is remembering which image came with which label (measured here:
+        # 2nd 39.8%, 5th 47.2%, 10th 45.8%; 1-shot queries 35.7%).
+        assert by_instance[5] > 0.38 and by_instance[10] > 0.35, by_instance
     # Above chance by the 95% interval and a margin.
     assert result["accuracy"] - result["ci95"] > CHANCE + 0.05, result
 

@@ -33,6 +33,17 @@ def test_bundled_minimal_split_by_alphabet(omniglot):
     assert not any("rot" in n for n in test.class_names + val.class_names)
 
 
+def test_train_on_val_adds_the_validation_characters_with_rotations(omniglot):
+    from tfmeta.data import load_dataset
+
+    both = load_dataset("omniglot", train_on_val=True)
+    train = both.split("train")
+    assert alphabets(train) == set(omniglot_data.MINIMAL_SPLIT["train"]) | {"Early_Aramaic"}
+    assert train.num_classes == (161 + 22) * 4
+    assert both.split("test").class_names == omniglot.split("test").class_names
+    assert "training on train + val" in both.description
+
+
 def test_images_are_preprocessed_strokes_bright(omniglot):
     images = omniglot.split("test").images
     assert images.shape[1:] == (28, 28, 1) and images.dtype == np.float32

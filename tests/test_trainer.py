@@ -52,6 +52,12 @@ def test_overrides_keep_types_and_reject_unknown_fields():
         config_lib.apply_overrides(config, ["ways"])
     with pytest.raises(ValueError, match="Bad value for ways"):
         config_lib.apply_overrides(config, ["ways='five'"])
+    # A text field takes the text: --set=jit_compile=True reaches compile() as True.
+    jit = tiny_config("jit_compile=True")
+    assert jit.jit_compile == "True" and trainer.jit_compile_flag(jit.jit_compile) is True
+    assert trainer.jit_compile_flag("auto") == "auto" and trainer.jit_compile_flag("false") is False
+    with pytest.raises(ValueError, match="jit_compile must be auto, true or false; got 'fast'"):
+        trainer.jit_compile_flag("fast")
 
 
 def test_unknown_algo_and_dataset_list_the_valid_ones():
@@ -66,6 +72,44 @@ def test_paper_settings_per_dataset():
     assert (five.meta_batch_size, five.learner.inner_lr, five.learner.inner_steps) == (32, 0.4, 1)
     twenty = config_lib.get_config("maml", "omniglot", "20w1s")
     assert (twenty.ways, twenty.meta_batch_size, twenty.learner.inner_lr) == (20, 16, 0.1)
+
+
+def test_learning_rate_schedules_follow_the_step_count_and_reject_bad_settings():
+    def rate_at(optimizer, step):
+        optimizer.iterations.assign(step)
+        return float(optimizer.learning_rate)
+
+    # Prototypical Networks' halving every 2000 episodes: 1e-3 until step 1999, then 5e-4...
+    halving = tiny_config("optimizer.schedule='step'", "optimizer.decay_steps=2000",
+                          "optimizer.decay_rate=0.5")
+    optimizer = trainer.make_optimizer(halving.optimizer)
+    assert [rate_at(optimizer, s) for s in (0, 1999, 2000, 4000, 6500)] == pytest.approx(
+        [1e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4])
+    # Cosine to 0 over num_steps: lr * (1 + cos(pi * t / T)) / 2.
+    cosine = tiny_config("optimizer.schedule='cosine'", "optimizer.learning_rate=0.002")
+    optimizer = trainer.make_optimizer(cosine.optimizer, num_steps=400)
+    assert [rate_at(optimizer, s) for s in (0, 100, 200, 400)] == pytest.approx(
+        [2e-3, 2e-3 * (1 + np.cos(np.pi / 4)) / 2, 1e-3, 0.0], abs=1e-9)
+    assert float(trainer.make_optimizer(tiny_config().optimizer).learning_rate) == pytest.approx(1e-3)
+
+    with pytest.raises(ValueError, match=r"decay_steps >= 1.*decay_rate=None"):
+        trainer.make_optimizer(tiny_config("optimizer.schedule='step'",
+                                           "optimizer.decay_steps=10").optimizer)
+    with pytest.raises(ValueError, match=r"one of \('step', 'cosine'\).*'linear'"):
+        trainer.make_optimizer(tiny_config("optimizer.schedule='linear'").optimizer)
+    with pytest.raises(ValueError, match="Unknown optimizer 'adamm'"):
+        trainer.make_optimizer(tiny_config("optimizer.name='adamm'").optimizer)
+
+
+def test_a_resumed_run_continues_its_schedule(tmp_path):
+    workdir = str(tmp_path / "run")
+    schedule = ["optimizer.schedule='step'", "optimizer.decay_steps=2", "optimizer.decay_rate=0.5",
+                "checkpoint_every=3", "val_episodes=2"]
+    trainer.train(tiny_config("num_steps=3", *schedule), workdir, verbose=0)
+    learner = trainer.train(tiny_config("num_steps=5", *schedule), workdir, verbose=0)
+    # 5 steps taken in two runs: 1e-3 * 0.5 ** (5 // 2), not restarted at 1e-3.
+    assert int(learner.optimizer.iterations.numpy()) == 5
+    assert float(learner.optimizer.learning_rate) == pytest.approx(2.5e-4)
 
 
 def scalar_tags(logdir):

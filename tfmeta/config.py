@@ -67,6 +67,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
                              f"{sorted(node.keys())}.")
         if isinstance(node[leaf], float) and isinstance(value, int):
             value = float(value)
+        if isinstance(node[leaf], str) and not isinstance(value, str):
+            value = text.strip()  # a text field takes the text: jit_compile=True -> "True"
         try:
             node[leaf] = value
         except TypeError as error:

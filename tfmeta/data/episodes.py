@@ -100,8 +100,13 @@ def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int
             f"{where}; use shots + queries <= {classes.class_counts[smallest]}.")
 
 
-def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: int):
-    """Returns `sample(seed) -> episode dict`, a pure TF function of a `[2]` int seed."""
+def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: int,
+                         augment=None):
+    """Returns `sample(seed) -> episode dict`, a pure TF function of a `[2]` int seed.
+
+    `augment(images [n, *example_shape], seed) -> images` (e.g. `augment.RandomAffine`)
+    transforms every example of the episode, support and query, with its own draw.
+    """
     images = tf.constant(classes.images)
     offsets = tf.constant(classes.class_offsets, tf.int64)
     counts = tf.constant(classes.class_counts, tf.int64)
@@ -122,6 +127,10 @@ def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: i
         _, picks = tf.math.top_k(scores, per_class)  # [ways, K + Q]
         index = tf.gather(offsets, chosen)[:, None] + tf.cast(picks, tf.int64)
         examples = tf.gather(images, index)  # [ways, K + Q, ...]
+        if augment is not None:
+            flat = augment(tf.reshape(examples, [ways * per_class, *classes.example_shape]),
+                           tf.random.experimental.stateless_fold_in(seed, 2))
+            examples = tf.reshape(flat, [ways, per_class, *classes.example_shape])
         labels = tf.broadcast_to(tf.range(ways, dtype=tf.int32)[:, None], [ways, per_class])
         example_shape = classes.example_shape
         return {
@@ -143,6 +152,7 @@ def episode_dataset(
     seed: int = 0,
     num_episodes: int | None = None,
     split: str = "",
+    augment=None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of episodes, batched into meta-batches if `meta_batch_size`.
 
@@ -154,9 +164,11 @@ def episode_dataset(
       num_episodes: stop after this many episodes (rounded down to whole meta-batches);
         None repeats forever.
       split: the split's name, for error messages.
+      augment: optional `augment(images, seed) -> images` applied to every example
+        (training episodes only; see `tfmeta.data.augment`).
     """
     check_episode_spec(classes, ways, shots, queries, split)
-    sample = make_episode_sampler(classes, ways, shots, queries)
+    sample = make_episode_sampler(classes, ways, shots, queries, augment)
     base_seed = tf.constant([seed, 0], tf.int64)
     counter = tf.data.Dataset.counter()
     if num_episodes is not None:

@@ -184,7 +184,7 @@ def not_found_message(data_dir: str) -> str:
 
 
 def load(data_dir: str | None = None, image_size: int = 28, rotate_train: bool = True,
-         download_missing: bool = False) -> FewShotDataset:
+         download_missing: bool = False, train_on_val: bool = False) -> FewShotDataset:
     """Loads Omniglot from `data_dir` (default: the bundled minimal sets).
 
     Args:
@@ -192,6 +192,9 @@ def load(data_dir: str | None = None, image_size: int = 28, rotate_train: bool =
       image_size: side of the model's input images.
       rotate_train: add the 90/180/270 degree rotations of training characters as classes.
       download_missing: fetch the full official zips into `data_dir` if absent.
+      train_on_val: train on the validation characters too (Prototypical Networks and
+        Matching Networks train on every character outside the test set). The `val`
+        split is still there for monitoring, but no longer held out.
     """
     data_dir = data_dir or BUNDLED_DIR
     if download_missing:
@@ -229,10 +232,14 @@ def load(data_dir: str | None = None, image_size: int = 28, rotate_train: bool =
     all_classes = ClassImages.from_dense(arrays["images"], names)
     index = {n: i for i, n in enumerate(names)}
     splits = {}
-    for split, split_names in _split_names(names, full).items():
+    names_by_split = _split_names(names, full)
+    if train_on_val:
+        names_by_split["train"] = names_by_split["train"] + names_by_split["val"]
+    for split, split_names in names_by_split.items():
         classes = all_classes.select([index[n] for n in split_names])
         splits[split] = _with_rotations(classes) if split == "train" and rotate_train else classes
     kind = "full (MAML split)" if full else "minimal sets (split by alphabet)"
+    kind += ", training on train + val" if train_on_val else ""
     description = f"Omniglot {kind} from {data_dir}: " + ", ".join(
         f"{s} {c.num_classes} classes" for s, c in splits.items())
     return FewShotDataset("omniglot", splits, RAW_SHAPE, preprocess, description)

@@ -24,6 +24,7 @@ import tensorflow as tf
 from tfmeta.algorithms import algorithm_module, build_learner
 from tfmeta.config import load_config, save_config
 from tfmeta.data import episode_dataset, load_dataset
+from tfmeta.data.augment import from_config as augment_from_config
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
 from tfmeta.training.strategy import make_strategy
 
@@ -45,7 +46,8 @@ def training_data(dataset, config, replicas=1):
     `training_data(dataset, config, replicas)` in its module; the trainer uses that.
     """
     train = episode_dataset(dataset.split("train"), config.ways, config.shots, config.queries,
-                            config.meta_batch_size, seed=config.seed, split="train")
+                            config.meta_batch_size, seed=config.seed, split="train",
+                            augment=augment_from_config(config.get("augment")))
     ways, shots, queries = eval_spec(config)
     val_batch = max(replicas, min(config.eval_meta_batch_size, config.val_episodes))
     val_batch -= val_batch % replicas
@@ -54,13 +56,63 @@ def training_data(dataset, config, replicas=1):
     return train, val
 
 
-def make_optimizer(optimizer_config) -> keras.optimizers.Optimizer:
-    kwargs = {k: v for k, v in optimizer_config.items() if k != "name" and v is not None}
+# Fields of `config.optimizer` that describe the learning-rate schedule, not the optimizer.
+SCHEDULE_FIELDS = ("schedule", "decay_steps", "decay_rate")
+SCHEDULES = ("step", "cosine")
+
+
+def learning_rate_schedule(optimizer_config, num_steps=None):
+    """The learning rate `config.optimizer` asks for: a float or a Keras schedule.
+
+    `schedule=None`: constant `learning_rate`. `"step"`: multiplied by `decay_rate`
+    every `decay_steps` meta-steps (Prototypical Networks halve it every 2000
+    episodes: decay_steps=2000, decay_rate=0.5). `"cosine"`: cosine decay to 0 over
+    `decay_steps` (default `num_steps`). Schedules read `optimizer.iterations`, so a
+    resumed run continues where it stopped.
+    """
+    rate = optimizer_config.learning_rate
+    name = optimizer_config.get("schedule")
+    decay_steps = optimizer_config.get("decay_steps")
+    if not name:
+        return rate
+    if name not in SCHEDULES:
+        raise ValueError(f"optimizer.schedule must be one of {SCHEDULES} or None; got {name!r}.")
+    if name == "step":
+        decay_rate = optimizer_config.get("decay_rate")
+        if not decay_steps or decay_steps < 1 or decay_rate is None or not 0 < decay_rate <= 1:
+            raise ValueError(
+                "optimizer.schedule='step' needs optimizer.decay_steps >= 1 and "
+                f"optimizer.decay_rate in (0, 1]; got decay_steps={decay_steps}, "
+                f"decay_rate={decay_rate}. Example: --set=optimizer.decay_steps=2000 "
+                "--set=optimizer.decay_rate=0.5")
+        return keras.optimizers.schedules.ExponentialDecay(rate, decay_steps, decay_rate,
+                                                           staircase=True)
+    decay_steps = decay_steps or num_steps
+    if not decay_steps or decay_steps < 1:
+        raise ValueError("optimizer.schedule='cosine' needs optimizer.decay_steps >= 1 or "
+                         f"num_steps; got decay_steps={decay_steps}, num_steps={num_steps}.")
+    return keras.optimizers.schedules.CosineDecay(rate, decay_steps)
+
+
+def make_optimizer(optimizer_config, num_steps=None) -> keras.optimizers.Optimizer:
+    kwargs = {k: v for k, v in optimizer_config.items()
+              if k not in ("name", *SCHEDULE_FIELDS) and v is not None}
+    kwargs["learning_rate"] = learning_rate_schedule(optimizer_config, num_steps)
     try:
-        return keras.optimizers.get({"class_name": optimizer_config.name, "config": kwargs})
+        optimizer = keras.optimizers.get(optimizer_config.name)
     except ValueError as error:
         raise ValueError(f"Unknown optimizer {optimizer_config.name!r} ({error}); use a Keras "
                          "optimizer name such as 'adam', 'sgd' or 'adamw'.") from None
+    return optimizer.__class__(**kwargs)
+
+
+def jit_compile_flag(value):
+    """`config.jit_compile` ("auto", "true" or "false", any case; or a bool) for compile()."""
+    flags = {"auto": "auto", "true": True, "false": False}
+    key = str(value).strip().lower()
+    if key not in flags:
+        raise ValueError(f"jit_compile must be auto, true or false; got {value!r}.")
+    return flags[key]
 
 
 def build_compiled_learner(config, input_shape, strategy=None):
@@ -68,8 +120,8 @@ def build_compiled_learner(config, input_shape, strategy=None):
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         learner = build_learner(config, input_shape)
-        learner.compile(optimizer=make_optimizer(config.optimizer),
-                        jit_compile=config.get("jit_compile", "auto"))
+        learner.compile(optimizer=make_optimizer(config.optimizer, config.get("num_steps")),
+                        jit_compile=jit_compile_flag(config.get("jit_compile", "auto")))
         learner.optimizer.build(learner.trainable_variables)
     return learner
 
@@ -143,8 +195,10 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
         return learner
     if step:
         logging.info("Resuming %s from step %d.", workdir, step)
-        # The checkpoint restored the old learning rate; the config's is the one asked for.
-        learner.optimizer.learning_rate = config.optimizer.learning_rate
+        if not config.optimizer.get("schedule"):
+            # The checkpoint restored the old learning rate; the config's is the one asked
+            # for. (A schedule is a function of the restored step count.)
+            learner.optimizer.learning_rate = config.optimizer.learning_rate
 
     steps_per_epoch = min(config.get("log_every", config.checkpoint_every), config.num_steps)
     guard = CheckpointAndNaNGuard(manager, config.checkpoint_every, config.num_steps)
