@@ -101,17 +101,6 @@ def test_learning_rate_schedules_follow_the_step_count_and_reject_bad_settings()
         trainer.make_optimizer(tiny_config("optimizer.name='adamm'").optimizer)
 
 
-def test_a_resumed_run_continues_its_schedule(tmp_path):
-    workdir = str(tmp_path / "run")
-    schedule = ["optimizer.schedule='step'", "optimizer.decay_steps=2", "optimizer.decay_rate=0.5",
-                "checkpoint_every=3", "val_episodes=2"]
-    trainer.train(tiny_config("num_steps=3", *schedule), workdir, verbose=0)
-    learner = trainer.train(tiny_config("num_steps=5", *schedule), workdir, verbose=0)
-    # 5 steps taken in two runs: 1e-3 * 0.5 ** (5 // 2), not restarted at 1e-3.
-    assert int(learner.optimizer.iterations.numpy()) == 5
-    assert float(learner.optimizer.learning_rate) == pytest.approx(2.5e-4)
-
-
 def scalar_tags(logdir):
     tags = set()
     for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
@@ -122,7 +111,8 @@ def scalar_tags(logdir):
 
 def test_train_checkpoints_logs_and_resumes(tmp_path, caplog):
     workdir = str(tmp_path / "run")
-    trainer.train(tiny_config("num_steps=6", "checkpoint_every=3"), workdir, verbose=0)
+    halving = ["optimizer.schedule='step'", "optimizer.decay_steps=2", "optimizer.decay_rate=0.5"]
+    trainer.train(tiny_config("num_steps=6", "checkpoint_every=3", *halving), workdir, verbose=0)
     assert checkpoint_steps(workdir) == [3, 6]
     saved = config_lib.load_config(os.path.join(workdir, "config.json"))
     assert saved.algo == "maml" and saved.model.filters == 8
@@ -131,9 +121,12 @@ def test_train_checkpoints_logs_and_resumes(tmp_path, caplog):
     assert "epoch_accuracy" in scalar_tags(os.path.join(workdir, "logs", "validation"))
 
     caplog.set_level("INFO")
-    learner = trainer.train(tiny_config("num_steps=9", "checkpoint_every=3"), workdir, verbose=0)
+    learner = trainer.train(tiny_config("num_steps=9", "checkpoint_every=3", *halving), workdir,
+                            verbose=0)
     assert "Resuming" in caplog.text and "from step 6" in caplog.text
     assert int(learner.optimizer.iterations.numpy()) == 9
+    # The schedule continues from the restored step: 1e-3 * 0.5 ** (9 // 2), not 1e-3.
+    assert float(learner.optimizer.learning_rate) == pytest.approx(1e-3 * 0.5 ** 4)
     assert checkpoint_steps(workdir) == [3, 6, 9]
     all_checkpoints_readable(workdir)
 
