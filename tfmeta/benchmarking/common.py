@@ -46,17 +46,15 @@ def time_config_training(algo: str, steps: int, dataset_name: str = "omniglot",
     """
     import keras
 
-    from tfmeta.algorithms import build_learner
     from tfmeta.config import get_config
-    from tfmeta.data import episode_dataset, load_dataset
+    from tfmeta.data import load_dataset
+    from tfmeta.training.trainer import build_compiled_learner, training_data
 
     config = get_config(algo, dataset_name, setting)
-    dataset = load_dataset(dataset_name)
-    episodes = episode_dataset(dataset.split("train"), config.ways, config.shots,
-                               config.queries, config.meta_batch_size)
+    dataset = load_dataset(dataset_name, **config.data)  # the config's image size, splits
+    episodes, _ = training_data(dataset, config)          # its episodes and augmentation
     keras.utils.set_random_seed(0)
-    learner = build_learner(config, dataset.input_shape)
-    learner.compile(optimizer=keras.optimizers.Adam(config.optimizer.learning_rate))
+    learner = build_compiled_learner(config, dataset.input_shape)  # its optimizer, schedule
     result = time_train_steps(learner, episodes, steps)
     result.update(meta_batch_size=config.meta_batch_size, train_ways=config.ways,
                   train_queries=config.queries)
