@@ -9,14 +9,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from tfmeta import cli  # noqa: E402
 from tfmeta.training import evaluation  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "Run folder written by bin/train.py.", required=True)
-flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (as for training).")
+flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (default: the data the "
+                    "run was trained on, as its config.json records).")
 flags.DEFINE_string("split", "test", "Split to evaluate on.")
-flags.DEFINE_integer("episodes", None, "Number of episodes (default: config.eval_episodes).")
+flags.DEFINE_integer("episodes", None, "Number of episodes, >= 2 (default: config.eval_episodes).")
 flags.DEFINE_integer("ways", None, "N of the test episodes (default: the config's).")
 flags.DEFINE_integer("shots", None, "K of the test episodes (default: the config's).")
 flags.DEFINE_integer("seed", 1234, "Seed of the test episodes.")
@@ -34,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

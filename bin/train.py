@@ -11,10 +11,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
+from tfmeta import cli  # noqa: E402
 from tfmeta import config as config_lib  # noqa: E402
-from tfmeta.training import export, trainer  # noqa: E402
+from tfmeta.training import trainer  # noqa: E402
+from tfmeta.training.strategy import STRATEGIES  # noqa: E402
 
 flags.DEFINE_string("algo", "maml", "Algorithm (a name in tfmeta.algorithms.ALGORITHMS).")
 flags.DEFINE_string("dataset", "omniglot", "Dataset (a name in tfmeta.data.DATASETS).")
@@ -24,7 +26,7 @@ flags.DEFINE_string("data_dir", None, "Folder with the dataset's official files 
                     "(default: the bundled data, where the dataset has some).")
 flags.DEFINE_bool("download", False, "Download the official files into --data_dir if missing.")
 flags.DEFINE_integer("num_steps", None, "Meta-training steps (overrides the config).")
-flags.DEFINE_enum("strategy", None, ["default", "one_device", "mirrored"], "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", None, list(STRATEGIES), "tf.distribute strategy.")
 flags.DEFINE_multi_string("set", [], "Config override key=value, e.g. --set=ways=20 "
                           "--set=learner.inner_lr=0.1 (repeatable).")
 flags.DEFINE_bool("export", True, "Export a SavedModel to <workdir>/export after training.")
@@ -43,12 +45,9 @@ def main(argv):
     config = config_lib.apply_overrides(config, overrides)
     workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.algo}_{FLAGS.dataset}")
     verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, one line per epoch in logs
-    learner = trainer.train(config, workdir, FLAGS.data_dir, download=FLAGS.download,
-                            verbose=verbose)
-    if FLAGS.export:
-        del learner
-        logging.info("Exported to %s", export.export_workdir(workdir, FLAGS.data_dir))
+    trainer.train(config, workdir, FLAGS.data_dir, download=FLAGS.download, verbose=verbose,
+                  export=FLAGS.export)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,14 +12,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from tfmeta import embeddings  # noqa: E402
+from tfmeta import cli, embeddings  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A run written by bin/train.py.", required=True)
 flags.DEFINE_string("output_dir", None, "Where to write <name>/center/*.pkl.", required=True)
 flags.DEFINE_string("name", None, "Folder name of the embeddings (default: the run's dataset).")
-flags.DEFINE_string("data_dir", None, "The dataset's files, as for training.")
+flags.DEFINE_string("data_dir", None, "The dataset's files (default: the data the run was "
+                    "trained on).")
 flags.DEFINE_enum("recalibrate_batch_norm", "auto", ["auto", "yes", "no"],
                   "Recompute batch-norm statistics on the training split first "
                   "(auto: for runs trained with batch statistics only).")
@@ -40,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

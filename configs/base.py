@@ -23,7 +23,8 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.seed = 0
     # Loader options, passed to tfmeta.data.load_dataset(dataset, **data).
     config.data = ml_collections.ConfigDict()
-    # Backbone: `name` in tfmeta.models.BACKBONES plus its keyword arguments.
+    # Backbone: `name` in tfmeta.models.BACKBONES plus its keyword arguments ("none": the
+    # learner takes the examples as they are).
     config.model = ml_collections.ConfigDict({"name": "conv4", "filters": 64})
     # The algorithm's constructor arguments.
     config.learner = ml_collections.ConfigDict()
@@ -32,9 +33,11 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     # shift as a fraction of the image size, rotation in degrees, scale as 1 +- scale.
     config.augment = ml_collections.ConfigDict(
         {"shift": 0.0, "rotation": 0.0, "scale": 0.0, "fill_mode": "constant", "fill_value": 0.0})
-    # Meta-training episodes.
+    # Meta-training episodes (train_shots: support examples per class while training,
+    # None for `shots`; Reptile trains on more than it is tested with).
     config.ways = ways
     config.shots = shots
+    config.train_shots = config_dict.placeholder(int)
     config.queries = 15
     config.meta_batch_size = 4
     # Meta-test episodes (None: same as training).
@@ -55,7 +58,11 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.checkpoint_every = 500  # steps between checkpoints
     config.log_every = 100  # steps per Keras epoch: validation, TensorBoard, progress line
     config.keep_checkpoints = 3
-    config.strategy = "default"  # default | one_device | mirrored
+    config.strategy = "default"  # see tfmeta.training.strategy.STRATEGIES
     config.jit_compile = "auto"  # Keras resolves "auto" to False on CPU-only machines
     config.mixed_precision = False
+    # Filled in by the trainer: where the data came from (resolved folder, None for the
+    # loader's default) and a fingerprint of its files; evaluation and export use it.
+    config.data_source = ml_collections.ConfigDict(
+        {"data_dir": config_dict.placeholder(str), "fingerprint": config_dict.placeholder(str)})
     return config

@@ -8,7 +8,7 @@ episodes are the setting's (5w1s: five support steps, then the queries).
 Deviations: Adam at 2e-3 instead of RMSProp at 1e-4, and the read heads' learned key
 strength (`learner.key_strength`, see tfmeta/algorithms/mann.py), with which binding
 images to labels starts after hundreds of updates instead of tens of thousands.
-`--set=model.name='conv4'` feeds Conv4 features instead of pixels.
+`--set=model.name=conv4 --set=model.filters=32` feeds Conv4 features instead of pixels.
 """
 
 import ml_collections
@@ -20,8 +20,7 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config = base.get_config("mann", dataset, setting)
     if dataset == "omniglot":
         config.data.update(image_size=20)
-    config.model = ml_collections.ConfigDict({"name": "", "filters": 32,
-                                              "downsample": "max_pool"})
+    config.model = ml_collections.ConfigDict({"name": "none"})  # the paper's: pixels
     config.learner.update(units=200, memory_slots=128, slot_size=40, heads=4, gamma=0.95,
                           write_key=False, key_strength=True)
     config.eval_ways, config.eval_shots, config.eval_queries = config.ways, config.shots, 5

@@ -12,6 +12,8 @@ MNIST (`--dataset=mnist`): no paper numbers; the same hyperparameters on the loa
 images), so 5-way episodes at test time use exactly the five held-out digits.
 """
 
+from ml_collections import config_dict
+
 from configs import base
 
 
@@ -21,7 +23,8 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config.learner.update(
         inner_steps=5, inner_batch_size=10, inner_steps_test=50, inner_batch_size_test=5,
         inner_optimizer="adam", inner_lr=1e-3, inner_beta_1=0.0,
-        meta_step_size=1.0, meta_step_size_final=0.0, outer_optimizer=False, transductive=True)
+        meta_step_size=1.0, meta_step_size_final=0.0, anneal_steps=config_dict.placeholder(int),
+        outer_optimizer=False, transductive=True)
     config.train_shots = 10  # examples per class in a meta-training task
     config.queries = 1  # meta-test: one query per class, as the paper evaluates
     config.meta_batch_size = 5

@@ -12,6 +12,7 @@ Evaluation (`bin/evaluate.py`): 100 episodes; a Conv4 classifier over up to 20 c
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import base
 
@@ -22,7 +23,8 @@ def get_config(dataset: str = "mnist", setting: str = "1w4s"):
         {"name": "resnet_gan", "filters": 64, "blocks": 2, "units_per_block": 2,
          "latent_dim": 100})
     config.learner.update(inner_steps=10, inner_steps_test=10, inner_optimizer="sgd",
-                          inner_lr=1e-3, penalty_weight=10.0, outer_optimizer=True)
+                          inner_lr=1e-3, penalty_weight=10.0, outer_optimizer=True,
+                          anneal_steps=config_dict.placeholder(int))
     config.meta_batch_size = 1
     config.queries = 1  # unused by generation tasks
     config.optimizer.name = "adam"
@@ -31,9 +33,10 @@ def get_config(dataset: str = "mnist", setting: str = "1w4s"):
     config.val_episodes = 20
     config.eval_meta_batch_size = 10
     config.eval_episodes = 100
-    config.eval_samples = 16  # samples per evaluation episode
-    config.eval_metric_classes = 20  # classes the evaluation classifier tells apart
-    config.eval_classifier_steps = 300
+    # The generation metric (tfmeta.algorithms.generation_eval): samples per evaluation
+    # episode, classes the evaluation classifier tells apart, its training steps.
+    config.generation = ml_collections.ConfigDict(
+        {"samples": 16, "metric_classes": 20, "classifier_steps": 300})
     if dataset == "mnist":
         config.data.split = "generation"
     return config

@@ -26,3 +26,15 @@ def omniglot_small():
     from tfmeta.data import load_dataset
 
     return load_dataset("omniglot", image_size=14)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where TensorFlow sees a GPU."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return
+    skip = pytest.mark.skip(reason="needs a GPU; TensorFlow sees none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

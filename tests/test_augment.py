@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfmeta.algorithms.prototypical import PrototypicalNetwork
 from tfmeta.config import apply_overrides, get_config
 from tfmeta.data import ClassImages, episode_dataset
 from tfmeta.data.augment import RandomAffine, affine_transforms, transform_images
-from tfmeta.training.trainer import training_data
+from tfmeta.models import conv4
 
 
 def warp(image, degrees=0.0, zoom=1.0, shift_x=0.0, shift_y=0.0):
@@ -87,8 +88,9 @@ def test_only_training_episodes_are_augmented(omniglot):
     config = apply_overrides(get_config("protonet", "omniglot"),
                              small + ["augment.shift=0.1", "augment.rotation=15.0"])
     plain = apply_overrides(get_config("protonet", "omniglot"), small)
-    (train, val), (plain_train, plain_val) = training_data(omniglot, config), training_data(
-        omniglot, plain)
+    learner = PrototypicalNetwork(conv4(omniglot.input_shape, filters=8))
+    (train, val), (plain_train, plain_val) = (learner.training_episodes(omniglot, config),
+                                              learner.training_episodes(omniglot, plain))
     augmented, original = next(iter(train)), next(iter(plain_train))
     # The same episode (classes, examples, labels), each image transformed on its own.
     np.testing.assert_array_equal(augmented["query_labels"], original["query_labels"])

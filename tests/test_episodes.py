@@ -3,6 +3,7 @@ reproducibility, and errors for specs the data cannot satisfy."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfmeta.data import ClassImages, episode_dataset
 
@@ -101,3 +102,28 @@ def test_non_positive_spec_is_an_error():
 def test_empty_class_is_an_error():
     with pytest.raises(ValueError, match="Class 'b' has no examples"):
         ClassImages.from_lists([np.zeros((2, 1)), np.zeros((0, 1))], ["a", "b"])
+
+
+def test_stored_examples_are_transformed_in_the_sampler_and_on_request():
+    # uint8 "pixels" stored; the transform maps them to float inputs x / 255 * 2.
+    stored = np.arange(3 * 4 * 2, dtype=np.uint8).reshape(3, 4, 2, 1) * 10
+    transform = lambda x: tf.cast(x, tf.float32) / 255.0 * 2.0  # noqa: E731
+    classes = ClassImages.from_dense(stored, transform=transform)
+    assert classes.images.dtype == np.uint8 and classes.example_shape == (2, 1)
+    episode = next(iter(episode_dataset(classes, 3, 1, 1, seed=0)))
+    assert episode["support_images"].dtype == tf.float32
+    # Every sampled input is the transform of some stored example.
+    allowed = {round(float(v), 5) for v in (stored.reshape(-1) / 255.0 * 2.0)}
+    assert {round(float(v), 5) for v in episode["support_images"].numpy().reshape(-1)} <= allowed
+    np.testing.assert_allclose(classes.class_examples(1), stored[1] / 255.0 * 2.0, rtol=1e-6)
+    assert classes.select([2]).images.dtype == np.uint8  # selection keeps the stored form
+
+
+def test_large_stored_arrays_are_read_from_a_variable(monkeypatch):
+    from tfmeta.data import episodes
+
+    monkeypatch.setattr(episodes, "CONSTANT_LIMIT_BYTES", 10)
+    classes = ClassImages.from_dense(np.ones((3, 4, 2), np.float32))
+    assert isinstance(episodes.stored_tensor(classes.images), tf.Variable)
+    batch = next(iter(episode_dataset(classes, 2, 1, 1, meta_batch_size=2, seed=0)))
+    assert float(tf.reduce_mean(batch["support_images"])) == 1.0

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
+from tests.learner_contract import ClassifierContract
 from tfmeta import weights
 from tfmeta.algorithms.lstm_meta import LSTMMetaLearner, preprocess_gradients
 from tfmeta.models import conv4
@@ -64,7 +64,7 @@ def test_gradient_inputs_are_constants_but_theta_path_is_differentiable():
     assert np.all(kernel_grad > 0.9) and np.all(kernel_grad < 1.1), kernel_grad
 
 
-class TestLSTMMetaContract(LearnerContract):
+class TestLSTMMetaContract(ClassifierContract):
     dataset_fixture = "omniglot_small"
     learning_rate = 3e-3
 

@@ -8,7 +8,8 @@ Adam 3e-3), about a minute on 2 CPU cores. Measured: ~77% 5-way 1-shot (chance 2
 import pytest
 
 from tfmeta import config as config_lib
-from tfmeta.training import evaluation, trainer
+from tfmeta import evaluation
+from tfmeta.training import trainer
 
 BUDGET = ["num_steps=300", "checkpoint_every=300", "meta_batch_size=8", "queries=5",
           "optimizer.learning_rate=0.003", "model.filters=32", "val_episodes=20"]

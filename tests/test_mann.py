@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
+from tests.learner_contract import ClassifierContract
 from tfmeta.algorithms.mann import MANN, LRUAMemory, instance_numbers
 from tfmeta.models import conv4
 
@@ -92,7 +92,7 @@ def test_instance_numbers():
     np.testing.assert_array_equal(instance_numbers([[2, 0, 2, 2, 0]]), [[1, 1, 2, 3, 2]])
 
 
-class TestMANNContract(LearnerContract):
+class TestMANNContract(ClassifierContract):
     dataset_fixture = "omniglot_small"
     learning_rate = 3e-3
 

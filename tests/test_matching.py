@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
+from tests.learner_contract import ClassifierContract
 from tfmeta.algorithms.matching import MatchingNetwork
 from tfmeta.models import conv4
 
@@ -17,12 +17,12 @@ def identity_encoder(shape):
     return keras.Sequential([keras.Input(shape), keras.layers.Identity()])
 
 
-class TestMatchingContract(LearnerContract):
+class TestMatchingContract(ClassifierContract):
     def make_learner(self, input_shape, ways):
         return MatchingNetwork(conv4(input_shape, filters=16))
 
 
-class TestMatchingFCEContract(LearnerContract):
+class TestMatchingFCEContract(ClassifierContract):
     def make_learner(self, input_shape, ways):
         return MatchingNetwork(conv4(input_shape, filters=16), fce=True, processing_steps=2)
 

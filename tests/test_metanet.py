@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
+from tests.learner_contract import ClassifierContract
 from tfmeta.algorithms.metanet import MetaNet, augmented_dense, per_row_gradients
 from tfmeta.models import conv4
 
@@ -68,7 +68,7 @@ def test_fast_weights_change_the_logits(omniglot_small):
     assert not np.allclose(logits.numpy(), learner.query_logits(relabelled).numpy())
 
 
-class TestMetaNetContract(LearnerContract):
+class TestMetaNetContract(ClassifierContract):
     dataset_fixture = "omniglot_small"
     learning_rate = 3e-3
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
+from tests.learner_contract import ClassifierContract
 from tfmeta import weights
 from tfmeta.algorithms.anil import ANIL
 from tfmeta.algorithms.metasgd import MetaSGD
@@ -80,7 +80,7 @@ def test_anil_rejects_unknown_head():
         ANIL(linear_model(), head="classifier")
 
 
-class TestMetaSGDContract(LearnerContract):
+class TestMetaSGDContract(ClassifierContract):
     dataset_fixture = "omniglot_small"
     learning_rate = 3e-3
 
@@ -89,7 +89,7 @@ class TestMetaSGDContract(LearnerContract):
                        inner_steps_test=1)
 
 
-class TestANILContract(LearnerContract):
+class TestANILContract(ClassifierContract):
     dataset_fixture = "omniglot_small"
     learning_rate = 3e-3
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tfmeta.config import apply_overrides, get_config
-from tfmeta.training.evaluation import evaluate
+from tfmeta.evaluation import evaluate
 from tfmeta.training.trainer import train
 
 EPISODES = 200

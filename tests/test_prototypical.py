@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
+from tests.learner_contract import ClassifierContract
 from tfmeta.algorithms.prototypical import PrototypicalNetwork
 from tfmeta.models import conv4
 
@@ -14,7 +14,7 @@ def identity_encoder(shape):
     return keras.Sequential([keras.Input(shape), keras.layers.Identity()])
 
 
-class TestPrototypicalContract(LearnerContract):
+class TestPrototypicalContract(ClassifierContract):
     def make_learner(self, input_shape, ways):
         return PrototypicalNetwork(conv4(input_shape, filters=16))
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
-from tfmeta.algorithms.metric import class_sums
+from tests.learner_contract import ClassifierContract
 from tfmeta.algorithms.relation import RelationNetwork
 from tfmeta.models.relation_net import relation_embedding
+from tfmeta.tensors import class_sums
 
 
-class TestRelationContract(LearnerContract):
+class TestRelationContract(ClassifierContract):
     def make_learner(self, input_shape, ways):
         return RelationNetwork(relation_embedding(input_shape, filters=16), relation_filters=16)
 

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
+from tests.learner_contract import ClassifierContract
 from tfmeta import weights
-from tfmeta.algorithms import reptile
-from tfmeta.algorithms.reptile import InnerAdam, InnerSGD, Reptile, linear_anneal
+from tfmeta.algorithms import reptile_family
+from tfmeta.algorithms.inner_optimizers import InnerAdam, InnerSGD
+from tfmeta.algorithms.reptile import Reptile
+from tfmeta.algorithms.reptile_family import linear_anneal
 from tfmeta.data import episode_dataset
 from tfmeta.models import conv4
 
@@ -113,7 +115,7 @@ def test_inner_sgd_is_weights_gradient_step():
 
 
 def test_minibatches_are_whole_shuffled_epochs():
-    index = reptile.minibatch_indices(5, 2, 5, tf.constant([3, 4])).numpy()
+    index = reptile_family.minibatch_indices(5, 2, 5, tf.constant([3, 4])).numpy()
     assert index.shape == (5, 2)
     flat = index.reshape(-1)
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:]) == list(range(5))
@@ -124,7 +126,7 @@ def test_mean_over_tasks_averages_weights_and_metrics():
         x = tf.cast(i, tf.float32)
         return [tf.fill([2], x), tf.fill([1], 2 * x)], [x * x]
 
-    mean, (metric,) = reptile.mean_over_tasks(task, 3, [tf.zeros([2]), tf.zeros([1])], 1)
+    mean, (metric,) = reptile_family.mean_over_tasks(task, 3, [tf.zeros([2]), tf.zeros([1])], 1)
     np.testing.assert_allclose(mean[0].numpy(), [1.0, 1.0])
     np.testing.assert_allclose(mean[1].numpy(), [2.0])
     assert float(metric) == pytest.approx(5 / 3)
@@ -165,13 +167,13 @@ def test_configs_build_and_follow_the_paper():
             config.meta_batch_size, config.learner.inner_lr, config.learner.meta_step_size,
             config.learner.meta_step_size_final, config.train_shots) == (10, 5, 5, 1e-3, 1.0, 0.0,
                                                                          10)
-    learner = reptile.from_config(config, (28, 28, 1))
+    learner = Reptile.from_experiment(config, (28, 28, 1))
     assert learner.anneal_steps == config.num_steps
     mnist = reptile_config.get_config("mnist")
     assert mnist.data.split == "classification"
 
 
-class TestReptileContract(LearnerContract):
+class TestReptileContract(ClassifierContract):
     """The paper's inner loop (Adam 1e-3, beta1 0, 5 steps, batch 10). Like the paper, Reptile
     meta-trains on more shots than it is tested with (`train_shots`): with one shot and a
     full-batch inner loop every inner step sees the same batch, so the within-task
@@ -188,14 +190,13 @@ class TestReptileContract(LearnerContract):
 
     queries_are_supports = False
 
-    def learner_and_data(self, dataset, seed=0):
-        learner, _, held_out = super().learner_and_data(dataset, seed)
+    def training_batches(self, dataset, seed):
         train = episode_dataset(dataset.split("train"), self.ways, self.train_shots,
                                 self.queries, self.meta_batch_size, seed=seed)
         if self.queries_are_supports:
             train = train.map(lambda e: dict(e, query_images=e["support_images"],
                                              query_labels=e["support_labels"]))
-        return learner, train, held_out
+        return train
 
     def test_overfits_one_episode(self, dataset):
         """Reptile never sees query labels: its objective is the support loss after adaptation,

@@ -7,8 +7,8 @@ import pytest
 
 from tfmeta.algorithms.reptile import Reptile
 from tfmeta.data import episode_dataset
+from tfmeta.evaluation import evaluate
 from tfmeta.models import conv4
-from tfmeta.training.evaluation import evaluate
 
 
 @pytest.mark.slow

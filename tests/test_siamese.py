@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tests.learner_contract import LearnerContract
+from tests.learner_contract import ClassifierContract
 from tfmeta.algorithms.siamese import SiameseNetwork, verification_loss
 from tfmeta.models.siamese_net import siamese_twin
 
 
-class TestSiameseContract(LearnerContract):
+class TestSiameseContract(ClassifierContract):
     def make_learner(self, input_shape, ways):
         return SiameseNetwork(siamese_twin(input_shape, filters=16, units=64))
 

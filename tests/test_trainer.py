@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tests.conftest import ROOT
 from tfmeta import config as config_lib
+from tfmeta.training import run as run_lib
 from tfmeta.training import trainer
 
 # A MAML run small enough for a test: 8-filter Conv4, 2 tasks per meta-batch, first order.
@@ -54,10 +55,10 @@ def test_overrides_keep_types_and_reject_unknown_fields():
         config_lib.apply_overrides(config, ["ways='five'"])
     # A text field takes the text: --set=jit_compile=True reaches compile() as True.
     jit = tiny_config("jit_compile=True")
-    assert jit.jit_compile == "True" and trainer.jit_compile_flag(jit.jit_compile) is True
-    assert trainer.jit_compile_flag("auto") == "auto" and trainer.jit_compile_flag("false") is False
+    assert jit.jit_compile == "True" and run_lib.jit_compile_flag(jit.jit_compile) is True
+    assert run_lib.jit_compile_flag("auto") == "auto" and run_lib.jit_compile_flag("false") is False
     with pytest.raises(ValueError, match="jit_compile must be auto, true or false; got 'fast'"):
-        trainer.jit_compile_flag("fast")
+        run_lib.jit_compile_flag("fast")
 
 
 def test_unknown_algo_and_dataset_list_the_valid_ones():
@@ -82,23 +83,23 @@ def test_learning_rate_schedules_follow_the_step_count_and_reject_bad_settings()
     # Prototypical Networks' halving every 2000 episodes: 1e-3 until step 1999, then 5e-4...
     halving = tiny_config("optimizer.schedule='step'", "optimizer.decay_steps=2000",
                           "optimizer.decay_rate=0.5")
-    optimizer = trainer.make_optimizer(halving.optimizer)
+    optimizer = run_lib.make_optimizer(halving.optimizer)
     assert [rate_at(optimizer, s) for s in (0, 1999, 2000, 4000, 6500)] == pytest.approx(
         [1e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4])
     # Cosine to 0 over num_steps: lr * (1 + cos(pi * t / T)) / 2.
     cosine = tiny_config("optimizer.schedule='cosine'", "optimizer.learning_rate=0.002")
-    optimizer = trainer.make_optimizer(cosine.optimizer, num_steps=400)
+    optimizer = run_lib.make_optimizer(cosine.optimizer, num_steps=400)
     assert [rate_at(optimizer, s) for s in (0, 100, 200, 400)] == pytest.approx(
         [2e-3, 2e-3 * (1 + np.cos(np.pi / 4)) / 2, 1e-3, 0.0], abs=1e-9)
-    assert float(trainer.make_optimizer(tiny_config().optimizer).learning_rate) == pytest.approx(1e-3)
+    assert float(run_lib.make_optimizer(tiny_config().optimizer).learning_rate) == pytest.approx(1e-3)
 
     with pytest.raises(ValueError, match=r"decay_steps >= 1.*decay_rate=None"):
-        trainer.make_optimizer(tiny_config("optimizer.schedule='step'",
+        run_lib.make_optimizer(tiny_config("optimizer.schedule='step'",
                                            "optimizer.decay_steps=10").optimizer)
     with pytest.raises(ValueError, match=r"one of \('step', 'cosine'\).*'linear'"):
-        trainer.make_optimizer(tiny_config("optimizer.schedule='linear'").optimizer)
+        run_lib.make_optimizer(tiny_config("optimizer.schedule='linear'").optimizer)
     with pytest.raises(ValueError, match="Unknown optimizer 'adamm'"):
-        trainer.make_optimizer(tiny_config("optimizer.name='adamm'").optimizer)
+        run_lib.make_optimizer(tiny_config("optimizer.name='adamm'").optimizer)
 
 
 def scalar_tags(logdir):

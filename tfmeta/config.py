@@ -1,21 +1,71 @@
-"""Loading configs from `configs/`, applying command-line overrides, saving them with a run."""
+"""Experiment configs: loading `configs/<algo>.py`, `--set` overrides, one validation, and
+saving them with a run.
+
+The schema is closed. The top-level fields are those `configs/base.py` and the algorithm's
+config declare; an override of any other field is an error listing the valid ones. The
+three argument sections take exactly what their target accepts:
+
+    learner  the algorithm's constructor arguments (those with defaults)
+    model    the backbone function's arguments, plus `name` ("none": no backbone) and
+             `init_from` (a run whose backbone weights to start from)
+    data     the dataset loader's options
+
+`validate_config` checks all of it, and every numeric setting against its allowed range,
+before anything is built.
+"""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import json
 import os
 import sys
 
 import ml_collections
 
+from tfmeta.models import NO_BACKBONE
+from tfmeta.ranges import (
+    FRACTION,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Range,
+    check_all,
+)
+
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+SECTIONS = ("learner", "model", "data")
+# Arguments a section never sets: the builder passes them.
+SUPPLIED = {"model": ("input_shape", "num_classes"), "data": ("data_dir", "download_missing")}
+
+OPTIONAL_POSITIVE_INT = Range(1, integer=True, optional=True)
+# Allowed ranges of the numeric fields every config has.
+FIELD_RANGES = {
+    "seed": NON_NEGATIVE_INT, "ways": POSITIVE_INT, "shots": POSITIVE_INT,
+    "train_shots": OPTIONAL_POSITIVE_INT, "queries": POSITIVE_INT,
+    "meta_batch_size": POSITIVE_INT, "eval_ways": OPTIONAL_POSITIVE_INT,
+    "eval_shots": OPTIONAL_POSITIVE_INT, "eval_queries": OPTIONAL_POSITIVE_INT,
+    "eval_episodes": Range(2, integer=True), "eval_meta_batch_size": POSITIVE_INT,
+    "val_episodes": POSITIVE_INT, "num_steps": POSITIVE_INT, "checkpoint_every": POSITIVE_INT,
+    "log_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,
+}
+OPTIMIZER_RANGES = {
+    "learning_rate": POSITIVE, "clipnorm": Range(0, low_open=True, optional=True),
+    "decay_steps": OPTIONAL_POSITIVE_INT,
+    "decay_rate": Range(0, 1, low_open=True, optional=True),
+}
+AUGMENT_RANGES = {"shift": FRACTION, "rotation": Range(0, 180), "scale": FRACTION}
+JIT_COMPILE = ("auto", "true", "false")
 
 
 def get_config(algo: str, dataset: str, setting: str | None = None,
                configs_dir: str = REPO_CONFIGS) -> ml_collections.ConfigDict:
-    """Imports `configs/<algo>.py` and calls its `get_config(dataset[, setting])`."""
+    """Imports `configs/<algo>.py` and calls its `get_config(dataset[, setting])`.
+
+    The result is locked: overrides may change fields, not add them (see `apply_overrides`).
+    """
     from tfmeta.algorithms import ALGORITHMS
     from tfmeta.data import DATASETS
 
@@ -29,25 +79,80 @@ def get_config(algo: str, dataset: str, setting: str | None = None,
     if parent not in sys.path:
         sys.path.insert(0, parent)
     module = importlib.import_module(f"{os.path.basename(configs_dir)}.{algo}")
-    return module.get_config(dataset, setting) if setting else module.get_config(dataset)
+    config = module.get_config(dataset, setting) if setting else module.get_config(dataset)
+    config.lock()
+    return config
 
 
+def eval_spec(config):
+    """(ways, shots, queries) of meta-test episodes; eval_* fields default to training's."""
+    return (config.eval_ways or config.ways, config.eval_shots or config.shots,
+            config.eval_queries or config.queries)
+
+
+# ------------------------------------------------------------------ section schemas
+def _keyword_arguments(function, stop_at=None) -> dict:
+    """Name -> default of the arguments of `function` that have defaults; for a class, of
+    its `__init__` and, while those pass `**kwargs` on, of its bases' (up to `stop_at`)."""
+    found = {}
+    targets = ([c.__init__ for c in function.__mro__ if c is not object]
+               if inspect.isclass(function) else [function])
+    for target in targets:
+        if stop_at is not None and getattr(target, "__qualname__", "").startswith(stop_at):
+            break
+        parameters = inspect.signature(target).parameters.values()
+        for p in parameters:
+            if p.default is not inspect.Parameter.empty and p.kind in (
+                    p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                found.setdefault(p.name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return found
+
+
+def section_schema(config, section: str) -> dict:
+    """The keys `config.<section>` may hold (name -> the target's default)."""
+    if section == "learner":
+        from tfmeta.algorithms import learner_class
+
+        cls = learner_class(config.algo)
+        return {k: v for k, v in _keyword_arguments(cls, stop_at="MetaLearner.").items()
+                if k not in cls.fixed_arguments}
+    if section == "model":
+        from tfmeta.models import backbone_function
+
+        name = config.model.get("name", NO_BACKBONE)
+        schema = {} if name == NO_BACKBONE else _keyword_arguments(backbone_function(name))
+        schema = {k: v for k, v in schema.items() if k not in SUPPLIED["model"]}
+        # init_from: a workdir whose backbone weights the learner's backbone starts from.
+        return {"name": name, "init_from": None, **schema}
+    if section == "data":
+        from tfmeta.data import loader_function
+
+        schema = _keyword_arguments(loader_function(config.dataset))
+        return {k: v for k, v in schema.items() if k not in SUPPLIED["data"]}
+    raise ValueError(f"Unknown config section {section!r}; sections: {list(SECTIONS)}.")
+
+
+# ------------------------------------------------------------------------ overrides
 def _parse_value(text: str):
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text  # a bare string such as first_order=max_pool
+        return text  # a bare string such as downsample=strided
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
     """Applies `key=value` strings (dotted keys for nested fields) to `config`.
 
-    Values are Python literals; a field keeps its type (ints widen to floats).
-    Unknown fields are an error that lists the valid ones.
+    Values are Python literals, parsed without evaluating code; a field keeps its type
+    (ints widen to floats; a text field takes the text as written). An unknown field is
+    an error that lists the valid ones; `learner.*`, `model.*` and `data.*` accept any
+    argument of their target (see `section_schema`).
     """
     for item in overrides or ():
         if "=" not in item:
-            raise ValueError(f"An override is key=value, e.g. ways=20; got {item!r}.")
+            raise ValueError(f"An override is key=value, e.g. --set=ways=20; got {item!r}.")
         key, text = item.split("=", 1)
         *parents, leaf = key.strip().split(".")
         node = config
@@ -58,14 +163,18 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
             node = node[part]
         value = _parse_value(text)
         if leaf not in node:
-            # Algorithm sections (learner, model, data) accept new keyword arguments;
-            # everything else is fixed, so a typo does not pass silently.
-            if parents and parents[-1] in ("learner", "model", "data"):
-                node[leaf] = value
+            if len(parents) == 1 and parents[0] in SECTIONS:
+                schema = section_schema(config, parents[0])
+                if leaf not in schema:
+                    raise ValueError(f"Unknown config field {key!r}; valid fields of "
+                                     f"{parents[0]}: {sorted(schema)}.")
+                with node.unlocked():
+                    node[leaf] = value
                 continue
             raise ValueError(f"Unknown config field {key!r}; valid fields here: "
                              f"{sorted(node.keys())}.")
-        if isinstance(node[leaf], float) and isinstance(value, int):
+        if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value,
+                                                                                       bool):
             value = float(value)
         if isinstance(node[leaf], str) and not isinstance(value, str):
             value = text.strip()  # a text field takes the text: jit_compile=True -> "True"
@@ -76,9 +185,41 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     return config
 
 
+# ------------------------------------------------------------------------ validation
+def validate_config(config) -> None:
+    """Raises a ValueError naming the field and its allowed values unless `config` is
+    runnable: known sections and arguments, known names, numbers in range."""
+    from tfmeta.algorithms import learner_class
+    from tfmeta.models import BACKBONES
+    from tfmeta.training.strategy import STRATEGIES
+
+    name = config.model.get("name", NO_BACKBONE)
+    if name != NO_BACKBONE and name not in BACKBONES:
+        raise ValueError(f"Unknown model.name {name!r}; valid backbones: {sorted(BACKBONES)} "
+                         f"or {NO_BACKBONE!r} (no backbone).")
+    for section in SECTIONS:
+        schema = section_schema(config, section)
+        unknown = sorted(set(config[section]) - set(schema))
+        if unknown:
+            raise ValueError(f"Unknown config field{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(f'{section}.{k}' for k in unknown)}; valid fields of "
+                             f"{section}: {sorted(schema)}.")
+    check_all(FIELD_RANGES, config)
+    check_all(OPTIMIZER_RANGES, config.optimizer, "optimizer.")
+    check_all(AUGMENT_RANGES, config.augment, "augment.")
+    learner_class(config.algo).check_arguments(config.learner, "learner.")
+    if config.strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {list(STRATEGIES)}; got {config.strategy!r}.")
+    if str(config.jit_compile).strip().lower() not in JIT_COMPILE:
+        raise ValueError(f"jit_compile must be auto, true or false; got {config.jit_compile!r}.")
+
+
+# ------------------------------------------------------------------------ run files
 def save_config(config, path: str) -> None:
-    with open(path, "w") as f:
+    """Writes `config` as JSON to `path` atomically (a killed write leaves the old file)."""
+    with open(path + ".part", "w") as f:
         f.write(config.to_json(indent=2, sort_keys=True))
+    os.replace(path + ".part", path)
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

@@ -27,12 +27,15 @@ import keras
 import numpy as np
 
 from tfmeta.data.leo_embeddings import pickle_path
+from tfmeta.training.run import open_run
 
 SPLITS = ("train", "val", "test")
 
 
 def write_pickle(path: str, keys, embeddings) -> str:
-    """Writes one LEO embeddings pickle (protocol 2, readable by Python 2 and 3), atomically."""
+    """Writes one split's embeddings atomically, twice: the LEO release's pickle (protocol 2,
+    readable by Python 2 and 3, for LEO's own code) and, beside it, an `.npz` with the same
+    arrays, which tfmeta reads first (an .npz without pickles cannot carry code)."""
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or len(keys) != len(embeddings):
         raise ValueError(f"Need one [dim] embedding per key; got {len(keys)} keys and "
@@ -41,6 +44,10 @@ def write_pickle(path: str, keys, embeddings) -> str:
     with open(path + ".part", "wb") as f:
         pickle.dump({"keys": np.array(keys), "embeddings": embeddings}, f, protocol=2)
     os.replace(path + ".part", path)
+    npz = path[:-len(".pkl")] + ".npz"
+    with open(npz + ".part", "wb") as f:
+        np.savez(f, keys=np.array([str(k) for k in keys]), embeddings=embeddings)
+    os.replace(npz + ".part", npz)
     return path
 
 
@@ -62,17 +69,6 @@ def feature_extractor(backbone: keras.Model, layer: str | None = None) -> keras.
         return keras.Model(backbone.inputs, backbone.layers[-2].output,
                            name=f"{backbone.name}_features")
     return backbone
-
-
-def backbone_of(learner) -> keras.Model:
-    """The Keras backbone a learner wraps (`learner.model`, `.backbone` or `.encoder`)."""
-    for attribute in ("model", "backbone", "encoder", "embedding"):
-        candidate = getattr(learner, attribute, None)
-        if isinstance(candidate, keras.Model):
-            return candidate
-    raise ValueError(f"Cannot find the backbone of a {type(learner).__name__}: it has no Keras "
-                     "model in .model, .backbone, .encoder or .embedding. Pass the backbone to "
-                     "write_embeddings() directly.")
 
 
 def embed(features: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -113,7 +109,7 @@ def write_embeddings(features: keras.Model, dataset, output_dir: str, name: str,
     paths, class_names = {}, {}
     for split in splits:
         classes = dataset.split(split)
-        vectors = embed(features, classes.images, batch_size)
+        vectors = embed(features, classes.all_inputs(), batch_size)
         keys = []
         for index, count in enumerate(classes.class_counts):
             class_id = f"{split}{index:05d}"
@@ -141,18 +137,11 @@ def write_workdir_embeddings(workdir: str, output_dir: str, name: str | None = N
       layer: the backbone layer whose (flattened) output is the embedding; None: the
         input of the classification head.
     """
-    from tfmeta.config import load_config
-    from tfmeta.data import load_dataset
-    from tfmeta.training.trainer import CONFIG_FILE, build_compiled_learner, restore_latest
-
-    config = load_config(os.path.join(workdir, CONFIG_FILE))
-    dataset = load_dataset(config.dataset, data_dir, **config.data)
-    learner = build_compiled_learner(config, dataset.input_shape)
-    restore_latest(learner, workdir, require=True)
-    features = feature_extractor(backbone_of(learner), layer)
+    run = open_run(workdir, data_dir)
+    features = feature_extractor(run.learner.feature_model(), layer)
     if recalibrate is None:
-        recalibrate = config.learner.get("batch_norm") == "batch_stats"
+        recalibrate = run.config.learner.get("batch_norm") == "batch_stats"
     if recalibrate:
-        recalibrate_batch_norm(features, dataset.split("train").images, batch_size)
-    return write_embeddings(features, dataset, output_dir, name or config.dataset,
+        recalibrate_batch_norm(features, run.dataset.split("train").all_inputs(), batch_size)
+    return write_embeddings(features, run.dataset, output_dir, name or run.config.dataset,
                             batch_size=batch_size)

@@ -1,7 +1,8 @@
 """Meta-learning algorithms: Keras model subclasses that wrap a backbone.
 
-`build_learner(config, input_shape)` builds the learner a config names; each
-algorithm module exposes `from_config(config, input_shape)`.
+`learner_class(name)` is the class a `--algo` name stands for, and
+`build_learner(config, input_shape)` builds the learner a config describes through that
+class's `from_experiment` hook.
 """
 
 from __future__ import annotations
@@ -11,32 +12,33 @@ import importlib
 from tfmeta.algorithms.base import MetaLearner
 from tfmeta.algorithms.maml import MAML
 
-# --algo name -> module with `from_config(config, input_shape) -> MetaLearner`.
+# --algo name -> "module:Class" of a MetaLearner subclass.
 ALGORITHMS = {
-    "maml": "tfmeta.algorithms.maml",
-    "leo": "tfmeta.algorithms.leo",
-    "reptile": "tfmeta.algorithms.reptile",
-    "reptile_gan": "tfmeta.algorithms.reptile_gan",
-    "metasgd": "tfmeta.algorithms.metasgd",
-    "anil": "tfmeta.algorithms.anil",
-    "lstm_meta": "tfmeta.algorithms.lstm_meta",
-    "metanet": "tfmeta.algorithms.metanet",
-    "mann": "tfmeta.algorithms.mann",
-    "protonet": "tfmeta.algorithms.prototypical",
-    "matching": "tfmeta.algorithms.matching",
-    "relation": "tfmeta.algorithms.relation",
-    "siamese": "tfmeta.algorithms.siamese",
+    "maml": "tfmeta.algorithms.maml:MAML",
+    "metasgd": "tfmeta.algorithms.metasgd:MetaSGD",
+    "anil": "tfmeta.algorithms.anil:ANIL",
+    "lstm_meta": "tfmeta.algorithms.lstm_meta:LSTMMetaLearner",
+    "reptile": "tfmeta.algorithms.reptile:Reptile",
+    "reptile_gan": "tfmeta.algorithms.reptile_gan:ReptileGAN",
+    "leo": "tfmeta.algorithms.leo:LEO",
+    "protonet": "tfmeta.algorithms.prototypical:PrototypicalNetwork",
+    "matching": "tfmeta.algorithms.matching:MatchingNetwork",
+    "relation": "tfmeta.algorithms.relation:RelationNetwork",
+    "siamese": "tfmeta.algorithms.siamese:SiameseNetwork",
+    "mann": "tfmeta.algorithms.mann:MANN",
+    "metanet": "tfmeta.algorithms.metanet:MetaNet",
 }
 
 
-def algorithm_module(name: str):
+def learner_class(name: str) -> type[MetaLearner]:
     if name not in ALGORITHMS:
         raise ValueError(f"Unknown algorithm {name!r}; valid algorithms: {sorted(ALGORITHMS)}.")
-    return importlib.import_module(ALGORITHMS[name])
+    module, _, cls = ALGORITHMS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_learner(config, input_shape) -> MetaLearner:
-    return algorithm_module(config.algo).from_config(config, input_shape)
+    return learner_class(config.algo).from_experiment(config, input_shape)
 
 
-__all__ = ["ALGORITHMS", "MAML", "MetaLearner", "build_learner"]
+__all__ = ["ALGORITHMS", "MAML", "MetaLearner", "build_learner", "learner_class"]

@@ -53,9 +53,3 @@ class ANIL(MAML):
         """Indices into `params` of the head's parameters (the only ones adapted)."""
         return list(self._head_indices)
 
-
-def from_config(config, input_shape):
-    from tfmeta.models import backbone_from_config
-
-    backbone = backbone_from_config(config.model, input_shape, num_classes=config.ways)
-    return ANIL(backbone, **config.learner)

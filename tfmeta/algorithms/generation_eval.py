@@ -1,15 +1,15 @@
 """Measuring few-shot generation: do samples of an adapted generator look like the class?
 
 A small classifier (Conv4) is trained on real images of the evaluated split's classes plus
-training classes (up to `config.eval_metric_classes` classes in all; for MNIST's held-out
-9 that is all ten digits). Then, for each episode, the learner adapts to `config.shots`
-real images of one evaluated class and generates `config.eval_samples` images; the score
+training classes (up to `max_classes` classes in all; for MNIST's held-out 9 that is all
+ten digits). Then, for each episode, the learner adapts to `shots` real images of one
+evaluated class and generates `samples` images; the score
 of the episode is the fraction of samples the classifier assigns to that class. The same
 score for the unadapted meta generator is the baseline, and 1 / classes is chance. The
 classifier's accuracy on real images it did not train on is reported as the ceiling.
 
-    result = evaluate_run(learner, dataset, config, split="test", num_episodes=100, seed=0,
-                          log_dir=f"{workdir}/logs/eval")
+    result = evaluate_generation(learner, dataset, split="test", num_episodes=100, seed=0,
+                                 log_dir=f"{workdir}/logs/eval")
 
 With `log_dir`, the scores and image grids (real images, adapted and unadapted samples)
 go to TensorBoard.
@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.algorithms.wgan_gp import image_grid
+from tfmeta.evaluation import mean_and_ci95
+from tfmeta.models import conv4
 
 
 def _class_pool(dataset, split: str, max_classes: int, rng):
@@ -42,8 +44,6 @@ def _class_pool(dataset, split: str, max_classes: int, rng):
 
 def train_classifier(pool, steps: int, seed: int, max_per_class: int = 300):
     """Trains Conv4 on 3/4 of each class's images; returns (classifier, accuracy on the rest)."""
-    from tfmeta.models import conv4
-
     rng = np.random.default_rng(seed)
     train_x, train_y, held_x, held_y = [], [], [], []
     for label, images in enumerate(pool):
@@ -68,9 +68,10 @@ def train_classifier(pool, steps: int, seed: int, max_per_class: int = 300):
     return classifier, real_accuracy
 
 
-def evaluate_run(learner, dataset, config, split: str = "test", num_episodes: int = 100,
-                 seed: int = 1234, ways=None, shots=None, log_dir: str | None = None,
-                 step: int = 0) -> dict:
+def evaluate_generation(learner, dataset, split: str = "test", num_episodes: int = 100,
+                        seed: int = 1234, shots: int = 4, samples: int = 16,
+                        max_classes: int = 20, classifier_steps: int = 300,
+                        log_dir: str | None = None, step: int = 0) -> dict:
     """Class accuracy of adapted vs unadapted samples on `split`'s classes (see module doc).
 
     Returns a dict with `accuracy`/`ci95` (adapted samples), `unadapted_accuracy`/
@@ -78,17 +79,13 @@ def evaluate_run(learner, dataset, config, split: str = "test", num_episodes: in
     `classifier_real_accuracy`, `chance`, `ways` (classes the classifier tells apart),
     `shots`, `episodes` and `samples_per_episode`.
     """
-    from tfmeta.training.evaluation import mean_and_ci95
-
-    if num_episodes < 2:
-        raise ValueError(f"num_episodes must be >= 2 for a confidence interval; got {num_episodes}.")
+    if int(num_episodes) != num_episodes or num_episodes < 2:
+        raise ValueError(f"num_episodes must be an integer >= 2 (a confidence interval needs "
+                         f"two); got {num_episodes!r}.")
     rng = np.random.default_rng(seed)
-    max_classes = int(config.get("eval_metric_classes") or 20)
-    evaluated, pool, _ = _class_pool(dataset, split, max_classes, rng)
-    classifier, real_accuracy = train_classifier(
-        pool, int(config.get("eval_classifier_steps") or 300), seed)
-    del ways  # the classifier's classes are fixed by the split, not by a way count
-    shots, samples = int(shots or config.shots), int(config.get("eval_samples") or 16)
+    evaluated, pool, _ = _class_pool(dataset, split, int(max_classes), rng)
+    classifier, real_accuracy = train_classifier(pool, int(classifier_steps), seed)
+    shots, samples = int(shots), int(samples)
     if any(len(pool[i]) < shots for i in range(len(evaluated))):
         raise ValueError(f"Some {split} classes have fewer than shots={shots} images; lower shots.")
 

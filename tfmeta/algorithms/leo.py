@@ -39,16 +39,21 @@ tensors; no variable is assigned in the inner loops.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import keras
 import tensorflow as tf
 from keras import layers
 
-from tfmeta import weights
-from tfmeta.algorithms.base import MetaLearner, cross_entropy, num_ways, replica_mean
+from tfmeta import evaluation, weights
+from tfmeta.algorithms.base import NOISE_SALT, MetaLearner
+from tfmeta.config import eval_spec
+from tfmeta.ranges import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
+from tfmeta.tensors import class_means, num_ways
 
 MIN_STDDEV = 1e-10
+EVAL_SEED = 2 ** 31 - 1  # noise when sampling at test time (deterministic_test=False)
 
 
 def kl_divergence(samples, means, stddev):
@@ -88,14 +93,6 @@ def clip_gradients(grads, gradient_threshold, gradient_norm_threshold):
     return grads
 
 
-def class_average(values, labels, num_classes):
-    """`values [B, S, C]` averaged over the examples of each class -> `[B, N, C]`."""
-    one_hot = tf.one_hot(labels, num_classes, dtype=values.dtype)  # [B, S, N]
-    sums = tf.einsum("bsn,bsc->bnc", one_hot, values)
-    counts = tf.reduce_sum(one_hot, axis=1)[:, :, None]
-    return sums / tf.maximum(counts, 1.0)
-
-
 @dataclasses.dataclass
 class Adaptation:
     """What LEO's inner loops produce for a meta-batch.
@@ -115,6 +112,19 @@ class Adaptation:
         """`[B]`: mean squared distance from the initial to the (constant) adapted latents."""
         return tf.reduce_mean(
             tf.square(tf.stop_gradient(self.latents) - self.initial_latents), axis=[1, 2])
+
+
+class Draws:
+    """Seeds for the stateless random draws of one pass (dropout masks, latent and weight
+    samples): a base seed folded with a running count, so every draw gets its own seed and
+    the pass is a pure function of the base seed (the meta-step)."""
+
+    def __init__(self, base_seed):
+        self.base_seed, self.count = base_seed, 0
+
+    def next(self):
+        self.count += 1
+        return tf.random.experimental.stateless_fold_in(self.base_seed, self.count)
 
 
 class LEO(MetaLearner):
@@ -144,6 +154,13 @@ class LEO(MetaLearner):
         (the paper's choice); False samples them at test time too.
     """
 
+    argument_ranges = {
+        "num_latents": POSITIVE_INT, "inner_steps": POSITIVE_INT,
+        "finetuning_steps": NON_NEGATIVE_INT, "inner_lr_init": POSITIVE,
+        "finetuning_lr_init": POSITIVE, "dropout_rate": FRACTION, "kl_weight": NON_NEGATIVE,
+        "encoder_penalty_weight": NON_NEGATIVE, "l2_penalty_weight": NON_NEGATIVE,
+        "orthogonality_penalty_weight": NON_NEGATIVE}
+
     def __init__(self, embedding_dim: int, num_latents: int = 64, inner_steps: int = 5,
                  finetuning_steps: int = 5, inner_lr_init: float = 1.0,
                  finetuning_lr_init: float = 1e-3, dropout_rate: float = 0.5,
@@ -172,6 +189,8 @@ class LEO(MetaLearner):
         self.gradient_threshold = float(gradient_threshold)
         self.gradient_norm_threshold = float(gradient_norm_threshold)
         self.deterministic_test = bool(deterministic_test)
+        self.check_arguments(locals())
+        self._draws = None  # the Draws of the pass in progress (see `draws`)
 
         latents = self.num_latents
         self.encoder = layers.Dense(latents, use_bias=False, name="encoder")
@@ -192,10 +211,41 @@ class LEO(MetaLearner):
             shape=(self.embedding_dim,), name="finetuning_lr",
             initializer=keras.initializers.Constant(finetuning_lr_init))
 
+    @classmethod
+    def from_experiment(cls, config, input_shape):
+        """LEO for embeddings of `input_shape` `(D,)` from `config.learner`."""
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"LEO takes embeddings of shape (D,); got examples of shape "
+                f"{tuple(input_shape)}. Train it on --dataset=mini_imagenet, tiered_imagenet or "
+                "embeddings (write embeddings of an image dataset with bin/write_embeddings.py).")
+        return cls(embedding_dim=int(input_shape[0]), **config.learner)
+
     # ------------------------------------------------------------ the parts
+    def draws(self, training) -> Draws:
+        """The seeds of the pass in progress, or of a new one: the meta-step's while
+        training, a fixed seed otherwise (deterministic serving)."""
+        if self._draws is not None:
+            return self._draws
+        return Draws(self.step_seed(NOISE_SALT) if training
+                     else tf.constant([EVAL_SEED, 0], tf.int64))
+
+    @contextlib.contextmanager
+    def random_pass(self, training):
+        """Inside it, every draw comes from one `Draws` (nested passes share the outer one)."""
+        if self._draws is not None:
+            yield
+            return
+        self._draws = self.draws(training)
+        try:
+            yield
+        finally:
+            self._draws = None
+
     def dropout(self, embeddings, training):
         if training and self.dropout_rate > 0:
-            return tf.nn.dropout(embeddings, rate=self.dropout_rate)
+            return tf.nn.experimental.stateless_dropout(embeddings, rate=self.dropout_rate,
+                                                        seed=self.draws(training).next())
         return embeddings
 
     def sampling(self, training) -> bool:
@@ -211,7 +261,9 @@ class LEO(MetaLearner):
         if not self.sampling(training):
             return means, tf.zeros(tf.shape(means)[:1], means.dtype)
         stddev = tf.maximum(tf.exp(unnormalized_stddev) - (1.0 - stddev_offset), MIN_STDDEV)
-        samples = means + stddev * tf.random.normal(tf.shape(means), dtype=means.dtype)
+        noise = tf.random.stateless_normal(tf.shape(means), self.draws(training).next(),
+                                           dtype=means.dtype)
+        samples = means + stddev * noise
         return samples, kl_divergence(samples, means, stddev)
 
     def encode(self, support_images, support_labels, num_classes, training):
@@ -228,7 +280,7 @@ class LEO(MetaLearner):
         relations = tf.concat([left, right], axis=-1)
         for layer in self.relation_network:
             relations = layer(relations)  # [B, S, S, 2L]
-        return class_average(tf.reduce_mean(relations, axis=2), support_labels, num_classes)
+        return class_means(tf.reduce_mean(relations, axis=2), support_labels, num_classes)
 
     def decode(self, latents, training):
         """Latents `[B, N, L]` -> classifier weights `[B, N, D]` (sampled when training)."""
@@ -245,7 +297,7 @@ class LEO(MetaLearner):
     def inner_loss(self, support_images, support_labels, classifier_weights, training):
         """Per-task support cross-entropy `[B]`."""
         logits = self.predict(support_images, classifier_weights, training)
-        return cross_entropy(support_labels, logits)
+        return self.loss_fn(support_labels, logits)
 
     # --------------------------------------------------------- inner loops
     def leo_inner_loop(self, support_images, support_labels, latents, training):
@@ -278,22 +330,30 @@ class LEO(MetaLearner):
         return classifier_weights
 
     def adapt(self, support_images, support_labels, training=False) -> Adaptation:
-        """Both inner loops on a meta-batch of support sets `[B, N*K, D]`, `[B, N*K]`."""
+        """Both inner loops on a meta-batch of support sets `[B, N*K, D]`, `[B, N*K]`.
+
+        Its random draws (and the query dropout of `query_logits`/`meta_loss`, which set
+        up the pass) come from one `Draws`, so the pass is a pure function of the step.
+        """
         support_images = tf.convert_to_tensor(support_images, tf.float32)
         support_labels = tf.cast(support_labels, tf.int32)
         num_classes = num_ways(support_labels)
-        latent_params = self.encode(support_images, support_labels, num_classes, training)
-        initial_latents, kl = self.possibly_sample(latent_params, 0.0, training)
-        latents, classifier_weights = self.leo_inner_loop(
-            support_images, support_labels, initial_latents, training)
-        classifier_weights = self.finetuning_inner_loop(
-            support_images, support_labels, classifier_weights, training)
+        with self.random_pass(training):
+            latent_params = self.encode(support_images, support_labels, num_classes, training)
+            initial_latents, kl = self.possibly_sample(latent_params, 0.0, training)
+            latents, classifier_weights = self.leo_inner_loop(
+                support_images, support_labels, initial_latents, training)
+            classifier_weights = self.finetuning_inner_loop(
+                support_images, support_labels, classifier_weights, training)
         return Adaptation(classifier_weights, initial_latents, latents, kl)
 
     # ---------------------------------------------------- MetaLearner hooks
     def query_logits(self, episodes, training=False):
-        adaptation = self.adapt(episodes["support_images"], episodes["support_labels"], training)
-        return self.predict(episodes["query_images"], adaptation.classifier_weights, training)
+        with self.random_pass(training):
+            adaptation = self.adapt(episodes["support_images"], episodes["support_labels"],
+                                    training)
+            return self.predict(episodes["query_images"], adaptation.classifier_weights,
+                                training)
 
     def regularization_loss(self):
         """lambda_1 * L2 of the network kernels + lambda_2 * decoder orthogonality."""
@@ -303,59 +363,38 @@ class LEO(MetaLearner):
         return (self.l2_penalty_weight * l2 + self.orthogonality_penalty_weight
                 * orthogonality_penalty(self.decoder.kernel))
 
-    def meta_loss(self, episodes, logits, adaptation: Adaptation):
-        """Scalar: mean over tasks of query loss + beta KL + gamma encoder penalty, + penalties."""
-        task_loss = (self.query_loss(episodes, logits) + self.kl_weight * adaptation.kl
-                     + self.encoder_penalty_weight * adaptation.encoder_penalty)
-        return tf.reduce_mean(task_loss) + self.regularization_loss()
-
-    def compute_meta_gradients(self, episodes):
-        with tf.GradientTape() as tape:
+    def meta_loss(self, episodes):
+        """Mean over tasks of query loss + beta KL + gamma encoder penalty, + the penalties."""
+        with self.random_pass(training=True):
             adaptation = self.adapt(episodes["support_images"], episodes["support_labels"],
                                     training=True)
             logits = self.predict(episodes["query_images"], adaptation.classifier_weights,
                                   training=True)
-            loss = self.meta_loss(episodes, logits, adaptation)
-            scaled = self.optimizer.scale_loss(replica_mean(loss))
-        grads = tape.gradient(scaled, self.trainable_variables,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        # Clip in the units of the loss: undo loss scaling and the replica split first.
-        # Under several replicas each replica's mean gradient is clipped, then averaged.
-        factor = self.optimizer.scale_loss(replica_mean(tf.constant(1.0)))
-        grads = clip_gradients([g / factor for g in grads], self.gradient_threshold,
-                               self.gradient_norm_threshold)
-        return [g * factor for g in grads], loss, logits
+        task_loss = (self.query_loss(episodes, logits) + self.kl_weight * adaptation.kl
+                     + self.encoder_penalty_weight * adaptation.encoder_penalty)
+        return tf.reduce_mean(task_loss) + self.regularization_loss(), logits
 
+    def transform_gradients(self, gradients):
+        """Clipping by value, then each tensor by its norm (the reference's). Under several
+        replicas each replica's mean gradient is clipped, then averaged."""
+        return clip_gradients(gradients, self.gradient_threshold, self.gradient_norm_threshold)
 
-def from_config(config, input_shape):
-    """Builds LEO for embeddings of `input_shape` `(D,)` from `config.learner`."""
-    if len(input_shape) != 1:
-        raise ValueError(
-            f"LEO takes embeddings of shape (D,); got examples of shape {tuple(input_shape)}. "
-            "Train it on --dataset=mini_imagenet, tiered_imagenet or embeddings (write "
-            "embeddings of an image dataset with bin/write_embeddings.py).")
-    return LEO(embedding_dim=int(input_shape[0]), **config.learner)
+    def meta_test(self, dataset, config, split="test", num_episodes=None, seed=1234, ways=None,
+                  shots=None, log_dir=None, step=0) -> dict:
+        """The paper's protocol: every remaining example of each class is a query.
 
-
-def evaluate_run(learner, dataset, config, split, num_episodes, seed, ways=None, shots=None,
-                 log_dir=None, step=0):
-    """The paper's protocol: every remaining example of each class is a query.
-
-    With `config.eval_queries` set, that many queries per class instead. Classes
-    may differ in size, so "every remaining" is the smallest class's count minus K.
-    `ways`/`shots` override the config's; `log_dir` and `step` are unused here.
-    """
-    from tfmeta.training.evaluation import evaluate
-    from tfmeta.training.trainer import eval_spec
-
-    del log_dir, step
-    default_ways, default_shots, _ = eval_spec(config)
-    ways, shots = ways or default_ways, shots or default_shots
-    classes = dataset.split(split)
-    queries = config.eval_queries or int(classes.class_counts.min()) - shots
-    if queries < 1:
-        raise ValueError(f"The smallest class of the {split!r} split has "
-                         f"{int(classes.class_counts.min())} examples, none left as queries "
-                         f"after {shots} shots; use fewer shots.")
-    return evaluate(learner, classes, ways, shots, queries, num_episodes,
-                    config.eval_meta_batch_size, seed, split)
+        With `config.eval_queries` set, that many queries per class instead. Classes
+        may differ in size, so "every remaining" is the smallest class's count minus K.
+        """
+        del log_dir, step
+        default_ways, default_shots, _ = eval_spec(config)
+        ways, shots = ways or default_ways, shots or default_shots
+        classes = dataset.split(split)
+        queries = config.eval_queries or int(classes.class_counts.min()) - shots
+        if queries < 1:
+            raise ValueError(f"The smallest class of the {split!r} split has "
+                             f"{int(classes.class_counts.min())} examples, none left as queries "
+                             f"after {shots} shots; use fewer shots.")
+        return evaluation.evaluate(self, classes, ways, shots, queries,
+                                   num_episodes or config.eval_episodes,
+                                   config.eval_meta_batch_size, seed, split)

@@ -30,8 +30,8 @@ Batch norm: the learner always normalizes with the statistics of the batch it se
 at meta-test time too (the paper's transductive choice, section 3.3 and appendix);
 moving averages are never used or updated.
 
-The task loop (one `tf.while_loop` over the meta-batch) is MAML's: this learner is a
-`MAML` whose `adapt` (the inner loop) is the LSTM instead of gradient descent.
+The task loop (one `tf.while_loop` over the meta-batch) is `TaskLoopLearner`'s, shared
+with MAML; this learner's `adapt` (the inner loop) is the LSTM instead of gradient descent.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.base import cross_entropy
-from tfmeta.algorithms.maml import MAML
+from tfmeta.algorithms.task_loop import TaskLoopLearner
+from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE
 
 
 def preprocess_gradients(x, p: float = 10.0):
@@ -56,7 +56,7 @@ def preprocess_gradients(x, p: float = 10.0):
     return tf.stack([first, second], axis=-1)
 
 
-class LSTMMetaLearner(MAML):
+class LSTMMetaLearner(TaskLoopLearner):
     """Ravi and Larochelle's meta-learner LSTM around a Keras classifier (the learner).
 
     Example:
@@ -74,16 +74,13 @@ class LSTMMetaLearner(MAML):
       preprocess_p: p of the gradient preprocessing.
     """
 
+    argument_ranges = {"hidden_units": NON_NEGATIVE_INT, "preprocess_p": POSITIVE}
+    fixed_arguments = ("batch_norm",)  # batch statistics always
+
     def __init__(self, model: keras.Model, inner_steps: int = 5, inner_steps_test: int = 5,
                  hidden_units: int = 20, preprocess_p: float = 10.0, **kwargs):
-        for name in ("inner_lr", "first_order", "batch_norm"):
-            if name in kwargs:
-                raise ValueError(f"LSTMMetaLearner learns its update, so it takes no {name}= "
-                                 f"(got {kwargs[name]!r}); remove it from the config.")
-        if hidden_units < 0:
-            raise ValueError(f"hidden_units must be >= 0; got {hidden_units}.")
-        super().__init__(model, inner_lr=0.0, inner_steps=inner_steps,
-                         inner_steps_test=inner_steps_test, first_order=True,
+        self.check_arguments({"hidden_units": hidden_units, "preprocess_p": preprocess_p})
+        super().__init__(model, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
                          batch_norm="batch_stats", **kwargs)
         self.hidden_units = int(hidden_units)
         self.preprocess_p = float(preprocess_p)
@@ -105,7 +102,7 @@ class LSTMMetaLearner(MAML):
         with tf.GradientTape() as tape:
             tape.watch(params)
             logits, _ = self.forward(params, state, images, training=True)
-            loss = cross_entropy(labels, logits)
+            loss = self.loss_fn(labels, logits)
         grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return tf.stop_gradient(loss), tf.stop_gradient(weights.flatten(grads))
 
@@ -125,10 +122,9 @@ class LSTMMetaLearner(MAML):
                                 + self.input_bias)
         return forget * theta - input_gate * grad, lstm_state, forget, input_gate
 
-    def adapt(self, params, state, support_images, support_labels, steps, training=True,
-              first_order=None):
+    def adapt(self, params, state, support_images, support_labels, steps, training=True):
         """The inner loop: `steps` meta-LSTM updates of the learner's parameters `params`."""
-        del training, first_order  # batch statistics always; gradient inputs always constant
+        del training  # batch statistics always; gradient inputs always constant
         params = list(params)
         theta = weights.flatten(params)[:, None]                                 # [P, 1]
         coordinates = tf.shape(theta)[0]
@@ -142,9 +138,3 @@ class LSTMMetaLearner(MAML):
             params = weights.unflatten(theta[:, 0], params)
         return params
 
-
-def from_config(config, input_shape):
-    from tfmeta.models import backbone_from_config
-
-    backbone = backbone_from_config(config.model, input_shape, num_classes=config.ways)
-    return LSTMMetaLearner(backbone, **config.learner)

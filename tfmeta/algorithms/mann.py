@@ -56,8 +56,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.algorithms.base import MetaLearner, cross_entropy, replica_mean
+from tfmeta.algorithms.base import ORDER_SALT, MetaLearner
 from tfmeta.data import episode_dataset
+from tfmeta.models import backbone_from_config
+from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INTERVAL
+from tfmeta.tensors import cosine_similarity, fold, unfold
 
 
 class LRUAMemory(keras.layers.Layer):
@@ -115,8 +118,7 @@ class LRUAMemory(keras.layers.Layer):
         added = keys if self.write_key else tf.reshape(
             self.add_layer(h), [-1, self.heads, self.slot_size])                      # [R, H, W]
         memory = memory + tf.einsum("rhs,rhw->rsw", write_weights, added)
-        similarity = tf.einsum("rhw,rsw->rhs", tf.math.l2_normalize(keys, -1),
-                               tf.math.l2_normalize(memory, -1))
+        similarity = cosine_similarity(keys, memory)                                 # [R, H, S]
         if self.key_strength:
             similarity *= 1.0 + tf.nn.softplus(self.strength_layer(h))[..., None]
         read_weights = tf.nn.softmax(similarity, axis=-1)
@@ -147,11 +149,17 @@ class MANN(MetaLearner):
       eval_order_seed: seed of the time order used when not training.
     """
 
+    argument_ranges = {"units": POSITIVE_INT, "memory_slots": POSITIVE_INT,
+                       "slot_size": POSITIVE_INT, "heads": POSITIVE_INT, "gamma": UNIT_INTERVAL,
+                       "eval_order_seed": NON_NEGATIVE_INT}
+    fixed_arguments = ("input_shape",)  # the dataset's
+
     def __init__(self, encoder: keras.Model | None, num_classes: int, input_shape=None,
                  units: int = 200, memory_slots: int = 128, slot_size: int = 40,
                  heads: int = 4, gamma: float = 0.95, write_key: bool = False,
                  key_strength: bool = False, eval_order_seed: int = 0, **kwargs):
         super().__init__(**kwargs)
+        self.check_arguments(locals())
         if encoder is None:
             if input_shape is None:
                 raise ValueError("MANN without an encoder flattens pixels and needs "
@@ -172,13 +180,21 @@ class MANN(MetaLearner):
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
         self.classifier.build((None, self.memory.output_dim))
 
+    @classmethod
+    def from_experiment(cls, config, input_shape):
+        """MANN on the pixels (`model.name="none"`, the paper's) or on the features of the
+        configured encoder, with `config.ways` label classes."""
+        encoder = backbone_from_config(config.model, input_shape)
+        return cls(encoder, num_classes=config.ways, input_shape=input_shape, **config.learner)
+
     def _features(self, images, training):
-        flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
+        """`[B, n, ...]` examples -> `[B, n, D]` controller inputs (pixels or encoder features)."""
+        flat = fold(images)
         if self.encoder is None:
             features = tf.reshape(flat, [tf.shape(flat)[0], -1])
         else:
             features = tf.cast(self.encoder(flat, training=training), tf.float32)
-        return tf.reshape(features, [tf.shape(images)[0], tf.shape(images)[1], -1])
+        return unfold(features, tf.shape(images)[0])
 
     def time_order(self, support_images, training):
         """`[B, n]` permutation of the support set in time.
@@ -188,8 +204,9 @@ class MANN(MetaLearner):
         differs between episodes (a fixed order would be a pattern to exploit).
         """
         batch, length = tf.shape(support_images)[0], tf.shape(support_images)[1]
-        if training:
-            return tf.argsort(tf.random.uniform([batch, length]), axis=-1)
+        if training:  # a pure function of the meta-step, so resumed runs draw the same orders
+            return tf.argsort(tf.random.stateless_uniform([batch, length],
+                                                          self.step_seed(ORDER_SALT)), axis=-1)
         content = tf.reduce_sum(tf.reshape(support_images, [batch, -1]), -1)
         seeds = tf.stack([tf.fill([batch], self.eval_order_seed),
                           tf.bitcast(tf.cast(content, tf.float32), tf.int32)], -1)
@@ -234,20 +251,36 @@ class MANN(MetaLearner):
     def query_logits(self, episodes, training=False):
         return self.sequence_logits(episodes, training)[1]
 
-    def compute_meta_gradients(self, episodes):
+    def meta_loss(self, episodes):
         """The paper's loss: cross-entropy of every step of the sequence, support and query."""
-        with tf.GradientTape() as tape:
-            support_logits, logits, order = self.sequence_logits(episodes, training=True)
-            support_labels = tf.gather(episodes["support_labels"], order, batch_dims=1)
-            labels = tf.concat([support_labels, tf.cast(episodes["query_labels"], tf.int32)], 1)
-            loss = tf.reduce_mean(cross_entropy(labels, tf.concat([support_logits, logits], 1)))
-            loss = loss + self.regularization_loss()
-            scaled = self.optimizer.scale_loss(replica_mean(loss))
-        return tape.gradient(scaled, self.trainable_variables), loss, logits
+        support_logits, logits, order = self.sequence_logits(episodes, training=True)
+        support_labels = tf.gather(episodes["support_labels"], order, batch_dims=1)
+        labels = tf.concat([support_labels, tf.cast(episodes["query_labels"], tf.int32)], 1)
+        loss = tf.reduce_mean(self.loss_fn(labels, tf.concat([support_logits, logits], 1)))
+        return loss + self.regularization_loss(), logits
 
     @property
     def max_ways(self):
         return self.num_classes
+
+    def meta_test(self, dataset, config, split="test", num_episodes=None, seed=1234, ways=None,
+                  shots=None, log_dir=None, step=0) -> dict:
+        """The episode accuracy, and (`by_instance`) the paper's Table 1 measure: accuracy by
+        presentation number on 10-instance sequences of 100 episodes."""
+        result = super().meta_test(dataset, config, split, num_episodes, seed, ways, shots,
+                                   log_dir, step)
+        instances = min(10, int(dataset.split(split).class_counts.min()) - 1)
+        report = tuple(k for k in (1, 2, 5, 10) if k <= instances)
+        if report:
+            result["by_instance"] = {str(k): v for k, v in accuracy_by_instance(
+                self, dataset.split(split), result["ways"], instances, 100, seed=seed,
+                report=report).items()}
+        return result
+
+    def feature_model(self) -> keras.Model:
+        if self.encoder is None:
+            return super().feature_model()
+        return self.encoder
 
 
 def instance_numbers(labels):
@@ -285,9 +318,3 @@ def accuracy_by_instance(learner, classes, ways=5, instances=10, num_episodes=10
     correct, numbers = np.concatenate(correct), np.concatenate(numbers)
     return {k: float(correct[numbers == k].mean()) for k in report}
 
-
-def from_config(config, input_shape):
-    from tfmeta.models import backbone_from_config
-
-    encoder = backbone_from_config(config.model, input_shape) if config.model.name else None
-    return MANN(encoder, num_classes=config.ways, input_shape=input_shape, **config.learner)

@@ -30,13 +30,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.metric import (
-    EmbeddingLearner,
-    build_from_config,
-    check_flat_features,
-    cosine_similarity,
-    one_hot_classes,
-)
+from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
+from tfmeta.ranges import POSITIVE_INT
+from tfmeta.tensors import cosine_similarity, one_hot_classes
 
 LOG_EPSILON = 1e-12  # log(0) guard for classes with (numerically) zero attention
 
@@ -55,6 +51,8 @@ class MatchingNetwork(EmbeddingLearner):
       fce: use full context embeddings (the LSTMs above).
       processing_steps: K, the attention LSTM's steps over the support set (fce only).
     """
+
+    argument_ranges = {"processing_steps": POSITIVE_INT}
 
     def __init__(self, encoder: keras.Model, fce: bool = False, processing_steps: int = 5,
                  **kwargs):
@@ -112,6 +110,3 @@ class MatchingNetwork(EmbeddingLearner):
                                        one_hot_classes(support_labels))
         return tf.math.log(label_distribution + LOG_EPSILON)
 
-
-def from_config(config, input_shape):
-    return build_from_config(MatchingNetwork, config, input_shape)

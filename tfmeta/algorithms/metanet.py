@@ -41,6 +41,9 @@ import tensorflow as tf
 
 from tfmeta.algorithms.base import MetaLearner
 from tfmeta.algorithms.lstm_meta import preprocess_gradients
+from tfmeta.models import backbone_from_config
+from tfmeta.ranges import POSITIVE, POSITIVE_INT
+from tfmeta.tensors import cosine_similarity, embed_support_and_query
 
 
 class CoordinateMLP(keras.layers.Layer):
@@ -114,10 +117,14 @@ class MetaNet(MetaLearner):
       preprocess_p: p of the gradient preprocessing.
     """
 
+    argument_ranges = {"representation_units": POSITIVE_INT, "meta_hidden": POSITIVE_INT,
+                       "margin": POSITIVE, "preprocess_p": POSITIVE}
+
     def __init__(self, embedding: keras.Model, base: keras.Model, num_classes: int,
                  representation_units: int = 64, meta_hidden: int = 20, margin: float = 1.0,
                  preprocess_p: float = 10.0, **kwargs):
         super().__init__(**kwargs)
+        self.check_arguments(locals())
         for name, net in (("embedding", embedding), ("base", base)):
             if not net.built or len(net.output_shape) != 2:
                 raise ValueError(f"MetaNet's {name} must be a built model with flat features "
@@ -159,7 +166,10 @@ class MetaNet(MetaLearner):
             return same * distance ** 2 + (1 - same) * tf.nn.relu(self.margin - distance) ** 2
 
         grad_Q, grad_q = per_row_gradients(pair_losses, self.Q, self.q, first)
-        return tf.reduce_mean(self.d(grad_Q), 1), tf.reduce_mean(self.d(grad_q), 1)
+        # The mean over pairs; a support set of one example has none, and gets Q* = 0.
+        pair_count = tf.cast(tf.maximum(tf.shape(pairs)[0], 1), tf.float32)
+        return (tf.reduce_sum(self.d(grad_Q), 1) / pair_count,
+                tf.reduce_sum(self.d(grad_q), 1) / pair_count)
 
     def example_fast_weights(self, support_features, support_labels):
         """W*_i, w*_i of each support example: `[B, n, D_b, N]`, `[B, n, N]`."""
@@ -177,14 +187,8 @@ class MetaNet(MetaLearner):
         return augmented_dense(features, (self.Q, self.q), fast, tf.nn.relu)
 
     def _features(self, net, episodes, training):
-        support, query = episodes["support_images"], episodes["query_images"]
-        batch, n = tf.shape(support)[0], tf.shape(support)[1]
-        images = tf.concat([tf.reshape(support, tf.concat([[-1], tf.shape(support)[2:]], 0)),
-                            tf.reshape(query, tf.concat([[-1], tf.shape(query)[2:]], 0))], 0)
-        features = tf.cast(net(images, training=training), tf.float32)
-        split = batch * n
-        return (tf.reshape(features[:split], [batch, n, -1]),
-                tf.reshape(features[split:], [batch, tf.shape(query)[1], -1]))
+        return embed_support_and_query(net, episodes["support_images"],
+                                       episodes["query_images"], training)
 
     def query_logits(self, episodes, training=False):
         labels = episodes["support_labels"]
@@ -194,9 +198,7 @@ class MetaNet(MetaLearner):
         memory_keys = self.represent(support_g, representation_fast)            # R: [B, n, R]
         memory_values = self.example_fast_weights(support_f, labels)           # M: W*, w*
         query_keys = self.represent(query_g, representation_fast)              # [B, M, R]
-        attention = tf.nn.softmax(tf.einsum(
-            "bmr,bnr->bmn", tf.math.l2_normalize(query_keys, -1),
-            tf.math.l2_normalize(memory_keys, -1)), axis=-1)                    # [B, M, n]
+        attention = tf.nn.softmax(cosine_similarity(query_keys, memory_keys), -1)  # [B, M, n]
         fast_W = tf.einsum("bmn,bndk->bmdk", attention, memory_values[0])
         fast_w = tf.einsum("bmn,bnk->bmk", attention, memory_values[1])
         return augmented_dense(query_f, (self.W, self.w), (fast_W, fast_w))
@@ -205,10 +207,14 @@ class MetaNet(MetaLearner):
     def max_ways(self):
         return self.num_classes
 
+    def feature_model(self) -> keras.Model:
+        return self.base
 
-def from_config(config, input_shape):
-    from tfmeta.models import backbone_from_config
+    @classmethod
+    def from_experiment(cls, config, input_shape):
+        """MetaNet with two backbones of the configured kind (u's and b's feature CNNs) and
+        `config.ways` outputs."""
+        embedding = backbone_from_config(config.model, input_shape)
+        base = backbone_from_config(config.model, input_shape)
+        return cls(embedding, base, num_classes=config.ways, **config.learner)
 
-    embedding = backbone_from_config(config.model, input_shape)
-    base = backbone_from_config(config.model, input_shape)
-    return MetaNet(embedding, base, num_classes=config.ways, **config.learner)

@@ -46,9 +46,3 @@ class MetaSGD(MAML):
         del step
         return weights.gradient_step(params, grads, weights.values(self.alpha))
 
-
-def from_config(config, input_shape):
-    from tfmeta.models import backbone_from_config
-
-    backbone = backbone_from_config(config.model, input_shape, num_classes=config.ways)
-    return MetaSGD(backbone, **config.learner)

@@ -19,14 +19,8 @@ from __future__ import annotations
 
 import keras
 
-from tfmeta.algorithms.metric import (
-    EmbeddingLearner,
-    build_from_config,
-    check_flat_features,
-    class_means,
-    cosine_similarity,
-    squared_euclidean,
-)
+from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
+from tfmeta.tensors import class_means, cosine_similarity, squared_euclidean
 
 DISTANCES = ("squared_euclidean", "cosine")
 
@@ -64,6 +58,3 @@ class PrototypicalNetwork(EmbeddingLearner):
             return cosine_similarity(query_features, prototypes)
         return -squared_euclidean(query_features, prototypes)
 
-
-def from_config(config, input_shape):
-    return build_from_config(PrototypicalNetwork, config, input_shape)

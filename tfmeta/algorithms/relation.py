@@ -19,8 +19,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.metric import EmbeddingLearner, build_from_config, class_sums
+from tfmeta.algorithms.metric import EmbeddingLearner
 from tfmeta.models.relation_net import relation_module as build_relation_module
+from tfmeta.ranges import POSITIVE_INT
+from tfmeta.tensors import class_sums
 
 
 class RelationNetwork(EmbeddingLearner):
@@ -41,9 +43,13 @@ class RelationNetwork(EmbeddingLearner):
       relation_units: units of its hidden fully connected layer.
     """
 
+    argument_ranges = {"relation_filters": POSITIVE_INT, "relation_units": POSITIVE_INT}
+    fixed_arguments = ("relation_module",)  # a Keras model; configs set its sizes
+
     def __init__(self, encoder: keras.Model, relation_module: keras.Model | None = None,
                  relation_filters: int = 64, relation_units: int = 8, **kwargs):
         super().__init__(encoder, **kwargs)
+        self.check_arguments(locals())
         if len(self.feature_shape) != 3:
             raise ValueError(f"RelationNetwork compares feature maps [h, w, c], but the encoder "
                              f"returns features of shape {self.feature_shape}; use a backbone "
@@ -79,6 +85,3 @@ class RelationNetwork(EmbeddingLearner):
         targets = tf.one_hot(episodes["query_labels"], tf.shape(logits)[-1], dtype=tf.float32)
         return tf.reduce_mean(tf.square(self.relation_scores(logits) - targets), axis=[1, 2])
 
-
-def from_config(config, input_shape):
-    return build_from_config(RelationNetwork, config, input_shape)

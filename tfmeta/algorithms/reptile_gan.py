@@ -16,44 +16,43 @@ generator and meta critic toward the adapted copies, exactly as Reptile does:
 
 FIGR's settings (the config's defaults): inner SGD with rate 1e-3 for 10 iterations on 4
 images with 4 fakes per step, and the outer update `theta - mean(adapted)` handed to Adam
-with rate 1e-4 (`outer_optimizer=True`). `InnerAdam`, `mean_over_tasks`, `reptile_update`
-and the annealed step size are Reptile's (`tfmeta.algorithms.reptile`).
+with rate 1e-4 (`outer_optimizer=True`). The outer loop, the inner optimizers and the
+annealed step size are the Reptile family's (`tfmeta.algorithms.reptile_family`).
 
 Images enter as model inputs in [0, 1] (the dataset's preprocessing) and are mapped to
-[-1, 1] for the tanh generator. The quality measure, `evaluate_run`, lives in
-`tfmeta.algorithms.generation_eval`; the SavedModel has two signatures,
-`adapt_and_generate(images, num_samples)` and `generate(num_samples)`.
+[-1, 1] for the tanh generator. Its meta-test protocol (`meta_test`) is the generation
+metric of `tfmeta.algorithms.generation_eval`; its SavedModel (`tfmeta.serving.
+GenerationServing`) has two signatures, `adapt_and_generate(images, num_samples)` and
+`generate(num_samples)`.
 """
 
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfmeta import weights
 from tfmeta.algorithms import wgan_gp
-from tfmeta.algorithms.generation_eval import evaluate_run  # noqa: F401 (the trainer's hook)
-from tfmeta.algorithms.reptile import (
-    ReptileSchedule,
-    make_inner_optimizer,
-    mean_over_tasks,
-    reptile_update,
-)
-from tfmeta.data.episodes import episode_dataset
+from tfmeta.algorithms.base import validation_batch_size
+from tfmeta.algorithms.generation_eval import evaluate_generation
+from tfmeta.algorithms.reptile_family import EVAL_SEED, ReptileFamily
+from tfmeta.data.episodes import single_class_tasks
+from tfmeta.models import backbone_from_config
+from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT
+from tfmeta.serving import GenerationServing
 
 METRICS = ("loss", "generator_loss", "wasserstein", "gradient_penalty")
-EVAL_SEED = 2 ** 31 - 1
 
 
-class ReptileGAN(ReptileSchedule, keras.Model):
-    """Reptile on a (generator, critic) pair; tasks are `{"images": [B, K, H, W, C]}`.
+class ReptileGAN(ReptileFamily):
+    """Reptile on a (generator, critic) pair; tasks are `{"images": [B, K, H, W, C]}`, K images
+    of one class each (model inputs in [0, 1]).
 
     Example:
 
         gan = ReptileGAN(resnet_generator((28, 28, 1)), resnet_critic((28, 28, 1)))
         gan.compile(optimizer=keras.optimizers.Adam(1e-4))
-        gan.fit(class_tasks, steps_per_epoch=100)
+        gan.fit(single_class_tasks(train_classes, 4, meta_batch_size=1), steps_per_epoch=100)
         samples = gan.adapt_and_generate(four_images_of_a_new_class, num_samples=16)
 
     Args:
@@ -66,13 +65,16 @@ class ReptileGAN(ReptileSchedule, keras.Model):
       meta_step_size, meta_step_size_final, anneal_steps, outer_optimizer: as in Reptile.
     """
 
+    batch_keys = ("images",)
+    argument_ranges = {"inner_steps": NON_NEGATIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
+                       "penalty_weight": NON_NEGATIVE}
+
     def __init__(self, generator: keras.Model, critic: keras.Model, inner_steps: int = 10,
                  inner_steps_test: int = 10, inner_optimizer: str = "sgd",
                  inner_lr: float = 1e-3, inner_beta_1: float = 0.5,
-                 penalty_weight: float = 10.0, meta_step_size: float = 1.0,
-                 meta_step_size_final: float = 0.0, anneal_steps: int = 100000,
-                 outer_optimizer: bool = True, **kwargs):
-        super().__init__(**kwargs)
+                 penalty_weight: float = 10.0, outer_optimizer: bool = True, **kwargs):
+        super().__init__(inner_optimizer=inner_optimizer, inner_lr=inner_lr,
+                         inner_beta_1=inner_beta_1, outer_optimizer=outer_optimizer, **kwargs)
         if not (generator.built and critic.built):
             raise ValueError("ReptileGAN needs a built generator and critic.")
         if tuple(generator.output_shape[1:]) != tuple(critic.input_shape[1:]):
@@ -82,14 +84,21 @@ class ReptileGAN(ReptileSchedule, keras.Model):
         for name, value in (("inner_steps", inner_steps), ("inner_steps_test", inner_steps_test)):
             if int(value) != value or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
-        self.init_schedule(meta_step_size, meta_step_size_final, anneal_steps, outer_optimizer)
+        if penalty_weight < 0:
+            raise ValueError(f"penalty_weight must be >= 0; got {penalty_weight!r}.")
         self.generator, self.critic = generator, critic
         self.inner_steps, self.inner_steps_test = int(inner_steps), int(inner_steps_test)
-        self.inner_optimizer = make_inner_optimizer(inner_optimizer, inner_lr, inner_beta_1)
         self.penalty_weight = float(penalty_weight)
         self.latent_dim = int(generator.input_shape[-1])
         self.image_shape = tuple(critic.input_shape[1:])
         self.trackers = [keras.metrics.Mean(name=name) for name in METRICS]
+
+    @classmethod
+    def from_experiment(cls, config, input_shape):
+        """ReptileGAN around the (generator, critic) pair `config.model` names (FIGR's ResNets:
+        `resnet_gan` with filters, blocks, units_per_block, latent_dim)."""
+        generator, critic = backbone_from_config(config.model, input_shape)
+        return cls(generator, critic, **cls.learner_arguments(config))
 
     @property
     def metrics(self):
@@ -163,46 +172,63 @@ class ReptileGAN(ReptileSchedule, keras.Model):
              self.inner_optimizer.init(d_params), [tf.constant(0.0)] * len(METRICS)))
         return g + d, [s / float(steps) for s in sums]
 
-    def _tasks(self, data):
-        if isinstance(data, tuple | list):
-            data, _, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
-        if not isinstance(data, dict) or "images" not in data:
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"ReptileGAN takes {{'images': [B, K, H, W, C]}} (K images of one "
-                             f"class per task); got {got}. Build it with "
-                             "tfmeta.algorithms.reptile_gan.class_tasks().")
-        images = tf.convert_to_tensor(data["images"], tf.float32)
+    def check_batch(self, data, labelled=True):
+        data = super().check_batch(data, labelled)
+        images = data["images"]
         if images.shape.rank is not None and (images.shape.rank != 5 or tuple(
                 images.shape[2:]) != self.image_shape):
             raise ValueError(f"Task images must be [B, K, *{self.image_shape}]; got shape "
                              f"{images.shape}.")
-        return images * 2.0 - 1.0  # [0, 1] model inputs -> the generator's [-1, 1]
+        return data
 
-    def _run_tasks(self, tasks, steps, step):
-        params = weights.values(self.meta_variables)
-
-        def adapt_task(i):
-            return self.adapt(params, tasks[i], steps, tf.stack([step, tf.cast(i, tf.int64)]))
-
-        return mean_over_tasks(adapt_task, tf.shape(tasks)[0], params, len(METRICS))
-
-    def _report(self, values, batch):
-        for tracker, value in zip(self.trackers, values):
-            tracker.update_state(value, sample_weight=batch)
-        return {m.name: m.result() for m in self.metrics}
-
-    def train_step(self, data):
-        tasks = self._tasks(data)
-        adapted_mean, values = self._run_tasks(tasks, self.inner_steps,
-                                               tf.cast(self.optimizer.iterations, tf.int64))
-        reptile_update(self, self.meta_variables, adapted_mean, self.current_meta_step_size(),
-                       self.outer_optimizer)
-        return self._report(values, tf.shape(tasks)[0])
+    def adapt_task(self, params, batch, index, seed, training=True):
+        real = tf.cast(batch["images"][index], tf.float32) * 2.0 - 1.0  # the generator's range
+        return self.adapt(params, real, self.inner_steps if training else self.inner_steps_test,
+                          seed)
 
     def test_step(self, data):
-        tasks = self._tasks(data)
-        _, values = self._run_tasks(tasks, self.inner_steps_test, tf.constant(EVAL_SEED, tf.int64))
-        return self._report(values, tf.shape(tasks)[0])
+        batch = self.check_batch(data)
+        _, values = self.run_tasks(batch, EVAL_SEED, training=False)
+        return self.report(values, tf.shape(batch["images"])[0])
+
+    def query_logits(self, episodes, training=False):
+        raise NotImplementedError("ReptileGAN generates images and has no query logits; use "
+                                  "adapt_and_generate().")
+
+    def adapt_and_predict(self, support_images, support_labels, query_images):
+        raise NotImplementedError("ReptileGAN generates images; its export serves "
+                                  "adapt_and_generate(images, num_samples) and "
+                                  "generate(num_samples).")
+
+    # ------------------------------------------------------- data, evaluation, serving
+    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+                          worker: int = 0, workers: int = 1):
+        """Meta-batches of one-class tasks (`config.shots` images each) from the train split,
+        and validation tasks from the val split (MNIST: held-out digit 9 of the training
+        images)."""
+        train = single_class_tasks(dataset.split("train"), config.shots, config.meta_batch_size,
+                                   config.seed, split="train", start_step=start_step,
+                                   worker=worker, workers=workers)
+        validation = single_class_tasks(dataset.split("val"), config.shots,
+                                        validation_batch_size(config, replicas),
+                                        config.seed + 1, num_tasks=config.val_episodes,
+                                        split="val")
+        return train, validation
+
+    def meta_test(self, dataset, config, split="test", num_episodes=None, seed=1234, ways=None,
+                  shots=None, log_dir=None, step=0) -> dict:
+        """The generation metric (`tfmeta.algorithms.generation_eval`); `ways` is unused (the
+        classifier's classes are fixed by the split)."""
+        del ways
+        return evaluate_generation(self, dataset, split, num_episodes or config.eval_episodes,
+                                   seed, shots=shots or config.shots,
+                                   samples=config.generation.samples,
+                                   max_classes=config.generation.metric_classes,
+                                   classifier_steps=config.generation.classifier_steps,
+                                   log_dir=log_dir, step=step)
+
+    def serving_module(self, dataset) -> tf.Module:
+        return GenerationServing(self, dataset)
 
     # ------------------------------------------------------------------- generation
     def _random_seed(self, seed):
@@ -245,104 +271,3 @@ class ReptileGAN(ReptileSchedule, keras.Model):
                                 self.inner_steps_test, adapt_seed)
         g_params, _ = self._split(adapted)
         return self.generate(num_samples, sample_seed, g_params)
-
-    def serving_module(self, preprocess, raw_shape):
-        """(tf.Module, signatures) for `tfmeta.training.export.export_learner`."""
-        module = GenerationServing(self, preprocess, raw_shape)
-        return module, {
-            "adapt_and_generate": module.adapt_and_generate.get_concrete_function(),
-            "generate": module.generate.get_concrete_function(),
-        }
-
-
-def make_postprocess(preprocess, raw_shape):
-    """The inverse of a preprocessing that resizes and maps intensities affinely (Omniglot's
-    resize-and-invert, MNIST's identity): model inputs -> images of `raw_shape` in [0, 1]."""
-    zeros = preprocess(np.zeros([1, *raw_shape], np.float32)).numpy()
-    ones = preprocess(np.ones([1, *raw_shape], np.float32)).numpy()
-    offset, scale = float(zeros.mean()), float(ones.mean() - zeros.mean())
-    if abs(scale) < 1e-3 or zeros.std() > 1e-3 or ones.std() > 1e-3:
-        raise ValueError("Reptile-GAN exports need a preprocessing that resizes and maps "
-                         "intensities affinely (a * x + b), to map samples back to the "
-                         f"dataset's format; this one maps 0 to ~{offset:.3g} and 1 to "
-                         f"~{offset + scale:.3g} non-uniformly.")
-
-    def postprocess(samples):
-        samples = (samples - offset) / scale
-        if tuple(samples.shape[1:3]) != tuple(raw_shape[:2]):
-            samples = tf.image.resize(samples, raw_shape[:2])
-        return tf.clip_by_value(samples, 0.0, 1.0)
-
-    return postprocess
-
-
-class GenerationServing(tf.Module):
-    """Serving signatures on raw images (float32 in [0, 1], the dataset's own size)."""
-
-    def __init__(self, learner: ReptileGAN, preprocess, raw_shape):
-        super().__init__(name="tfmeta_generation")
-        self.learner = learner
-        self._preprocess = preprocess
-        self._postprocess = make_postprocess(preprocess, raw_shape)
-        count = tf.TensorSpec([], tf.int32, name="num_samples")
-        self.adapt_and_generate = tf.function(
-            self._adapt_and_generate,
-            input_signature=[tf.TensorSpec([None, *raw_shape], tf.float32, name="images"), count])
-        self.generate = tf.function(self._generate, input_signature=[count])
-
-    def _count_check(self, num_samples):
-        return tf.debugging.assert_positive(num_samples, message="num_samples must be >= 1")
-
-    def _adapt_and_generate(self, images, num_samples):
-        message = "images must be float32 in [0, 1] (divide uint8 images by 255)"
-        checks = [
-            tf.debugging.assert_positive(tf.shape(images)[0], message=(
-                "images is empty; adapting needs at least one image of the new class")),
-            tf.debugging.assert_greater_equal(tf.reduce_min(images), 0.0, message=message),
-            tf.debugging.assert_less_equal(tf.reduce_max(images), 1.0, message=message),
-            self._count_check(num_samples),
-        ]
-        with tf.control_dependencies(checks):
-            samples = self.learner.adapt_and_generate(self._preprocess(images), num_samples)
-        return {"samples": self._postprocess(samples)}
-
-    def _generate(self, num_samples):
-        with tf.control_dependencies([self._count_check(num_samples)]):
-            return {"samples": self._postprocess(self.learner.generate(num_samples))}
-
-
-# ------------------------------------------------------------------ trainer integration
-def class_tasks(classes, shots: int, meta_batch_size: int, seed: int = 0,
-                num_tasks: int | None = None, split: str = ""):
-    """`{"images": [meta_batch_size, shots, ...]}`: each task is `shots` images of one
-    random class (classes drawn independently per task)."""
-    tasks = episode_dataset(classes, 1, shots, 1, meta_batch_size, seed=seed,
-                            num_episodes=num_tasks, split=split)
-    return tasks.map(lambda episodes: {"images": episodes["support_images"]})
-
-
-def training_data(dataset, config, replicas=1):
-    """Meta-batches of one-class tasks from the train split, and validation tasks from the
-    val split (MNIST: held-out digit 9 of the training images)."""
-    train = class_tasks(dataset.split("train"), config.shots, config.meta_batch_size,
-                        config.seed, split="train")
-    val_batch = max(replicas, min(config.eval_meta_batch_size, config.val_episodes))
-    val_batch -= val_batch % replicas
-    val = class_tasks(dataset.split("val"), config.shots, val_batch, config.seed + 1,
-                      num_tasks=config.val_episodes, split="val")
-    return train, val
-
-
-def from_config(config, input_shape):
-    """ReptileGAN around FIGR's ResNet generator and critic (`config.model`: filters, blocks,
-    units_per_block, latent_dim)."""
-    from tfmeta.models.resnet_gan import resnet_critic, resnet_generator
-
-    model = dict(config.model)
-    model.pop("name", None)
-    latent_dim = model.pop("latent_dim", 100)
-    generator = resnet_generator(tuple(input_shape), latent_dim=latent_dim, **model)
-    critic = resnet_critic(tuple(input_shape), **model)
-    kwargs = dict(config.learner)
-    kwargs["anneal_steps"] = kwargs.get("anneal_steps") or config.num_steps
-    return ReptileGAN(generator, critic, **kwargs)

@@ -23,13 +23,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.base import replica_mean
-from tfmeta.algorithms.metric import (
-    EmbeddingLearner,
-    build_from_config,
-    check_flat_features,
-    one_hot_classes,
-)
+from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
+from tfmeta.tensors import one_hot_classes
 
 ABSENT = -1e9  # logit of a class with no support example (labels with gaps)
 
@@ -89,20 +84,13 @@ class SiameseNetwork(EmbeddingLearner):
         same = tf.range(ways)[None, None] == tf.cast(episodes["query_labels"], tf.int32)[..., None]
         return verification_loss(logits, same)
 
-    def compute_meta_gradients(self, episodes):
+    def meta_loss(self, episodes):
         """The verification loss on every (query, support) pair of the meta-batch."""
         support_labels = tf.cast(episodes["support_labels"], tf.int32)
         same = (tf.cast(episodes["query_labels"], tf.int32)[:, :, None]
                 == support_labels[:, None, :])
-        with tf.GradientTape() as tape:
-            support_features, query_features = self.embed(episodes, training=True)
-            pair_logits = self.pair_logits(support_features, query_features)
-            loss = (tf.reduce_mean(verification_loss(pair_logits, same))
-                    + self.regularization_loss())
-            scaled = self.optimizer.scale_loss(replica_mean(loss))
-        gradients = tape.gradient(scaled, self.trainable_variables)
-        return gradients, loss, best_shot_logits(pair_logits, support_labels)
+        support_features, query_features = self.embed(episodes, training=True)
+        pair_logits = self.pair_logits(support_features, query_features)
+        loss = tf.reduce_mean(verification_loss(pair_logits, same)) + self.regularization_loss()
+        return loss, best_shot_logits(pair_logits, support_labels)
 
-
-def from_config(config, input_shape):
-    return build_from_config(SiameseNetwork, config, input_shape)

@@ -38,23 +38,33 @@ def time_train_steps(learner, dataset, steps: int) -> dict:
             "steps_timed": len(times)}
 
 
+def build_config_case(algo: str, dataset_name: str = "omniglot", setting: str = "5w1s",
+                      overrides=()):
+    """(config, dataset, compiled learner) as `bin/train.py --algo --dataset --setting --set`
+    would build them: the config's data options, backbone, optimizer and schedule."""
+    import keras
+
+    from tfmeta.config import apply_overrides, get_config, validate_config
+    from tfmeta.data import load_dataset
+    from tfmeta.training.run import build_compiled_learner
+
+    config = apply_overrides(get_config(algo, dataset_name, setting), list(overrides))
+    validate_config(config)
+    dataset = load_dataset(dataset_name, **config.data)
+    keras.utils.set_random_seed(0)
+    learner = build_compiled_learner(config, dataset.input_shape)
+    return config, dataset, learner
+
+
 def time_config_training(algo: str, steps: int, dataset_name: str = "omniglot",
-                         setting: str = "5w1s"):
-    """Builds `configs/<algo>.py`'s learner with its optimizer and times its meta-steps.
+                         setting: str = "5w1s", overrides=()):
+    """Times the meta-steps of the learner `configs/<algo>.py` describes, on its own
+    training episodes (`learner.training_episodes`: its shots, queries, augmentation).
 
     Returns (result dict from `time_train_steps` plus `meta_batch_size`, learner, dataset).
     """
-    import keras
-
-    from tfmeta.config import get_config
-    from tfmeta.data import load_dataset
-    from tfmeta.training.trainer import build_compiled_learner, training_data
-
-    config = get_config(algo, dataset_name, setting)
-    dataset = load_dataset(dataset_name, **config.data)  # the config's image size, splits
-    episodes, _ = training_data(dataset, config)          # its episodes and augmentation
-    keras.utils.set_random_seed(0)
-    learner = build_compiled_learner(config, dataset.input_shape)  # its optimizer, schedule
+    config, dataset, learner = build_config_case(algo, dataset_name, setting, overrides)
+    episodes, _ = learner.training_episodes(dataset, config)
     result = time_train_steps(learner, episodes, steps)
     result.update(meta_batch_size=config.meta_batch_size, train_ways=config.ways,
                   train_queries=config.queries)

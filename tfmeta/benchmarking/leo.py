@@ -11,7 +11,7 @@ from tfmeta.algorithms import leo
 from tfmeta.benchmarking.common import time_train_steps
 from tfmeta.config import get_config
 from tfmeta.data import ClassImages, episode_dataset
-from tfmeta.training.trainer import build_compiled_learner
+from tfmeta.training.run import build_compiled_learner
 
 EMBEDDING_DIM, CLASSES, PER_CLASS = 640, 64, 40
 
@@ -28,7 +28,8 @@ def _leo_case(setting: str):
         episodes = episode_dataset(synthetic_embeddings(), config.ways, config.shots,
                                    config.queries, config.meta_batch_size)
         learner = build_compiled_learner(config, (EMBEDDING_DIM,))
-        assert isinstance(learner, leo.LEO)
+        if not isinstance(learner, leo.LEO):
+            raise TypeError(f"configs/leo.py built a {type(learner).__name__}")
         result = time_train_steps(learner, episodes, steps)
         result["meta_steps_per_s"] = 1000.0 / result["median_ms_per_step"]
         return result

@@ -8,6 +8,7 @@ registered loader is a function `load(data_dir, **options)`, named in DATASETS a
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from tfmeta.data.base import FewShotDataset
 from tfmeta.data.episodes import ClassImages, episode_dataset
@@ -22,11 +23,27 @@ DATASETS = {
 }
 
 
-def load_dataset(name: str, data_dir: str | None = None, **options) -> FewShotDataset:
+def loader_function(name: str):
+    """The `load(data_dir=None, **options)` function of dataset `name`."""
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}.")
     module, _, function = DATASETS[name].partition(":")
-    return getattr(importlib.import_module(module), function or "load")(data_dir, **options)
+    return getattr(importlib.import_module(module), function or "load")
 
 
-__all__ = ["ClassImages", "DATASETS", "FewShotDataset", "episode_dataset", "load_dataset"]
+def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
+                 **options) -> FewShotDataset:
+    """Loads dataset `name` from `data_dir` (its default where it has one) with its options;
+    `download=True` first fetches official files that are missing, where a public URL
+    exists (the error says where to get the others)."""
+    loader = loader_function(name)
+    if download:
+        if "download_missing" not in inspect.signature(loader).parameters:
+            raise ValueError(f"--download: {name!r} has no public download; "
+                             f"{(loader.__doc__ or '').strip().splitlines()[0]}")
+        options["download_missing"] = True
+    return loader(data_dir, **options)
+
+
+__all__ = ["ClassImages", "DATASETS", "FewShotDataset", "episode_dataset", "load_dataset",
+           "loader_function"]

@@ -50,6 +50,14 @@ class RandomAffine:
             raise ValueError(f"augment.fill_mode must be one of {FILL_MODES}; "
                              f"got {self.fill_mode!r}.")
 
+    @classmethod
+    def from_config(cls, augment_config) -> RandomAffine | None:
+        """A config's `augment` section as a RandomAffine, or None when it asks for nothing."""
+        if augment_config is None:
+            return None
+        augment = cls(**dict(augment_config))
+        return augment if augment.active else None
+
     @property
     def active(self) -> bool:
         return bool(self.shift or self.rotation or self.scale)
@@ -97,11 +105,3 @@ def transform_images(images, transforms, fill_mode="constant", fill_value=0.0):
         output_shape=tf.shape(images)[1:3], fill_value=fill_value, interpolation="BILINEAR",
         fill_mode=fill_mode.upper())
     return tf.ensure_shape(transformed, images.shape)
-
-
-def from_config(augment_config) -> RandomAffine | None:
-    """The config's `augment` section as a RandomAffine, or None when it asks for nothing."""
-    if augment_config is None:
-        return None
-    augment = RandomAffine(**dict(augment_config))
-    return augment if augment.active else None

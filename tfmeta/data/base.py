@@ -31,6 +31,8 @@ class FewShotDataset:
       description: one line on what was loaded and how it was split.
       value_range: (low, high) of raw inputs (images in [0, 1]); None for unbounded
         inputs such as embeddings. Exported models reject inputs outside it.
+      data_dir: the folder read, resolved (None: the loader's default location).
+      source_files: the files read; `fingerprint()` identifies their contents.
     """
 
     name: str
@@ -39,6 +41,21 @@ class FewShotDataset:
     preprocess: Callable
     description: str = ""
     value_range: tuple | None = (0.0, 1.0)
+    data_dir: str | None = None
+    source_files: tuple = ()
+
+    def fingerprint(self) -> str:
+        """A key of the source files' names (relative to their folder) and sizes: the same
+        for a copy of the data elsewhere, different when files are added, removed or changed
+        in size. Empty when the loader read no files (e.g. tensorflow-datasets)."""
+        if not self.source_files:
+            return ""
+        root = os.path.commonpath([os.path.abspath(p) for p in self.source_files])
+        root = root if os.path.isdir(root) else os.path.dirname(root)
+        digest = hashlib.sha1()
+        for path in sorted(os.path.abspath(p) for p in self.source_files):
+            digest.update(f"{os.path.relpath(path, root)}|{os.path.getsize(path)}\n".encode())
+        return digest.hexdigest()[:16]
 
     def split(self, name: str) -> ClassImages:
         if name not in self.splits:

@@ -17,6 +17,7 @@ no Python generator per episode, and a seed makes the stream reproducible.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -29,19 +30,24 @@ class ClassImages:
     """Examples grouped by class, stored flat for in-graph gathering.
 
     Attributes:
-      images: array `[total, *example_shape]`, class after class.
+      images: array `[total, *stored_shape]`, class after class: the model inputs, or (with
+        `transform`) a compact stored form such as uint8 pixels.
       class_offsets: int array `[C]`, index in `images` of each class's first example.
       class_counts: int array `[C]`, number of examples of each class (may differ).
       class_names: `C` names, for messages and reports.
+      transform: optional TF function, stored examples `[n, *stored_shape]` -> model inputs
+        `[n, *example_shape]`; the episode sampler applies it after gathering (so a large
+        image dataset stays uint8 in memory) and `inputs`/`class_examples` apply it here.
     """
 
     images: np.ndarray
     class_offsets: np.ndarray
     class_counts: np.ndarray
     class_names: tuple
+    transform: Callable | None = None
 
     @classmethod
-    def from_lists(cls, per_class: list, class_names=None) -> ClassImages:
+    def from_lists(cls, per_class: list, class_names=None, transform=None) -> ClassImages:
         """Builds from a list with one `[count_c, *example_shape]` array per class."""
         if not per_class:
             raise ValueError("ClassImages needs at least one class; got an empty list.")
@@ -56,12 +62,12 @@ class ClassImages:
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         names = tuple(class_names) if class_names is not None else tuple(
             str(i) for i in range(len(per_class)))
-        return cls(np.concatenate(per_class, axis=0), offsets, counts, names)
+        return cls(np.concatenate(per_class, axis=0), offsets, counts, names, transform)
 
     @classmethod
-    def from_dense(cls, images: np.ndarray, class_names=None) -> ClassImages:
+    def from_dense(cls, images: np.ndarray, class_names=None, transform=None) -> ClassImages:
         """Builds from a dense `[C, M, *example_shape]` array (M examples per class)."""
-        return cls.from_lists(list(images), class_names)
+        return cls.from_lists(list(images), class_names, transform)
 
     @property
     def num_classes(self) -> int:
@@ -69,17 +75,36 @@ class ClassImages:
 
     @property
     def example_shape(self) -> tuple:
-        return tuple(self.images.shape[1:])
+        """The shape of one model input (after `transform`)."""
+        if self.transform is None:
+            return tuple(self.images.shape[1:])
+        return tuple(self.inputs(self.images[:1]).shape[1:])
+
+    def inputs(self, stored: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Model inputs of stored examples (`transform` applied, in batches)."""
+        if self.transform is None:
+            return stored
+        return np.concatenate([np.asarray(self.transform(stored[i:i + batch_size]))
+                               for i in range(0, max(len(stored), 1), batch_size)])
 
     def select(self, class_indices) -> ClassImages:
-        """The sub-collection of the given classes, in that order."""
+        """The sub-collection of the given classes, in that order (stored as they are)."""
         return ClassImages.from_lists(
-            [self.class_examples(i) for i in class_indices],
-            [self.class_names[i] for i in class_indices])
+            [self.stored_examples(i) for i in class_indices],
+            [self.class_names[i] for i in class_indices], self.transform)
 
-    def class_examples(self, index: int) -> np.ndarray:
+    def stored_examples(self, index: int) -> np.ndarray:
+        """Class `index`'s examples as stored."""
         start = self.class_offsets[index]
         return self.images[start:start + self.class_counts[index]]
+
+    def class_examples(self, index: int) -> np.ndarray:
+        """Class `index`'s examples as model inputs."""
+        return self.inputs(self.stored_examples(index))
+
+    def all_inputs(self) -> np.ndarray:
+        """Every example as model inputs `[total, *example_shape]`, class after class."""
+        return self.inputs(self.images)
 
 
 def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int, split=""):
@@ -100,6 +125,19 @@ def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int
             f"{where}; use shots + queries <= {classes.class_counts[smallest]}.")
 
 
+# A tf.data function's graph holds its constants and must stay under protobuf's 2 GB.
+CONSTANT_LIMIT_BYTES = 256 << 20
+
+
+def stored_tensor(array: np.ndarray):
+    """The examples as a constant, or (large datasets such as tieredImageNet's pixels) as a
+    non-trainable variable the sampler reads, which no graph has to hold."""
+    if array.nbytes <= CONSTANT_LIMIT_BYTES:
+        return tf.constant(array)
+    with tf.init_scope():
+        return tf.Variable(array, trainable=False, name="stored_examples")
+
+
 def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: int,
                          augment=None):
     """Returns `sample(seed) -> episode dict`, a pure TF function of a `[2]` int seed.
@@ -107,10 +145,11 @@ def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: i
     `augment(images [n, *example_shape], seed) -> images` (e.g. `augment.RandomAffine`)
     transforms every example of the episode, support and query, with its own draw.
     """
-    images = tf.constant(classes.images)
+    images = stored_tensor(classes.images)
     offsets = tf.constant(classes.class_offsets, tf.int64)
     counts = tf.constant(classes.class_counts, tf.int64)
     max_count = int(classes.class_counts.max())
+    stored_shape, example_shape = tuple(classes.images.shape[1:]), classes.example_shape
     num_classes = classes.num_classes
     per_class = shots + queries
 
@@ -126,13 +165,15 @@ def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: i
         scores = tf.where(valid, scores, -1.0)  # padding slots are never chosen
         _, picks = tf.math.top_k(scores, per_class)  # [ways, K + Q]
         index = tf.gather(offsets, chosen)[:, None] + tf.cast(picks, tf.int64)
-        examples = tf.gather(images, index)  # [ways, K + Q, ...]
-        if augment is not None:
-            flat = augment(tf.reshape(examples, [ways * per_class, *classes.example_shape]),
-                           tf.random.experimental.stateless_fold_in(seed, 2))
-            examples = tf.reshape(flat, [ways, per_class, *classes.example_shape])
+        examples = tf.gather(images, index)  # [ways, K + Q, *stored_shape]
+        if classes.transform is not None or augment is not None:
+            flat = tf.reshape(examples, [ways * per_class, *stored_shape])
+            if classes.transform is not None:
+                flat = classes.transform(flat)
+            if augment is not None:
+                flat = augment(flat, tf.random.experimental.stateless_fold_in(seed, 2))
+            examples = tf.reshape(flat, [ways, per_class, *example_shape])
         labels = tf.broadcast_to(tf.range(ways, dtype=tf.int32)[:, None], [ways, per_class])
-        example_shape = classes.example_shape
         return {
             "support_images": tf.reshape(examples[:, :shots], [ways * shots, *example_shape]),
             "support_labels": tf.reshape(labels[:, :shots], [ways * shots]),
@@ -141,6 +182,31 @@ def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: i
         }
 
     return sample
+
+
+def episode_numbers(meta_batch_size: int | None = None, start_step: int = 0,
+                    num_episodes: int | None = None, worker: int = 0, workers: int = 1):
+    """The episode numbers a process samples, in order, as a `tf.data.Dataset` of int64.
+
+    Meta-batch `s` holds episodes `s * B .. s * B + B - 1` (B = meta_batch_size, 1 when
+    None), so the stream from `start_step` on is what an uninterrupted stream would give
+    there. With `workers > 1`, worker `w` takes its contiguous share `B / workers` of
+    every meta-batch: together the workers sample each meta-batch exactly once.
+    """
+    batch = meta_batch_size or 1
+    if workers < 1 or not 0 <= worker < workers or batch % workers:
+        raise ValueError(f"worker {worker} of {workers}: the meta-batch of {batch} episodes "
+                         f"must split evenly over 0 < workers; use a meta_batch_size that is a "
+                         f"multiple of {workers}.")
+    if num_episodes is not None and (workers > 1 or start_step):
+        raise ValueError("A finite episode stream (num_episodes) is for evaluation: one worker, "
+                         "from step 0.")
+    share = batch // workers
+    counter = tf.data.Dataset.counter()
+    if num_episodes is not None:
+        counter = counter.take(num_episodes)
+    return counter.map(lambda k: (int(start_step) + k // share) * batch + worker * share
+                       + k % share)
 
 
 def episode_dataset(
@@ -153,8 +219,14 @@ def episode_dataset(
     num_episodes: int | None = None,
     split: str = "",
     augment=None,
+    start_step: int = 0,
+    worker: int = 0,
+    workers: int = 1,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of episodes, batched into meta-batches if `meta_batch_size`.
+
+    Episode number `e` is a pure function of (`seed`, `e`), and meta-batch `s` holds
+    episodes `s * B .. s * B + B - 1` (see `episode_numbers`).
 
     Args:
       classes: the split to sample from.
@@ -166,20 +238,31 @@ def episode_dataset(
       split: the split's name, for error messages.
       augment: optional `augment(images, seed) -> images` applied to every example
         (training episodes only; see `tfmeta.data.augment`).
+      start_step: the first meta-batch (a resumed run starts at its restored step).
+      worker, workers: this process's share of each meta-batch under multi-worker training
+        (each element then holds `meta_batch_size / workers` episodes).
     """
     check_episode_spec(classes, ways, shots, queries, split)
     sample = make_episode_sampler(classes, ways, shots, queries, augment)
     base_seed = tf.constant([seed, 0], tf.int64)
-    counter = tf.data.Dataset.counter()
-    if num_episodes is not None:
-        counter = counter.take(num_episodes)
-    ds = counter.map(
-        lambda i: sample(tf.random.experimental.stateless_fold_in(base_seed, i)),
+    ds = episode_numbers(meta_batch_size, start_step, num_episodes, worker, workers).map(
+        lambda e: sample(tf.random.experimental.stateless_fold_in(base_seed, e)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
     if meta_batch_size:
-        ds = ds.batch(meta_batch_size, drop_remainder=True)
+        ds = ds.batch(meta_batch_size // workers, drop_remainder=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def single_class_tasks(classes: ClassImages, shots: int, meta_batch_size: int, seed: int = 0,
+                       num_tasks: int | None = None, split: str = "", start_step: int = 0,
+                       worker: int = 0, workers: int = 1):
+    """`{"images": [meta_batch_size, shots, ...]}`: each task is `shots` examples of one
+    random class (classes drawn independently per task), for few-shot generation."""
+    tasks = episode_dataset(classes, 1, shots, 1, meta_batch_size, seed=seed,
+                            num_episodes=num_tasks, split=split, start_step=start_step,
+                            worker=worker, workers=workers)
+    return tasks.map(lambda episodes: {"images": episodes["support_images"]})

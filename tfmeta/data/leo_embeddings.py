@@ -30,6 +30,7 @@ import pickle
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.data import safe_pickle
 from tfmeta.data.base import FewShotDataset
 from tfmeta.data.episodes import ClassImages
 
@@ -47,14 +48,29 @@ def pickle_path(data_dir: str, name: str, crop: str, split: str) -> str:
     return os.path.join(data_dir, name, crop, f"{split}_embeddings.pkl")
 
 
+def npz_path(data_dir: str, name: str, crop: str, split: str) -> str:
+    """The same embeddings as a NumPy `.npz` (written beside the pickle by write_embeddings;
+    an .npz read without pickle support cannot carry code)."""
+    return os.path.join(data_dir, name, crop, f"{split}_embeddings.npz")
+
+
 def read_pickle(path: str) -> dict:
-    """Reads one embeddings pickle: {"keys": [n] str, "embeddings": float32 [n, dim]}."""
-    with open(path, "rb") as f:
-        try:
-            raw = pickle.load(f, encoding="latin1")
-        except (pickle.UnpicklingError, EOFError, ValueError) as error:
-            raise ValueError(f"{path} is not a readable pickle ({error}); download or write "
-                             "it again.") from None
+    """Reads one embeddings file: {"keys": [n] str, "embeddings": float32 [n, dim]}.
+
+    A `.pkl` is unpickled by `safe_pickle` (numpy arrays and containers only, so a
+    tampered file cannot run code); an `.npz` is read with pickles disabled.
+    """
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as data:
+                raw = {k: data[k] for k in data.files}
+        else:
+            raw = safe_pickle.load(path, encoding="latin1")
+    except safe_pickle.UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as error:
+        raise ValueError(f"{path} is not a readable embeddings file ({error}); download or "
+                         "write it again.") from None
     if not isinstance(raw, dict) or "keys" not in raw or "embeddings" not in raw:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"{path} should hold a dict with 'keys' and 'embeddings'; got {got}.")
@@ -126,10 +142,13 @@ def load_folder(data_dir: str, name: str, crop: str = "center", train_on_val: bo
     """
     if not data_dir:
         raise FileNotFoundError(not_found_message(data_dir, name, crop, []))
-    paths = {s: pickle_path(data_dir, name, crop, s) for s in SPLITS}
+    paths = {s: npz_path(data_dir, name, crop, s) if os.path.isfile(
+        npz_path(data_dir, name, crop, s)) else pickle_path(data_dir, name, crop, s)
+        for s in SPLITS}
     missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(not_found_message(data_dir, name, crop, missing))
+    files = tuple(paths.values())
     data = {s: read_pickle(p) for s, p in paths.items()}
     dims = {s: d["embeddings"].shape[1] for s, d in data.items()}
     if len(set(dims.values())) != 1:
@@ -144,7 +163,8 @@ def load_folder(data_dir: str, name: str, crop: str = "center", train_on_val: bo
                        f"{s} {c.num_classes} classes / {len(c.images)} examples"
                        for s, c in splits.items()))
     return FewShotDataset(dataset_name, splits, (dims["train"],), l2_normalize, description,
-                          value_range=None)
+                          value_range=None, data_dir=os.path.abspath(data_dir),
+                          source_files=files)
 
 
 def load_published(name: str, data_dir: str | None = None, embeddings: str = "center",
@@ -157,14 +177,16 @@ def load_published(name: str, data_dir: str | None = None, embeddings: str = "ce
     return load_folder(data_dir, name, embeddings, train_on_val, dataset_name=registry)
 
 
-def load_mini_imagenet(data_dir: str | None = None, **options) -> FewShotDataset:
+def load_mini_imagenet(data_dir: str | None = None, embeddings: str = "center",
+                       train_on_val: bool = False) -> FewShotDataset:
     """`--dataset=mini_imagenet`: the released miniImageNet embeddings."""
-    return load_published("miniImageNet", data_dir, **options)
+    return load_published("miniImageNet", data_dir, embeddings, train_on_val)
 
 
-def load_tiered_imagenet(data_dir: str | None = None, **options) -> FewShotDataset:
+def load_tiered_imagenet(data_dir: str | None = None, embeddings: str = "center",
+                         train_on_val: bool = False) -> FewShotDataset:
     """`--dataset=tiered_imagenet`: the released tieredImageNet embeddings."""
-    return load_published("tieredImageNet", data_dir, **options)
+    return load_published("tieredImageNet", data_dir, embeddings, train_on_val)
 
 
 def find_embedding_folders(data_dir: str, crop: str = "center") -> list:

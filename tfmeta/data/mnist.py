@@ -157,4 +157,7 @@ def load(data_dir: str | None = None, split: str = "generation", image_size: int
     description = f"MNIST ({split} split) from {source}: " + ", ".join(
         f"{s} digits {','.join(c.class_names)} ({len(c.images)} images)"
         for s, c in splits.items())
-    return FewShotDataset("mnist", splits, RAW_SHAPE, preprocess, description)
+    files = (path,) if source == path else ()
+    return FewShotDataset("mnist", splits, RAW_SHAPE, preprocess, description,
+                          data_dir=os.path.abspath(data_dir) if data_dir else None,
+                          source_files=files)

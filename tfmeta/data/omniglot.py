@@ -26,6 +26,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -113,7 +114,16 @@ def _list_pngs(source: str):
             if len(parts) != 4 or not parts[3].endswith(".png"):
                 continue
             _, alphabet, character, _ = parts
-            yield alphabet, character, f"{source}:{info.filename}", lambda i=info: archive.read(i)
+            yield alphabet, character, f"{source}:{info.filename}", lambda i=info: _read_member(
+                archive, source, i)
+
+
+def _read_member(archive: zipfile.ZipFile, source: str, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return archive.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        raise ValueError(f"Corrupt member {info.filename} in {source} ({error}); delete the zip "
+                         "and download it again.") from None
 
 
 def _decode(path: str, data: bytes) -> np.ndarray:
@@ -170,7 +180,7 @@ def _with_rotations(classes: ClassImages) -> ClassImages:
     per_class, names = [], []
     for k, suffix in enumerate(("", "/rot90", "/rot180", "/rot270")):
         for i, name in enumerate(classes.class_names):
-            per_class.append(np.rot90(classes.class_examples(i), k, axes=(1, 2)))
+            per_class.append(np.rot90(classes.stored_examples(i), k, axes=(1, 2)))
             names.append(name + suffix)
     return ClassImages.from_lists(per_class, names)
 
@@ -196,6 +206,7 @@ def load(data_dir: str | None = None, image_size: int = 28, rotate_train: bool =
         Matching Networks train on every character outside the test set). The `val`
         split is still there for monitoring, but no longer held out.
     """
+    requested_dir = data_dir
     data_dir = data_dir or BUNDLED_DIR
     if download_missing:
         found = download(data_dir)
@@ -212,6 +223,12 @@ def load(data_dir: str | None = None, image_size: int = 28, rotate_train: bool =
                 f"Found only part of the full Omniglot in {data_dir!r}: {missing} missing. The "
                 "MAML split needs both images_background and images_evaluation; pass --download.")
         raise FileNotFoundError(not_found_message(data_dir))
+    if not full and len(sources) < len(MINIMAL_SETS):
+        missing = [s for s in MINIMAL_SETS if s not in found]
+        raise FileNotFoundError(
+            f"Found only part of the Omniglot minimal sets in {data_dir!r}: {missing} missing. "
+            "Their split by alphabet needs both images_background_small1 and "
+            "images_background_small2 (or the full images_background and images_evaluation).")
 
     preprocess = make_preprocess(image_size)
     files = [os.path.join(root, f) for s in sources for root, _, fs in
@@ -242,4 +259,6 @@ def load(data_dir: str | None = None, image_size: int = 28, rotate_train: bool =
     kind += ", training on train + val" if train_on_val else ""
     description = f"Omniglot {kind} from {data_dir}: " + ", ".join(
         f"{s} {c.num_classes} classes" for s, c in splits.items())
-    return FewShotDataset("omniglot", splits, RAW_SHAPE, preprocess, description)
+    return FewShotDataset("omniglot", splits, RAW_SHAPE, preprocess, description,
+                          data_dir=os.path.abspath(requested_dir) if requested_dir else None,
+                          source_files=tuple(files))

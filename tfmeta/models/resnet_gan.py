@@ -85,3 +85,12 @@ def resnet_critic(image_shape=(28, 28, 1), filters: int = 64, blocks: int = 2,
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     scores = layers.Dense(1, name="score")(x)
     return keras.Model(images, scores, name=name)
+
+
+def resnet_gan(input_shape=(28, 28, 1), latent_dim: int = 100, filters: int = 64,
+               blocks: int = 2, units_per_block: int = 2):
+    """FIGR's (generator, critic) pair for images of `input_shape`."""
+    return (resnet_generator(input_shape, latent_dim=latent_dim, filters=filters, blocks=blocks,
+                             units_per_block=units_per_block),
+            resnet_critic(input_shape, filters=filters, blocks=blocks,
+                          units_per_block=units_per_block))

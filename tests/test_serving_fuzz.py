@@ -1,0 +1,160 @@
+"""Every learner's exported SavedModel, driven with a few hundred random malformed requests
+in a fresh process: each call returns finite outputs of the right shape or raises an error
+Python can catch, and the serving process never dies (before issue 12, an empty support
+set aborted MAML's serving process in C++, rc 134)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from tfmeta.algorithms import ALGORITHMS, build_learner
+from tfmeta.config import apply_overrides, get_config
+from tfmeta.data import ClassImages, FewShotDataset
+from tfmeta.data.leo_embeddings import l2_normalize
+from tfmeta.training.export import export_learner
+
+# Tiny versions of each algorithm's own config (its learner, backbone kind and head).
+TINY = {
+    "maml": ["model.filters=4", "learner.inner_steps_test=1"],
+    "metasgd": ["model.filters=4", "learner.inner_steps_test=1"],
+    "anil": ["model.filters=4", "learner.inner_steps_test=1"],
+    "lstm_meta": ["model.filters=4", "learner.inner_steps_test=1"],
+    "reptile": ["model.filters=4", "learner.inner_steps_test=2", "learner.transductive=False"],
+    "protonet": ["model.filters=4"],
+    "matching": ["model.filters=4", "learner.fce=True"],
+    "relation": ["model.filters=4", "learner.relation_filters=4"],
+    "siamese": ["model.filters=4", "model.units=16"],
+    "mann": ["learner.units=8", "learner.memory_slots=8", "learner.slot_size=4",
+             "learner.heads=1"],
+    "metanet": ["model.filters=4"],
+    "leo": ["learner.num_latents=4"],
+    "reptile_gan": ["model.filters=2", "model.blocks=1", "model.units_per_block=1",
+                    "model.latent_dim=4", "learner.inner_steps_test=1"],
+}
+CALLS_PER_EXPORT = 30
+
+FUZZ = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf
+
+    exports = json.loads(sys.argv[1])
+    calls = int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    # Each request is a valid episode with, 70% of the time, one thing wrong with it.
+    VALUES = ["nan", "inf", "255", "negative"]
+    LABELS = ["gap", "negative label", "count", "int64", "too many ways"]
+    SHAPES = ["empty support", "empty query", "small", "rank", "float64", "zero samples"]
+    summary = {}
+
+    for name, (path, raw_shape, bounded, max_ways) in exports.items():
+        loaded = tf.saved_model.load(path)
+        generator = "adapt_and_generate" in loaded.signatures
+        served = {"ok": 0, "rejected": 0, "valid_rejected": [], "faults": {}}
+        for call in range(calls):
+            fault = "none" if rng.uniform() < 0.3 else str(rng.choice(VALUES + LABELS + SHAPES))
+            top = max_ways or 7
+            ways = top + 1 if fault == "too many ways" else int(rng.integers(1, top + 1))
+            shots, queries = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+            if fault == "empty support":
+                shots = 0
+            if fault == "empty query":
+                queries = 0
+            shape = tuple(raw_shape)
+            if fault == "small":
+                shape = tuple(max(1, s // 2) for s in shape)
+            elif fault == "rank":
+                shape = shape[:-1]
+            support = rng.uniform(0, 1, size=(ways * shots, *shape)).astype(np.float32)
+            query = rng.uniform(0, 1, size=(queries, *shape)).astype(np.float32)
+            if fault == "nan":
+                support.flat[0] = np.nan
+            elif fault == "inf":
+                query.flat[-1] = np.inf
+            elif fault == "255":
+                support = support * 255
+            elif fault == "negative":
+                query.flat[0] = -0.5
+            elif fault == "float64":
+                support = support.astype(np.float64)
+            labels = np.repeat(np.arange(ways), shots).astype(np.int32)
+            if fault == "gap":
+                labels = np.where(labels == labels.max(), labels.max() + 1, labels)
+            elif fault == "negative label":
+                labels[0] = -1
+            elif fault == "count":
+                labels = labels[:-1]
+            elif fault == "int64":
+                labels = labels.astype(np.int64)
+            count = np.int32(0 if fault == "zero samples" else 3)
+            if generator:  # it is sent the support images and a sample count only
+                valid = fault not in ("nan", "255", "float64", "small", "rank",
+                                      "empty support", "zero samples")
+            else:
+                valid = fault in ("none", "zero samples") or (
+                    fault in ("255", "negative") and not bounded) or (
+                    fault == "too many ways" and max_ways is None)
+            try:
+                if generator:
+                    out = loaded.signatures["adapt_and_generate"](
+                        images=tf.constant(support), num_samples=tf.constant(count))[
+                            "samples"].numpy()
+                    expected = (int(count), *raw_shape)
+                else:
+                    out = loaded.signatures["adapt_and_predict"](
+                        support_images=tf.constant(support), support_labels=tf.constant(labels),
+                        query_images=tf.constant(query))["logits"].numpy()
+                    expected = (queries, ways)
+            except Exception as error:  # a request error the client can catch
+                served["rejected"] += 1
+                served["faults"][fault] = served["faults"].get(fault, 0) + 1
+                if valid:
+                    served["valid_rejected"].append(f"{fault}: {type(error).__name__}: "
+                                                    f"{error}"[:300])
+                continue
+            assert not (not valid and fault != "none"), (name, "served a faulty request", fault)
+            assert out.shape == expected, (name, out.shape, expected)
+            assert np.all(np.isfinite(out)), (name, "non-finite outputs")
+            served["ok"] += 1
+        summary[name] = served
+    print("FUZZ " + json.dumps(summary))
+""")
+
+
+def embedding_dataset():
+    rng = np.random.default_rng(0)
+    classes = ClassImages.from_dense(rng.normal(size=(8, 6, 16)).astype(np.float32))
+    return FewShotDataset("embeddings", {"train": classes, "val": classes, "test": classes},
+                          (16,), l2_normalize, value_range=None)
+
+
+@pytest.mark.slow
+def test_every_export_survives_malformed_requests(omniglot, tmp_path):
+    assert set(TINY) == set(ALGORITHMS)
+    exports = {}
+    for algo, overrides in sorted(TINY.items()):
+        dataset_name = {"leo": "mini_imagenet", "reptile_gan": "mnist"}.get(algo, "omniglot")
+        config = apply_overrides(get_config(algo, dataset_name), overrides)
+        dataset = embedding_dataset() if algo == "leo" else omniglot
+        keras.utils.set_random_seed(0)
+        learner = build_learner(config, dataset.input_shape)
+        path = export_learner(learner, dataset, str(tmp_path / algo))
+        exports[algo] = (path, list(dataset.raw_shape), dataset.value_range is not None,
+                         learner.max_ways)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", FUZZ, json.dumps(exports),
+                           str(CALLS_PER_EXPORT)], capture_output=True, text=True, env=env,
+                          timeout=1200)
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-4000:]}"
+    summary = json.loads(proc.stdout.strip().splitlines()[-1][len("FUZZ "):])
+    print(json.dumps(summary, indent=1))
+    for name, served in summary.items():
+        assert served["ok"] + served["rejected"] == CALLS_PER_EXPORT, name
+        assert served["ok"] > 0 and served["rejected"] > 0, (name, served)
+        assert not served["valid_rejected"], (name, served["valid_rejected"])
+    assert sum(served["rejected"] for served in summary.values()) >= 150

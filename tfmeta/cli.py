@@ -1,0 +1,46 @@
+"""What the `bin/` entry points share: user errors as one line, not a traceback.
+
+    if __name__ == "__main__":
+        tfmeta.cli.run(main)
+
+A user error (a bad flag or config value, missing or corrupt data, a workdir in use, a
+diverged run) prints `error: <what was wrong and what to do>` on one line and exits
+with status 2; `--verbose_errors` shows the traceback instead. Anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from tfmeta.training.run import WorkdirLocked
+
+flags.DEFINE_bool("verbose_errors", False, "Show the Python traceback of an error.")
+
+# Errors whose message is written for the user (tfmeta raises these with the value and the fix).
+USER_ERRORS = (ValueError, OSError, FloatingPointError, WorkdirLocked, KeyboardInterrupt)
+EXIT_USER_ERROR = 2
+
+
+def one_line(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted; rerun the same command to resume from the last checkpoint."
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def run(main) -> None:
+    """`absl.app.run(main)`, printing user errors as one line."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            if flags.FLAGS.verbose_errors:
+                raise
+            print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    app.run(guarded)

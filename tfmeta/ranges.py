@@ -1,0 +1,68 @@
+"""Allowed ranges of numeric settings, checked once where a setting enters (a config, a
+flag, a constructor), with an error that names the setting, its value and the range.
+
+    Range(low=0, low_open=True).check("optimizer.learning_rate", -1e-3)
+    ValueError: optimizer.learning_rate must be a number > 0; got -0.001.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """`low <= x <= high` (`<` where open), optionally an integer, optionally None."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            text = (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        elif self.high is not None:
+            text = f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+        else:
+            text = kind
+        return text + (" or None" if self.optional else "")
+
+    def contains(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if not math.isfinite(value) or (self.integer and int(value) != value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None
+                    and (value > self.high or (self.high_open and value == self.high)))
+
+    def check(self, name: str, value) -> None:
+        if not self.contains(value):
+            raise ValueError(f"{name} must be {self.describe()}; got {value!r}.")
+
+
+def check_all(ranges: dict, values: dict, prefix: str = "") -> None:
+    """Checks every `values[name]` that `ranges` names (missing names are not checked)."""
+    for name, allowed in ranges.items():
+        if name in values:
+            allowed.check(prefix + name, values[name])
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+POSITIVE_INT = Range(1, integer=True)
+NON_NEGATIVE_INT = Range(0, integer=True)
+FRACTION = Range(0, 1, high_open=True)             # [0, 1), e.g. a dropout rate
+UNIT_INTERVAL = Range(0, 1)                        # [0, 1]

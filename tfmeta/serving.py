@@ -1,0 +1,155 @@
+"""What an exported SavedModel serves: `tf.Module`s that wrap a learner and its dataset's
+preprocessing, so a client sends raw examples (as decoded from the dataset's own files)
+and needs only TensorFlow.
+
+    loaded = tf.saved_model.load(f"{workdir}/export")
+    logits = loaded.adapt_and_predict(support_images=s, support_labels=l,
+                                      query_images=q)["logits"]
+
+A learner picks its module with its `serving_module(dataset)` hook: classifiers serve
+`AdaptAndPredict`, Reptile-GAN serves `GenerationServing`. Every request is checked in
+the graph before anything runs on it; a bad request raises `InvalidArgumentError` with
+a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def range_checks(inputs, value_range, name, raw_shape=None):
+    """Assertions that `inputs` are `[n, *raw_shape]` (when given), finite, and inside
+    `value_range` (None: finite only)."""
+    checks = []
+    if raw_shape is not None:
+        checks.append(tf.debugging.assert_equal(
+            tf.shape(inputs)[1:], tf.constant(raw_shape, tf.int32), message=(
+                f"{name} must be [n, {', '.join(str(d) for d in raw_shape)}], the dataset "
+                "files' own size")))
+    checks.append(tf.debugging.assert_all_finite(inputs, f"{name} must be finite (no NaN or "
+                                                         "inf)"))
+    if value_range is not None:
+        low, high = value_range
+        message = f"{name} must be float32 in [{low:g}, {high:g}]"
+        if (low, high) == (0.0, 1.0):
+            message += " (divide uint8 images by 255)"
+        checks.append(tf.debugging.assert_greater_equal(inputs, tf.cast(low, inputs.dtype),
+                                                        message=message))
+        checks.append(tf.debugging.assert_less_equal(inputs, tf.cast(high, inputs.dtype),
+                                                     message=message))
+    return checks
+
+
+class AdaptAndPredict(tf.Module):
+    """`adapt_and_predict(support_images, support_labels, query_images) -> {"logits"}` on raw
+    examples: checks the request, preprocesses it in the graph, then calls the learner's
+    `adapt_and_predict` (which checks the labels: 0..N-1, every class present)."""
+
+    def __init__(self, learner, dataset):
+        super().__init__(name="tfmeta_serving")
+        self.learner = learner
+        self._preprocess = dataset.preprocess
+        self._value_range = dataset.value_range
+        self._raw_shape = tuple(dataset.raw_shape)
+        inputs = tf.TensorSpec([None, *dataset.raw_shape], tf.float32)
+        self.adapt_and_predict = tf.function(
+            self._adapt_and_predict,
+            input_signature=[inputs, tf.TensorSpec([None], tf.int32), inputs])
+
+    def signatures(self) -> dict:
+        return {"adapt_and_predict": self.adapt_and_predict.get_concrete_function()}
+
+    def _adapt_and_predict(self, support_images, support_labels, query_images):
+        checks = [*range_checks(support_images, self._value_range, "support_images",
+                                self._raw_shape),
+                  *range_checks(query_images, self._value_range, "query_images",
+                                self._raw_shape)]
+        with tf.control_dependencies(checks):
+            logits = self.learner.adapt_and_predict(self._preprocess(support_images),
+                                                    support_labels,
+                                                    self._preprocess(query_images))
+        return {"logits": tf.cast(logits, tf.float32)}
+
+
+def make_postprocess(preprocess, raw_shape):
+    """The inverse of a preprocessing that resizes and maps intensities affinely (Omniglot's
+    resize-and-invert, MNIST's identity): model inputs -> images of `raw_shape` in [0, 1]."""
+    zeros = preprocess(np.zeros([1, *raw_shape], np.float32)).numpy()
+    ones = preprocess(np.ones([1, *raw_shape], np.float32)).numpy()
+    offset, scale = float(zeros.mean()), float(ones.mean() - zeros.mean())
+    if abs(scale) < 1e-3 or zeros.std() > 1e-3 or ones.std() > 1e-3:
+        raise ValueError("Generation exports need a preprocessing that resizes and maps "
+                         "intensities affinely (a * x + b), to map samples back to the "
+                         f"dataset's format; this one maps 0 to ~{offset:.3g} and 1 to "
+                         f"~{offset + scale:.3g} non-uniformly.")
+
+    def postprocess(samples):
+        samples = (samples - offset) / scale
+        if tuple(samples.shape[1:3]) != tuple(raw_shape[:2]):
+            samples = tf.image.resize(samples, raw_shape[:2])
+        return tf.clip_by_value(samples, 0.0, 1.0)
+
+    return postprocess
+
+
+def random_seed():
+    """A fresh int64 seed for a request that did not bring one."""
+    return tf.random.uniform([], maxval=2 ** 62, dtype=tf.int64)
+
+
+class GenerationServing(tf.Module):
+    """Generation on raw images (float32 in [0, 1], the dataset's own size) for a learner with
+    `adapt_and_generate(images, num_samples, seed)` and `generate(num_samples, seed)`:
+
+        adapt_and_generate(images, num_samples) -> {"samples"}     # a fresh random draw
+        generate(num_samples) -> {"samples"}                       # the meta generator
+        adapt_and_generate_with_seed(images, num_samples, seed)    # the same, reproducible
+        generate_with_seed(num_samples, seed)                      # (seed: int64 scalar)
+    """
+
+    def __init__(self, learner, dataset):
+        super().__init__(name="tfmeta_generation")
+        self.learner = learner
+        self._preprocess = dataset.preprocess
+        self._value_range = dataset.value_range
+        self._raw_shape = tuple(dataset.raw_shape)
+        self._postprocess = make_postprocess(dataset.preprocess, dataset.raw_shape)
+        images = tf.TensorSpec([None, *dataset.raw_shape], tf.float32, name="images")
+        count = tf.TensorSpec([], tf.int32, name="num_samples")
+        seed = tf.TensorSpec([], tf.int64, name="seed")
+        self.adapt_and_generate_with_seed = tf.function(
+            self._adapt_and_generate, input_signature=[images, count, seed])
+        self.generate_with_seed = tf.function(self._generate, input_signature=[count, seed])
+        # The unseeded signatures call the seeded ones (traced once) with a fresh seed.
+        self.adapt_and_generate = tf.function(
+            lambda images, num_samples: self.adapt_and_generate_with_seed(
+                images, num_samples, random_seed()), input_signature=[images, count])
+        self.generate = tf.function(
+            lambda num_samples: self.generate_with_seed(num_samples, random_seed()),
+            input_signature=[count])
+
+    def signatures(self) -> dict:
+        return {name: getattr(self, name).get_concrete_function()
+                for name in ("adapt_and_generate", "generate", "adapt_and_generate_with_seed",
+                             "generate_with_seed")}
+
+    def _count_check(self, num_samples):
+        return tf.debugging.assert_positive(num_samples, message="num_samples must be >= 1")
+
+    def _adapt_and_generate(self, images, num_samples, seed):
+        checks = [
+            tf.debugging.assert_positive(tf.shape(images)[0], message=(
+                "images is empty; adapting needs at least one image of the new class")),
+            *range_checks(images, self._value_range, "images", self._raw_shape),
+            self._count_check(num_samples),
+        ]
+        with tf.control_dependencies(checks):
+            samples = self.learner.adapt_and_generate(self._preprocess(images), num_samples,
+                                                      seed=seed)
+        return {"samples": self._postprocess(samples)}
+
+    def _generate(self, num_samples, seed):
+        with tf.control_dependencies([self._count_check(num_samples)]):
+            samples = self.learner.generate(num_samples, seed=seed)
+        return {"samples": self._postprocess(samples)}

@@ -1,0 +1,273 @@
+"""A run's workdir, and opening it again: `open_run(workdir)` is what evaluation, export and
+the embedding writer start from.
+
+Workdir layout:
+    config.json          the run's full config, with the data it was trained on (data_source)
+    checkpoints/         tf.train checkpoints, ckpt-<step>
+    logs/{train,validation,eval}/   TensorBoard
+    eval.json            the newest bin/evaluate.py result
+    export/              the SavedModel
+    .lock                held (an OS file lock) while a trainer runs in the workdir
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import glob
+import logging
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from tfmeta.algorithms import build_learner
+from tfmeta.config import load_config
+from tfmeta.data import load_dataset
+
+CONFIG_FILE = "config.json"
+EVAL_FILE = "eval.json"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+EXPORT = "export"
+LOCK_FILE = ".lock"
+
+# Fields of `config.optimizer` that describe the learning-rate schedule, not the optimizer.
+SCHEDULE_FIELDS = ("schedule", "decay_steps", "decay_rate")
+SCHEDULES = ("step", "cosine")
+
+
+# ------------------------------------------------------------------ optimizer, learner
+def learning_rate_schedule(optimizer_config, num_steps=None):
+    """The learning rate `config.optimizer` asks for: a float or a Keras schedule.
+
+    `schedule=None`: constant `learning_rate`. `"step"`: multiplied by `decay_rate`
+    every `decay_steps` meta-steps (Prototypical Networks halve it every 2000
+    episodes: decay_steps=2000, decay_rate=0.5). `"cosine"`: cosine decay to 0 over
+    `decay_steps` (default `num_steps`). Schedules read `optimizer.iterations`, so a
+    resumed run continues where it stopped.
+    """
+    rate = optimizer_config.learning_rate
+    name = optimizer_config.schedule
+    decay_steps = optimizer_config.decay_steps
+    if not name:
+        return rate
+    if name not in SCHEDULES:
+        raise ValueError(f"optimizer.schedule must be one of {SCHEDULES} or None; got {name!r}.")
+    if name == "step":
+        decay_rate = optimizer_config.decay_rate
+        if not decay_steps or decay_steps < 1 or decay_rate is None or not 0 < decay_rate <= 1:
+            raise ValueError(
+                "optimizer.schedule='step' needs optimizer.decay_steps >= 1 and "
+                f"optimizer.decay_rate in (0, 1]; got decay_steps={decay_steps}, "
+                f"decay_rate={decay_rate}. Example: --set=optimizer.decay_steps=2000 "
+                "--set=optimizer.decay_rate=0.5")
+        return keras.optimizers.schedules.ExponentialDecay(rate, decay_steps, decay_rate,
+                                                           staircase=True)
+    decay_steps = decay_steps or num_steps
+    if not decay_steps or decay_steps < 1:
+        raise ValueError("optimizer.schedule='cosine' needs optimizer.decay_steps >= 1 or "
+                         f"num_steps; got decay_steps={decay_steps}, num_steps={num_steps}.")
+    return keras.optimizers.schedules.CosineDecay(rate, decay_steps)
+
+
+def make_optimizer(optimizer_config, num_steps=None) -> keras.optimizers.Optimizer:
+    """The Keras optimizer `config.optimizer` names, with its schedule."""
+    kwargs = {k: v for k, v in optimizer_config.items()
+              if k not in ("name", *SCHEDULE_FIELDS) and v is not None}
+    kwargs["learning_rate"] = learning_rate_schedule(optimizer_config, num_steps)
+    try:
+        optimizer = keras.optimizers.get(optimizer_config.name)
+    except ValueError as error:
+        raise ValueError(f"Unknown optimizer {optimizer_config.name!r} ({error}); use a Keras "
+                         "optimizer name such as 'adam', 'sgd' or 'adamw'.") from None
+    return optimizer.__class__(**kwargs)
+
+
+def jit_compile_flag(value):
+    """`config.jit_compile` ("auto", "true" or "false", any case; or a bool) for compile()."""
+    flags = {"auto": "auto", "true": True, "false": False}
+    key = str(value).strip().lower()
+    if key not in flags:
+        raise ValueError(f"jit_compile must be auto, true or false; got {value!r}.")
+    return flags[key]
+
+
+def build_compiled_learner(config, input_shape, strategy=None, init_from: str | None = None):
+    """Builds and compiles the learner (and its optimizer's slots) inside the strategy; with
+    `init_from` (a run's workdir, the trainer passes `config.model.init_from` to a fresh
+    run), its backbone starts from that run's backbone weights."""
+    strategy = strategy or tf.distribute.get_strategy()
+    source = open_run(init_from).learner.feature_model() if init_from else None
+    with strategy.scope():
+        learner = build_learner(config, input_shape)
+        if source is not None:
+            copy_backbone_weights(source, learner.feature_model(), init_from)
+        learner.compile(optimizer=make_optimizer(config.optimizer, config.num_steps),
+                        jit_compile=jit_compile_flag(config.jit_compile))
+        learner.optimizer.build(learner.trainable_variables)
+    return learner
+
+
+def copy_backbone_weights(source, target, where: str = "the source run") -> list:
+    """Copies `source`'s layer weights into `target`'s, layer by layer (matched by name and
+    shape; a classification head of another size keeps its own). Returns the layers copied;
+    raises a ValueError if none match."""
+    by_name = {layer.name: layer for layer in source.layers}
+    copied = []
+    for layer in target.layers:
+        match = by_name.get(layer.name)
+        if match is None or not layer.weights:
+            continue
+        values = match.get_weights()
+        if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(values)
+            copied.append(layer.name)
+    if not copied:
+        raise ValueError(f"model.init_from={where!r}: no layer of its backbone ({source.name}) "
+                         f"matches this one ({target.name}) by name and shape; use the same "
+                         "model.name and sizes as that run.")
+    logging.info("Initialized %d backbone layers from %s: %s", len(copied), where, copied)
+    return copied
+
+
+# ----------------------------------------------------------------------- checkpoints
+def checkpoint_manager(learner, directory, max_to_keep=3):
+    """A CheckpointManager of the learner and its optimizer in `directory`."""
+    checkpoint = tf.train.Checkpoint(learner=learner, optimizer=learner.optimizer)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
+                                      checkpoint_name="ckpt")
+
+
+def restore_latest(learner, workdir, require=False) -> int:
+    """Restores the newest checkpoint of `workdir` into `learner`; returns its step (0 if none)."""
+    manager = checkpoint_manager(learner, os.path.join(workdir, CHECKPOINTS))
+    if manager.latest_checkpoint is None:
+        if require:
+            raise FileNotFoundError(f"No checkpoint in {workdir}/{CHECKPOINTS}; train first "
+                                    f"with bin/train.py --workdir={workdir}.")
+        return 0
+    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    return int(learner.optimizer.iterations.numpy())
+
+
+def has_checkpoint(workdir: str) -> bool:
+    return tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINTS)) is not None
+
+
+def remove_partial_checkpoints(workdir: str) -> list:
+    """Deletes the `ckpt-N_temp*` folders a killed save leaves; returns what it removed."""
+    removed = sorted(glob.glob(os.path.join(workdir, CHECKPOINTS, "ckpt-*_temp*")))
+    for path in removed:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return removed
+
+
+# ------------------------------------------------------------------------------ data
+def data_source(dataset) -> dict:
+    """What config.json records of the data a run trained on."""
+    return {"data_dir": dataset.data_dir, "fingerprint": dataset.fingerprint()}
+
+
+def load_run_dataset(config, data_dir: str | None = None):
+    """The dataset a run was trained on: from `data_dir` if given (with a warning if its
+    files differ from the recorded ones), else from the folder config.json records.
+
+    Raises FileNotFoundError when the recorded data is not there or has changed, so a
+    run is never silently scored on other data (e.g. the bundled sets).
+    """
+    recorded = config.data_source.to_dict() if config.get("data_source") else {}
+    recorded_dir, recorded_print = recorded.get("data_dir"), recorded.get("fingerprint")
+    explicit = data_dir is not None
+    if not explicit and recorded_dir is not None:
+        if not os.path.isdir(recorded_dir):
+            raise FileNotFoundError(
+                f"This run was trained on the {config.dataset} data in {recorded_dir}, which is "
+                "not there any more; pass --data_dir=<a folder with the same files>.")
+        data_dir = recorded_dir
+    dataset = load_dataset(config.dataset, data_dir, **config.data)
+    if recorded_print and dataset.fingerprint() != recorded_print:
+        where = dataset.data_dir or "the default location"
+        message = (f"The {config.dataset} files in {where} differ from the ones this run was "
+                   f"trained on (recorded in config.json: {recorded_dir or 'default'}, "
+                   f"fingerprint {recorded_print}; found {dataset.fingerprint()}).")
+        if not explicit:
+            raise FileNotFoundError(message + " Pass --data_dir=<the training data> to use it.")
+        logging.warning("%s Using them because --data_dir says so.", message)
+    return dataset
+
+
+# ------------------------------------------------------------------------ opening a run
+@dataclasses.dataclass
+class Run:
+    """A trained run, opened: its config, dataset, learner (restored) and step."""
+
+    workdir: str
+    config: object
+    dataset: object
+    learner: object
+    step: int
+
+    def path(self, *parts) -> str:
+        return os.path.join(self.workdir, *parts)
+
+
+def open_run(workdir: str, data_dir: str | None = None, strategy=None) -> Run:
+    """Loads a run's config and data, builds its learner and restores the newest checkpoint."""
+    config = load_config(os.path.join(workdir, CONFIG_FILE))
+    dataset = load_run_dataset(config, data_dir)
+    learner = build_compiled_learner(config, dataset.input_shape, strategy)
+    step = restore_latest(learner, workdir, require=True)
+    return Run(workdir, config, dataset, learner, step)
+
+
+# ------------------------------------------------------------------------ the lock
+class WorkdirLocked(RuntimeError):
+    """Another live process holds the workdir."""
+
+
+class WorkdirLock:
+    """An exclusive OS lock (`flock`) on `<workdir>/.lock`, released when the holder exits,
+    however it exits (SIGKILL included). The file records the holder's PID for messages."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._file = None
+
+    def acquire(self) -> WorkdirLock:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise WorkdirLocked(
+                f"{os.path.dirname(self.path)} is in use by another trainer (PID {holder}); "
+                "wait for it to finish or stop it, or use another --workdir.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
