@@ -215,3 +215,16 @@ def test_cli_train_evaluate_export(tmp_path):
     assert logits.shape == (3, 5)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be float32 in \[0, 1\]"):
         loaded.adapt_and_predict(raw * 255, tf.range(5), raw[:3])
+
+
+def test_a_learner_and_a_dataset_that_do_not_fit_are_refused_before_building(tmp_path):
+    maml_on_embeddings = config_lib.apply_overrides(
+        config_lib.get_config("maml", "embeddings"), ["num_steps=1"])
+    with pytest.raises(ValueError, match=r"MAML takes images, but --dataset=embeddings with "
+                                         r"these options gives embeddings"):
+        trainer.train(maml_on_embeddings, str(tmp_path / "run"), verbose=0)
+    leo_on_images = config_lib.get_config("leo", "omniglot")
+    with pytest.raises(ValueError, match=r"LEO takes embeddings, but --dataset=omniglot .* "
+                                         r"gives images; write embeddings"):
+        config_lib.validate_config(leo_on_images)
+    assert not os.path.exists(tmp_path / "run")

@@ -190,6 +190,7 @@ def validate_config(config) -> None:
     """Raises a ValueError naming the field and its allowed values unless `config` is
     runnable: known sections and arguments, known names, numbers in range."""
     from tfmeta.algorithms import learner_class
+    from tfmeta.data import input_kind
     from tfmeta.models import BACKBONES
     from tfmeta.training.strategy import STRATEGIES
 
@@ -197,6 +198,10 @@ def validate_config(config) -> None:
     if name != NO_BACKBONE and name not in BACKBONES:
         raise ValueError(f"Unknown model.name {name!r}; valid backbones: {sorted(BACKBONES)} "
                          f"or {NO_BACKBONE!r} (no backbone).")
+    learner = learner_class(config.algo)
+    data_options = section_schema(config, "data")
+    learner.check_input_kind(input_kind(config.dataset, {
+        k: v for k, v in config.data.items() if k in data_options}), config.dataset)
     for section in SECTIONS:
         schema = section_schema(config, section)
         unknown = sorted(set(config[section]) - set(schema))
@@ -207,7 +212,7 @@ def validate_config(config) -> None:
     check_all(FIELD_RANGES, config)
     check_all(OPTIMIZER_RANGES, config.optimizer, "optimizer.")
     check_all(AUGMENT_RANGES, config.augment, "augment.")
-    learner_class(config.algo).check_arguments(config.learner, "learner.")
+    learner.check_arguments(config.learner, "learner.")
     if config.strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}; got {config.strategy!r}.")
     if str(config.jit_compile).strip().lower() not in JIT_COMPILE:

@@ -86,6 +86,8 @@ class MetaLearner(keras.Model):
     batch_keys = EPISODE_KEYS
     # from_experiment: the backbone gets a classification head of `config.ways` outputs.
     backbone_has_head = False
+    # What its examples may be (tfmeta.data.INPUT_KINDS): images for most learners.
+    input_kinds: tuple = ("images",)
     # Constructor arguments a config does not set (the subclass or from_experiment does).
     fixed_arguments: tuple = ()
     # Constructor argument -> its allowed `tfmeta.ranges.Range`; merged over the bases, and
@@ -106,6 +108,19 @@ class MetaLearner(keras.Model):
         for klass in reversed(cls.__mro__):
             ranges.update(vars(klass).get("argument_ranges", {}))
         check_all(ranges, arguments, prefix)
+
+    @classmethod
+    def check_input_kind(cls, kind: str | None, dataset: str) -> None:
+        """Raises a ValueError if this learner cannot take `dataset`'s examples (`kind`,
+        "images" or "embeddings"; None: unknown, not checked)."""
+        if kind is not None and kind not in cls.input_kinds:
+            hint = ("write embeddings of an image dataset with bin/write_embeddings.py, or "
+                    "choose the dataset's embedding files (data.embeddings)"
+                    if "embeddings" in cls.input_kinds else
+                    "choose the dataset's images (--set=data.embeddings=None) or a learner of "
+                    "embeddings such as --algo=leo")
+            raise ValueError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "
+                             f"--dataset={dataset} with these options gives {kind}; {hint}.")
 
     @classmethod
     def from_experiment(cls, config, input_shape):

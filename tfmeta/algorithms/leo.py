@@ -154,6 +154,7 @@ class LEO(MetaLearner):
         (the paper's choice); False samples them at test time too.
     """
 
+    input_kinds = ("embeddings",)
     argument_ranges = {
         "num_latents": POSITIVE_INT, "inner_steps": POSITIVE_INT,
         "finetuning_steps": NON_NEGATIVE_INT, "inner_lr_init": POSITIVE,

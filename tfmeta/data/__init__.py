@@ -45,5 +45,26 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
     return loader(data_dir, **options)
 
 
-__all__ = ["ClassImages", "DATASETS", "FewShotDataset", "episode_dataset", "load_dataset",
-           "loader_function"]
+# name -> what its examples are ("images" or "embeddings"), or "module:function" of an
+# `input_kind(**options)` when the dataset's options decide. Known without reading files,
+# so a learner and a dataset that do not fit are refused before anything is built.
+INPUT_KINDS = {
+    "omniglot": "images",
+    "mnist": "images",
+    "mini_imagenet": "embeddings",
+    "tiered_imagenet": "embeddings",
+    "embeddings": "embeddings",
+}
+
+
+def input_kind(name: str, options=None) -> str | None:
+    """"images", "embeddings", or None when the registry does not say (see INPUT_KINDS)."""
+    kind = INPUT_KINDS.get(name)
+    if kind is None or ":" not in kind:
+        return kind
+    module, _, function = kind.partition(":")
+    return getattr(importlib.import_module(module), function)(**dict(options or {}))
+
+
+__all__ = ["ClassImages", "DATASETS", "FewShotDataset", "INPUT_KINDS", "episode_dataset",
+           "input_kind", "load_dataset", "loader_function"]
