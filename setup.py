@@ -22,5 +22,5 @@ setuptools.setup(
         "tensorboard",
         "ml_collections",
     ],
-    extras_require={"test": ["pytest>=7", "ruff"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff"]},
 )
