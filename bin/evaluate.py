@@ -29,9 +29,10 @@ def main(argv):
     del argv
     result = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.data_dir, FLAGS.split,
                                          FLAGS.episodes, FLAGS.ways, FLAGS.shots, FLAGS.seed)
-    print(f"{result['algo']} on {result['dataset']} {result['split']}: {result['ways']}-way "
-          f"{result['shots']}-shot accuracy {100 * result['accuracy']:.2f}% "
-          f"+- {100 * result['ci95']:.2f}% (95% CI, {result['episodes']} episodes)")
+    if "accuracy" in result:
+        print(f"{result['algo']} on {result['dataset']} {result['split']}: {result['ways']}-way "
+              f"{result['shots']}-shot accuracy {100 * result['accuracy']:.2f}% "
+              f"+- {100 * result['ci95']:.2f}% (95% CI, {result['episodes']} episodes)")
     print(json.dumps(result))
 
 

@@ -26,7 +26,9 @@ flags.DEFINE_string("data_dir", None, "Folder with the dataset's official files 
                     "(default: the bundled data, where the dataset has some).")
 flags.DEFINE_bool("download", False, "Download the official files into --data_dir if missing.")
 flags.DEFINE_integer("num_steps", None, "Meta-training steps (overrides the config).")
-flags.DEFINE_enum("strategy", None, list(STRATEGIES), "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", None, list(STRATEGIES), "tf.distribute strategy: mirrored uses "
+                  "this machine's GPUs; multi_worker the machines TF_CONFIG lists (run the same "
+                  "command on each; see docs/distributed.md); tpu the TPU TPU_NAME names.")
 flags.DEFINE_multi_string("set", [], "Config override key=value, e.g. --set=ways=20 "
                           "--set=learner.inner_lr=0.1 (repeatable).")
 flags.DEFINE_bool("export", True, "Export a SavedModel to <workdir>/export after training.")

@@ -4,7 +4,12 @@
     python bin/write_embeddings.py --workdir=runs/maml --output_dir=embeddings --name=Omniglot
     python bin/train.py --algo=leo --dataset=embeddings --data_dir=embeddings --workdir=runs/leo
 
-Writes <output_dir>/<name>/center/{train,val,test}_embeddings.pkl.
+Writes <output_dir>/<name>/{center,multiview}/{train,val,test}_embeddings.pkl (and .npz);
+`--crops=center` for the center files only. A supervised pre-training run
+(`--algo=pretrain`) gives LEO the kind of backbone its paper used:
+
+    python bin/train.py --algo=pretrain --dataset=omniglot --workdir=runs/pretrain
+    python bin/write_embeddings.py --workdir=runs/pretrain --output_dir=embeddings
 """
 
 import os
@@ -27,6 +32,9 @@ flags.DEFINE_enum("recalibrate_batch_norm", "auto", ["auto", "yes", "no"],
 flags.DEFINE_string("layer", None, "Backbone layer whose output is the embedding, e.g. "
                     "block4_relu (default: the input of the classification head).")
 flags.DEFINE_integer("batch_size", 256, "Examples per forward pass.")
+flags.DEFINE_list("crops", ["center", "multiview"], "Which LEO files to write: center (each "
+                  "example as it is) and/or multiview (the mean of ten shifted and flipped "
+                  "views; see tfmeta/embeddings.py).")
 FLAGS = flags.FLAGS
 
 
@@ -35,7 +43,7 @@ def main(argv):
     recalibrate = {"auto": None, "yes": True, "no": False}[FLAGS.recalibrate_batch_norm]
     paths = embeddings.write_workdir_embeddings(FLAGS.workdir, FLAGS.output_dir, FLAGS.name,
                                                 FLAGS.data_dir, recalibrate, FLAGS.batch_size,
-                                                FLAGS.layer)
+                                                FLAGS.layer, FLAGS.crops)
     for split, path in paths.items():
         print(f"{split}: {path}")
 

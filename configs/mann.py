@@ -8,12 +8,15 @@ episodes are the setting's (5w1s: five support steps, then the queries).
 Deviations: Adam at 2e-3 instead of RMSProp at 1e-4, and the read heads' learned key
 strength (`learner.key_strength`, see tfmeta/algorithms/mann.py), with which binding
 images to labels starts after hundreds of updates instead of tens of thousands.
-`--set=model.name=conv4 --set=model.filters=32` feeds Conv4 features instead of pixels.
+`--set=model.name=conv4 --set=model.filters=32` feeds Conv4 features instead of pixels;
+on the natural-image datasets (not in the paper) that is the default, since 84x84x3
+pixels are too many inputs for the controller.
 """
 
 import ml_collections
 
 from configs import base
+from configs.datasets import NATURAL_IMAGES
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
@@ -21,6 +24,8 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     if dataset == "omniglot":
         config.data.update(image_size=20)
     config.model = ml_collections.ConfigDict({"name": "none"})  # the paper's: pixels
+    if dataset in NATURAL_IMAGES:
+        config.model = ml_collections.ConfigDict({"name": "conv4", "filters": 32})
     config.learner.update(units=200, memory_slots=128, slot_size=40, heads=4, gamma=0.95,
                           write_key=False, key_strength=True)
     config.eval_ways, config.eval_shots, config.eval_queries = config.ways, config.shots, 5

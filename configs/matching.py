@@ -1,6 +1,7 @@
 """Matching Networks (Vinyals et al. 2016), Section 4.1.
 
-Settings: Omniglot 5w1s (default), 5w5s, 20w1s, 20w5s; mini-ImageNet 5w1s, 5w5s.
+Settings: Omniglot 5w1s (default), 5w5s, 20w1s, 20w5s; mini-ImageNet 5w1s, 5w5s (and
+tieredImageNet, CIFAR-FS, FC100 alike).
 Trained on episodes of the test setting's N and K. Full context embeddings are on
 for mini-ImageNet and off for Omniglot, where the paper found they did not help.
 The paper does not give the optimizer, queries or batch size; these are Adam at

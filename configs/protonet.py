@@ -3,7 +3,8 @@
 Settings name the meta-test episodes: Omniglot 5w1s (default), 5w5s, 20w1s, 20w5s;
 mini-ImageNet 5w1s, 5w5s. Training uses more ways than testing, as in the paper:
 Omniglot 60-way with 5 queries per class; mini-ImageNet 30-way (1-shot) or 20-way
-(5-shot) with 15 queries per class; one episode per update; Adam at 1e-3, halved
+(5-shot) with 15 queries per class (tieredImageNet, CIFAR-FS and FC100, not in the
+paper, take the mini-ImageNet settings); one episode per update; Adam at 1e-3, halved
 every 2000 episodes. On Omniglot the paper trains on every character outside the test
 set (Vinyals' 1200 = the MAML split's train + val): `data.train_on_val`.
 Additions: on Omniglot, each training image gets a random shift (up to 7% of the
@@ -15,6 +16,7 @@ Deviation: the paper stops on validation loss; here training runs for `num_steps
 """
 
 from configs import base
+from configs.datasets import NATURAL_IMAGES
 
 TRAIN_WAYS = {("omniglot", 1): 60, ("omniglot", 5): 60,
               ("mini_imagenet", 1): 30, ("mini_imagenet", 5): 20}
@@ -25,7 +27,8 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config.learner.update(distance="squared_euclidean")
     config.model.update(name="conv4", filters=64)
     config.eval_ways, config.eval_shots = config.ways, config.shots
-    config.ways = TRAIN_WAYS.get((dataset, config.shots), config.ways)
+    paper_dataset = "mini_imagenet" if dataset in NATURAL_IMAGES else dataset
+    config.ways = TRAIN_WAYS.get((paper_dataset, config.shots), config.ways)
     config.queries = 5 if dataset == "omniglot" else 15
     if dataset == "omniglot":
         config.data.update(train_on_val=True)

@@ -7,6 +7,11 @@ annealed linearly to 0 over 100k meta-iterations; meta-test: 50 inner iterations
 5, one query per class. Conv4 with strided convolutions and no pooling, as the reference.
 Set `learner.transductive=False` for the non-transductive protocol.
 
+mini-ImageNet (and tieredImageNet, CIFAR-FS, FC100, not in the paper, alike): the paper's
+mini-ImageNet column and the reference README's commands: Conv4 of 32 filters with
+max-pooling, 8 inner iterations of batch 10, 15 training shots; meta-test 50 iterations
+of batch 5 (1-shot) or 15 (5-shot).
+
 MNIST (`--dataset=mnist`): no paper numbers; the same hyperparameters on the loader's
 "classification" split (train digits 0-4; validate and test on digits 5-9, different
 images), so 5-way episodes at test time use exactly the five held-out digits.
@@ -15,6 +20,7 @@ images), so 5-way episodes at test time use exactly the five held-out digits.
 from ml_collections import config_dict
 
 from configs import base
+from configs.datasets import NATURAL_IMAGES
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
@@ -35,4 +41,9 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config.optimizer.learning_rate = 1.0
     if dataset == "mnist":
         config.data.split = "classification"
+    elif dataset in NATURAL_IMAGES:
+        config.model.update(filters=32, downsample="max_pool")
+        config.learner.update(inner_steps=8, inner_batch_size=10, inner_steps_test=50,
+                              inner_batch_size_test=5 if config.shots == 1 else 15)
+        config.train_shots = 15
     return config

@@ -5,7 +5,8 @@ loop: SGD, rate 1e-3, 10 iterations of one critic and one generator step, 4 fake
 step, gradient penalty weight 10; outer loop: `theta - mean(adapted)` handed to Adam with
 rate 1e-4, meta-batch 1. ResNet generator and critic with 64 base filters; 2 blocks
 (28 = 7 * 2**2; FIGR used 4 blocks at 32x32). Datasets: MNIST (train digits 0-8, hold
-out 9) and Omniglot (hold out whole alphabets: the loader's test split).
+out 9) and Omniglot (hold out whole alphabets: the loader's test split); the natural-image
+datasets (not in FIGR) generate their images in [0, 1] (`data.normalize=False`).
 
 Evaluation (`bin/evaluate.py`): 100 episodes; a Conv4 classifier over up to 20 classes
 (MNIST: all ten digits) scores 16 samples per episode, adapted vs unadapted.
@@ -15,6 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import base
+from configs.datasets import NATURAL_IMAGES
 
 
 def get_config(dataset: str = "mnist", setting: str = "1w4s"):
@@ -39,4 +41,6 @@ def get_config(dataset: str = "mnist", setting: str = "1w4s"):
         {"samples": 16, "metric_classes": 20, "classifier_steps": 300})
     if dataset == "mnist":
         config.data.split = "generation"
+    elif dataset in NATURAL_IMAGES:
+        config.data.normalize = False
     return config

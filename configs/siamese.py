@@ -1,6 +1,7 @@
 """Siamese Networks (Koch et al. 2015) trained on same/different pairs drawn from episodes.
 
-Settings: Omniglot 5w1s (default), 5w5s, 20w1s, 20w5s; mini-ImageNet 5w1s, 5w5s.
+Settings: Omniglot 5w1s (default), 5w5s, 20w1s, 20w5s; mini-ImageNet 5w1s, 5w5s (and
+tieredImageNet, CIFAR-FS, FC100 alike, 15 queries per class).
 Each training episode of the setting's N and K gives every (query, support) pair,
 5 queries per class, 8 episodes per update. Deviations: the twin is a Conv4 tower
 with Koch's 4096-unit sigmoid layer (his convolutions need 105x105 inputs), and

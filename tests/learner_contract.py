@@ -36,6 +36,7 @@ import tensorflow as tf
 from tfmeta.data import episode_dataset
 from tfmeta.tensors import accuracy
 from tfmeta.training.export import export_learner
+from tfmeta.training.run import checkpoint_manager
 
 
 class LearnerContract:
@@ -114,6 +115,24 @@ class LearnerContract:
         served = self.serve_in_process(learner, dataset, self.serving_inputs(dataset))
         assert served.shape == self.served_shape(dataset)
         assert np.all(np.isfinite(served))
+
+    def test_checkpoint_restores_every_variable(self, dataset, tmp_path):
+        """What the trainer checkpoints is the whole learner: after a restore every variable
+        (weights, learned inner rates, per-step statistics) is back and it serves the same."""
+        learner, _, _ = self.learner_and_data(dataset)
+        inputs = self.serving_inputs(dataset)
+        expected = self.serve_in_process(learner, dataset, inputs)
+        saved = [v.numpy().copy() for v in learner.variables]
+        manager = checkpoint_manager(learner, str(tmp_path / "checkpoints"))
+        manager.save()
+        for v in learner.variables:
+            if v.dtype in ("float16", "float32", "float64", "bfloat16"):
+                v.assign(v + tf.cast(0.5, v.dtype))
+        manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        for v, value in zip(learner.variables, saved):
+            np.testing.assert_array_equal(v.numpy(), value, err_msg=v.path)
+        np.testing.assert_allclose(self.serve_in_process(learner, dataset, inputs), expected,
+                                   rtol=1e-5, atol=1e-5)
 
     def test_loss_goes_down(self, dataset):
         """The meta-training objective, on held-out tasks, drops after a few meta-steps.

@@ -43,7 +43,7 @@ def leo_embeddings(tmp_path_factory):
         with open(folder / f"{split}_embeddings.pkl", "wb") as f:
             pickle.dump({"keys": np.array(keys), "embeddings": np.array(rows, np.float32)}, f,
                         protocol=2)
-    return load_dataset("mini_imagenet", str(root))
+    return load_dataset("mini_imagenet", str(root), embeddings="center")
 
 
 class TestLEOContract(ClassifierContract):

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def write_release(root, name="miniImageNet", crop="center", sizes=None, seed=0):
 
 def test_reads_official_layout_with_unequal_class_sizes(tmp_path):
     write_release(tmp_path)
-    dataset = load_dataset("mini_imagenet", str(tmp_path))
+    dataset = load_dataset("mini_imagenet", str(tmp_path), embeddings="center")
     assert dataset.name == "mini_imagenet"
     assert dataset.raw_shape == (DIM,)
     train = dataset.split("train")
@@ -73,14 +74,15 @@ def test_bad_key_is_an_error_naming_it(tmp_path):
         pickle.dump({"keys": np.array([b"0-n04-n04_0.JPEG", bad.encode()]),
                      "embeddings": np.ones((2, DIM), np.float32)}, f, protocol=2)
     with pytest.raises(ValueError, match="n04-n09_1"):
-        load_dataset("mini_imagenet", str(tmp_path))
+        load_dataset("mini_imagenet", str(tmp_path), embeddings="center")
     with pytest.raises(ValueError, match="no-dashes"):
         class_of_key("no-dashes")
 
 
 def test_tiered_multiview_is_a_clear_error(tmp_path):
     write_release(tmp_path, name="tieredImageNet")
-    assert load_dataset("tiered_imagenet", str(tmp_path)).split("test").num_classes == 2
+    tiered = load_dataset("tiered_imagenet", str(tmp_path), embeddings="center")
+    assert tiered.split("test").num_classes == 2
     with pytest.raises(ValueError, match="multiview.*tieredImageNet"):
         load_dataset("tiered_imagenet", str(tmp_path), embeddings="multiview")
 
@@ -93,7 +95,7 @@ def test_multiview_mini_imagenet(tmp_path):
 
 def test_train_on_val_merges_classes(tmp_path):
     write_release(tmp_path)
-    dataset = load_dataset("mini_imagenet", str(tmp_path), train_on_val=True)
+    dataset = load_dataset("mini_imagenet", str(tmp_path), embeddings="center", train_on_val=True)
     train = dataset.split("train")
     assert train.class_names == ("n01", "n02", "n03", "n04", "n05")
     assert list(train.class_counts) == [5, 7, 6, 5, 4]
@@ -102,9 +104,9 @@ def test_train_on_val_merges_classes(tmp_path):
 
 def test_missing_files_say_where_and_where_from(tmp_path):
     with pytest.raises(FileNotFoundError, match="(?s)train_embeddings.pkl.*deepmind/leo"):
-        load_dataset("mini_imagenet", str(tmp_path))
+        load_dataset("mini_imagenet", str(tmp_path), embeddings="center")
     with pytest.raises(FileNotFoundError, match="leo-embeddings"):
-        load_dataset("tiered_imagenet", None)
+        load_dataset("tiered_imagenet", None, embeddings="center")
 
 
 def test_generic_embeddings_dataset_finds_its_folder(tmp_path):
@@ -140,3 +142,59 @@ def test_writer_round_trips_through_the_reader(tmp_path):
     assert list(loaded.split("train").class_counts) == [4, 3]
     np.testing.assert_allclose(np.linalg.norm(loaded.split("val").images, axis=1), 1.0,
                                rtol=1e-5)
+
+
+def release_zip(path, tmp_path, extra=()):
+    """LEO's embeddings.zip as released: every file under `embeddings/<Name>/<crop>/`."""
+    from tfmeta.data.leo_embeddings import PUBLISHED
+
+    staging = tmp_path / "staging"
+    for name, crops in PUBLISHED.items():
+        for crop in crops:
+            write_release(staging, name=name, crop=crop)
+    with zipfile.ZipFile(path, "w") as z:
+        for file in sorted(staging.rglob("*.pkl")):
+            z.write(file, "embeddings/" + file.relative_to(staging).as_posix())
+        for name, data in extra:
+            z.writestr(name, data)
+    return path
+
+
+def test_download_fetches_checks_and_unpacks_the_release(tmp_path, monkeypatch):
+    from tfmeta.data import leo_embeddings
+
+    mirror = release_zip(tmp_path / "embeddings.zip", tmp_path)
+    monkeypatch.setattr(leo_embeddings, "RELEASE_URL", f"file://{mirror}")
+    data_dir = tmp_path / "data"
+    # The path --algo=leo --dataset=mini_imagenet --download takes.
+    dataset = load_dataset("mini_imagenet", str(data_dir), download=True, embeddings="center")
+    assert dataset.split("train").class_names == ("n01", "n02", "n03")
+    assert (data_dir / "tieredImageNet" / "center" / "test_embeddings.pkl").is_file()
+    # Everything present: nothing is fetched again.
+    mirror.unlink()
+    assert leo_embeddings.download_release(str(data_dir)) == []
+    multiview = load_dataset("mini_imagenet", str(data_dir), download=True, embeddings="multiview")
+    assert multiview.split("val").num_classes == 2
+
+
+def test_download_rejects_a_zip_without_the_release_files(tmp_path):
+    from tfmeta.data import leo_embeddings
+
+    mirror = tmp_path / "other.zip"
+    with zipfile.ZipFile(mirror, "w") as z:
+        z.writestr("embeddings/miniImageNet/center/train_embeddings.pkl", b"x")
+    with pytest.raises(ValueError, match="lacks .*val_embeddings.pkl.*not LEO's release"):
+        leo_embeddings.download_release(str(tmp_path / "data"), f"file://{mirror}")
+    assert not (tmp_path / "data" / "embeddings.zip").exists()
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable zip"):
+        leo_embeddings.download_release(str(tmp_path / "data2"), f"file://{tmp_path}/junk.zip")
+
+
+def test_download_refuses_members_outside_the_folder(tmp_path):
+    from tfmeta.data import leo_embeddings
+
+    mirror = release_zip(tmp_path / "evil.zip", tmp_path, extra=[("embeddings/../../evil.txt", b"x")])
+    with pytest.raises(ValueError, match="outside"):
+        leo_embeddings.download_release(str(tmp_path / "data" / "deep"), f"file://{mirror}")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "data" / "evil.txt").exists()

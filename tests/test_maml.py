@@ -204,3 +204,36 @@ def test_serving_more_ways_than_outputs_is_an_error():
     maml = MAML(linear_model(2, 2))
     with pytest.raises(tf.errors.InvalidArgumentError, match="serves at most 2 ways"):
         maml.adapt_and_predict(tf.zeros((3, 2)), tf.constant([0, 1, 2]), tf.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_derivative_order_annealing_switches_at_first_order_steps(compiled):
+    # MAML++'s annealing: first order while the optimizer's step < first_order_steps (a
+    # tf.cond), second order after; both branches against the unrolled computation.
+    from tfmeta.algorithms.maml_plusplus import MAMLPlusPlus
+
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(4, 3)).astype(np.float32)
+    bias = rng.normal(size=(3,)).astype(np.float32)
+    batch = tiny_meta_batch()
+    learner = MAMLPlusPlus(linear_model(4, 3, kernel, bias), inner_lr=0.5, inner_steps=1,
+                           first_order_steps=10, multi_step_loss=False,
+                           learned_inner_lrs=False, per_step_batch_norm=False)
+    learner.compile(optimizer=keras.optimizers.SGD(0.0))
+    compute = tf.function(learner.compute_meta_gradients) if compiled \
+        else learner.compute_meta_gradients
+    for step, first_order in ((0, True), (9, True), (10, False), (500, False)):
+        learner.optimizer.iterations.assign(step)
+        grads, _, _ = compute(batch)
+        expected = unrolled_meta_gradient(kernel, bias, batch, 0.5, first_order)
+        for got, want in zip(grads, expected):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6,
+                                       err_msg=f"step {step}")
+
+
+def test_regression_loss_is_the_mean_squared_error():
+    # Targets (1, 3), predictions (0, 0): ((1 - 0)^2 + (3 - 0)^2) / 2 = 5.
+    maml = MAML(linear_model(1, 1), loss="mse")
+    assert float(maml.loss_fn(tf.constant([[1.0], [3.0]]), tf.zeros((2, 1)))) == 5.0
+    with pytest.raises(ValueError, match="loss must be one of"):
+        MAML(linear_model(), loss="hinge")

@@ -24,6 +24,7 @@ import os
 import sys
 
 import ml_collections
+from absl import logging
 
 from tfmeta.models import NO_BACKBONE
 from tfmeta.ranges import (
@@ -176,13 +177,28 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
         if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value,
                                                                                        bool):
             value = float(value)
-        if isinstance(node[leaf], str) and not isinstance(value, str):
+        if isinstance(node[leaf], str) and not isinstance(value, (str, type(None))):
             value = text.strip()  # a text field takes the text: jit_compile=True -> "True"
         try:
             node[leaf] = value
         except TypeError as error:
             raise ValueError(f"Bad value for {key}: {text!r} ({error}).") from None
+        if parents == ["model"] and leaf == "name":
+            _drop_other_backbone_fields(config)
     return config
+
+
+def _drop_other_backbone_fields(config) -> None:
+    """After `--set=model.name=...`, the config's fields for the backbone it named before
+    that the new one does not take (Conv4's `downsample` for `resnet12`) are dropped."""
+    schema = section_schema(config, "model")
+    stale = [k for k in config.model if k not in schema]
+    if stale:
+        logging.info("model.name=%s: dropping the previous backbone's fields %s.",
+                     config.model.name, stale)
+        with config.model.unlocked():
+            for k in stale:
+                del config.model[k]
 
 
 # ------------------------------------------------------------------------ validation

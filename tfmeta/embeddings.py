@@ -8,6 +8,21 @@ for any dataset tfmeta reads, and writes them in the release's layout:
     <output_dir>/<name>/center/{train,val,test}_embeddings.pkl
         {"keys": [n] str "<split>-<class>-<class>_<i>.JPEG", "embeddings": float32 [n, dim]}
     <output_dir>/<name>/center/class_names.json    {class id: the dataset's class name}
+    <output_dir>/<name>/multiview/...              the same, each embedding the mean of views
+
+"multiview" follows LEO's released mini-ImageNet files, whose embeddings average several
+crops of each image and their flips. Here an image's views (`multiview_crops`) are ten:
+the image shifted by `shift = max(1, side // 10)` pixels toward each of the four corners
+(a crop of the zero-padded image) and the unshifted one, each also flipped left-right:
+
+    padded = pad(image, shift)                                    # zeros around
+    crops = [padded[dy:dy + H, dx:dx + W] for dy, dx in
+             ((shift, shift), (0, 0), (0, 2 * shift), (2 * shift, 0), (2 * shift, 2 * shift))]
+    views = crops + [flip_left_right(c) for c in crops]           # 10 views
+    multiview = mean(features(v) for v in views)                  # [dim]
+
+(LEO cropped larger originals, which tfmeta's preprocessed inputs no longer are; shifts of
+the padded image are the closest crops of the same size.)
 
 Class ids are `<split><index>` (e.g. `train00017`): LEO keys cannot hold the
 dataset's own names, which may contain '-' or '_'. Then
@@ -93,37 +108,70 @@ def recalibrate_batch_norm(features: keras.Model, images: np.ndarray, batch_size
                  training=True)
 
 
+def multiview_crops(images: np.ndarray) -> list:
+    """The ten views `[n, H, W, C]` of `images` described in the module docstring."""
+    height, width = images.shape[1:3]
+    shift = max(1, min(height, width) // 10)
+    padded = np.pad(images, [(0, 0), (shift, shift), (shift, shift), (0, 0)])
+    corners = ((shift, shift), (0, 0), (0, 2 * shift), (2 * shift, 0), (2 * shift, 2 * shift))
+    crops = [padded[:, dy:dy + height, dx:dx + width] for dy, dx in corners]
+    return crops + [c[:, :, ::-1] for c in crops]
+
+
+def embed_multiview(features: keras.Model, images: np.ndarray, batch_size: int = 256):
+    """The mean embedding `[n, dim]` of the ten views of each image."""
+    if images.ndim != 4:
+        raise ValueError(f"multiview embeddings need images [n, H, W, C]; got examples of shape "
+                         f"{images.shape[1:]}. Write only the center embeddings.")
+    views = [embed(features, view, batch_size) for view in multiview_crops(images)]
+    return np.mean(views, axis=0).astype(np.float32)
+
+
+CROPS = ("center", "multiview")
+
+
 def write_embeddings(features: keras.Model, dataset, output_dir: str, name: str,
-                     splits=SPLITS, batch_size: int = 256) -> dict:
-    """Embeds every example of `dataset`'s splits; returns {split: pickle path}.
+                     splits=SPLITS, batch_size: int = 256, crops=("center",)) -> dict:
+    """Embeds every example of `dataset`'s splits; returns {split: pickle path} of the first
+    crop written.
 
     Args:
       features: maps the dataset's (preprocessed) examples to feature vectors.
       dataset: a `FewShotDataset`.
-      output_dir, name: files go to `<output_dir>/<name>/center/`.
+      output_dir, name: files go to `<output_dir>/<name>/<crop>/`.
       splits: the splits to write (LEO reads train, val and test).
       batch_size: examples per forward pass.
+      crops: "center" (each example as it is) and/or "multiview" (the mean of ten views).
     """
     if not name or any(c in name for c in "/\\"):
         raise ValueError(f"name is a folder name such as 'Omniglot'; got {name!r}.")
+    unknown = [c for c in crops if c not in CROPS]
+    if unknown or not crops:
+        raise ValueError(f"crops must be some of {CROPS}; got {list(crops)}.")
     paths, class_names = {}, {}
     for split in splits:
         classes = dataset.split(split)
-        vectors = embed(features, classes.all_inputs(), batch_size)
+        inputs = classes.all_inputs()
         keys = []
         for index, count in enumerate(classes.class_counts):
             class_id = f"{split}{index:05d}"
             class_names[class_id] = classes.class_names[index]
             keys += [f"{split}-{class_id}-{class_id}_{i}.JPEG" for i in range(count)]
-        paths[split] = write_pickle(pickle_path(output_dir, name, "center", split), keys, vectors)
-    with open(os.path.join(output_dir, name, "center", "class_names.json"), "w") as f:
-        json.dump(class_names, f, indent=1)
+        for crop in crops:
+            vectors = (embed(features, inputs, batch_size) if crop == "center" else
+                       embed_multiview(features, inputs, batch_size))
+            path = write_pickle(pickle_path(output_dir, name, crop, split), keys, vectors)
+            paths.setdefault(split, path)
+    for crop in crops:
+        with open(os.path.join(output_dir, name, crop, "class_names.json"), "w") as f:
+            json.dump(class_names, f, indent=1)
     return paths
 
 
 def write_workdir_embeddings(workdir: str, output_dir: str, name: str | None = None,
                              data_dir: str | None = None, recalibrate: bool | None = None,
-                             batch_size: int = 256, layer: str | None = None) -> dict:
+                             batch_size: int = 256, layer: str | None = None,
+                             crops=("center",)) -> dict:
     """Writes embeddings of a trained run's dataset with the run's backbone.
 
     Args:
@@ -136,6 +184,7 @@ def write_workdir_embeddings(workdir: str, output_dir: str, name: str | None = N
       batch_size: examples per forward pass.
       layer: the backbone layer whose (flattened) output is the embedding; None: the
         input of the classification head.
+      crops: "center" and/or "multiview" (see the module docstring).
     """
     run = open_run(workdir, data_dir)
     features = feature_extractor(run.learner.feature_model(), layer)
@@ -144,4 +193,4 @@ def write_workdir_embeddings(workdir: str, output_dir: str, name: str | None = N
     if recalibrate:
         recalibrate_batch_norm(features, run.dataset.split("train").all_inputs(), batch_size)
     return write_embeddings(features, run.dataset, output_dir, name or run.config.dataset,
-                            batch_size=batch_size)
+                            batch_size=batch_size, crops=crops)

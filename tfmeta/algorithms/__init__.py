@@ -15,6 +15,7 @@ from tfmeta.algorithms.maml import MAML
 # --algo name -> "module:Class" of a MetaLearner subclass.
 ALGORITHMS = {
     "maml": "tfmeta.algorithms.maml:MAML",
+    "maml_plusplus": "tfmeta.algorithms.maml_plusplus:MAMLPlusPlus",
     "metasgd": "tfmeta.algorithms.metasgd:MetaSGD",
     "anil": "tfmeta.algorithms.anil:ANIL",
     "lstm_meta": "tfmeta.algorithms.lstm_meta:LSTMMetaLearner",
@@ -27,6 +28,8 @@ ALGORITHMS = {
     "siamese": "tfmeta.algorithms.siamese:SiameseNetwork",
     "mann": "tfmeta.algorithms.mann:MANN",
     "metanet": "tfmeta.algorithms.metanet:MetaNet",
+    "maml_rl": "tfmeta.algorithms.maml_rl:MAMLRL",
+    "pretrain": "tfmeta.algorithms.pretrain:Pretrain",
 }
 
 

@@ -111,14 +111,20 @@ class MetaLearner(keras.Model):
 
     @classmethod
     def check_input_kind(cls, kind: str | None, dataset: str) -> None:
-        """Raises a ValueError if this learner cannot take `dataset`'s examples (`kind`,
-        "images" or "embeddings"; None: unknown, not checked)."""
+        """Raises a ValueError if this learner cannot take `dataset`'s examples (`kind`:
+        "images", "embeddings", "regression" or "environment"; None: unknown, not checked)."""
         if kind is not None and kind not in cls.input_kinds:
             hint = ("write embeddings of an image dataset with bin/write_embeddings.py, or "
                     "choose the dataset's embedding files (data.embeddings)"
                     if "embeddings" in cls.input_kinds else
                     "choose the dataset's images (--set=data.embeddings=None) or a learner of "
                     "embeddings such as --algo=leo")
+            if kind == "regression":
+                hint = ("regression tasks need a learner of them, such as --algo=maml (its "
+                        "config sets loss='mse' on --dataset=sinusoid); classification "
+                        "learners take image or embedding datasets")
+            if kind == "environment":
+                hint = ("it is a reinforcement-learning task distribution; use --algo=maml_rl")
             raise ValueError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "
                              f"--dataset={dataset} with these options gives {kind}; {hint}.")
 

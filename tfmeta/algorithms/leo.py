@@ -132,7 +132,7 @@ class LEO(MetaLearner):
 
     Example:
 
-        dataset = tfmeta.data.load_dataset("mini_imagenet", data_dir="embeddings")
+        dataset = tfmeta.data.load_dataset("mini_imagenet", data_dir="embeddings", embeddings="center")
         leo = LEO(embedding_dim=640, num_latents=64, inner_steps=5, finetuning_steps=5)
         leo.compile(optimizer=keras.optimizers.Adam(2.7e-4))
         leo.fit(episode_dataset(dataset.split("train"), 5, 1, 15, meta_batch_size=12), ...)

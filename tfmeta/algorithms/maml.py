@@ -14,11 +14,25 @@ adapted copy on the query set; the meta-gradient flows back through the steps:
 `first_order=True` drops the second-order terms (the inner gradients are treated
 as constants), which is FOMAML.
 
+Model-agnostic: `loss="cross_entropy"` classifies, `loss="mse"` regresses (the paper's
+sinusoids, section 5.1; episodes of `tfmeta.data.sinusoid`, whose evaluation, export
+and plots are in `tfmeta.algorithms.maml_regression`).
+
+Any number of ways (`head=`): "learned" is the backbone's own N-way head. With
+"prototypes" (Proto-MAML, Triantafillou et al., ICLR 2020) or "zeros" the backbone is a
+feature extractor `[n, D]` and each task starts a fast head `[D, N]`, N read from the
+support labels, so a learner trained 5-way serves 20-way episodes:
+
+    c_n = mean(features(support of class n))                  # [N, D]
+    head = (W = 2 c^T, b = -|c_n|^2)   or   (W = 0, b = 0)    # logits = f W + b
+    # 2 c_n.f - |c_n|^2 = -|f - c_n|^2 + |f|^2: ProtoNet's logits up to a per-query constant
+
 The task loop, fast weights through `stateless_call` and the batch-norm policies are
 `TaskLoopLearner`'s (`tfmeta.algorithms.task_loop`); this module is the inner loop.
 
-Subclass hooks, used by ANIL and Meta-SGD: `adapted_indices` (which parameters
-the inner loop adapts) and `inner_update` (the inner step rule).
+Subclass hooks: `adapted_indices` (which parameters the inner loop adapts; ANIL),
+`inner_update` (the inner step rule; Meta-SGD, MAML++'s learned rates) and `forward_at`
+(the forward pass after k inner steps; MAML++'s per-step batch norm).
 """
 
 from __future__ import annotations
@@ -27,12 +41,27 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
+from tfmeta.algorithms import maml_regression
 from tfmeta.algorithms.task_loop import TaskLoopLearner
-from tfmeta.ranges import POSITIVE
+from tfmeta.models import backbone_from_config
+from tfmeta.ranges import POSITIVE, Range
+from tfmeta.tensors import class_means, cross_entropy, num_ways
+
+LOSSES = ("cross_entropy", "mse")
+HEADS = ("learned", "prototypes", "zeros")
+FAST_HEADS = HEADS[1:]
+
+
+def mean_squared_error(targets, predictions):
+    """Mean of `(targets - predictions)^2` over the last two axes (points, outputs):
+    `[..., K, 1]` -> `[...]`."""
+    error = tf.cast(targets, tf.float32) - tf.cast(predictions, tf.float32)
+    return tf.reduce_mean(tf.square(error), axis=[-2, -1])
 
 
 class MAML(TaskLoopLearner):
-    """MAML around any Keras classifier whose outputs are N-way logits.
+    """MAML around any Keras model: a classifier (N-way logits), a feature extractor (with
+    `head="prototypes"` or `"zeros"`), or a regressor (`loss="mse"`).
 
     Example:
 
@@ -43,30 +72,67 @@ class MAML(TaskLoopLearner):
         logits = maml.adapt_and_predict(support_images, support_labels, query_images)
 
     Args:
-      model: a built Keras model mapping images to `[n, num_outputs]` logits.
+      model: a built Keras model mapping inputs to `[n, num_outputs]` outputs (logits, or
+        features for a "prototypes"/"zeros" head, or regression outputs).
       inner_lr: step size of the inner gradient steps.
       inner_steps: inner steps while meta-training.
       inner_steps_test: inner steps when evaluating or serving.
       first_order: drop second-order terms (FOMAML).
-      batch_norm: "batch_stats" or "running_stats" (see the module docstring).
+      batch_norm: "batch_stats" or "running_stats" (see `tfmeta.algorithms.task_loop`).
       parallel_tasks: tasks of a meta-batch run concurrently in the task loop.
+      loss: "cross_entropy" (classification) or "mse" (regression).
+      head: "learned" (the model's own head), "prototypes" or "zeros" (a fast `[D, N]`
+        head started per task; the model then outputs features).
+      max_head_ways: with a "prototypes"/"zeros" head, the most ways served (None: any).
     """
 
-    argument_ranges = {"inner_lr": POSITIVE}
+    input_kinds = ("images", "regression")
+    argument_ranges = {"inner_lr": POSITIVE, "max_head_ways": Range(1, integer=True,
+                                                                    optional=True)}
 
     def __init__(self, model: keras.Model, inner_lr: float = 0.4, inner_steps: int = 1,
                  inner_steps_test: int = 3, first_order: bool = False,
-                 batch_norm: str = "batch_stats", parallel_tasks: int = 10, **kwargs):
+                 batch_norm: str = "batch_stats", parallel_tasks: int = 10,
+                 loss: str = "cross_entropy", head: str = "learned",
+                 max_head_ways: int | None = None, **kwargs):
         super().__init__(model, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
                          batch_norm=batch_norm, parallel_tasks=parallel_tasks, **kwargs)
-        self.check_arguments({"inner_lr": inner_lr})
+        self.check_arguments({"inner_lr": inner_lr, "max_head_ways": max_head_ways})
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}; got loss={loss!r}.")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}; got head={head!r}.")
+        if loss == "mse" and head != "learned":
+            raise ValueError(f"head={head!r} starts a classification head from the classes of "
+                             "the support set; regression (loss='mse') needs head='learned'.")
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
+        self.loss = loss
+        self.head_mode = head
+        self.max_head_ways = max_head_ways
+
+    @classmethod
+    def from_experiment(cls, config, input_shape):
+        """The backbone gets a `config.ways`-way head ("learned"), none (a fast head), or
+        one output (regression)."""
+        learner = dict(config.learner)
+        if learner.get("head") in FAST_HEADS:  # (ANIL's `head` names a layer instead)
+            head = {}
+        elif learner.get("loss", "cross_entropy") == "mse":
+            head = {"num_classes": 1}
+        else:
+            head = {"num_classes": config.ways}
+        return cls(backbone_from_config(config.model, input_shape, **head), **learner)
+
+    @property
+    def fast_head(self) -> bool:
+        """Whether each task starts its own `[D, N]` head (head="prototypes" or "zeros")."""
+        return self.head_mode != "learned"
 
     # ------------------------------------------------------------------ hooks
     @property
     def adapted_indices(self):
-        """Indices into `params` of the parameters the inner loop adapts (all of them)."""
+        """Indices into `params` of the backbone parameters the inner loop adapts (all)."""
         return list(range(len(self.params)))
 
     def inner_update(self, params, grads, step):
@@ -74,7 +140,72 @@ class MAML(TaskLoopLearner):
         del step
         return weights.gradient_step(params, grads, self.inner_lr)
 
+    def loss_fn(self, labels, outputs):
+        """Cross-entropy over the last label axis, or the mean squared error over the points."""
+        if self.loss == "mse":
+            return mean_squared_error(labels, outputs)
+        return cross_entropy(labels, outputs)
+
+    def forward(self, params, state, inputs, training):
+        """Outputs of the backbone with fast weights; with a fast head, `params` ends with its
+        kernel `[D, N]` and bias `[N]`, applied to the backbone's features (`params` without
+        them: the features)."""
+        count = len(self.params)
+        if not self.fast_head or len(params) == count:
+            return super().forward(params, state, inputs, training)
+        features, new_state = super().forward(params[:count], state, inputs, training)
+        kernel, bias = params[count:]
+        return tf.matmul(features, kernel) + bias, new_state
+
+    def forward_at(self, params, state, inputs, training, step):
+        """The forward pass of fast weights after `step` inner steps (MAML: any step alike)."""
+        del step
+        return self.forward(params, state, inputs, training)
+
+    def initial_head(self, params, state, support_images, support_labels, training):
+        """A task's fast head `[kernel [D, N], bias [N]]`: `(2 c^T, -|c|^2)` from the class
+        prototypes `c [N, D]` of the support features, or zeros."""
+        features, _ = self.forward_at(params, state, support_images, training, 0)
+        ways = num_ways(support_labels)
+        if self.head_mode == "zeros":
+            return [tf.zeros([tf.shape(features)[-1], ways]), tf.zeros([ways])]
+        prototypes = class_means(features[None], support_labels[None], ways)[0]
+        return [2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), -1)]
+
     # -------------------------------------------------------------- the method
+    def adapt_trajectory(self, params, state, support_images, support_labels, steps,
+                         training=True, first_order=None):
+        """The inner loop, step by step: ([fast weights after 0, 1, ..., steps steps], state).
+
+        Args: as `adapt`. The state is the backbone's after the support passes (updated only
+        where a subclass's `forward_at` keeps running statistics).
+        """
+        if first_order is None:
+            first_order = self.first_order or not training
+        bn_training = self.bn_training(training)
+        params = list(params)
+        indices = self.adapted_indices
+        if self.fast_head:
+            params += self.initial_head(params, state, support_images, support_labels,
+                                        bn_training)
+            indices = indices + [len(params) - 2, len(params) - 1]
+        trajectory = [params]
+        for step in range(steps):
+            adapted = [params[i] for i in indices]
+            with tf.GradientTape() as tape:
+                tape.watch(adapted)
+                outputs, state = self.forward_at(params, state, support_images, bn_training,
+                                                 step)
+                loss = self.loss_fn(support_labels, outputs)
+            grads = tape.gradient(loss, adapted)
+            if first_order:
+                grads = [None if g is None else tf.stop_gradient(g) for g in grads]
+            params = list(params)
+            for i, value in zip(indices, self.inner_update(adapted, grads, step)):
+                params[i] = value
+            trajectory.append(params)
+        return trajectory, state
+
     def adapt(self, params, state, support_images, support_labels, steps, training=True,
               first_order=None):
         """Inner loop: the fast weights after `steps` gradient steps on the support set.
@@ -84,20 +215,58 @@ class MAML(TaskLoopLearner):
             setting while meta-training; always when not training, where nothing needs
             the second-order terms).
         """
-        if first_order is None:
-            first_order = self.first_order or not training
-        indices = self.adapted_indices
-        params = list(params)
-        bn_training = self.bn_training(training)
-        for step in range(steps):
-            adapted = [params[i] for i in indices]
-            with tf.GradientTape() as tape:
-                tape.watch(adapted)
-                outputs, _ = self.forward(params, state, support_images, bn_training)
-                loss = self.loss_fn(support_labels, outputs)
-            grads = tape.gradient(loss, adapted)
-            if first_order:
-                grads = [None if g is None else tf.stop_gradient(g) for g in grads]
-            for i, value in zip(indices, self.inner_update(adapted, grads, step)):
-                params[i] = value
-        return params
+        trajectory, _ = self.adapt_trajectory(params, state, support_images, support_labels,
+                                              steps, training, first_order)
+        return trajectory[-1]
+
+    def output_signature(self):
+        if self.fast_head:
+            return tf.TensorSpec([None, None], tf.float32)
+        return super().output_signature()
+
+    # ------------------------------------------------------- regression, serving
+    @property
+    def metrics(self):
+        return [self.loss_tracker] if self.loss == "mse" else super().metrics
+
+    def update_metrics(self, episodes, loss, logits):
+        if self.loss != "mse":
+            return super().update_metrics(episodes, loss, logits)
+        self.loss_tracker.update_state(loss, sample_weight=tf.shape(episodes["query_labels"])[0])
+        return {"loss": self.loss_tracker.result()}
+
+    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+                          worker: int = 0, workers: int = 1):
+        if self.loss != "mse":
+            return super().training_episodes(dataset, config, replicas, start_step, worker,
+                                             workers)
+        return maml_regression.training_episodes(dataset, config, replicas, start_step,
+                                                 worker, workers)
+
+    def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
+                  seed: int = 1234, ways: int | None = None, shots: int | None = None,
+                  log_dir: str | None = None, step: int = 0) -> dict:
+        """Classification: the base's accuracy. Regression: the query mean squared error after
+        1 and 10 inner steps with 95% intervals, beside the pretrained baseline's
+        (`tfmeta.algorithms.maml_regression.meta_test`)."""
+        if self.loss != "mse":
+            return super().meta_test(dataset, config, split, num_episodes, seed, ways, shots,
+                                     log_dir, step)
+        return maml_regression.meta_test(
+            self, dataset, config, num_episodes, seed, shots, log_dir, step,
+            baseline_learner=lambda model: MAML(model, inner_lr=self.inner_lr, loss="mse"))
+
+    def serving_module(self, dataset) -> tf.Module:
+        if self.loss != "mse":
+            return super().serving_module(dataset)
+        return maml_regression.RegressionServing(self, dataset)
+
+    def adapt_and_predict_regression(self, support_x, support_y, query_x):
+        """One unbatched regression task -> query predictions `[m, outputs]`."""
+        episodes = {"support_images": support_x[None], "support_labels": support_y[None],
+                    "query_images": query_x[None]}
+        return self.query_logits(episodes, training=False)[0]
+
+    @property
+    def max_ways(self):
+        return self.max_head_ways if self.fast_head else self.num_outputs

@@ -12,6 +12,9 @@ Everything but the inner step is MAML's (`tfmeta.algorithms.maml`): this module 
 overrides the `inner_update` hook. `alpha` is one trainable variable per adapted
 parameter, initialised to `inner_lr`, so the outer optimizer trains it. The gradient
 reaches `alpha` even with `first_order=True`, since `d fast / d alpha = -grad`.
+
+`learned_rates` makes such variables; MAML++'s per-layer, per-step rates (LSLR,
+`tfmeta.algorithms.maml_plusplus`) are the same with scalar shapes, one set per step.
 """
 
 from __future__ import annotations
@@ -20,6 +23,15 @@ import keras
 
 from tfmeta import weights
 from tfmeta.algorithms.maml import MAML
+
+
+def learned_rates(layer, shapes, value: float, name: str) -> list:
+    """Trainable learning rates of `layer`, one variable per shape, each initialised to
+    `value`: `shapes` of the parameters for Meta-SGD's per-coordinate rates, `()` for
+    per-tensor scalars (MAML++)."""
+    return [layer.add_weight(shape=tuple(shape), initializer=keras.initializers.Constant(value),
+                             trainable=True, name=f"{name}_{i}")
+            for i, shape in enumerate(shapes)]
 
 
 class MetaSGD(MAML):
@@ -35,11 +47,12 @@ class MetaSGD(MAML):
 
     def __init__(self, model: keras.Model, inner_lr: float = 0.4, **kwargs):
         super().__init__(model, inner_lr=inner_lr, **kwargs)
-        self.alpha = [
-            self.add_weight(shape=tuple(self.params[i].shape),
-                            initializer=keras.initializers.Constant(self.inner_lr),
-                            trainable=True, name=f"alpha_{i}")
-            for i in self.adapted_indices]
+        if self.fast_head:
+            raise ValueError(f"Meta-SGD learns a rate per coordinate of fixed-shape parameters; "
+                             f"head={self.head_mode!r} makes a head of N ways per task. Use "
+                             "head='learned'.")
+        self.alpha = learned_rates(self, [self.params[i].shape for i in self.adapted_indices],
+                                   self.inner_lr, "alpha")
 
     def inner_update(self, params, grads, step):
         """`params - alpha * grads`, elementwise, with one learned `alpha` per parameter."""

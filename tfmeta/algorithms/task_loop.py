@@ -76,6 +76,12 @@ class TaskLoopLearner(MetaLearner):
         """The variables the task loop differentiates: the backbone's trainable ones."""
         return self.model.trainable_variables
 
+    @property
+    def loop_state_variables(self):
+        """The variables the task loop threads as `state` (the backbone's non-trainable ones,
+        batch-norm moving averages; MAML++ keeps one copy per inner step)."""
+        return self.model.non_trainable_variables
+
     def adapt(self, params, state, support_images, support_labels, steps, training=True):
         """The inner loop: fast weights (one tensor per `params`) after `steps` steps.
 
@@ -116,7 +122,7 @@ class TaskLoopLearner(MetaLearner):
 
     def query_logits(self, episodes, training=False):
         params = weights.values(self.params)
-        state = weights.values(self.model.non_trainable_variables)
+        state = weights.values(self.loop_state_variables)
         keys = [k for k in ("support_images", "support_labels", "query_images") if k in episodes]
 
         def one_task(task):
@@ -131,7 +137,7 @@ class TaskLoopLearner(MetaLearner):
         """The mean over tasks of `task_meta_loss` (one tape over the whole meta-batch; the
         training path is `compute_meta_gradients`, which takes one task at a time)."""
         params = weights.values(self.params)
-        state = weights.values(self.model.non_trainable_variables)
+        state = weights.values(self.loop_state_variables)
         keys = list(self.batch_keys)
 
         def one_task(task):
@@ -154,7 +160,7 @@ class TaskLoopLearner(MetaLearner):
         variables = self.trainable_variables
         batch = tf.shape(episodes[self.batch_keys[1]])[0]
         global_batch = tf.cast(batch, tf.float32)
-        state = weights.values(self.model.non_trainable_variables)
+        state = weights.values(self.loop_state_variables)
         logits_array = tf.TensorArray(tf.float32, size=batch,
                                       element_shape=self.output_signature().shape)
 
@@ -165,8 +171,11 @@ class TaskLoopLearner(MetaLearner):
                 loss, logits, new_state = self.task_meta_loss(params, state, task)
                 loss = loss + self.regularization_loss() / global_batch
                 scaled = self.optimizer.scale_loss(replica_mean(loss) / global_batch)
-            grads = tape.gradient(scaled, variables,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = tape.gradient(scaled, variables)
+            # Zeros for unconnected variables (e.g. per-step copies a first-order pass does
+            # not reach), made here: the tape's ZERO option fails on Keras variables eagerly.
+            grads = [tf.zeros(v.shape, tf.float32) if g is None else g
+                     for g, v in zip(grads, variables)]
             state = new_state if self.batch_norm == "running_stats" else state
             return (i + 1, weights.add(grads_sum, grads), loss_sum + loss, state,
                     logits_array.write(i, logits))
@@ -177,7 +186,7 @@ class TaskLoopLearner(MetaLearner):
              logits_array),
             parallel_iterations=self.parallel_tasks)
         if self.batch_norm == "running_stats":
-            weights.assign(self.model.non_trainable_variables, state)
+            weights.assign(self.loop_state_variables, state)
         return self._transformed(grads), loss_sum / global_batch, logits_array.stack()
 
     @property

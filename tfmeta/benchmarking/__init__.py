@@ -11,10 +11,13 @@ import importlib
 
 BENCHMARK_MODULES = [
     "tfmeta.benchmarking.maml",
+    "tfmeta.benchmarking.maml_family",
     "tfmeta.benchmarking.model_based",
     "tfmeta.benchmarking.leo",
     "tfmeta.benchmarking.reptile",
     "tfmeta.benchmarking.metric",
+    "tfmeta.benchmarking.images",
+    "tfmeta.benchmarking.distributed",
 ]
 
 

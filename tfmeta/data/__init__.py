@@ -17,9 +17,13 @@ from tfmeta.data.episodes import ClassImages, episode_dataset
 DATASETS = {
     "omniglot": "tfmeta.data.omniglot",
     "mnist": "tfmeta.data.mnist",  # mnist.npz (x_train, y_train, x_test, y_test)
-    "mini_imagenet": "tfmeta.data.leo_embeddings:load_mini_imagenet",  # LEO's released embeddings
-    "tiered_imagenet": "tfmeta.data.leo_embeddings:load_tiered_imagenet",  # LEO's released embeddings
+    "mini_imagenet": "tfmeta.data.mini_imagenet",  # images (CSV or pickle cache) or LEO embeddings
+    "tiered_imagenet": "tfmeta.data.tiered_imagenet",  # Ren et al.'s PNG pickles or LEO embeddings
+    "cifar_fs": "tfmeta.data.cifar:load_cifar_fs",  # cifar-100-python, Bertinetto et al. split
+    "fc100": "tfmeta.data.cifar:load_fc100",  # cifar-100-python, Oreshkin et al. split
     "embeddings": "tfmeta.data.leo_embeddings",  # any folder in the LEO layout
+    "navigation_2d": "tfmeta.rl.navigation",  # simulated 2D navigation goals (MAML-RL)
+    "sinusoid": "tfmeta.data.sinusoid",  # MAML's regression tasks, generated
 }
 
 
@@ -45,15 +49,19 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
     return loader(data_dir, **options)
 
 
-# name -> what its examples are ("images" or "embeddings"), or "module:function" of an
+# name -> what its examples are ("images", "embeddings", "regression", "environment"), or "module:function" of an
 # `input_kind(**options)` when the dataset's options decide. Known without reading files,
 # so a learner and a dataset that do not fit are refused before anything is built.
 INPUT_KINDS = {
     "omniglot": "images",
     "mnist": "images",
-    "mini_imagenet": "embeddings",
-    "tiered_imagenet": "embeddings",
+    "mini_imagenet": "tfmeta.data.mini_imagenet:input_kind",
+    "tiered_imagenet": "tfmeta.data.tiered_imagenet:input_kind",
+    "cifar_fs": "images",
+    "fc100": "images",
     "embeddings": "embeddings",
+    "navigation_2d": "environment",
+    "sinusoid": "regression",
 }
 
 

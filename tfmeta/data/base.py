@@ -139,3 +139,64 @@ def download_file(url: str, destination: str, md5: str | None = None) -> str:
                       "has changed upstream. Try again, or fetch it by hand.")
     os.replace(partial, destination)
     return destination
+
+
+def safe_member_path(target: str, name: str, archive: str = "the archive") -> str:
+    """Where archive member `name` goes under `target`; a ValueError if it would land
+    outside it (an absolute path, a drive, or a `..` component)."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or os.path.splitdrive(name)[0] or ".." in parts:
+        raise ValueError(f"{archive} holds the member {name!r}, which would be written outside "
+                         f"{target}; refusing to unpack it. Get the file again from its "
+                         "official source.")
+    root = os.path.realpath(target)
+    path = os.path.realpath(os.path.join(root, *[p for p in parts if p not in ("", ".")]))
+    if os.path.commonpath([root, path]) != root:
+        raise ValueError(f"{archive} member {name!r} resolves to {path}, outside {target}; "
+                         "refusing to unpack it.")
+    return path
+
+
+def extract_archive(archive: str, target: str, strip_prefix: str = "") -> list:
+    """Unpacks a zip or tar(.gz) `archive` into `target`, refusing any member that would land
+    outside it and, in tars, links and special files. `strip_prefix` (e.g. "embeddings/")
+    is removed from member names that start with it. Returns the files written."""
+    import tarfile
+    import zipfile
+
+    def destination(name):
+        if strip_prefix and name.startswith(strip_prefix):
+            name = name[len(strip_prefix):]
+        return safe_member_path(target, name, archive) if name.strip("/") else None
+
+    written = []
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            members = [(info, destination(info.filename)) for info in z.infolist()]
+            for info, path in members:  # every name is checked before anything is written
+                if path is None or info.is_dir():
+                    continue
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with z.open(info) as source, open(path, "wb") as out:
+                    shutil.copyfileobj(source, out)
+                written.append(path)
+        return written
+    try:
+        tar = tarfile.open(archive)
+    except tarfile.TarError as error:
+        raise ValueError(f"{archive} is neither a zip nor a tar archive ({error}); delete it "
+                         "and download it again.") from None
+    with tar:
+        members = [(m, destination(m.name)) for m in tar.getmembers()]
+        for member, _ in members:
+            if not (member.isfile() or member.isdir()):
+                raise ValueError(f"{archive} holds {member.name!r}, a link or special file; "
+                                 "refusing to unpack it. Get the file from its official source.")
+        for member, path in members:
+            if path is None or member.isdir():
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with tar.extractfile(member) as source, open(path, "wb") as out:
+                shutil.copyfileobj(source, out)
+            written.append(path)
+    return written

@@ -26,17 +26,26 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import tensorflow as tf
 
 from tfmeta.data import safe_pickle
-from tfmeta.data.base import FewShotDataset
+from tfmeta.data.base import FewShotDataset, download_file, extract_archive
 from tfmeta.data.episodes import ClassImages
 
 PUBLISHED = {"miniImageNet": ("center", "multiview"), "tieredImageNet": ("center",)}
 RELEASE_URL = "http://storage.googleapis.com/leo-embeddings/embeddings.zip"
+# The release unpacks to embeddings/<Name>/<crop>/...; --data_dir is that embeddings/.
+RELEASE_PREFIX = "embeddings/"
 SPLITS = ("train", "val", "test")
+
+
+def crop_option(embeddings: str | None) -> str | None:
+    """The crop an image dataset's `embeddings` option asks for; None (images) for None or
+    the text "none" (`--set=data.embeddings=None` over a config's "center" gives the text)."""
+    return None if embeddings is None or str(embeddings).lower() in ("", "none") else embeddings
 
 
 def l2_normalize(embeddings):
@@ -167,26 +176,53 @@ def load_folder(data_dir: str, name: str, crop: str = "center", train_on_val: bo
                           source_files=files)
 
 
+def release_members() -> list:
+    """The files of LEO's release, relative to its `embeddings/` folder."""
+    return [f"{name}/{crop}/{split}_embeddings.pkl" for name, crops in PUBLISHED.items()
+            for crop in crops for split in SPLITS]
+
+
+def download_release(data_dir: str, url: str | None = None) -> list:
+    """Downloads LEO's embeddings.zip into `data_dir`, checks that it is a zip holding every
+    file of the release, and unpacks it there (`data_dir/<Name>/<crop>/*.pkl`). No checksum
+    is published. Returns the files written; nothing is fetched if they are all there."""
+    if not data_dir:
+        raise ValueError("--download needs --data_dir: the folder to put LEO's embeddings in.")
+    url = url or RELEASE_URL
+    if all(os.path.isfile(os.path.join(data_dir, m)) for m in release_members()):
+        return []
+    archive = os.path.join(data_dir, "embeddings.zip")
+    if not os.path.isfile(archive):
+        download_file(url, archive)
+    try:
+        with zipfile.ZipFile(archive) as z:
+            names = {n[len(RELEASE_PREFIX):] if n.startswith(RELEASE_PREFIX) else n
+                     for n in z.namelist()}
+            broken = z.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        os.remove(archive)
+        raise ValueError(f"{archive} (from {url}) is not a readable zip ({error}); it was "
+                         "deleted: try --download again.") from None
+    missing = [m for m in release_members() if m not in names]
+    if missing or broken:
+        os.remove(archive)
+        what = f"lacks {missing}" if missing else f"has a corrupt member {broken}"
+        raise ValueError(f"{archive} (from {url}) {what}, so it is not LEO's release; it was "
+                         "deleted: try --download again.")
+    return extract_archive(archive, data_dir, strip_prefix=RELEASE_PREFIX)
+
+
 def load_published(name: str, data_dir: str | None = None, embeddings: str = "center",
-                   train_on_val: bool = False) -> FewShotDataset:
-    """The released LEO embeddings of `name` (`miniImageNet` or `tieredImageNet`)."""
+                   train_on_val: bool = False, download_missing: bool = False) -> FewShotDataset:
+    """The released LEO embeddings of `name` (`miniImageNet` or `tieredImageNet`); with
+    `download_missing`, LEO's release is fetched into `data_dir` first if absent."""
     if embeddings not in PUBLISHED[name]:
         raise ValueError(f"embeddings={embeddings!r} is not available for {name}; the LEO "
                          f"release has {list(PUBLISHED[name])} for it.")
+    if download_missing:
+        download_release(data_dir)
     registry = {"miniImageNet": "mini_imagenet", "tieredImageNet": "tiered_imagenet"}[name]
     return load_folder(data_dir, name, embeddings, train_on_val, dataset_name=registry)
-
-
-def load_mini_imagenet(data_dir: str | None = None, embeddings: str = "center",
-                       train_on_val: bool = False) -> FewShotDataset:
-    """`--dataset=mini_imagenet`: the released miniImageNet embeddings."""
-    return load_published("miniImageNet", data_dir, embeddings, train_on_val)
-
-
-def load_tiered_imagenet(data_dir: str | None = None, embeddings: str = "center",
-                         train_on_val: bool = False) -> FewShotDataset:
-    """`--dataset=tiered_imagenet`: the released tieredImageNet embeddings."""
-    return load_published("tieredImageNet", data_dir, embeddings, train_on_val)
 
 
 def find_embedding_folders(data_dir: str, crop: str = "center") -> list:

@@ -7,16 +7,22 @@
 from __future__ import annotations
 
 from tfmeta.models.conv4 import conv4
+from tfmeta.models.mlp import mlp
 from tfmeta.models.relation_net import relation_embedding
+from tfmeta.models.resnet12 import resnet12
 from tfmeta.models.resnet_gan import resnet_gan
 from tfmeta.models.siamese_net import siamese_twin
+from tfmeta.models.wrn import wrn28_10
 
 NO_BACKBONE = "none"
 BACKBONES = {
     "conv4": conv4,
+    "mlp": mlp,  # MAML's sinusoid regressor
     "relation_embedding": relation_embedding,
     "siamese_twin": siamese_twin,
     "resnet_gan": resnet_gan,  # a (generator, critic) pair
+    "resnet12": resnet12,
+    "wrn28_10": wrn28_10,
 }
 
 

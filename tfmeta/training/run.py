@@ -8,6 +8,8 @@ Workdir layout:
     eval.json            the newest bin/evaluate.py result
     export/              the SavedModel
     .lock                held (an OS file lock) while a trainer runs in the workdir
+    workertemp_<task>/   a non-chief worker's own lock, checkpoints and logs under
+                         --strategy=multi_worker, deleted when it finishes
 """
 
 from __future__ import annotations
@@ -134,9 +136,27 @@ def copy_backbone_weights(source, target, where: str = "the source run") -> list
 
 
 # ----------------------------------------------------------------------- checkpoints
+def untracked_variables(learner) -> dict:
+    """The learner's variables that `tf.train.Checkpoint(learner=...)` would miss, by path:
+    Keras 3 tracks variables a layer keeps in a list attribute (Meta-SGD's `alpha`, MAML++'s
+    per-step copies) for training but not as checkpoint dependencies."""
+    reached = {id(o) for o in tf.train.TrackableView(learner).descendants()}
+    missing = {}
+    for v in learner.variables:
+        if id(v) in reached or id(getattr(v, "value", None)) in reached:
+            continue
+        key = v.path
+        while key in missing:
+            key += "_"
+        missing[key] = v
+    return missing
+
+
 def checkpoint_manager(learner, directory, max_to_keep=3):
-    """A CheckpointManager of the learner and its optimizer in `directory`."""
-    checkpoint = tf.train.Checkpoint(learner=learner, optimizer=learner.optimizer)
+    """A CheckpointManager of the learner (every variable: see `untracked_variables`) and
+    its optimizer in `directory`."""
+    checkpoint = tf.train.Checkpoint(learner=learner, optimizer=learner.optimizer,
+                                     variables=untracked_variables(learner))
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
                                       checkpoint_name="ckpt")
 

@@ -13,12 +13,15 @@ What the trainer asks of a learner is its hooks (`training_episodes`, then Keras
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
 
 import keras
+import tensorflow as tf
 
 from tfmeta.config import save_config, validate_config
 from tfmeta.data import load_dataset
@@ -36,7 +39,12 @@ from tfmeta.training.run import (
     remove_partial_checkpoints,
     restore_latest,
 )
-from tfmeta.training.strategy import make_strategy
+from tfmeta.training.strategy import (
+    SHUTDOWN_BARRIER_MS,
+    distribute_episodes,
+    make_strategy,
+    worker_role,
+)
 
 # Changing these in a workdir that already holds a run would mix two experiments.
 IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "data_source")
@@ -68,24 +76,55 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
     """Meta-trains `config` in `workdir`, resuming from its last checkpoint, and with
     `export` writes the SavedModel of the newest checkpoint to `<workdir>/export`.
 
+    Under `strategy="multi_worker"` every worker of the cluster (`TF_CONFIG`) runs this
+    with the same config and workdir; only the chief writes the run's files and holds the
+    workdir's lock; another worker writes into `<workdir>/workertemp_<task>` (its lock,
+    checkpoints and logs, as TF's multi-worker guide asks) and deletes it at the end.
+    Resuming needs every worker to read the chief's checkpoints: a shared workdir.
+
     Returns the trained learner. Raises ValueError for a config outside its ranges (before
-    anything is built), `WorkdirLocked` if another trainer holds the workdir, and
-    FloatingPointError on a non-finite loss, after which the newest checkpoint is the
-    last good one.
+    anything is built) or a missing or malformed TF_CONFIG, `WorkdirLocked` if another
+    trainer holds the workdir, and FloatingPointError on a non-finite loss, after which
+    the newest checkpoint is the last good one.
     """
     validate_config(config)
-    with WorkdirLock(workdir):
-        learner = _train(config, workdir, data_dir, strategy, verbose, download)
-        if export:
+    role = worker_role("multi_worker" if _is_multi_worker(strategy) else config.strategy)
+    # Before anything else runs TensorFlow ops: the multi-worker strategy configures the
+    # collective ops of this process's runtime, which is fixed once it starts.
+    strategy = strategy or make_strategy(config.strategy)
+    scratch = workdir if role.is_chief else os.path.join(workdir, f"workertemp_{role.task}")
+    with WorkdirLock(scratch):
+        try:
+            learner = _train(config, workdir, scratch, role, data_dir, strategy, verbose,
+                             download)
+        finally:
+            if not role.is_chief:
+                shutil.rmtree(os.path.join(scratch, CHECKPOINTS), ignore_errors=True)
+                shutil.rmtree(os.path.join(scratch, LOGS), ignore_errors=True)
+        if export and role.is_chief:
             logging.info("Exported to %s", export_workdir(workdir, data_dir))
-        return learner
+    if not role.is_chief:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if role.count > 1:
+        wait_for_all_workers("tfmeta_train_end")
+    return learner
 
 
-def _train(config, workdir, data_dir, strategy, verbose, download):
-    removed = remove_partial_checkpoints(workdir)
-    if removed:
-        logging.info("Removed %d partial checkpoint(s) left by a killed save: %s",
-                     len(removed), removed)
+def wait_for_all_workers(name: str) -> None:
+    """Returns once every worker has called this with `name` (or raises after the
+    coordination service's shutdown timeout): the workers leave `train` together, after the
+    chief's export, so none exits while another still needs the cluster."""
+    from tensorflow.python.eager import context  # no public API for a barrier
+
+    context.context().wait_at_barrier(name, SHUTDOWN_BARRIER_MS)
+
+
+def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download):
+    if role.is_chief:
+        removed = remove_partial_checkpoints(workdir)
+        if removed:
+            logging.info("Removed %d partial checkpoint(s) left by a killed save: %s",
+                         len(removed), removed)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -94,7 +133,6 @@ def _train(config, workdir, data_dir, strategy, verbose, download):
     logging.info("%s", dataset.description)
     config.data_source.update(data_source(dataset))
     _check_workdir_config(config, workdir)
-    strategy = strategy or make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.meta_batch_size % replicas:
         raise ValueError(f"meta_batch_size={config.meta_batch_size} does not split over "
@@ -103,10 +141,14 @@ def _train(config, workdir, data_dir, strategy, verbose, download):
     fresh = not has_checkpoint(workdir)
     learner = build_compiled_learner(config, dataset.input_shape, strategy,
                                      init_from=config.model.get("init_from") if fresh else None)
-    manager = checkpoint_manager(learner, os.path.join(workdir, CHECKPOINTS),
+    # Every worker saves (TF's multi-worker guide); only the chief's checkpoints are kept.
+    manager = checkpoint_manager(learner, os.path.join(scratch, CHECKPOINTS),
                                  config.keep_checkpoints)
     step = restore_latest(learner, workdir)
-    save_config(config, os.path.join(workdir, CONFIG_FILE))
+    if role.count > 1:
+        _check_same_step(strategy, step, workdir)
+    if role.is_chief:
+        save_config(config, os.path.join(workdir, CONFIG_FILE))
     if step >= config.num_steps:
         logging.info("%s already trained for %d >= %d steps.", workdir, step, config.num_steps)
         return learner
@@ -116,21 +158,21 @@ def _train(config, workdir, data_dir, strategy, verbose, download):
             # The checkpoint restored the old learning rate; the config's is the one asked
             # for. (A schedule is a function of the restored step count.)
             learner.optimizer.learning_rate = config.optimizer.learning_rate
-    train_episodes, val_episodes = learner.training_episodes(dataset, config, replicas,
-                                                             start_step=step)
+    train_episodes, val_episodes = _episodes(learner, dataset, config, strategy, step)
 
     steps_per_epoch = min(config.log_every, config.num_steps)
     guard = CheckpointAndNaNGuard(manager, config.checkpoint_every, config.num_steps)
     callbacks = [
         guard,
         StepsPerSecond(),
-        keras.callbacks.TensorBoard(os.path.join(workdir, LOGS), update_freq="epoch"),
+        keras.callbacks.TensorBoard(os.path.join(scratch, LOGS), update_freq="epoch"),
     ]
     try:
-        learner.fit(train_episodes, epochs=math.ceil(config.num_steps / steps_per_epoch),
-                    initial_epoch=step // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                    validation_data=val_episodes, callbacks=callbacks, verbose=verbose,
-                    shuffle=False)
+        with fit_scope(learner, strategy):
+            learner.fit(train_episodes, epochs=math.ceil(config.num_steps / steps_per_epoch),
+                        initial_epoch=step // steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                        validation_data=val_episodes, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)
     except KeyboardInterrupt:
         guard.save()  # a checkpoint at exit, so rerunning resumes here
         raise
@@ -144,6 +186,79 @@ def _train(config, workdir, data_dir, strategy, verbose, download):
             f"{where} Lower optimizer.learning_rate or the inner learning rate, or set "
             "optimizer.clipnorm.")
     return learner
+
+
+def _episodes(learner, dataset, config, strategy, step):
+    """(train, validation) meta-batches for `fit`. On one machine, the learner's datasets as
+    they are (Keras splits each meta-batch over the local replicas); over a cluster, each
+    worker samples only its share of every meta-batch (`training_episodes(worker=...)`),
+    split again over its own replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if not _is_multi_worker(strategy):
+        return learner.training_episodes(dataset, config, replicas, start_step=step)
+    validation = learner.training_episodes(dataset, config, replicas, step)[1]
+    validation_size = tf.nest.flatten(validation.element_spec)[0].shape[0]
+
+    def train_share(worker, workers):
+        return learner.training_episodes(dataset, config, replicas, step, worker, workers)[0]
+
+    def validation_share(worker, workers):  # episodes each worker scores: its slice
+        return validation.rebatch(validation_size // workers).shard(workers, worker)
+
+    return (distribute_episodes(strategy, train_share, config.meta_batch_size),
+            distribute_episodes(strategy, validation_share, validation_size))
+
+
+@contextlib.contextmanager
+def fit_scope(learner, strategy):
+    """Where `fit` runs. Keras 3's TF trainer has two steps that fail under a
+    MultiWorkerMirroredStrategy of several workers, both worked around here:
+
+    - to build an unbuilt model it reduces the first meta-batch across workers
+      (`_maybe_symbolic_build`), which fails for a dict of per-replica tensors; the learner
+      is built already (`build_compiled_learner`), so `fit` runs in the strategy's scope
+      with the strategy taken from the scope, which skips that build;
+    - it averages each replica's logs with `strategy.reduce(MEAN, logs, axis=0)`, which
+      fails for scalars; so the learner's steps return each log as a vector of one value,
+      which that reduce turns into the mean over all replicas of all workers.
+    """
+    if not _is_multi_worker(strategy):
+        yield
+        return
+    recorded = learner._distribute_strategy
+    learner._distribute_strategy = None
+    learner.train_step = _vector_logs(learner.train_step)
+    learner.test_step = _vector_logs(learner.test_step)
+    try:
+        with strategy.scope():
+            yield
+    finally:
+        learner._distribute_strategy = recorded
+        del learner.train_step, learner.test_step  # the class's methods again
+
+
+def _vector_logs(step):
+    def step_with_vector_logs(data):
+        return {name: tf.reshape(value, [1]) if value.shape.rank == 0 else value
+                for name, value in step(data).items()}
+
+    return step_with_vector_logs
+
+
+def _is_multi_worker(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _check_same_step(strategy, step, workdir):
+    """Raises a ValueError unless every worker restored the same step (they all read the
+    chief's checkpoints, so the workdir must be storage every worker sees)."""
+    steps = strategy.gather(strategy.run(lambda: tf.constant([step], tf.int64)), axis=0)
+    steps = sorted(set(int(s) for s in steps.numpy()))
+    if len(steps) > 1:
+        raise ValueError(
+            f"The workers restored different steps {steps} from {workdir}/{CHECKPOINTS}; "
+            "every worker must see the chief's checkpoints: put --workdir on storage all "
+            "machines share (NFS, GCS), or start every worker from an empty workdir.")
 
 
 def _checkpoint_step(manager):

@@ -1,0 +1,218 @@
+"""Training across processes with `--strategy=multi_worker` (MultiWorkerMirroredStrategy).
+
+A real two-worker cluster on localhost: two processes, each with its own `TF_CONFIG` and
+one CPU device, running the trainer's `fit` path. Worker w samples its half of every
+meta-batch (`episode_numbers`), the gradients are all-reduced, so the cluster must end
+with the weights a single process trains with the same global meta-batch. A worker
+killed with SIGKILL mid-run leaves the chief's last checkpoint; rerunning both resumes
+from it and finishes, and the finished run again equals the single-process one.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+OVERRIDES = ["model.filters=8", "meta_batch_size=4", "queries=1", "val_episodes=4",
+             "eval_meta_batch_size=4", "data.image_size=14", "model.downsample='strided'",
+             "log_every=2",
+             "checkpoint_every=2", "keep_checkpoints=20"]
+
+WORKER = textwrap.dedent("""
+    import logging, os, sys
+    sys.path.insert(0, {root!r})
+    logging.basicConfig(level=logging.INFO)
+    from tfmeta import config as config_lib
+    from tfmeta.training import trainer
+
+    config = config_lib.apply_overrides(config_lib.get_config("maml", "omniglot"),
+                                        {overrides!r})
+    trainer.train(config, {workdir!r}, verbose=2)
+    print("WORKER DONE", flush=True)
+    # TF's teardown of a cluster at interpreter exit can wait on a peer that is already
+    # gone (a race between the workers' exits, after training); the run is complete here.
+    os._exit(0)
+""")
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_cluster(workdir, overrides, log_dir):
+    """Starts two workers (worker 0 is the chief) training `overrides` in `workdir`."""
+    addresses = [f"localhost:{port}" for port in free_ports(2)]
+    script = WORKER.format(root=ROOT, overrides=overrides, workdir=str(workdir))
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2",
+                   CUDA_VISIBLE_DEVICES="")
+        log = open(os.path.join(log_dir, f"worker{index}-{time.monotonic_ns()}.log"), "w+")
+        workers.append((subprocess.Popen([sys.executable, "-c", script], stdout=log,
+                                         stderr=subprocess.STDOUT, env=env), log))
+    return workers
+
+
+def finish(workers, timeout=150):
+    """Waits for every worker; returns their logs; fails with the logs if one failed."""
+    deadline = time.monotonic() + timeout
+    logs = []
+    for process, log in workers:
+        try:
+            process.wait(max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for other, _ in workers:
+                other.kill()
+        log.seek(0)
+        logs.append(log.read())
+        log.close()
+    for (process, _), text in zip(workers, logs):
+        assert process.returncode == 0 and "WORKER DONE" in text, text[-4000:]
+    return logs
+
+
+def checkpoint_values(path):
+    """Every variable of a checkpoint (the learner's weights, the optimizer's slots and
+    step), by name; not the checkpoint's own count of saves, which a resumed run restarts."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if "OBJECT_GRAPH" not in name and not name.startswith("save_counter")}
+
+
+def assert_same_checkpoint(workdir, reference, step):
+    actual = checkpoint_values(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
+    expected = checkpoint_values(os.path.join(reference, "checkpoints", f"ckpt-{step}"))
+    assert sorted(actual) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def latest_step(state_file):
+    """The step of the newest checkpoint a CheckpointManager's state file names, or None."""
+    try:
+        text = open(state_file).read()
+    except FileNotFoundError:
+        return None
+    return int(text.split('"')[1].rsplit("-", 1)[1]) if '"' in text else None
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    """The reference: the same config trained for 4 steps in one process, no strategy."""
+    from tfmeta import config as config_lib
+    from tfmeta.training import trainer
+
+    workdir = tmp_path_factory.mktemp("single")
+    config = config_lib.apply_overrides(config_lib.get_config("maml", "omniglot"),
+                                        OVERRIDES + ["num_steps=4"])
+    learner = trainer.train(config, str(workdir), verbose=0)
+    assert int(learner.optimizer.iterations.numpy()) == 4
+    return str(workdir)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_workers_train_like_one_process(single_process, tmp_path):
+    workdir = tmp_path / "cluster"
+    logs = finish(start_cluster(workdir, OVERRIDES + ["num_steps=4", "strategy='multi_worker'"],
+                                tmp_path))
+    assert_same_checkpoint(str(workdir), single_process, 4)
+    # Only the chief wrote the run: no worker's temporary folder is left.
+    assert sorted(os.listdir(workdir)) == [".lock", "checkpoints", "config.json", "logs"], logs
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_cluster_resumes_after_a_worker_is_killed(single_process, tmp_path):
+    workdir = tmp_path / "cluster"
+    overrides = OVERRIDES + ["num_steps=4", "strategy='multi_worker'"]
+    workers = start_cluster(workdir, overrides, tmp_path)
+    state = os.path.join(workdir, "checkpoints", "checkpoint")  # written after the files
+    deadline = time.monotonic() + 120
+    while latest_step(state) is None and time.monotonic() < deadline:
+        assert all(p.poll() is None for p, _ in workers), "a worker exited before step 2"
+        time.sleep(0.2)
+    assert latest_step(state), "no checkpoint within 120 s"
+    workers[1][0].send_signal(signal.SIGKILL)
+    workers[0][0].kill()  # the chief would wait for its peer until its heartbeat times out
+    for process, log in workers:
+        process.wait()
+        log.close()
+    killed_at = latest_step(state)
+    assert 2 <= killed_at < 4, killed_at
+
+    logs = finish(start_cluster(workdir, overrides, tmp_path))
+    assert f"Resuming {workdir} from step {killed_at}" in logs[0], logs[0][-4000:]
+    assert_same_checkpoint(str(workdir), single_process, 4)
+
+
+# ------------------------------------------------------------------ without a cluster
+TWO_WORKERS = {"cluster": {"worker": ["host1:2222", "host2:2222"]},
+               "task": {"type": "worker", "index": 1}}
+
+
+def test_worker_role_from_tf_config():
+    from tfmeta.training.strategy import SINGLE_PROCESS, WorkerRole, worker_role
+
+    assert worker_role("mirrored", {}) is SINGLE_PROCESS
+    assert worker_role("multi_worker", {"TF_CONFIG": json.dumps(TWO_WORKERS)}) == WorkerRole(
+        index=1, count=2, task="worker_1", is_chief=False)
+    # With a chief task in the cluster, the chief is worker 0 and the workers follow it.
+    with_chief = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+                  "task": {"type": "worker", "index": 0}}
+    assert worker_role("multi_worker", {"TF_CONFIG": json.dumps(with_chief)}) == WorkerRole(
+        index=1, count=3, task="worker_0", is_chief=False)
+    with_chief["task"] = {"type": "chief", "index": 0}
+    assert worker_role("multi_worker", {"TF_CONFIG": json.dumps(with_chief)}).is_chief
+
+
+@pytest.mark.parametrize("tf_config, problem", [
+    (None, "it is not set"),
+    ("{cluster: }", "it is not JSON"),
+    (json.dumps({"cluster": {"worker": ["host1:2222"]}}), "needs a 'cluster' and a 'task'"),
+    (json.dumps({"cluster": {"worker": ["host1"]}, "task": {"type": "worker", "index": 0}}),
+     "'host:port'"),
+    (json.dumps(dict(TWO_WORKERS, task={"type": "worker", "index": 2})), "is not a member"),
+])
+def test_bad_tf_config_is_one_line_with_an_example(tf_config, problem):
+    from tfmeta.training.strategy import make_strategy, worker_role
+
+    environ = {} if tf_config is None else {"TF_CONFIG": tf_config}
+    with pytest.raises(ValueError, match=problem) as error:
+        worker_role("multi_worker", environ)
+    message = str(error.value)
+    assert "\n" not in message and '"task": {"type": "worker", "index": 0}' in message
+    if tf_config is None:  # make_strategy checks before TensorFlow would start a server
+        old = os.environ.pop("TF_CONFIG", None)
+        try:
+            with pytest.raises(ValueError, match="it is not set"):
+                make_strategy("multi_worker")
+        finally:
+            if old is not None:
+                os.environ["TF_CONFIG"] = old
+
+
+def test_tpu_strategy_without_a_tpu_says_what_to_do(monkeypatch):
+    from tfmeta.training.strategy import make_strategy
+
+    monkeypatch.setenv("TPU_NAME", "local")
+    with pytest.raises(ValueError, match="found no TPU at TPU_NAME='local'.*--strategy=mirrored"):
+        make_strategy("tpu")

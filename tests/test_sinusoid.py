@@ -1,0 +1,117 @@
+"""Sinusoid regression (MAML paper, section 5.1): tasks drawn in the graph as a pure
+function of (seed, step), the MLP, the config's input-kind check, and MAML end to end:
+trained, meta-tested against the pretrained baseline, exported and served."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmeta import config as config_lib
+from tfmeta.algorithms import MAML, maml_regression
+from tfmeta.data import input_kind, load_dataset
+from tfmeta.models import mlp
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return load_dataset("sinusoid")
+
+
+def test_episodes_follow_the_paper_and_are_a_function_of_seed_and_step(tasks):
+    stream = list(tasks.episodes(10, 5, 4, seed=3, with_parameters=True).take(3))
+    batch = stream[0]
+    assert batch["support_images"].shape == (4, 10, 1)
+    assert batch["query_labels"].shape == (4, 5, 1)
+    amplitude, phase = batch["amplitude"].numpy(), batch["phase"].numpy()
+    assert np.all((amplitude >= 0.1) & (amplitude <= 5.0))
+    assert np.all((phase >= 0) & (phase <= np.pi))
+    x = np.concatenate([batch["support_images"], batch["query_images"]], 1)
+    y = np.concatenate([batch["support_labels"], batch["query_labels"]], 1)
+    assert np.all(np.abs(x) <= 5.0)
+    np.testing.assert_allclose(y, amplitude[:, None, None] * np.sin(x - phase[:, None, None]),
+                               rtol=1e-5, atol=1e-5)
+    # The same seed gives the same stream; a stream resumed at step 2 is its third batch.
+    again = next(iter(tasks.episodes(10, 5, 4, seed=3)))
+    np.testing.assert_array_equal(again["support_images"], batch["support_images"])
+    resumed = next(iter(tasks.episodes(10, 5, 4, seed=3, start_step=2)))
+    np.testing.assert_array_equal(resumed["query_labels"], stream[2]["query_labels"])
+    other = next(iter(tasks.episodes(10, 5, 4, seed=4)))
+    assert not np.allclose(other["support_images"], batch["support_images"])
+
+
+def test_dataset_interface_and_errors(tasks):
+    assert (tasks.input_shape, tasks.raw_shape, tasks.data_dir) == ((1,), (1,), None)
+    assert tasks.fingerprint() == ""
+    assert input_kind("sinusoid") == "regression"
+    with pytest.raises(ValueError, match="no class splits"):
+        tasks.split("train")
+    with pytest.raises(ValueError, match="amplitude_max"):
+        load_dataset("sinusoid", amplitude_min=2.0, amplitude_max=1.0)
+    with pytest.raises(ValueError, match="Leave --data_dir unset"):
+        load_dataset("sinusoid", data_dir="/tmp")
+
+
+def test_mlp_is_the_papers_network():
+    model = mlp((1,), num_classes=1)
+    assert [layer.units for layer in model.layers[1:]] == [40, 40, 1]
+    assert model.count_params() == (1 * 40 + 40) + (40 * 40 + 40) + (40 + 1)
+
+
+def test_config_admits_maml_and_refuses_protonet():
+    config = config_lib.get_config("maml", "sinusoid")
+    config_lib.validate_config(config)
+    assert (config.shots, config.queries, config.meta_batch_size) == (10, 10, 25)
+    assert (config.learner.loss, config.learner.inner_lr) == ("mse", 0.01)
+    with pytest.raises(ValueError, match="regression tasks need a learner of them"):
+        config_lib.validate_config(config_lib.get_config("protonet", "sinusoid"))
+
+
+def test_regression_metrics_have_no_accuracy(tasks):
+    learner = MAML(mlp((1,), num_classes=1), inner_lr=0.01, loss="mse")
+    learner.compile(optimizer=keras.optimizers.Adam(1e-3))
+    logs = learner.train_on_batch(next(iter(tasks.episodes(5, 5, 2))), return_dict=True)
+    assert set(logs) == {"loss"} and np.isfinite(logs["loss"])
+
+
+def test_curve_panel_draws_each_curve():
+    grid = np.linspace(-5, 5, 64)
+    image = maml_regression.draw_panel(grid, [((255, 0, 0), np.zeros(64))],
+                                       [((0, 0, 255), [0.0], [2.0])], y_limit=4.0, height=41)
+    assert image.shape == (41, 64, 3)
+    assert np.all(image[20, :, 0] == 255) and np.all(image[20, :, 1] == 0)  # y = 0: row 20
+    assert tuple(image[10, 32]) == (0, 0, 255)  # the point (0, 2): row 10, column ~32
+
+
+@pytest.mark.slow
+def test_sinusoid_end_to_end(tmp_path):
+    from tfmeta.training import evaluation, trainer
+    from tfmeta.training.export import export_workdir
+
+    config = config_lib.apply_overrides(config_lib.get_config("maml", "sinusoid"), [
+        "num_steps=300", "checkpoint_every=300", "val_episodes=20", "eval_episodes=40"])
+    workdir = str(tmp_path / "run")
+    trainer.train(config, workdir, verbose=0)
+    result = evaluation.evaluate_workdir(workdir)
+    for name in ("mse_1_step", "mse_10_steps", "baseline_mse_1_step", "baseline_mse_10_steps"):
+        assert np.isfinite(result[name]) and result[name + "_ci95"] > 0, name
+    assert "accuracy" not in result
+    # Adapting helps on unseen tasks: 10 steps beat the meta-learned start.
+    assert result["mse_10_steps"] < result["mse_by_step"][0], result
+    with open(os.path.join(workdir, "eval.json")) as f:
+        assert json.load(f)["mse_1_step"] == result["mse_1_step"]
+    events = [f for _, _, files in os.walk(os.path.join(workdir, "logs", "eval")) for f in files]
+    assert events, "no TensorBoard image of the adapted curves"
+
+    loaded = tf.saved_model.load(export_workdir(workdir))
+    x = np.linspace(-4, 4, 10, dtype=np.float32)[:, None]
+    served = loaded.adapt_and_predict(support_x=x, support_y=np.sin(x),
+                                      query_x=x[:3])["predictions"].numpy()
+    assert served.shape == (3, 1) and np.all(np.isfinite(served))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one target per support_x"):
+        loaded.adapt_and_predict(support_x=x, support_y=np.sin(x[:4]), query_x=x[:3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be finite"):
+        loaded.adapt_and_predict(support_x=x * np.nan, support_y=np.sin(x), query_x=x[:3])

@@ -1,0 +1,287 @@
+"""Supervised pre-training: the backbone trained as a plain classifier over every training
+class, then few-shot episodes solved by a classifier fitted on its features.
+
+The baseline every meta-learner must beat (Chen et al. 2019, "A Closer Look at Few-shot
+Classification", https://arxiv.org/abs/1904.04232; Tian et al. 2020, "Rethinking Few-Shot
+Image Classification: a Good Embedding Is All You Need?", https://arxiv.org/abs/2003.11539),
+and how LEO's features were made (Rusu et al. 2019). Training is ordinary mini-batch
+classification of all C training classes, with Keras `fit`:
+
+    logits = head(f(images))                                   # [b, C]
+    loss = cross_entropy(labels, logits) + weight_decay / 2 * sum(||w||^2 for w in params)
+    params = optimizer.apply(grad(loss, params), params)       # SGD, momentum 0.9
+
+A few-shot episode is solved in the graph on L2-normalized features
+`s = f(support) / |f(support)|` `[B, N*K, D]` and `q` `[B, M, D]` likewise, by
+`classifier`:
+
+    "nearest_centroid" (Baseline++'s cosine classifier, SimpleShot's L2 normalization):
+        c_n = mean(s[i] for i with label n)                    # [B, N, D]
+        logits = scale * cosine(q, c)                          # [B, M, N]
+
+    "logistic" (Tian et al. 2020: multinomial logistic regression on the normalized
+    features, here a fixed number of full-batch gradient steps from zero instead of
+    their L-BFGS):
+        W, b = zeros([D, N]), zeros([N])
+        for _ in range(logistic_steps):
+            p = softmax(s @ W + b)                             # [N*K, N]
+            W -= logistic_lr * (s.T @ (p - onehot(labels)) / (N*K) + logistic_l2 * W)
+            b -= logistic_lr * mean(p - onehot(labels), axis=0)
+        logits = q @ W + b
+
+Either way N comes from the labels, so the export serves `adapt_and_predict` for any
+number of ways. `feature_model()` is the backbone without its head: what
+`bin/write_embeddings.py` embeds with and what `--set=model.init_from=<this run>` copies.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfmeta.algorithms.base import MetaLearner, validation_batch_size
+from tfmeta.config import eval_spec
+from tfmeta.data.augment import RandomAffine
+from tfmeta.data.episodes import episode_dataset, stored_tensor
+from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
+from tfmeta.tensors import (
+    accuracy,
+    class_means,
+    cross_entropy,
+    embed_support_and_query,
+    l2_normalize,
+    one_hot_classes,
+)
+
+CLASSIFIERS = ("nearest_centroid", "logistic")
+BATCH_KEYS = ("images", "labels")
+
+
+def nearest_centroid_logits(support, labels, queries, scale):
+    """`scale * cosine(q, c_n)`: support `[B, S, D]`, labels `[B, S]`, queries `[B, M, D]`
+    -> `[B, M, N]`, c_n the mean of class n's L2-normalized support features."""
+    centroids = l2_normalize(class_means(l2_normalize(support), labels))
+    return scale * tf.linalg.matmul(l2_normalize(queries), centroids, transpose_b=True)
+
+
+def logistic_regression_logits(support, labels, queries, steps, learning_rate, l2):
+    """Multinomial logistic regression on L2-normalized features, `steps` full-batch gradient
+    steps from zero (the update in the module docstring); shapes as `nearest_centroid_logits`."""
+    support, queries = l2_normalize(support), l2_normalize(queries)
+    targets = one_hot_classes(labels)                                     # [B, S, N]
+    count = tf.cast(tf.shape(support)[1], tf.float32)
+    weights = tf.zeros([tf.shape(support)[0], tf.shape(support)[2], tf.shape(targets)[2]])
+    bias = tf.zeros([tf.shape(support)[0], 1, tf.shape(targets)[2]])
+
+    def step(i, weights, bias):
+        error = tf.nn.softmax(support @ weights + bias) - targets         # [B, S, N]
+        grad_w = tf.linalg.matmul(support, error, transpose_a=True) / count + l2 * weights
+        grad_b = tf.reduce_mean(error, axis=1, keepdims=True)
+        return i + 1, weights - learning_rate * grad_w, bias - learning_rate * grad_b
+
+    _, weights, bias = tf.while_loop(lambda i, *_: i < steps, step,
+                                     (tf.constant(0), weights, bias))
+    return queries @ weights + bias
+
+
+class Pretrain(MetaLearner):
+    """A backbone trained as a classifier over all training classes (see the module docstring).
+
+    Example:
+
+        learner = Pretrain(conv4((28, 28, 1)), num_classes=161)
+        learner.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        train, val = learner.training_episodes(dataset, config)   # batches, val episodes
+        learner.fit(train, validation_data=val, steps_per_epoch=100)
+        logits = learner.adapt_and_predict(support_images, support_labels, query_images)
+
+    Args:
+      encoder: a built Keras model, images -> feature vectors `[n, D]` (no head).
+      num_classes: outputs of the training head: at least the number of training classes.
+      classifier: "nearest_centroid" or "logistic", the in-graph few-shot classifier.
+      weight_decay: L2 penalty `weight_decay / 2 * ||w||^2` on every trainable weight
+        (PyTorch's SGD `weight_decay`, which the papers use).
+      scale: the cosine logits' scale (nearest centroid).
+      logistic_steps, logistic_lr, logistic_l2: gradient steps, step size and L2 weight
+        of the logistic regression.
+    """
+
+    input_kinds = ("images",)
+    argument_ranges = {"num_classes": POSITIVE_INT, "weight_decay": NON_NEGATIVE,
+                       "scale": POSITIVE, "logistic_steps": NON_NEGATIVE_INT,
+                       "logistic_lr": POSITIVE, "logistic_l2": NON_NEGATIVE}
+
+    def __init__(self, encoder: keras.Model, num_classes: int = 64,
+                 classifier: str = "nearest_centroid", weight_decay: float = 5e-4,
+                 scale: float = 10.0, logistic_steps: int = 100, logistic_lr: float = 1.0,
+                 logistic_l2: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.check_arguments(locals())
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}.")
+        if not encoder.built or len(encoder.output_shape) != 2:
+            raise ValueError(f"Pretrain needs a built encoder of images to feature vectors "
+                             f"[n, D]; {encoder.name!r} returns {encoder.output_shape}. Use a "
+                             "backbone with flatten=True or pooling='avg' and no head.")
+        self.encoder = encoder
+        self.num_classes = int(num_classes)
+        self.head = keras.layers.Dense(self.num_classes, name="head")
+        self.head.build(encoder.output_shape)
+        self.classifier = classifier
+        self.weight_decay = float(weight_decay)
+        self.scale = float(scale)
+        self.logistic_steps = int(logistic_steps)
+        self.logistic_lr = float(logistic_lr)
+        self.logistic_l2 = float(logistic_l2)
+
+    # ------------------------------------------------------------ training
+    def class_logits(self, images, training=False):
+        """Logits `[n, num_classes]` of the training classes."""
+        return tf.cast(self.head(self.encoder(images, training=training)), tf.float32)
+
+    def regularization_loss(self):
+        if not self.weight_decay:
+            return super().regularization_loss()
+        penalty = tf.add_n([tf.reduce_sum(tf.square(tf.cast(w, tf.float32)))
+                            for w in self.trainable_variables])
+        return super().regularization_loss() + 0.5 * self.weight_decay * penalty
+
+    def check_examples(self, data):
+        """Validates a training batch `{"images" [b, ...], "labels" [b]}`."""
+        if isinstance(data, tuple | list):
+            data, _, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
+        if not isinstance(data, dict) or any(k not in data for k in BATCH_KEYS):
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"Pretrain trains on dicts with keys {list(BATCH_KEYS)}; got {got}. "
+                             "Build them with Pretrain.training_episodes().")
+        return data
+
+    def test_step(self, data):
+        """Few-shot episodes (validation) as every learner; a batch of labelled examples is
+        scored by the training head."""
+        if isinstance(data, dict) and "images" in data:
+            labels = tf.cast(data["labels"], tf.int32)
+            logits = self.class_logits(data["images"], training=False)
+            self.loss_tracker.update_state(cross_entropy(labels, logits))
+            self.accuracy_tracker.update_state(accuracy(labels, logits))
+            return {m.name: m.result() for m in self.metrics}
+        return super().test_step(data)
+
+    def train_step(self, data):
+        data = self.check_examples(data)
+        labels = tf.cast(data["labels"], tf.int32)
+        with tf.GradientTape() as tape:
+            logits = self.class_logits(data["images"], training=True)
+            loss = cross_entropy(labels, logits)
+            loss = loss + self.regularization_loss()
+            scaled = self.optimizer.scale_loss(loss / tf.cast(
+                tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype))
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(accuracy(labels, logits))
+        return {m.name: m.result() for m in self.metrics}
+
+    # ------------------------------------------------------------ few-shot
+    def query_logits(self, episodes, training=False):
+        support, queries = embed_support_and_query(
+            self.encoder, episodes["support_images"], episodes["query_images"], training)
+        labels = tf.cast(episodes["support_labels"], tf.int32)
+        if self.classifier == "logistic":
+            return logistic_regression_logits(support, labels, queries, self.logistic_steps,
+                                              self.logistic_lr, self.logistic_l2)
+        return nearest_centroid_logits(support, labels, queries, self.scale)
+
+    def feature_model(self) -> keras.Model:
+        return self.encoder
+
+    # ------------------------------------------------------------ data
+    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+                          worker: int = 0, workers: int = 1):
+        """(train, validation): batches `{"images" [b, ...], "labels" [b]}` of every training
+        example, and validation few-shot episodes as every learner's.
+
+        Batch `s` holds positions `s*b .. s*b+b-1` of the endless sequence of epochs, epoch
+        `e` a permutation drawn from (`config.seed`, e): a pure function of the step, so a
+        resumed run sees what an uninterrupted one would. Each image is augmented with its
+        own draw: `config.augment` (Omniglot's random affine), and for colour images a random
+        crop of the zero-padded image and a horizontal flip (Tian et al. 2020's
+        `RandomCrop(84, padding=8)`, `RandomHorizontalFlip`; the pad is a tenth of the side,
+        at least 4, so 4 on 32x32 CIFAR).
+        """
+        train = example_batches(dataset.split("train"), config.batch_size, config.seed,
+                                start_step, worker, workers,
+                                RandomAffine.from_config(config.augment), self.num_classes)
+        ways, shots, queries = eval_spec(config)
+        validation = episode_dataset(dataset.split("val"), ways, shots, queries,
+                                     validation_batch_size(config, replicas),
+                                     seed=config.seed + 1, num_episodes=config.val_episodes,
+                                     split="val")
+        return train, validation
+
+
+def crop_and_flip(images, seed):
+    """Random crop of the zero-padded images (pad max(4, side // 10)) and horizontal flip."""
+    height, width = images.shape[1], images.shape[2]
+    pad = max(4, min(height, width) // 10)
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    count = tf.shape(images)[0]
+    offsets = tf.random.stateless_uniform([count, 2], seed, 0, 2 * pad + 1, tf.int32)
+    rows = offsets[:, :1] + tf.range(height)[None]                         # [n, H]
+    cols = offsets[:, 1:] + tf.range(width)[None]                          # [n, W]
+    crops = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2,
+                      batch_dims=1)
+    flip = tf.random.stateless_uniform([count], tf.random.experimental.stateless_fold_in(
+        seed, 1)) < 0.5
+    return tf.where(flip[:, None, None, None], tf.reverse(crops, [2]), crops)
+
+
+def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0,
+                    worker: int = 0, workers: int = 1, augment=None, num_classes=None):
+    """Endless `{"images", "labels"}` batches of every example of `classes` (see
+    `Pretrain.training_episodes`); labels are class indices in the split."""
+    if batch_size < 1 or batch_size % workers:
+        raise ValueError(f"batch_size={batch_size} must be a positive multiple of the "
+                         f"{workers} workers.")
+    if num_classes is not None and classes.num_classes > num_classes:
+        raise ValueError(f"The training split has {classes.num_classes} classes but the head "
+                         f"has learner.num_classes={num_classes} outputs; "
+                         f"--set=learner.num_classes={classes.num_classes}.")
+    images = stored_tensor(classes.images)
+    labels = tf.constant([c for c, n in enumerate(classes.class_counts) for _ in range(n)],
+                         tf.int32)
+    total = len(classes.images)
+    share = batch_size // workers
+    base = tf.constant([seed, 7], tf.int64)
+    colour = len(classes.example_shape) == 3 and classes.example_shape[-1] == 3
+
+    def batch(step):
+        position = step * batch_size + worker * share + tf.range(share, dtype=tf.int64)
+        epoch, offset = position // total, position % total
+
+        def permutation(e):
+            scores = tf.random.stateless_uniform([total], tf.random.experimental
+                                                 .stateless_fold_in(base, e))
+            return tf.argsort(scores)
+
+        first = epoch[0]  # a batch spans at most two epochs
+        orders = tf.stack([permutation(first), permutation(first + 1)])
+        index = tf.gather_nd(orders, tf.stack([tf.cast(epoch - first, tf.int32),
+                                               tf.cast(offset, tf.int32)], -1))
+        batch_images = tf.gather(images, index)
+        if classes.transform is not None:
+            batch_images = classes.transform(batch_images)
+        draw = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(
+            tf.constant([seed, 8], tf.int64), step), worker)
+        if augment is not None:
+            batch_images = augment(batch_images, draw)
+        if colour:
+            batch_images = crop_and_flip(batch_images, tf.random.experimental.stateless_fold_in(
+                draw, 1))
+        return {"images": batch_images, "labels": tf.gather(labels, index)}
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    steps = tf.data.Dataset.counter().map(lambda k: k + int(start_step))
+    return steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) \
+        .with_options(options).prefetch(tf.data.AUTOTUNE)
