@@ -34,6 +34,7 @@ TINY = {
              "learner.heads=1"],
     "metanet": ["model.filters=4"],
     "pretrain": ["model.filters=4"],
+    "maml_plusplus": ["model.filters=4", "learner.inner_steps=1", "learner.inner_steps_test=1"],
     "leo": ["learner.num_latents=4"],
     "reptile_gan": ["model.filters=2", "model.blocks=1", "model.units_per_block=1",
                     "model.latent_dim=4", "learner.inner_steps_test=1"],

@@ -220,7 +220,7 @@ def test_cli_train_evaluate_export(tmp_path):
 def test_a_learner_and_a_dataset_that_do_not_fit_are_refused_before_building(tmp_path):
     maml_on_embeddings = config_lib.apply_overrides(
         config_lib.get_config("maml", "embeddings"), ["num_steps=1"])
-    with pytest.raises(ValueError, match=r"MAML takes images, but --dataset=embeddings with "
+    with pytest.raises(ValueError, match=r"MAML takes images or regression, but --dataset=embeddings with "
                                          r"these options gives embeddings"):
         trainer.train(maml_on_embeddings, str(tmp_path / "run"), verbose=0)
     leo_on_images = config_lib.get_config("leo", "omniglot")

@@ -86,7 +86,7 @@ def test_a_pickle_that_would_run_code_is_refused_naming_file_and_global(tmp_path
                     protocol=2)
     with pytest.raises(safe_pickle.UnsafePickleError,
                        match=r"test_embeddings\.pkl asks to load the global posix\.system"):
-        load_dataset("mini_imagenet", str(tmp_path))
+        load_dataset("mini_imagenet", str(tmp_path), embeddings="center")
     assert not marker.exists()
 
 
