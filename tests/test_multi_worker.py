@@ -11,7 +11,6 @@ from it and finishes, and the finished run again equals the single-process one.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
+from tfmeta.benchmarking.distributed import free_ports
 
 OVERRIDES = ["model.filters=8", "meta_batch_size=4", "queries=1", "val_episodes=4",
              "eval_meta_batch_size=4", "data.image_size=14", "model.downsample='strided'",
@@ -42,16 +42,6 @@ WORKER = textwrap.dedent("""
     # gone (a race between the workers' exits, after training); the run is complete here.
     os._exit(0)
 """)
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_cluster(workdir, overrides, log_dir):

@@ -261,12 +261,15 @@ class MetaLearner(keras.Model):
                                 config.meta_batch_size, seed=config.seed, split="train",
                                 augment=RandomAffine.from_config(config.augment),
                                 start_step=start_step, worker=worker, workers=workers)
+        return train, self.validation_episodes(dataset, config, replicas)
+
+    def validation_episodes(self, dataset, config, replicas: int = 1):
+        """The meta-validation episodes `fit` scores after each epoch: `config.val_episodes`
+        test-spec episodes of the val split, the same every epoch."""
         ways, shots, queries = eval_spec(config)
-        validation = episode_dataset(dataset.split("val"), ways, shots, queries,
-                                     validation_batch_size(config, replicas),
-                                     seed=config.seed + 1, num_episodes=config.val_episodes,
-                                     split="val")
-        return train, validation
+        return episode_dataset(dataset.split("val"), ways, shots, queries,
+                               validation_batch_size(config, replicas), seed=config.seed + 1,
+                               num_episodes=config.val_episodes, split="val")
 
     def check_ways(self, ways: int) -> None:
         """Raises a ValueError if this learner cannot serve `ways`-way episodes."""

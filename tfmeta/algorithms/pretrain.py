@@ -39,10 +39,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.base import MetaLearner, validation_batch_size
-from tfmeta.config import eval_spec
+from tfmeta.algorithms.base import MetaLearner
 from tfmeta.data.augment import RandomAffine
-from tfmeta.data.episodes import episode_dataset, stored_tensor
+from tfmeta.data.episodes import stored_tensor
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 from tfmeta.tensors import (
     accuracy,
@@ -212,12 +211,7 @@ class Pretrain(MetaLearner):
         train = example_batches(dataset.split("train"), config.batch_size, config.seed,
                                 start_step, worker, workers,
                                 RandomAffine.from_config(config.augment), self.num_classes)
-        ways, shots, queries = eval_spec(config)
-        validation = episode_dataset(dataset.split("val"), ways, shots, queries,
-                                     validation_batch_size(config, replicas),
-                                     seed=config.seed + 1, num_episodes=config.val_episodes,
-                                     split="val")
-        return train, validation
+        return train, self.validation_episodes(dataset, config, replicas)
 
 
 def crop_and_flip(images, seed):

@@ -86,7 +86,8 @@ def _times(function, repeats: int) -> list:
     return times
 
 
-def _free_ports(count: int) -> list:
+def free_ports(count: int) -> list:
+    """`count` TCP ports free on localhost right now (for a local cluster's TF_CONFIG)."""
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
         s.bind(("localhost", 0))
@@ -99,7 +100,7 @@ def _free_ports(count: int) -> list:
 def time_two_workers(overrides, steps: int, timeout: float = 1800) -> dict:
     """Starts two local workers running `time_worker`; returns the chief's measurements."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    addresses = [f"localhost:{port}" for port in _free_ports(2)]
+    addresses = [f"localhost:{port}" for port in free_ports(2)]
     script = WORKER.format(root=root, overrides=list(overrides), steps=steps)
     processes = []
     for index in range(2):

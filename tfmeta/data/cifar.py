@@ -191,15 +191,10 @@ def load_benchmark(benchmark: str, data_dir, image_size, train_on_val, normalize
                      for n in names]
         splits[split] = image_utils.class_images(
             np.concatenate(per_class), [len(p) for p in per_class], names, transform)
-    if train_on_val:
-        splits["train"] = image_utils.merge_splits(splits["train"], splits["val"])
     title = {"cifar_fs": "CIFAR-FS (Bertinetto et al. split)",
              "fc100": "FC100 (Oreshkin et al. superclass split)"}[benchmark]
-    description = (f"{title} from {folder}{', training on train + val' if train_on_val else ''}"
-                   ": " + ", ".join(f"{s} {c.num_classes} classes / {len(c.images)} images"
-                                    for s, c in splits.items()))
-    return FewShotDataset(benchmark, splits, RAW_SHAPE, preprocess, description,
-                          data_dir=os.path.abspath(data_dir), source_files=tuple(files))
+    return image_utils.image_dataset(benchmark, title, splits, train_on_val, data_dir, files,
+                                     RAW_SHAPE, preprocess)
 
 
 def load_cifar_fs(data_dir: str | None = None, image_size: int = RAW_SIZE,

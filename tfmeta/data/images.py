@@ -171,3 +171,19 @@ def merge_splits(first: ClassImages, second: ClassImages) -> ClassImages:
     return class_images(np.concatenate([first.images, second.images]),
                         np.concatenate([first.class_counts, second.class_counts]),
                         first.class_names + second.class_names, first.transform)
+
+
+def image_dataset(name: str, title: str, splits: dict, train_on_val: bool, data_dir: str,
+                  source_files, raw_shape, preprocess):
+    """The `FewShotDataset` of an image benchmark's decoded `splits` (train + val merged for
+    training when `train_on_val`), described by `title` and the split sizes."""
+    from tfmeta.data.base import FewShotDataset
+
+    if train_on_val:
+        splits["train"] = merge_splits(splits["train"], splits["val"])
+    description = (f"{title} from {data_dir}{', training on train + val' if train_on_val else ''}"
+                   ": " + ", ".join(f"{s} {c.num_classes} classes / {len(c.images)} images"
+                                    for s, c in splits.items()))
+    return FewShotDataset(name, splits, raw_shape, preprocess, description,
+                          data_dir=os.path.abspath(data_dir), source_files=tuple(source_files))
+

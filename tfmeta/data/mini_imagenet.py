@@ -174,12 +174,6 @@ def load(data_dir: str | None = None, image_size: int = RAW_SIZE, embeddings: st
             arrays = read_pickle_split(split_files[split][0])
         splits[split] = image_utils.class_images(arrays["images"], arrays["counts"],
                                                  arrays["names"], transform)
-    if train_on_val:
-        splits["train"] = image_utils.merge_splits(splits["train"], splits["val"])
-    description = (f"mini-ImageNet images ({layout} layout) from {data_dir}"
-                   f"{', training on train + val' if train_on_val else ''}: " + ", ".join(
-                       f"{s} {c.num_classes} classes / {len(c.images)} images"
-                       for s, c in splits.items()))
-    return FewShotDataset("mini_imagenet", splits, RAW_SHAPE, preprocess, description,
-                          data_dir=os.path.abspath(data_dir),
-                          source_files=tuple(p for files in split_files.values() for p in files))
+    return image_utils.image_dataset(
+        "mini_imagenet", f"mini-ImageNet images ({layout} layout)", splits, train_on_val,
+        data_dir, [p for files in split_files.values() for p in files], RAW_SHAPE, preprocess)

@@ -143,12 +143,6 @@ def load(data_dir: str | None = None, image_size: int = RAW_SIZE, embeddings: st
             lambda s=split: decode_split(data_dir, s))
         splits[split] = image_utils.class_images(arrays["images"], arrays["counts"],
                                                  arrays["names"], transform)
-    if train_on_val:
-        splits["train"] = image_utils.merge_splits(splits["train"], splits["val"])
-    description = (f"tieredImageNet images from {data_dir}"
-                   f"{', training on train + val' if train_on_val else ''}: " + ", ".join(
-                       f"{s} {c.num_classes} classes / {len(c.images)} images"
-                       for s, c in splits.items()))
-    return FewShotDataset("tiered_imagenet", splits, RAW_SHAPE, preprocess, description,
-                          data_dir=os.path.abspath(data_dir),
-                          source_files=tuple(p for s in SPLITS for p in files[s]))
+    return image_utils.image_dataset(
+        "tiered_imagenet", "tieredImageNet images", splits, train_on_val, data_dir,
+        [p for s in SPLITS for p in files[s]], RAW_SHAPE, preprocess)
