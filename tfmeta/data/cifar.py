@@ -28,7 +28,6 @@ CIFAR-100 mean/std.
 from __future__ import annotations
 
 import os
-import pickle
 
 import numpy as np
 
@@ -112,13 +111,7 @@ def find_folder(data_dir, download_missing: bool = False, url: str | None = None
 
 
 def _read(path: str, keys: tuple) -> dict:
-    try:
-        raw = safe_pickle.load(path, encoding="bytes")
-    except safe_pickle.UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as error:
-        raise ValueError(f"{path} is not a readable CIFAR-100 pickle ({error}); delete "
-                         f"{FOLDER}/ and fetch {URL} again.") from None
+    raw = safe_pickle.load_data_file(path, "bytes", f"delete {FOLDER}/ and fetch {URL} again.")
     if isinstance(raw, dict):  # a pickle written by Python 3 may have str keys
         raw = {k.encode() if isinstance(k, str) else k: v for k, v in raw.items()}
     missing = [k for k in keys if not isinstance(raw, dict) or k not in raw]

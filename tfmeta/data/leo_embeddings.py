@@ -25,7 +25,6 @@ embedding, as the LEO data provider does (`tf.nn.l2_normalize(x, axis=-1)`).
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 
 import numpy as np
@@ -69,17 +68,16 @@ def read_pickle(path: str) -> dict:
     A `.pkl` is unpickled by `safe_pickle` (numpy arrays and containers only, so a
     tampered file cannot run code); an `.npz` is read with pickles disabled.
     """
-    try:
-        if path.endswith(".npz"):
+    fix = "download or write it again."
+    if path.endswith(".npz"):
+        try:
             with np.load(path, allow_pickle=False) as data:
                 raw = {k: data[k] for k in data.files}
-        else:
-            raw = safe_pickle.load(path, encoding="latin1")
-    except safe_pickle.UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as error:
-        raise ValueError(f"{path} is not a readable embeddings file ({error}); download or "
-                         "write it again.") from None
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{path} is not a readable embeddings file ({error}); {fix}") \
+                from None
+    else:
+        raw = safe_pickle.load_data_file(path, "latin1", fix)
     if not isinstance(raw, dict) or "keys" not in raw or "embeddings" not in raw:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"{path} should hold a dict with 'keys' and 'embeddings'; got {got}.")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import os
-import pickle
 
 import numpy as np
 
@@ -104,13 +103,7 @@ def decode_csv_split(data_dir: str, split: str) -> dict:
 
 def read_pickle_split(path: str) -> dict:
     """One `mini-imagenet-cache-*.pkl`, class after class (classes sorted by wnid)."""
-    try:
-        raw = safe_pickle.load(path, encoding="latin1")
-    except safe_pickle.UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as error:
-        raise ValueError(f"{path} is not a readable pickle ({error}); get the file again.") \
-            from None
+    raw = safe_pickle.load_data_file(path, "latin1")
     if not isinstance(raw, dict) or not {"image_data", "class_dict"} <= set(raw):
         got = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"{path} should hold a dict with keys 'image_data' and 'class_dict' "

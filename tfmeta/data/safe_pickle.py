@@ -61,5 +61,16 @@ def load(path: str, encoding: str = "ASCII"):
         return DataUnpickler(f, path=path, encoding=encoding).load()
 
 
+def load_data_file(path: str, encoding: str = "ASCII", fix: str = "get the file again."):
+    """`load`, with a file that is not a readable pickle (truncated, corrupt, unreadable)
+    reported as a ValueError naming it and `fix`; an unsafe one stays an UnsafePickleError."""
+    try:
+        return load(path, encoding)
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as error:
+        raise ValueError(f"{path} is not a readable pickle ({error}); {fix}") from None
+
+
 def loads(data: bytes, path: str = "<bytes>", encoding: str = "ASCII"):
     return DataUnpickler(io.BytesIO(data), path=path, encoding=encoding).load()

@@ -20,7 +20,6 @@ uint8); examples stay uint8 and are preprocessed per episode (see `tfmeta.data.i
 from __future__ import annotations
 
 import os
-import pickle
 
 import numpy as np
 
@@ -50,13 +49,7 @@ def split_files(data_dir, split: str) -> tuple:
 
 
 def _unpickle(path: str):
-    try:
-        return safe_pickle.load(path, encoding="latin1")
-    except safe_pickle.UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as error:
-        raise ValueError(f"{path} is not a readable pickle ({error}); get it again from "
-                         f"{SOURCE}.") from None
+    return safe_pickle.load_data_file(path, "latin1", f"get it again from {SOURCE}.")
 
 
 def read_labels(path: str) -> tuple:

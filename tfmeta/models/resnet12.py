@@ -25,8 +25,8 @@ import keras
 from keras import layers
 
 from tfmeta.models.dropblock import DropBlock
+from tfmeta.models.heads import check_pooling, pool_and_head
 
-POOLINGS = ("avg", "flatten", "none")
 WIDTH_RATIOS = (1.0, 2.5, 5.0, 10.0)  # 64-160-320-640 from filters=64
 
 
@@ -74,13 +74,10 @@ def resnet12(input_shape=(84, 84, 3), num_classes: int | None = None, filters: i
     if len(widths) != 4 or min(widths) < 1:
         raise ValueError(f"resnet12 has four blocks; widths must be four positive integers, "
                          f"got {widths}.")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
+    check_pooling(pooling, num_classes)
     if min(input_shape[:2]) < 16:
         raise ValueError(f"resnet12 halves the image four times; input_shape {input_shape} is "
                          "smaller than 16x16. Use larger images or conv4.")
-    if num_classes and pooling == "none":
-        raise ValueError("A classification head needs pooled features; use pooling='avg'.")
     inputs = keras.Input(tuple(input_shape), name="images")
     x = inputs
     for index, width in enumerate(widths):
@@ -91,10 +88,5 @@ def resnet12(input_shape=(84, 84, 3), num_classes: int | None = None, filters: i
         elif drop_rate:
             x = DropBlock(drop_rate, dropblock_size, dropblock_schedule_steps,
                           name=f"{block}_dropblock")(x)
-    if pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="pool")(x)
-    elif pooling == "flatten":
-        x = layers.Flatten(name="flatten")(x)
-    if num_classes:
-        x = layers.Dense(num_classes, name="head")(x)
+    x = pool_and_head(x, pooling, num_classes)
     return keras.Model(inputs, x, name=name)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-POOLINGS = ("avg", "flatten", "none")
+from tfmeta.models.heads import check_pooling, pool_and_head
 
 
 def bn_relu(x, name: str):
@@ -67,10 +67,7 @@ def wrn(input_shape=(80, 80, 3), num_classes: int | None = None, depth: int = 28
         raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (e.g. 28); got {depth}.")
     if int(widen_factor) != widen_factor or widen_factor < 1:
         raise ValueError(f"widen_factor must be a positive integer; got {widen_factor}.")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
-    if num_classes and pooling == "none":
-        raise ValueError("A classification head needs pooled features; use pooling='avg'.")
+    check_pooling(pooling, num_classes)
     blocks = (depth - 4) // 6
     inputs = keras.Input(tuple(input_shape), name="images")
     x = conv(inputs, 16, 3, 1, "stem_conv")
@@ -79,12 +76,7 @@ def wrn(input_shape=(80, 80, 3), num_classes: int | None = None, depth: int = 28
             x = wide_block(x, width * widen_factor, stride if b == 0 else 1, dropout,
                            f"group{group + 1}_block{b + 1}")
     x = bn_relu(x, "final")
-    if pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="pool")(x)
-    elif pooling == "flatten":
-        x = layers.Flatten(name="flatten")(x)
-    if num_classes:
-        x = layers.Dense(num_classes, name="head")(x)
+    x = pool_and_head(x, pooling, num_classes)
     return keras.Model(inputs, x, name=name or f"wrn{depth}_{widen_factor}")
 
 
