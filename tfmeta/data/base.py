@@ -169,34 +169,28 @@ def extract_archive(archive: str, target: str, strip_prefix: str = "") -> list:
             name = name[len(strip_prefix):]
         return safe_member_path(target, name, archive) if name.strip("/") else None
 
-    written = []
+    def write(members, open_member) -> list:
+        """Every name is checked (by `destination`) before anything is written."""
+        members = [(m, path) for m, path in members if path is not None]
+        for member, path in members:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open_member(member) as source, open(path, "wb") as out:
+                shutil.copyfileobj(source, out)
+        return [path for _, path in members]
+
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
-            members = [(info, destination(info.filename)) for info in z.infolist()]
-            for info, path in members:  # every name is checked before anything is written
-                if path is None or info.is_dir():
-                    continue
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with z.open(info) as source, open(path, "wb") as out:
-                    shutil.copyfileobj(source, out)
-                written.append(path)
-        return written
+            return write([(info, destination(info.filename)) for info in z.infolist()
+                          if not info.is_dir()], z.open)
     try:
         tar = tarfile.open(archive)
     except tarfile.TarError as error:
         raise ValueError(f"{archive} is neither a zip nor a tar archive ({error}); delete it "
                          "and download it again.") from None
     with tar:
-        members = [(m, destination(m.name)) for m in tar.getmembers()]
-        for member, _ in members:
+        for member in tar.getmembers():
             if not (member.isfile() or member.isdir()):
                 raise ValueError(f"{archive} holds {member.name!r}, a link or special file; "
                                  "refusing to unpack it. Get the file from its official source.")
-        for member, path in members:
-            if path is None or member.isdir():
-                continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with tar.extractfile(member) as source, open(path, "wb") as out:
-                shutil.copyfileobj(source, out)
-            written.append(path)
-    return written
+        return write([(m, destination(m.name)) for m in tar.getmembers() if m.isfile()],
+                     tar.extractfile)
