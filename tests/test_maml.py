@@ -176,6 +176,36 @@ def test_batch_norm_running_stats_updates_averages_and_is_not_transductive(conv_
     np.testing.assert_allclose(alone.numpy(), together.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_meta_test_adapts_on_support_statistics_and_predicts_on_moving_averages():
+    """By hand. Dense(1, no bias, w = 1) -> BatchNormalization (mean 0, variance 1, eps
+    1e-3, no scale or offset: w is the only parameter); MSE, inner rate 0.1, one step; support x = (1, 3), y = (0, 0);
+    query x = 2.
+
+    Support normalized by its own statistics: h = w x has mean 2w and variance w^2, so the
+    output (x - 2) w / sqrt(w^2 + eps) barely depends on w:
+        dL/dw = 2 w eps / (w^2 + eps)^2 = 0.0019960,   w' = 1 - 0.1 * dL/dw = 0.9998004
+    The query pass uses the moving averages, untouched by the support pass at test time:
+        prediction = 2 w' / sqrt(1 + eps) = 1.998602
+    (Stepping on the moving averages instead: dL/dw = mean(2 w x^2 / (1 + eps)) = 9.99,
+    w' = 0.001, prediction 0.002; the support's statistics folded into the averages
+    (momentum 0.99: mean 0.02, variance 1) would give (2 w' - 0.02) / sqrt(1 + eps) = 1.978612.)"""
+    model = keras.Sequential([keras.Input((1,)),
+                              keras.layers.Dense(1, use_bias=False, kernel_initializer="ones"),
+                              keras.layers.BatchNormalization(epsilon=1e-3, center=False,
+                                                              scale=False)])
+    maml = MAML(model, inner_lr=0.1, inner_steps=1, inner_steps_test=1, loss="mse",
+                batch_norm="running_stats")
+    episode = {"support_images": tf.constant([[[1.0], [3.0]]]),
+               "support_labels": tf.constant([[[0.0], [0.0]]]),
+               "query_images": tf.constant([[[2.0]]])}
+    eps = 1e-3
+    grad = 2 * eps / (1 + eps) ** 2
+    expected = 2 * (1 - 0.1 * grad) / np.sqrt(1 + eps)
+    assert expected == pytest.approx(1.998602, abs=1e-6)
+    prediction = float(maml.query_logits(episode, training=False)[0, 0, 0])
+    assert prediction == pytest.approx(expected, rel=1e-5)
+
+
 def test_batch_stats_evaluation_is_transductive(conv_batch):
     maml = MAML(conv4((28, 28, 1), num_classes=5, filters=8), batch_norm="batch_stats",
                 inner_steps_test=1)

@@ -138,9 +138,11 @@ def test_config_has_the_paper_settings_and_a_cosine_meta_rate():
     config = config_lib.get_config("maml_plusplus", "omniglot", "5w1s")
     config_lib.validate_config(config)
     assert config.optimizer.schedule == "cosine"
-    # batch statistics (the reference code's), not the paper's per-step running
-    # statistics, whose meta-test path scores chance today (docs/maml.md).
+    # batch statistics (the reference code's, whose runs are the paper's numbers); the
+    # paper's per-step running statistics are `--set=learner.batch_norm=running_stats`.
     assert config.learner.batch_norm == "batch_stats"
+    config_lib.validate_config(config_lib.apply_overrides(config,
+                                                          ["learner.batch_norm=running_stats"]))
     assert (config.learner.inner_steps, config.learner.inner_lr) == (5, 0.1)
     optimizer = make_optimizer(config.optimizer, config.num_steps)
     schedule = optimizer._learning_rate

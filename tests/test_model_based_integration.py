@@ -1,6 +1,8 @@
 """End to end on Omniglot: train each of issue 6's learners with the library trainer on a
 shrunken config (14x14 images, small nets, CI-sized step counts), then evaluate 5-way
 1-shot on the test alphabets, which training never sees. One run goes through the CLI.
+MANN's longer run is in test_mann_integration.py (its own file, so that the two test
+processes share the load).
 """
 
 import json
@@ -26,9 +28,6 @@ RUNS = {
     "lstm_meta": (150, ["queries=5", "learner.inner_steps=3", "learner.inner_steps_test=3",
                         "optimizer.learning_rate=0.003"]),
     "metanet": (150, ["queries=5", "optimizer.learning_rate=0.002"]),
-    # MANN's config: 14x14 pixels here, 50-step training sequences (10 instances of 5
-    # classes) and one query step per class, 16 sequences per update.
-    "mann": (1000, ["meta_batch_size=16", "optimizer.learning_rate=0.003"]),
 }
 CHANCE = 0.2
 
@@ -54,18 +53,11 @@ def test_trains_above_chance_on_held_out_alphabets(algo, tmp_path, test_alphabet
     result = evaluate(learner, test_alphabets, 5, 1, 5, num_episodes=200, seed=1234)
     print(f"{algo}: 5-way 1-shot on test alphabets {result['accuracy']:.3f} "
           f"+- {result['ci95']:.3f}")
-    if algo == "mann":
-        from tfmeta.algorithms.mann import accuracy_by_instance
+    assert_above_chance(result)
 
-        by_instance = accuracy_by_instance(learner, test_alphabets, num_episodes=100)
-        print(f"mann accuracy by instance: {by_instance}")
-        # Memory-free, a sequence model can only use the label structure (a class shown
-        # the first time gets a label not used yet). Measured with the binding not yet
-        # learned: 1st 43.5%, 2nd 30.5%, 5th 26.5%, 10th 21.5%. Well above that on later
-        # instances is remembering which image came with which label (measured here:
-        # 2nd 39.8%, 5th 47.2%, 10th 45.8%; 1-shot queries 35.7%).
-        assert by_instance[5] > 0.38 and by_instance[10] > 0.35, by_instance
-    # Above chance by the 95% interval and a margin.
+
+def assert_above_chance(result):
+    """Above chance by the 95% interval and a margin."""
     assert result["accuracy"] - result["ci95"] > CHANCE + 0.05, result
 
 

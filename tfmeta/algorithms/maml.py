@@ -177,26 +177,28 @@ class MAML(TaskLoopLearner):
                          training=True, first_order=None):
         """The inner loop, step by step: ([fast weights after 0, 1, ..., steps steps], state).
 
-        Args: as `adapt`. The state is the backbone's after the support passes (updated only
-        where a subclass's `forward_at` keeps running statistics).
+        Args: as `adapt`. The support passes normalize with the support set's own batch
+        statistics in every mode (see `tfmeta.algorithms.task_loop`). The state returned
+        is the backbone's after the support passes while meta-training (their statistics
+        update the moving averages where a `forward_at` keeps them), and the state given
+        when not training.
         """
         if first_order is None:
             first_order = self.first_order or not training
-        bn_training = self.bn_training(training)
         params = list(params)
         indices = self.adapted_indices
         if self.fast_head:
-            params += self.initial_head(params, state, support_images, support_labels,
-                                        bn_training)
+            params += self.initial_head(params, state, support_images, support_labels, True)
             indices = indices + [len(params) - 2, len(params) - 1]
         trajectory = [params]
         for step in range(steps):
             adapted = [params[i] for i in indices]
             with tf.GradientTape() as tape:
                 tape.watch(adapted)
-                outputs, state = self.forward_at(params, state, support_images, bn_training,
-                                                 step)
+                outputs, new_state = self.forward_at(params, state, support_images, True, step)
                 loss = self.loss_fn(support_labels, outputs)
+            if training:
+                state = new_state
             grads = tape.gradient(loss, adapted)
             if first_order:
                 grads = [None if g is None else tf.stop_gradient(g) for g in grads]

@@ -27,9 +27,11 @@ statistics per step and uses them at meta-test time. The reference code
 `MetaBatchNormLayer.forward`) calls `F.batch_norm(..., training=True)` in every pass,
 evaluation included: it keeps per-step running statistics (and backs them up and restores
 them around evaluation) but normalizes with the statistics of the batch it sees, i.e.
-transductively. Here `batch_norm="running_stats"` (the config's) is the paper's: meta-test
-passes normalize with step k's moving averages, so each query is classified on its own;
-`batch_norm="batch_stats"` is the reference code's behaviour.
+transductively. Here `batch_norm="running_stats"` is the paper's: meta-test query passes
+normalize with step k's moving averages, so each query is classified on its own;
+`batch_norm="batch_stats"` is the reference code's behaviour (configs/maml_plusplus.py's).
+In both, the inner loop's support passes normalize with the support set's own statistics
+(`tfmeta.algorithms.task_loop`).
 
 The MSL schedule is the reference code's `get_per_step_loss_importance_vector`
 (`few_shot_learning_system.py`), with its epoch counter replaced by the meta-step t

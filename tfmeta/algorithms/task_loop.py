@@ -14,13 +14,18 @@ and this base runs it for every task of a meta-batch:
 Fast weights are plain tensors run through Keras 3 `stateless_call`; the backbone's
 variables are never assigned inside the inner loop.
 
-Batch norm (`batch_norm=`):
-  "batch_stats" (MAML's paper and reference code): every forward pass, including at
-      meta-test time, normalizes with the statistics of the batch it sees (transductive
-      at test time); moving averages are never used.
+Batch norm (`batch_norm=`). The support passes of the inner loop normalize with the
+support set's own statistics in both modes: the support set is given whole, so this is
+not transductive over the queries, and it is what the inner loop was meta-trained with.
+Stepping on the moving averages instead diverges at meta-test time (docs/maml.md,
+"Batch-norm statistics at meta-test time", has the measurement and its command). The
+modes differ in the query passes:
+  "batch_stats" (MAML's paper and reference code): the query passes, including at
+      meta-test time, normalize with the statistics of the query batch (transductive at
+      test time); moving averages are never used.
   "running_stats": meta-training normalizes with batch statistics and updates the
-      moving averages from the adapted query passes; meta-testing uses the moving
-      averages (each query is classified independently of the others).
+      moving averages from the support and query passes; meta-test query passes use the
+      moving averages (each query is classified independently of the others).
 """
 
 from __future__ import annotations
@@ -101,7 +106,8 @@ class TaskLoopLearner(MetaLearner):
         return tf.cast(outputs, tf.float32), new_state
 
     def bn_training(self, training):
-        """The backbone's `training` flag: batch statistics always, or only while training."""
+        """The backbone's `training` flag for query passes: batch statistics always, or only
+        while training."""
         return True if self.batch_norm == "batch_stats" else training
 
     def task_query_logits(self, params, state, task, training):

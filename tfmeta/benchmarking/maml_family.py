@@ -1,6 +1,6 @@
 """The MAML family from their configs: a MAML++ meta-step (`configs/maml_plusplus.py`, all
 options on) next to MAML's at the same settings (its 5 inner steps of 0.1, meta-batch 8,
-`running_stats`; the MAML++ options off), and sinusoid meta-steps per second
+batch statistics; the MAML++ options off), and sinusoid meta-steps per second
 (`configs/maml.py`'s sinusoid branch: the MLP, meta-batch 25, one inner step)."""
 
 from __future__ import annotations
