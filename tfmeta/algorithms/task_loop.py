@@ -17,6 +17,7 @@ variables are never assigned inside the inner loop.
 Batch norm (`batch_norm=`). The support passes of the inner loop normalize with the
 support set's own statistics in both modes: the support set is given whole, so this is
 not transductive over the queries, and it is what the inner loop was meta-trained with.
+(Being Keras's `training=True`, it also switches dropout on in those passes.)
 Stepping on the moving averages instead diverges at meta-test time (docs/maml.md,
 "Batch-norm statistics at meta-test time", has the measurement and its command). The
 modes differ in the query passes:
