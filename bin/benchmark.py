@@ -19,7 +19,8 @@ from tfmeta import benchmarking  # noqa: E402
 from tfmeta.benchmarking.common import peak_memory_mb  # noqa: E402
 
 flags.DEFINE_list("cases", None, "Cases to run (default: all but the XLA ones).")
-flags.DEFINE_integer("steps", 20, "Timed steps per case (the median is reported).")
+flags.DEFINE_integer("steps", 20, "Timed steps per case (the median is reported).",
+                     lower_bound=1)
 flags.DEFINE_string("output", None, "Also write the results as JSON here.")
 flags.DEFINE_string("run_case", None, "Internal: run one case in this process, print JSON.")
 FLAGS = flags.FLAGS

@@ -85,19 +85,29 @@ def unrolled_meta_gradient(kernel, bias, batch, inner_lr, first_order):
     return [g.numpy() for g in tape.gradient(loss, [W, b])]
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_meta_gradient_matches_unrolled_computation(first_order):
+def linear_problem():
+    """(kernel [4, 3], bias [3], meta-batch) of the unrolled-gradient tests."""
     rng = np.random.default_rng(1)
     kernel = rng.normal(size=(4, 3)).astype(np.float32)
     bias = rng.normal(size=(3,)).astype(np.float32)
-    batch = tiny_meta_batch()
+    return kernel, bias, tiny_meta_batch()
+
+
+def assert_unrolled(grads, kernel, bias, batch, first_order, message=""):
+    """Meta-gradients equal `unrolled_meta_gradient` at inner rate 0.5, one step."""
+    expected = unrolled_meta_gradient(kernel, bias, batch, 0.5, first_order)
+    for got, want in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6, err_msg=message)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_matches_unrolled_computation(first_order):
+    kernel, bias, batch = linear_problem()
     maml = MAML(linear_model(4, 3, kernel, bias), inner_lr=0.5, inner_steps=1,
                 first_order=first_order)
     maml.compile(optimizer=keras.optimizers.SGD(0.0))
     grads, _, _ = maml.compute_meta_gradients(batch)
-    expected = unrolled_meta_gradient(kernel, bias, batch, 0.5, first_order)
-    for got, want in zip(grads, expected):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
+    assert_unrolled(grads, kernel, bias, batch, first_order)
 
 
 def test_second_order_differs_from_first_order():
@@ -242,10 +252,7 @@ def test_derivative_order_annealing_switches_at_first_order_steps(compiled):
     # tf.cond), second order after; both branches against the unrolled computation.
     from tfmeta.algorithms.maml_plusplus import MAMLPlusPlus
 
-    rng = np.random.default_rng(1)
-    kernel = rng.normal(size=(4, 3)).astype(np.float32)
-    bias = rng.normal(size=(3,)).astype(np.float32)
-    batch = tiny_meta_batch()
+    kernel, bias, batch = linear_problem()
     learner = MAMLPlusPlus(linear_model(4, 3, kernel, bias), inner_lr=0.5, inner_steps=1,
                            first_order_steps=10, multi_step_loss=False,
                            learned_inner_lrs=False, per_step_batch_norm=False)
@@ -255,10 +262,7 @@ def test_derivative_order_annealing_switches_at_first_order_steps(compiled):
     for step, first_order in ((0, True), (9, True), (10, False), (500, False)):
         learner.optimizer.iterations.assign(step)
         grads, _, _ = compute(batch)
-        expected = unrolled_meta_gradient(kernel, bias, batch, 0.5, first_order)
-        for got, want in zip(grads, expected):
-            np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6,
-                                       err_msg=f"step {step}")
+        assert_unrolled(grads, kernel, bias, batch, first_order, f"step {step}")
 
 
 def test_regression_loss_is_the_mean_squared_error():

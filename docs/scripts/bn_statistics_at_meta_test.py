@@ -11,9 +11,9 @@ inner loop, and the moving averages for the queries with `batch_norm="running_st
 Prints the mean query loss and accuracy of each."""
 import os
 import sys
+from unittest import mock
 
 import numpy as np
-import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -23,29 +23,26 @@ from tfmeta.tensors import cross_entropy  # noqa: E402
 from tfmeta.training.run import open_run  # noqa: E402
 
 
-def adapt(learner, params, state, task, steps, support_batch_stats):
-    """The inner loop (first order, as at meta-test) with the chosen support statistics."""
-    params = list(params)
-    indices = learner.adapted_indices
-    if learner.fast_head:
-        params += learner.initial_head(params, state, task["support_images"],
-                                       task["support_labels"], support_batch_stats)
-        indices = indices + [len(params) - 2, len(params) - 1]
-    for step in range(steps):
-        adapted = [params[i] for i in indices]
-        with tf.GradientTape() as tape:
-            tape.watch(adapted)
-            outputs, _ = learner.forward_at(params, state, task["support_images"],
-                                            support_batch_stats, step)
-            loss = learner.loss_fn(task["support_labels"], outputs)
-        grads = [tf.stop_gradient(g) for g in tape.gradient(loss, adapted)]
-        for i, value in zip(indices, learner.inner_update(adapted, grads, step)):
-            params[i] = value
-    return params
+def query_logits(learner, params, state, task, steps, support_batch_stats, query_batch_stats):
+    """Query logits after the learner's own inner loop (`adapt`, as at meta-test), with its
+    support passes normalized as chosen."""
+    forward_at = learner.forward_at
+
+    def support_pass(params, state, inputs, training, step):
+        del training
+        return forward_at(params, state, inputs, support_batch_stats, step)
+
+    with mock.patch.object(learner, "forward_at", support_pass):
+        fast = learner.adapt(params, state, task["support_images"], task["support_labels"],
+                             steps, training=False)
+    return forward_at(fast, state, task["query_images"], query_batch_stats, steps)[0]
 
 
 def main(workdir, episodes=100):
-    run = open_run(workdir)
+    try:
+        run = open_run(workdir)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")
     learner, config = run.learner, run.config
     steps = learner.inner_steps_test
     params = weights.values(learner.params)
@@ -58,9 +55,8 @@ def main(workdir, episodes=100):
             for batch in batches:
                 for t in range(int(batch["query_labels"].shape[0])):
                     task = {k: v[t] for k, v in batch.items()}
-                    fast = adapt(learner, params, state, task, steps, support_batch_stats)
-                    logits, _ = learner.forward_at(fast, state, task["query_images"],
-                                                   query_batch_stats, steps)
+                    logits = query_logits(learner, params, state, task, steps,
+                                          support_batch_stats, query_batch_stats)
                     losses.append(float(cross_entropy(task["query_labels"], logits)))
                     accuracies.append(float(np.mean(
                         np.argmax(logits, -1) == task["query_labels"].numpy())))
