@@ -206,3 +206,40 @@ def test_tpu_strategy_without_a_tpu_says_what_to_do(monkeypatch):
     monkeypatch.setenv("TPU_NAME", "local")
     with pytest.raises(ValueError, match="found no TPU at TPU_NAME='local'.*--strategy=mirrored"):
         make_strategy("tpu")
+
+
+class FakeCoordination:
+    """A coordination service whose barrier `fails` raises `error`; records the barriers."""
+
+    def __init__(self, fails=None, error=None):
+        self.fails, self.error, self.barriers = fails, error, []
+
+    def wait_at_barrier(self, name, timeout_ms):
+        self.barriers.append(name)
+        if name == self.fails:
+            raise self.error(None, None, f"barrier {name} failed")
+
+
+@pytest.mark.parametrize("error_name", ["UnavailableError", "DeadlineExceededError"])
+def test_leaving_the_cluster_tolerates_a_chief_gone_after_every_worker_finished(
+        monkeypatch, error_name):
+    """The race CI once hit: the chief passed the last barrier and exited before the
+    service's reply reached the other worker, which failed a complete run. The exit
+    barrier comes after the strict one, so its lost reply is not a failure."""
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    from tfmeta.training import trainer
+
+    error = getattr(tf.errors, error_name)
+    service = FakeCoordination(fails="tfmeta_exit", error=error)
+    monkeypatch.setattr(context, "context", lambda: service)
+    trainer.leave_cluster_together()
+    assert service.barriers == ["tfmeta_train_end", "tfmeta_exit"]
+
+    # A worker gone before everyone finished is a failure.
+    service = FakeCoordination(fails="tfmeta_train_end", error=error)
+    monkeypatch.setattr(context, "context", lambda: service)
+    with pytest.raises(error):
+        trainer.leave_cluster_together()
+    assert service.barriers == ["tfmeta_train_end"]

@@ -106,14 +106,32 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
     if not role.is_chief:
         shutil.rmtree(scratch, ignore_errors=True)
     if role.count > 1:
-        wait_for_all_workers("tfmeta_train_end")
+        leave_cluster_together()
     return learner
+
+
+def leave_cluster_together() -> None:
+    """Returns once every worker has finished training (and the chief its export), so
+    none exits while another still needs the cluster.
+
+    Two barriers, because the last one of any protocol races with the exit: the chief
+    hosts the coordination service, and once its own wait returns it may exit before the
+    service's reply reaches another worker, which then sees `UnavailableError` although
+    every worker had arrived. The first barrier is strict: passing it proves that every
+    worker finished. A failure at the second comes after that proof, so it is logged and
+    the run counts as complete.
+    """
+    wait_for_all_workers("tfmeta_train_end")
+    try:
+        wait_for_all_workers("tfmeta_exit")
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+        logging.info("Every worker finished training; another left the cluster before "
+                     "the exit barrier answered (%s).", type(error).__name__)
 
 
 def wait_for_all_workers(name: str) -> None:
     """Returns once every worker has called this with `name` (or raises after the
-    coordination service's shutdown timeout): the workers leave `train` together, after the
-    chief's export, so none exits while another still needs the cluster."""
+    coordination service's shutdown timeout)."""
     from tensorflow.python.eager import context  # no public API for a barrier
 
     context.context().wait_at_barrier(name, SHUTDOWN_BARRIER_MS)
