@@ -231,15 +231,17 @@ def test_leaving_the_cluster_tolerates_a_chief_gone_after_every_worker_finished(
 
     from tfmeta.training import trainer
 
-    error = getattr(tf.errors, error_name)
-    service = FakeCoordination(fails="tfmeta_exit", error=error)
-    monkeypatch.setattr(context, "context", lambda: service)
+    def service_failing_at(barrier):
+        service = FakeCoordination(fails=barrier, error=getattr(tf.errors, error_name))
+        monkeypatch.setattr(context, "context", lambda: service)
+        return service
+
+    service = service_failing_at("tfmeta_exit")
     trainer.leave_cluster_together()
     assert service.barriers == ["tfmeta_train_end", "tfmeta_exit"]
 
     # A worker gone before everyone finished is a failure.
-    service = FakeCoordination(fails="tfmeta_train_end", error=error)
-    monkeypatch.setattr(context, "context", lambda: service)
-    with pytest.raises(error):
+    service = service_failing_at("tfmeta_train_end")
+    with pytest.raises(getattr(tf.errors, error_name)):
         trainer.leave_cluster_together()
     assert service.barriers == ["tfmeta_train_end"]
