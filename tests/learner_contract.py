@@ -165,7 +165,7 @@ class LearnerContract:
         depends on the CPU's kernels. On one seed and batch, reading the score every 10
         steps, MAML's contract learner first scored 100% after 140 steps with
         TF_ENABLE_ONEDNN_OPTS=0 and after 160 with oneDNN on (the default, on a CPU with
-        AVX-512 and AMX); FOMAML after 150 and 190. 150 was at that edge on every CPU.
+        AVX-512 and AMX); FOMAML after 150 and 190. 150 was at that edge with oneDNN on or off.
         """
         learner, train, _ = self.learner_and_data(dataset)
         fixed = next(iter(train))
