@@ -22,5 +22,7 @@ setuptools.setup(
         "tensorboard",
         "ml_collections",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff"]},
+    # pillow writes the test images (and docs/scripts/omniglot_as_folders.py's) in every
+    # format and mode; tfmeta itself decodes with TensorFlow only.
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow"]},
 )

@@ -5,14 +5,14 @@ steps, 10 at test), as the paper does.
 """
 
 from configs import maml
-from configs.datasets import NATURAL_IMAGES
+from configs.datasets import natural_images
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config = maml.get_config(dataset, setting)
     config.algo = "anil"
     config.learner.head = "head"
-    if dataset not in NATURAL_IMAGES:
+    if not natural_images(dataset):
         # Only the head moves, so the inner loop takes more steps than MAML's Omniglot one.
         config.learner.update(inner_lr=0.4, inner_steps=5, inner_steps_test=10)
     return config

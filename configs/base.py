@@ -62,7 +62,9 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.jit_compile = "auto"  # Keras resolves "auto" to False on CPU-only machines
     config.mixed_precision = False
     # Filled in by the trainer: where the data came from (resolved folder, None for the
-    # loader's default) and a fingerprint of its files; evaluation and export use it.
+    # loader's default), a fingerprint of its files and, where the loader chose the split
+    # (a user's own data), the classes of each split; evaluation and export use it.
     config.data_source = ml_collections.ConfigDict(
-        {"data_dir": config_dict.placeholder(str), "fingerprint": config_dict.placeholder(str)})
+        {"data_dir": config_dict.placeholder(str), "fingerprint": config_dict.placeholder(str),
+         "class_split": config_dict.placeholder(dict)})
     return config

@@ -8,7 +8,7 @@ convolutions there); `--set=model.downsample=strided` restores it.
 """
 
 from configs import base
-from configs.datasets import NATURAL_IMAGES
+from configs.datasets import natural_images
 
 
 def get_config(dataset: str = "omniglot", setting: str | None = None):
@@ -24,7 +24,7 @@ def get_config(dataset: str = "omniglot", setting: str | None = None):
     if dataset == "omniglot" and config.ways == 20:
         config.meta_batch_size = 16
         config.learner.update(inner_lr=0.1, inner_steps=5, inner_steps_test=5)
-    elif dataset in NATURAL_IMAGES:
+    elif natural_images(dataset):
         config.model.filters = 32
         config.meta_batch_size = 4 if config.shots == 1 else 2
         config.queries = 15

@@ -16,7 +16,7 @@ pixels are too many inputs for the controller.
 import ml_collections
 
 from configs import base
-from configs.datasets import NATURAL_IMAGES
+from configs.datasets import natural_images
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
@@ -24,7 +24,7 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     if dataset == "omniglot":
         config.data.update(image_size=20)
     config.model = ml_collections.ConfigDict({"name": "none"})  # the paper's: pixels
-    if dataset in NATURAL_IMAGES:
+    if natural_images(dataset):
         config.model = ml_collections.ConfigDict({"name": "conv4", "filters": 32})
     config.learner.update(units=200, memory_slots=128, slot_size=40, heads=4, gamma=0.95,
                           write_key=False, key_strength=True)

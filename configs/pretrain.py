@@ -13,7 +13,8 @@ Augmentation: random crop of the padded image and horizontal flip for colour ima
 (in the learner); on Omniglot `config.augment` (random affine, as the metric learners).
 Backbone: ResNet-12 on image datasets, Conv4 on Omniglot.
 `learner.num_classes` is the head's size: the training split's class count (the bundled
-Omniglot: 161 characters x 4 rotations = 644).
+Omniglot: 161 characters x 4 rotations = 644; None, on a dataset this file does not know,
+is filled in from the data by the trainer).
 """
 
 from configs import base
@@ -25,7 +26,7 @@ TRAIN_CLASSES = {"omniglot": 644, "mini_imagenet": 64, "tiered_imagenet": 351,
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config = base.get_config("pretrain", dataset, setting)
-    config.learner.update(num_classes=TRAIN_CLASSES.get(dataset, 64),
+    config.learner.update(num_classes=TRAIN_CLASSES.get(dataset),
                           classifier="nearest_centroid", weight_decay=5e-4)
     if dataset in ("omniglot", "mnist"):
         config.model.update(name="conv4", filters=64)

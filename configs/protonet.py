@@ -16,7 +16,7 @@ Deviation: the paper stops on validation loss; here training runs for `num_steps
 """
 
 from configs import base
-from configs.datasets import NATURAL_IMAGES
+from configs.datasets import natural_images
 
 TRAIN_WAYS = {("omniglot", 1): 60, ("omniglot", 5): 60,
               ("mini_imagenet", 1): 30, ("mini_imagenet", 5): 20}
@@ -27,7 +27,7 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config.learner.update(distance="squared_euclidean")
     config.model.update(name="conv4", filters=64)
     config.eval_ways, config.eval_shots = config.ways, config.shots
-    paper_dataset = "mini_imagenet" if dataset in NATURAL_IMAGES else dataset
+    paper_dataset = "mini_imagenet" if natural_images(dataset) else dataset
     config.ways = TRAIN_WAYS.get((paper_dataset, config.shots), config.ways)
     config.queries = 5 if dataset == "omniglot" else 15
     if dataset == "omniglot":

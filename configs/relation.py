@@ -10,7 +10,7 @@ num_steps is far below the paper's 1M (Omniglot) / 500k (mini-ImageNet) episodes
 """
 
 from configs import base
-from configs.datasets import NATURAL_IMAGES
+from configs.datasets import natural_images
 
 QUERIES = {("omniglot", 5, 1): 19, ("omniglot", 5, 5): 15, ("omniglot", 20, 1): 10,
            ("omniglot", 20, 5): 5, ("mini_imagenet", 5, 1): 15, ("mini_imagenet", 5, 5): 10}
@@ -20,7 +20,7 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config = base.get_config("relation", dataset, setting)
     config.learner.update(relation_filters=64, relation_units=8)
     config.model.update(name="relation_embedding", filters=64)
-    paper_dataset = "mini_imagenet" if dataset in NATURAL_IMAGES else dataset
+    paper_dataset = "mini_imagenet" if natural_images(dataset) else dataset
     config.queries = QUERIES.get((paper_dataset, config.ways, config.shots), 15)
     config.meta_batch_size = 1
     config.optimizer.learning_rate = 1e-3

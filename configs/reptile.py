@@ -20,7 +20,7 @@ images), so 5-way episodes at test time use exactly the five held-out digits.
 from ml_collections import config_dict
 
 from configs import base
-from configs.datasets import NATURAL_IMAGES
+from configs.datasets import natural_images
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
@@ -41,7 +41,7 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config.optimizer.learning_rate = 1.0
     if dataset == "mnist":
         config.data.split = "classification"
-    elif dataset in NATURAL_IMAGES:
+    elif natural_images(dataset):
         config.model.update(filters=32, downsample="max_pool")
         config.learner.update(inner_steps=8, inner_batch_size=10, inner_steps_test=50,
                               inner_batch_size_test=5 if config.shots == 1 else 15)

@@ -16,7 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import base
-from configs.datasets import NATURAL_IMAGES
+from configs.datasets import natural_images
 
 
 def get_config(dataset: str = "mnist", setting: str = "1w4s"):
@@ -41,6 +41,6 @@ def get_config(dataset: str = "mnist", setting: str = "1w4s"):
         {"samples": 16, "metric_classes": 20, "classifier_steps": 300})
     if dataset == "mnist":
         config.data.split = "generation"
-    elif dataset in NATURAL_IMAGES:
+    elif natural_images(dataset):
         config.data.normalize = False
     return config

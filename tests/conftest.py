@@ -28,6 +28,19 @@ def omniglot_small():
     return load_dataset("omniglot", image_size=14)
 
 
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """$TFMETA_CACHE set to a folder of the module's own while its tests run: a module that
+    decodes data files never reads another's cache, nor the user's."""
+    old = os.environ.get("TFMETA_CACHE")
+    os.environ["TFMETA_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        del os.environ["TFMETA_CACHE"]
+    else:
+        os.environ["TFMETA_CACHE"] = old
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where TensorFlow sees a GPU."""
     import tensorflow as tf

@@ -44,16 +44,8 @@ MINI_SPLITS = {"train": {"n01532829": 6, "n01558993": 7, "n01704323": 6},
                "test": {"n01930112": 6, "n01981276": 8}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    """Each test module decodes into its own cache, never the user's."""
-    old = os.environ.get("TFMETA_CACHE")
-    os.environ["TFMETA_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        del os.environ["TFMETA_CACHE"]
-    else:
-        os.environ["TFMETA_CACHE"] = old
+# Each test module decodes into its own cache, never the user's (conftest.private_cache).
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def random_image(rng, size=84):

@@ -1,8 +1,8 @@
 """The training run: configs and overrides, checkpoints and resume (also after SIGKILL),
-the NaN guard, TensorBoard logs, and the command-line tools end to end."""
+the NaN guard, TensorBoard logs, and the command-line tools (train, evaluate and the served
+export end to end: tests/test_own_data_integration.py)."""
 
 import glob
-import json
 import os
 import signal
 import subprocess
@@ -189,32 +189,6 @@ def test_sigkill_mid_training_resumes_and_finishes(tmp_path):
     assert f"Resuming {workdir} from step {killed_at}" in rerun.stderr
     assert max(checkpoint_steps(workdir)) == 60
     all_checkpoints_readable(workdir)
-
-
-@pytest.mark.slow
-def test_cli_train_evaluate_export(tmp_path):
-    workdir = str(tmp_path / "run")
-    args = [a for a in cli_train_args(workdir, 4, 2) if a != "--export=false"]
-    proc = run_cli("train.py", *args)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert os.path.isfile(os.path.join(workdir, "export", "saved_model.pb"))
-
-    proc = run_cli("evaluate.py", f"--workdir={workdir}", "--episodes=40")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    with open(os.path.join(workdir, "eval.json")) as f:
-        result = json.load(f)
-    assert {"accuracy", "ci95", "episodes", "ways", "shots"} <= set(result)
-    assert result["episodes"] == 40 and result["ways"] == 5 and result["shots"] == 1
-    assert 0 <= result["accuracy"] <= 1 and 0 < result["ci95"] < 0.5
-    assert f"accuracy {100 * result['accuracy']:.2f}%" in proc.stdout
-
-    # The served model takes raw 105x105 images and returns [m, N] logits.
-    loaded = tf.saved_model.load(os.path.join(workdir, "export"))
-    raw = tf.random.uniform((5, 105, 105, 1), seed=1)
-    logits = loaded.adapt_and_predict(raw, tf.range(5), raw[:3])["logits"]
-    assert logits.shape == (3, 5)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be float32 in \[0, 1\]"):
-        loaded.adapt_and_predict(raw * 255, tf.range(5), raw[:3])
 
 
 def test_a_learner_and_a_dataset_that_do_not_fit_are_refused_before_building(tmp_path):

@@ -68,12 +68,17 @@ def get_config(algo: str, dataset: str, setting: str | None = None,
     The result is locked: overrides may change fields, not add them (see `apply_overrides`).
     """
     from tfmeta.algorithms import ALGORITHMS
-    from tfmeta.data import DATASETS
+    from tfmeta.data import DATASETS, TFDS_PREFIX
 
     if algo not in ALGORITHMS:
         raise ValueError(f"Unknown --algo {algo!r}; valid algorithms: {sorted(ALGORITHMS)}.")
-    if dataset not in DATASETS:
-        raise ValueError(f"Unknown --dataset {dataset!r}; valid datasets: {sorted(DATASETS)}.")
+    if dataset.startswith(TFDS_PREFIX):
+        from tfmeta.data.tfds_catalog import dataset_name
+
+        dataset_name(dataset)
+    elif dataset not in DATASETS:
+        raise ValueError(f"Unknown --dataset {dataset!r}; valid datasets: {sorted(DATASETS)}, "
+                         f"or {TFDS_PREFIX}NAME for a TFDS dataset (e.g. tfds:cifar100).")
     if not os.path.isfile(os.path.join(configs_dir, f"{algo}.py")):
         raise FileNotFoundError(f"No config for {algo!r}: {configs_dir}/{algo}.py is missing.")
     parent = os.path.dirname(os.path.abspath(configs_dir))

@@ -36,6 +36,7 @@ Hooks, each with a default, from the smallest to the largest a subclass override
     serving_module(dataset)            the tf.Module a SavedModel export holds
     feature_model()                    the backbone whose features write_embeddings writes
   construction
+    arguments_from_data(arguments, dataset)   constructor arguments the data decides
     from_experiment(config, input_shape)   the learner a config names
 
 (`meta_test` is not Keras's `evaluate`, which `fit` itself calls for validation.)
@@ -127,6 +128,14 @@ class MetaLearner(keras.Model):
                 hint = ("it is a reinforcement-learning task distribution; use --algo=maml_rl")
             raise ValueError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "
                              f"--dataset={dataset} with these options gives {kind}; {hint}.")
+
+    @classmethod
+    def arguments_from_data(cls, arguments, dataset) -> dict:
+        """Constructor arguments that the data decides where the config leaves them open
+        (e.g. Pretrain's head size on a user's dataset); the trainer records them in
+        config.json. `arguments`: the config's `learner` section."""
+        del arguments, dataset
+        return {}
 
     @classmethod
     def from_experiment(cls, config, input_shape):

@@ -42,7 +42,7 @@ import tensorflow as tf
 from tfmeta.algorithms.base import MetaLearner
 from tfmeta.data.augment import RandomAffine
 from tfmeta.data.episodes import stored_tensor
-from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
+from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
 from tfmeta.tensors import (
     accuracy,
     class_means,
@@ -96,7 +96,8 @@ class Pretrain(MetaLearner):
 
     Args:
       encoder: a built Keras model, images -> feature vectors `[n, D]` (no head).
-      num_classes: outputs of the training head: at least the number of training classes.
+      num_classes: outputs of the training head: at least the number of training classes
+        (a config's None: the training split's, filled in by the trainer).
       classifier: "nearest_centroid" or "logistic", the in-graph few-shot classifier.
       weight_decay: L2 penalty `weight_decay / 2 * ||w||^2` on every trainable weight
         (PyTorch's SGD `weight_decay`, which the papers use).
@@ -106,7 +107,8 @@ class Pretrain(MetaLearner):
     """
 
     input_kinds = ("images",)
-    argument_ranges = {"num_classes": POSITIVE_INT, "weight_decay": NON_NEGATIVE,
+    argument_ranges = {"num_classes": Range(1, integer=True, optional=True),
+                       "weight_decay": NON_NEGATIVE,
                        "scale": POSITIVE, "logistic_steps": NON_NEGATIVE_INT,
                        "logistic_lr": POSITIVE, "logistic_l2": NON_NEGATIVE}
 
@@ -116,6 +118,9 @@ class Pretrain(MetaLearner):
                  logistic_l2: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.check_arguments(locals())
+        if num_classes is None:
+            raise ValueError("Pretrain needs num_classes, the training head's size (at least "
+                             "the training split's class count).")
         if classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}.")
         if not encoder.built or len(encoder.output_shape) != 2:
@@ -195,6 +200,13 @@ class Pretrain(MetaLearner):
         return self.encoder
 
     # ------------------------------------------------------------ data
+    @classmethod
+    def arguments_from_data(cls, arguments, dataset) -> dict:
+        """`num_classes=None` becomes the training split's class count."""
+        if arguments.get("num_classes") is None:
+            return {"num_classes": dataset.split("train").num_classes}
+        return {}
+
     def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
         """(train, validation): batches `{"images" [b, ...], "labels" [b]}` of every training

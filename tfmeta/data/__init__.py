@@ -1,12 +1,15 @@
-"""Datasets in their official on-disk formats, and the episode sampler.
+"""Datasets: the benchmarks in their official on-disk formats, a user's own images (a
+folder of class folders, any TFDS dataset, arrays), and the episode sampler.
 
 `load_dataset(name, data_dir=None, **options)` returns a `FewShotDataset`; each
 registered loader is a function `load(data_dir, **options)`, named in DATASETS as
-"module" (its `load`) or "module:function".
+"module" (its `load`) or "module:function". `tfds:NAME` is TFDS dataset NAME
+(`tfmeta.data.tfds_catalog`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 
@@ -15,6 +18,7 @@ from tfmeta.data.episodes import ClassImages, episode_dataset
 
 # name -> "module[:function]" of a `load(data_dir=None, **options) -> FewShotDataset`.
 DATASETS = {
+    "folder": "tfmeta.data.folder",  # a folder of class folders of images (a user's own)
     "omniglot": "tfmeta.data.omniglot",
     "mnist": "tfmeta.data.mnist",  # mnist.npz (x_train, y_train, x_test, y_test)
     "mini_imagenet": "tfmeta.data.mini_imagenet",  # images (CSV or pickle cache) or LEO embeddings
@@ -27,10 +31,18 @@ DATASETS = {
 }
 
 
+TFDS_PREFIX = "tfds:"
+
+
 def loader_function(name: str):
     """The `load(data_dir=None, **options)` function of dataset `name`."""
+    if name.startswith(TFDS_PREFIX):
+        from tfmeta.data import tfds_catalog
+
+        return functools.partial(tfds_catalog.load, tfds_catalog.dataset_name(name))
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}.")
+        raise ValueError(f"Unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}, or "
+                         f"{TFDS_PREFIX}NAME for any TFDS dataset (e.g. tfds:cifar100).")
     module, _, function = DATASETS[name].partition(":")
     return getattr(importlib.import_module(module), function or "load")
 
@@ -53,6 +65,7 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
 # `input_kind(**options)` when the dataset's options decide. Known without reading files,
 # so a learner and a dataset that do not fit are refused before anything is built.
 INPUT_KINDS = {
+    "folder": "images",
     "omniglot": "images",
     "mnist": "images",
     "mini_imagenet": "tfmeta.data.mini_imagenet:input_kind",
@@ -67,12 +80,12 @@ INPUT_KINDS = {
 
 def input_kind(name: str, options=None) -> str | None:
     """"images", "embeddings", or None when the registry does not say (see INPUT_KINDS)."""
-    kind = INPUT_KINDS.get(name)
+    kind = "images" if name.startswith(TFDS_PREFIX) else INPUT_KINDS.get(name)
     if kind is None or ":" not in kind:
         return kind
     module, _, function = kind.partition(":")
     return getattr(importlib.import_module(module), function)(**dict(options or {}))
 
 
-__all__ = ["ClassImages", "DATASETS", "FewShotDataset", "INPUT_KINDS", "episode_dataset",
-           "input_kind", "load_dataset", "loader_function"]
+__all__ = ["ClassImages", "DATASETS", "FewShotDataset", "INPUT_KINDS", "TFDS_PREFIX",
+           "episode_dataset", "input_kind", "load_dataset", "loader_function"]

@@ -33,6 +33,19 @@ class FewShotDataset:
         inputs such as embeddings. Exported models reject inputs outside it.
       data_dir: the folder read, resolved (None: the loader's default location).
       source_files: the files read; `fingerprint()` identifies their contents.
+      chosen_split: {"train", "val", "test": class names} where the loader chose the split
+        (a user's own data, split by seeded fractions); the trainer records it in
+        config.json so evaluation and export use the same classes. None: the dataset's
+        own split.
+      decoding: how an image file becomes a raw input, `{"image_size", "channels",
+        "crop_to_aspect_ratio"}` (`tfmeta.data.images.decode_image`, then / 255), where the
+        loader decoded files that way; see `file_decoding()`.
+
+    A user's own data, in one call each (see `tfmeta.data.own_data`):
+
+        FewShotDataset.from_folder("photos/")        # one subfolder per class
+        FewShotDataset.from_arrays(images, labels)
+        FewShotDataset.from_tf_dataset(tf.data.Dataset.from_tensor_slices((x, y)))
     """
 
     name: str
@@ -43,6 +56,45 @@ class FewShotDataset:
     value_range: tuple | None = (0.0, 1.0)
     data_dir: str | None = None
     source_files: tuple = ()
+    chosen_split: dict | None = None
+    decoding: dict | None = None
+
+    @classmethod
+    def from_folder(cls, data_dir: str, **options) -> FewShotDataset:
+        """One subfolder per class (or train/, val/, test/ of them); `options` are
+        `tfmeta.data.folder.load`'s (image_size=84, channels=3, split_fractions, ...)."""
+        from tfmeta.data import folder
+
+        return folder.load(data_dir, **options)
+
+    @classmethod
+    def from_arrays(cls, images, labels, **options) -> FewShotDataset:
+        """Images `[n, H, W(, C)]` (uint8, or float in [0, 1]) and their labels `[n]`;
+        `options` are `tfmeta.data.own_data.from_arrays`'s."""
+        from tfmeta.data import own_data
+
+        return own_data.from_arrays(images, labels, **options)
+
+    @classmethod
+    def from_tf_dataset(cls, dataset, **options) -> FewShotDataset:
+        """A `tf.data.Dataset` of `(image, label)`; `options` are
+        `tfmeta.data.own_data.from_tf_dataset`'s (image_size=... for images of mixed sizes)."""
+        from tfmeta.data import own_data
+
+        return own_data.from_tf_dataset(dataset, **options)
+
+    def file_decoding(self) -> dict | None:
+        """How an image file becomes one raw input of this dataset (`decoding`, or for a
+        benchmark whose raw inputs are square images in [0, 1], its files' size and
+        channels), or None when its inputs are not images (embeddings, regression)."""
+        if self.decoding is not None:
+            return dict(self.decoding)
+        shape = tuple(self.raw_shape)
+        if (len(shape) == 3 and shape[0] == shape[1] and shape[2] in (1, 3)
+                and self.value_range is not None and tuple(self.value_range) == (0.0, 1.0)):
+            return {"image_size": int(shape[0]), "channels": int(shape[2]),
+                    "crop_to_aspect_ratio": False}
+        return None
 
     def fingerprint(self) -> str:
         """A key of the source files' names (relative to their folder) and sizes: the same

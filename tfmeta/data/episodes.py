@@ -17,6 +17,7 @@ no Python generator per episode, and a seed makes the stream reproducible.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -38,6 +39,9 @@ class ClassImages:
       transform: optional TF function, stored examples `[n, *stored_shape]` -> model inputs
         `[n, *example_shape]`; the episode sampler applies it after gathering (so a large
         image dataset stays uint8 in memory) and `inputs`/`class_examples` apply it here.
+      drop_small_classes: what episodes do with a class that has fewer examples than an
+        episode takes of each: leave it out with a warning naming it (a user's own data,
+        where some classes are small), or refuse (False: a benchmark's classes are fixed).
     """
 
     images: np.ndarray
@@ -45,9 +49,11 @@ class ClassImages:
     class_counts: np.ndarray
     class_names: tuple
     transform: Callable | None = None
+    drop_small_classes: bool = False
 
     @classmethod
-    def from_lists(cls, per_class: list, class_names=None, transform=None) -> ClassImages:
+    def from_lists(cls, per_class: list, class_names=None, transform=None,
+                   drop_small_classes: bool = False) -> ClassImages:
         """Builds from a list with one `[count_c, *example_shape]` array per class."""
         if not per_class:
             raise ValueError("ClassImages needs at least one class; got an empty list.")
@@ -62,7 +68,8 @@ class ClassImages:
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         names = tuple(class_names) if class_names is not None else tuple(
             str(i) for i in range(len(per_class)))
-        return cls(np.concatenate(per_class, axis=0), offsets, counts, names, transform)
+        return cls(np.concatenate(per_class, axis=0), offsets, counts, names, transform,
+                   drop_small_classes)
 
     @classmethod
     def from_dense(cls, images: np.ndarray, class_names=None, transform=None) -> ClassImages:
@@ -91,7 +98,8 @@ class ClassImages:
         """The sub-collection of the given classes, in that order (stored as they are)."""
         return ClassImages.from_lists(
             [self.stored_examples(i) for i in class_indices],
-            [self.class_names[i] for i in class_indices], self.transform)
+            [self.class_names[i] for i in class_indices], self.transform,
+            self.drop_small_classes)
 
     def stored_examples(self, index: int) -> np.ndarray:
         """Class `index`'s examples as stored."""
@@ -107,22 +115,45 @@ class ClassImages:
         return self.inputs(self.images)
 
 
-def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int, split=""):
-    """Raises a ValueError naming the value and the fix if the spec can't be sampled."""
+def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int,
+                       split="") -> ClassImages:
+    """The classes episodes of this spec are drawn from; raises a ValueError naming the value
+    and the fix if the spec can't be sampled.
+
+    A class with fewer than `shots + queries` examples is refused, or, where the classes
+    allow it (`drop_small_classes`: a user's own data), left out with a warning naming it.
+    """
     where = f" in the {split!r} split" if split else ""
     for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    needed = shots + queries
+    small = np.flatnonzero(classes.class_counts < needed)
+    if classes.drop_small_classes and len(small):
+        kept = np.flatnonzero(classes.class_counts >= needed)
+        if len(kept) < ways:
+            raise ValueError(
+                f"Only {len(kept)} of the {classes.num_classes} classes{where} have at least "
+                f"shots + queries = {shots} + {queries} = {needed} images, fewer than "
+                f"ways={ways}; use ways <= {len(kept)}, fewer shots or queries, or add images "
+                "to the small classes.")
+        names = [f"{classes.class_names[i]!r} ({classes.class_counts[i]})" for i in small]
+        logging.warning(
+            "Leaving %d class(es)%s out of %d-shot %d-query episodes, which take %d images "
+            "of each: %s%s.", len(small), where, shots, queries, needed, ", ".join(names[:10]),
+            f" and {len(names) - 10} more" if len(names) > 10 else "")
+        classes = classes.select(kept)
     if ways > classes.num_classes:
         raise ValueError(
             f"ways={ways} is larger than the {classes.num_classes} classes available{where}; "
             f"use ways <= {classes.num_classes} or a dataset with more classes.")
     smallest = int(np.argmin(classes.class_counts))
-    if shots + queries > classes.class_counts[smallest]:
+    if needed > classes.class_counts[smallest]:
         raise ValueError(
-            f"shots + queries = {shots} + {queries} = {shots + queries} is more than the "
+            f"shots + queries = {shots} + {queries} = {needed} is more than the "
             f"{classes.class_counts[smallest]} examples of class {classes.class_names[smallest]!r}"
             f"{where}; use shots + queries <= {classes.class_counts[smallest]}.")
+    return classes
 
 
 # A tf.data function's graph holds its constants and must stay under protobuf's 2 GB.
@@ -209,8 +240,19 @@ def episode_numbers(meta_batch_size: int | None = None, start_step: int = 0,
                        + k % share)
 
 
+def _split_of(data, split: str) -> tuple:
+    """(`data` itself, a `ClassImages`, or its split `split` (default "train") when it is a
+    whole `FewShotDataset`; the split's name)."""
+    if isinstance(data, ClassImages):
+        return data, split
+    if hasattr(data, "split") and hasattr(data, "splits"):
+        return data.split(split or "train"), split or "train"
+    raise TypeError(f"episode_dataset takes a FewShotDataset or one of its splits (a "
+                    f"ClassImages); got {type(data).__name__}.")
+
+
 def episode_dataset(
-    classes: ClassImages,
+    classes,
     ways: int,
     shots: int,
     queries: int,
@@ -229,20 +271,22 @@ def episode_dataset(
     episodes `s * B .. s * B + B - 1` (see `episode_numbers`).
 
     Args:
-      classes: the split to sample from.
+      classes: the split to sample from (a `ClassImages`), or a whole `FewShotDataset`, whose
+        split `split` (default "train") it then samples.
       ways, shots, queries: N, K and the number of query examples per class.
       meta_batch_size: episodes per element (a leading axis); None yields single episodes.
       seed: the stream is a pure function of it.
       num_episodes: stop after this many episodes (rounded down to whole meta-batches);
         None repeats forever.
-      split: the split's name, for error messages.
+      split: the split's name, for error messages (and which split of a `FewShotDataset`).
       augment: optional `augment(images, seed) -> images` applied to every example
         (training episodes only; see `tfmeta.data.augment`).
       start_step: the first meta-batch (a resumed run starts at its restored step).
       worker, workers: this process's share of each meta-batch under multi-worker training
         (each element then holds `meta_batch_size / workers` episodes).
     """
-    check_episode_spec(classes, ways, shots, queries, split)
+    classes, split = _split_of(classes, split)
+    classes = check_episode_spec(classes, ways, shots, queries, split)
     sample = make_episode_sampler(classes, ways, shots, queries, augment)
     base_seed = tf.constant([seed, 0], tf.int64)
     ds = episode_numbers(meta_batch_size, start_step, num_episodes, worker, workers).map(

@@ -18,6 +18,7 @@ when `image_size` differs from the files' size; `normalize=False` leaves values 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -73,77 +74,139 @@ def _as_bytes(item) -> bytes:
     raise TypeError(f"an encoded image is bytes or a uint8 array; got {type(item).__name__}")
 
 
-def _decode_one(data, size: int):
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what tf.io.decode_image reads
+
+
+def decode_image(data, size: int, channels: int = 3, crop_to_aspect_ratio: bool = False):
+    """One encoded JPEG, PNG, BMP or GIF (its first frame), any mode, -> uint8
+    `[size, size, channels]` (see `conform_image`)."""
+    image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    return conform_image(image, size, channels, crop_to_aspect_ratio)
+
+
+def conform_image(image, size: int, channels: int = 3, crop_to_aspect_ratio: bool = False):
+    """A uint8 image `[H, W, any channels]` -> `[size, size, channels]`.
+
+    Modes are brought to `channels` as PIL's `convert` does: grey is repeated to RGB, RGB
+    becomes grey by ITU-R 601 luma, alpha is dropped. `crop_to_aspect_ratio` first cuts
+    the largest centred square (else the image is squashed, as Keras's
+    `image_dataset_from_directory` does by default). Images of another size are resized
+    with antialiasing (PIL's ANTIALIAS, as mini-ImageNet's resizing script) and rounded.
+    """
+    image.set_shape([None, None, None])
+    present = tf.shape(image)[-1]
+    colour = tf.cond(present >= 3, lambda: image[..., :3],
+                     lambda: tf.repeat(image[..., :1], 3, axis=-1))  # grey (+ alpha)
+    if channels == 1:
+        grey = tf.image.rgb_to_grayscale(tf.cast(colour, tf.float32))
+        grey = tf.cast(tf.clip_by_value(tf.round(grey), 0.0, 255.0), tf.uint8)
+        image = tf.cond(present < 3, lambda: image[..., :1], lambda: grey)  # grey stays exact
+    else:
+        image = colour
+    if crop_to_aspect_ratio:
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        side = tf.minimum(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        image = image[top:top + side, left:left + side]
 
     def resized():
-        # Files at another size (e.g. Ravi & Larochelle's images before their resizing
-        # script ran) are brought to `size` as that script does (PIL's ANTIALIAS).
         big = tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
         return tf.cast(tf.clip_by_value(tf.round(big), 0.0, 255.0), tf.uint8)
 
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size]))
-    return tf.reshape(tf.cond(same, lambda: image, resized), [size, size, 3])
+    return tf.reshape(tf.cond(same, lambda: image, resized), [size, size, channels])
+
+
+def _decoded(encoded, size, channels, crop_to_aspect_ratio, from_files, batch_size):
+    """Decodes in parallel batches, skipping what fails; returns (pixels of the images that
+    decoded, in order, and the indices of those that did not)."""
+    if from_files:
+        items = tf.data.Dataset.from_tensor_slices([os.fspath(p) for p in encoded])
+    else:
+        items = tf.data.Dataset.from_generator(
+            lambda: (_as_bytes(item) for item in encoded),
+            output_signature=tf.TensorSpec([], tf.string))
+
+    def decode(index, item):
+        data = tf.io.read_file(item) if from_files else item
+        return index, decode_image(data, size, channels, crop_to_aspect_ratio)
+
+    stream = tf.data.Dataset.zip(tf.data.Dataset.range(len(encoded)), items).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors().batch(
+        batch_size)
+    out = np.empty((len(encoded), size, size, channels), np.uint8)
+    kept = np.zeros(len(encoded), bool)
+    count = 0
+    for index, pixels in stream.as_numpy_iterator():
+        out[count:count + len(index)] = pixels
+        kept[index] = True
+        count += len(index)
+    return out[:count] if count < len(encoded) else out, np.flatnonzero(~kept)
 
 
 def decode_images(encoded: Sequence, size: int, describe: Callable[[int], str],
-                  from_files: bool = False, batch_size: int = 256) -> np.ndarray:
-    """Decodes JPEG or PNG images with TensorFlow, in parallel batches.
+                  from_files: bool = False, batch_size: int = 256, channels: int = 3,
+                  crop_to_aspect_ratio: bool = False) -> np.ndarray:
+    """Decodes JPEG, PNG, BMP or GIF images with TensorFlow, in parallel batches (see
+    `decode_image`).
 
     Args:
       encoded: one item per image: its encoded bytes (or uint8 array of them), or with
         `from_files` the path of its file.
-      size: images are `[size, size, 3]`; others are resized to it.
+      size: images are `[size, size, channels]`; others are resized to it.
       describe: `i -> name of image i` for error messages (a file, or an index in a pickle).
       from_files: read each item's file.
       batch_size: images decoded per step.
+      channels, crop_to_aspect_ratio: see `decode_image`.
 
-    Returns uint8 `[len(encoded), size, size, 3]`, in the order of `encoded`. Raises a
-    ValueError naming the first image that is missing or does not decode.
+    Returns uint8 `[len(encoded), size, size, channels]`, in the order of `encoded`. Raises
+    a ValueError naming the first image that does not decode (FileNotFoundError: that is
+    missing).
     """
-    out = np.empty((len(encoded), size, size, 3), np.uint8)
+    pixels, bad = decode_images_skipping(encoded, size, from_files, batch_size, channels,
+                                         crop_to_aspect_ratio)
+    if len(bad):
+        raise_for_bad_image(encoded, bad, describe, from_files)
+    return pixels
+
+
+def decode_images_skipping(encoded: Sequence, size: int, from_files: bool = False,
+                           batch_size: int = 256, channels: int = 3,
+                           crop_to_aspect_ratio: bool = False) -> tuple:
+    """`decode_images` that skips what does not decode: (uint8 pixels of the images that
+    decoded, in order; the indices of the others)."""
     if not len(encoded):
-        return out
-
-    def items():
-        for item in encoded:
-            yield item if from_files else _as_bytes(item)
-
-    def decode(item):
-        return _decode_one(tf.io.read_file(item) if from_files else item, size)
-
-    stream = tf.data.Dataset.from_generator(
-        items, output_signature=tf.TensorSpec([], tf.string)).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
-    start = 0
-    iterator = iter(stream)
-    while start < len(encoded):
-        try:
-            batch = next(iterator).numpy()
-        except (tf.errors.OpError, TypeError):
-            _raise_for_bad_image(encoded, start, min(start + batch_size, len(encoded)),
-                                 size, describe, from_files)
-            raise  # every image of the batch decodes alone: not an image problem
-        out[start:start + len(batch)] = batch
-        start += len(batch)
-    return out
+        return np.empty((0, size, size, channels), np.uint8), np.zeros(0, np.int64)
+    return _decoded(encoded, size, channels, crop_to_aspect_ratio, from_files, batch_size)
 
 
-def _raise_for_bad_image(encoded, start, stop, size, describe, from_files):
-    """Decodes images start..stop-1 one at a time and raises for the first bad one."""
-    for i in range(start, stop):
+def decode_failure(item, from_files: bool = False) -> str | None:
+    """Why one image does not decode (the decoder's first line), or None if it does."""
+    try:
+        data = tf.io.read_file(os.fspath(item)) if from_files else _as_bytes(item)
+        decode_image(data, 8)
+    except (tf.errors.OpError, TypeError) as error:
+        reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        reason = re.sub(r"\{\{[^}]*\}\}|\[Op:[^]]*\].*", "", reason).strip()
+        return reason.splitlines()[0] if reason else type(error).__name__
+    return None
+
+
+def raise_for_bad_image(encoded, bad, describe, from_files):
+    """Raises for the first of the images `bad` (indices) that is missing or does not
+    decode alone, naming it and how many others failed."""
+    others = f" ({len(bad) - 1} other image(s) fail too)" if len(bad) > 1 else ""
+    for i in bad:
         if from_files and not os.path.isfile(encoded[i]):
-            raise FileNotFoundError(f"Missing image {describe(i)}: the split file names it; "
-                                    "restore the file or get the dataset again.")
-        try:
-            data = tf.io.read_file(encoded[i]) if from_files else _as_bytes(encoded[i])
-            _decode_one(data, size)
-        except (tf.errors.OpError, TypeError) as error:
-            reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
-            raise ValueError(f"Corrupt image {describe(i)}: it does not decode as JPEG or PNG "
-                             f"({reason.strip().splitlines()[0]}). Replace it or get the "
-                             "dataset again.") from None
+            raise FileNotFoundError(f"Missing image {describe(i)}{others}: it is listed but "
+                                    "not there; restore the file or get the dataset again.")
+        reason = decode_failure(encoded[i], from_files)
+        if reason is not None:
+            raise ValueError(f"Corrupt image {describe(i)}{others}: it does not decode as "
+                             f"JPEG, PNG, BMP or GIF ({reason}). Replace it or get the "
+                             "dataset again.")
+    raise RuntimeError(f"Images {list(bad)[:5]} failed to decode in a batch but decode "
+                       "alone; please report this.")
 
 
 def group_by_class(labels: np.ndarray) -> tuple:

@@ -8,6 +8,7 @@ with its signatures, so a client needs only TensorFlow.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -15,9 +16,26 @@ import tensorflow as tf
 
 from tfmeta.training.run import EXPORT, open_run
 
+# What an export says of itself beside saved_model.pb (`bin/predict.py` reads it).
+METADATA_FILE = "tfmeta.json"
+
+
+def export_metadata(learner, dataset) -> dict:
+    """What a client needs to know besides the signatures: the learner, the most ways it
+    serves, the raw inputs' shape and range, and how an image file becomes a raw input
+    (`FewShotDataset.file_decoding`: decode, resize, / 255)."""
+    value_range = getattr(dataset, "value_range", None)
+    decoding = getattr(dataset, "file_decoding", None)  # task generators have no files
+    return {"learner": type(learner).__name__, "dataset": getattr(dataset, "name", None),
+            "max_ways": getattr(learner, "max_ways", None),
+            "raw_shape": [int(d) for d in getattr(dataset, "raw_shape", ())],
+            "value_range": list(value_range) if value_range else None,
+            "decoding": decoding() if decoding else None}
+
 
 def export_learner(learner, dataset, path: str) -> str:
-    """Writes a SavedModel of `learner` for `dataset`'s raw inputs to `path`.
+    """Writes a SavedModel of `learner` for `dataset`'s raw inputs to `path`, with
+    `tfmeta.json` (`export_metadata`) beside it.
 
     Written to a temporary folder and renamed, so a killed export leaves the previous one.
     """
@@ -25,6 +43,8 @@ def export_learner(learner, dataset, path: str) -> str:
     partial = path.rstrip("/") + ".part"
     shutil.rmtree(partial, ignore_errors=True)
     tf.saved_model.save(module, partial, signatures=module.signatures())
+    with open(os.path.join(partial, METADATA_FILE), "w") as f:
+        json.dump(export_metadata(learner, dataset), f, indent=2)
     if os.path.isdir(path):
         shutil.rmtree(path)
     os.replace(partial, path)

@@ -190,8 +190,17 @@ def remove_partial_checkpoints(workdir: str) -> list:
 
 # ------------------------------------------------------------------------------ data
 def data_source(dataset) -> dict:
-    """What config.json records of the data a run trained on."""
-    return {"data_dir": dataset.data_dir, "fingerprint": dataset.fingerprint()}
+    """What config.json records of the data a run trained on: its folder, the fingerprint
+    of its files, and the classes of each split where the loader chose them."""
+    return {"data_dir": dataset.data_dir, "fingerprint": dataset.fingerprint(),
+            "class_split": getattr(dataset, "chosen_split", None)}
+
+
+def recorded_class_split(config) -> dict | None:
+    """The split config.json records (see `data_source`), as a plain dict, or None."""
+    source = config.get("data_source") or {}
+    split = source.get("class_split") if hasattr(source, "get") else None
+    return split.to_dict() if hasattr(split, "to_dict") else split
 
 
 def load_run_dataset(config, data_dir: str | None = None):
@@ -210,7 +219,10 @@ def load_run_dataset(config, data_dir: str | None = None):
                 f"This run was trained on the {config.dataset} data in {recorded_dir}, which is "
                 "not there any more; pass --data_dir=<a folder with the same files>.")
         data_dir = recorded_dir
-    dataset = load_dataset(config.dataset, data_dir, **config.data)
+    options = dict(config.data)
+    if recorded_class_split(config):
+        options["class_split"] = recorded_class_split(config)  # the classes it trained on
+    dataset = load_dataset(config.dataset, data_dir, **options)
     if recorded_print and dataset.fingerprint() != recorded_print:
         where = dataset.data_dir or "the default location"
         message = (f"The {config.dataset} files in {where} differ from the ones this run was "

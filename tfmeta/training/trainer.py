@@ -23,6 +23,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from tfmeta.algorithms import learner_class
 from tfmeta.config import save_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
@@ -64,7 +65,9 @@ def _check_workdir_config(config, workdir):
         old = old.to_dict() if hasattr(old, "to_dict") else old
         new = new.to_dict() if hasattr(new, "to_dict") else new
         if field == "data_source" and old:
-            old, new = old.get("fingerprint"), (new or {}).get("fingerprint")
+            keys = ("fingerprint", "class_split")
+            old, new = ({k: old.get(k) for k in keys if old.get(k) is not None},
+                        {k: (new or {}).get(k) for k in keys if old.get(k) is not None})
         if old is not None and json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
             raise ValueError(
                 f"{workdir} holds a run with {field}={old!r}, but this run has {field}={new!r}. "
@@ -150,6 +153,8 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     dataset = load_dataset(config.dataset, data_dir, download=download, **config.data)
     logging.info("%s", dataset.description)
     config.data_source.update(data_source(dataset))
+    config.learner.update(learner_class(config.algo).arguments_from_data(config.learner,
+                                                                         dataset))
     _check_workdir_config(config, workdir)
     replicas = strategy.num_replicas_in_sync
     if config.meta_batch_size % replicas:

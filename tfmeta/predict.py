@@ -1,0 +1,204 @@
+"""Adapting an exported model to a folder of examples and classifying a folder of queries:
+what `bin/predict.py` runs.
+
+    support/<class name>/*.jpg      a few labelled examples of each class (any image files)
+    queries/**/*.png                the images to classify (nested folders allowed)
+
+Images are decoded and resized exactly as the run's dataset decoded its files (the
+export's `tfmeta.json`: `FewShotDataset.file_decoding`, through
+`tfmeta.data.images.decode_image`), scaled to [0, 1], and sent to the export's
+`adapt_and_predict`, which preprocesses, adapts to the support set and scores the
+queries in the graph. The probability is the softmax of the served logits.
+
+When every query sits in a folder named like a support class, the share predicted as that
+class is reported too (`folder_accuracy`), a check of an export on labelled new classes.
+
+Queries go in chunks of `batch_size`, each with the whole support set; a transductive
+learner (MAML with batch statistics) normalizes each chunk with that chunk's statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfmeta.data import folder
+from tfmeta.data import images as image_utils
+from tfmeta.training.export import METADATA_FILE
+
+SIGNATURE = "adapt_and_predict"
+# The learners whose exports serve any number of classes (`max_ways` None), and those that
+# do with a prototype-initialized fast head (tests/test_own_data.py checks both lists).
+ANY_WAYS = ("protonet", "matching", "relation", "siamese", "pretrain")
+ANY_WAYS_WITH_PROTOTYPE_HEAD = ("maml", "maml_plusplus")
+
+
+@dataclasses.dataclass
+class Prediction:
+    file: str               # relative to the query folder
+    predicted_class: str
+    probability: float
+
+
+@dataclasses.dataclass
+class Export:
+    """A loaded SavedModel and what it says of itself (`tfmeta.json`)."""
+
+    path: str
+    module: object
+    metadata: dict
+
+    @property
+    def max_ways(self):
+        return self.metadata.get("max_ways")
+
+
+def export_path(workdir: str | None = None, export: str | None = None) -> str:
+    """The export folder: `--export`, or `<workdir>/export`; exactly one must be given."""
+    if (workdir is None) == (export is None):
+        raise ValueError("Give exactly one of --workdir=<a run folder> and --export=<a "
+                         "SavedModel folder>.")
+    path = export if export is not None else os.path.join(workdir, "export")
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        hint = (f"{workdir} has no export/: rerun its bin/train.py command (a finished run "
+                "only exports)" if workdir is not None and os.path.isdir(workdir) else
+                "pass the export/ folder bin/train.py wrote")
+        raise FileNotFoundError(f"No SavedModel at {os.path.abspath(path)}; {hint}.")
+    return path
+
+
+def open_export(path: str) -> Export:
+    """Loads the export and its metadata (for an export without `tfmeta.json`, what its
+    signature says: the raw image shape, decoded without cropping)."""
+    module = tf.saved_model.load(path)
+    if SIGNATURE not in getattr(module, "signatures", {}):
+        served = sorted(getattr(module, "signatures", {}))
+        raise ValueError(f"The export at {path} serves {served}, not {SIGNATURE}: it is not a "
+                         "classifier (a generator or a regression or RL policy).")
+    metadata_file = os.path.join(path, METADATA_FILE)
+    if os.path.isfile(metadata_file):
+        with open(metadata_file) as f:
+            metadata = json.load(f)
+    else:
+        spec = module.signatures[SIGNATURE].structured_input_signature[1]["support_images"]
+        shape = [int(d) for d in spec.shape[1:]]
+        square = len(shape) == 3 and shape[0] == shape[1] and shape[2] in (1, 3)
+        metadata = {"raw_shape": shape, "max_ways": None, "decoding": {
+            "image_size": shape[0], "channels": shape[2], "crop_to_aspect_ratio": False}
+            if square else None}
+    if not metadata.get("decoding"):
+        raise ValueError(f"The export at {path} takes inputs of shape {metadata['raw_shape']} "
+                         "(e.g. embeddings), not images; bin/predict.py classifies image files.")
+    return Export(path, module, metadata)
+
+
+def support_classes(support_dir: str) -> dict:
+    """{class name: [image files]}: one folder per class, each with at least one image."""
+    if not os.path.isdir(support_dir):
+        raise FileNotFoundError(f"No support folder {os.path.abspath(support_dir)}; "
+                                "--support_dir must hold one folder of example images per "
+                                "class.")
+    classes, _ = folder.class_folders(support_dir)
+    empty = [e.name for e in os.scandir(support_dir) if e.is_dir() and
+             not e.name.startswith(".") and e.name not in classes]
+    if empty:
+        raise ValueError(f"Class folder {os.path.join(support_dir, sorted(empty)[0])} has no "
+                         "JPEG, PNG, BMP or GIF image; every class needs at least one example.")
+    if not classes:
+        raise ValueError(f"{os.path.abspath(support_dir)} has no class folders; --support_dir "
+                         "must hold one folder of example images per class (the folder name "
+                         "is the class name).")
+    return classes
+
+
+def query_files(query_dir: str) -> list:
+    """The image files under `query_dir`, nested folders included."""
+    if not os.path.isdir(query_dir):
+        raise FileNotFoundError(f"No query folder {os.path.abspath(query_dir)}; --query_dir "
+                                "must be a folder of images to classify.")
+    files, _ = folder.list_images(query_dir)
+    if not files:
+        raise ValueError(f"{os.path.abspath(query_dir)} holds no JPEG, PNG, BMP or GIF images "
+                         "to classify.")
+    return files
+
+
+def read_images(files, decoding: dict) -> np.ndarray:
+    """float32 `[n, s, s, c]` in [0, 1]: the files decoded as the run's dataset decoded its
+    own; an unreadable file is an error naming it."""
+    pixels = image_utils.decode_images(
+        files, int(decoding["image_size"]), lambda i: files[i], from_files=True,
+        channels=int(decoding["channels"]),
+        crop_to_aspect_ratio=bool(decoding.get("crop_to_aspect_ratio", False)))
+    return pixels.astype(np.float32) / 255.0
+
+
+def predict(export: Export, support_dir: str, query_dir: str,
+            batch_size: int = 256) -> list:
+    """Adapts `export` to the classes of `support_dir` and classifies every image of
+    `query_dir`: a `Prediction` per query file, in file order."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"--batch_size must be a positive integer; got {batch_size!r}.")
+    classes = support_classes(support_dir)
+    names = sorted(classes)
+    if export.max_ways is not None and len(names) > export.max_ways:
+        raise ValueError(
+            f"{support_dir} has {len(names)} classes, but this {export.metadata.get('learner')} "
+            f"export serves at most {export.max_ways}. Use at most {export.max_ways} classes, "
+            f"or train a learner that serves any number: {', '.join(ANY_WAYS)}, or "
+            f"{' or '.join(ANY_WAYS_WITH_PROTOTYPE_HEAD)} with --set=learner.head=prototypes.")
+    support_files = [f for n in names for f in classes[n]]
+    labels = np.repeat(np.arange(len(names), dtype=np.int32), [len(classes[n]) for n in names])
+    support = read_images(support_files, export.metadata["decoding"])
+    queries = query_files(query_dir)
+    probabilities = []
+    for start in range(0, len(queries), batch_size):
+        chunk = read_images(queries[start:start + batch_size], export.metadata["decoding"])
+        try:
+            logits = export.module.adapt_and_predict(
+                support_images=tf.constant(support), support_labels=tf.constant(labels),
+                query_images=tf.constant(chunk))["logits"]
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(f"The export refused the request: "
+                             f"{error.message.strip().splitlines()[0]}") from None
+        probabilities.append(tf.nn.softmax(logits, axis=-1).numpy())
+    probabilities = np.concatenate(probabilities)
+    chosen = probabilities.argmax(-1)
+    return [Prediction(os.path.relpath(path, query_dir), names[c], float(p[c]))
+            for path, c, p in zip(queries, chosen, probabilities)]
+
+
+def folder_accuracy(predictions: list, class_names) -> float | None:
+    """The share of queries whose top folder is named like the class predicted for them,
+    when every query sits in a folder named like a support class (a labelled check of an
+    export on new classes); else None."""
+    truths = [p.file.split(os.sep)[0] if os.sep in p.file else None for p in predictions]
+    if not truths or any(t not in class_names for t in truths):
+        return None
+    return float(np.mean([t == p.predicted_class for t, p in zip(truths, predictions)]))
+
+
+def write_csv(predictions: list, path: str) -> str:
+    """Writes `file,predicted_class,probability` rows to `path` (atomically)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".part", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "predicted_class", "probability"])
+        for p in predictions:
+            writer.writerow([p.file, p.predicted_class, f"{p.probability:.6f}"])
+    os.replace(path + ".part", path)
+    return path
+
+
+def format_table(predictions: list) -> str:
+    """The predictions as an aligned text table."""
+    rows = [("file", "predicted_class", "probability")] + [
+        (p.file, p.predicted_class, f"{p.probability:.3f}") for p in predictions]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"
+                     for r in rows)
