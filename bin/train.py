@@ -45,7 +45,11 @@ def main(argv):
     if FLAGS.strategy is not None:
         overrides.append(f"strategy='{FLAGS.strategy}'")
     config = config_lib.apply_overrides(config, overrides)
-    workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.algo}_{FLAGS.dataset}")
+    if FLAGS.workdir is not None and not FLAGS.workdir.strip():
+        raise ValueError("--workdir is empty; give the run's folder, e.g. --workdir=runs/x "
+                         "(leave the flag out for runs/<algo>_<dataset>).")
+    workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.algo}_{FLAGS.dataset}".replace(
+        ":", "_"))
     verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, one line per epoch in logs
     trainer.train(config, workdir, FLAGS.data_dir, download=FLAGS.download, verbose=verbose,
                   export=FLAGS.export)

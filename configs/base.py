@@ -59,6 +59,8 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.log_every = 100  # steps per Keras epoch: validation, TensorBoard, progress line
     config.keep_checkpoints = 3
     config.strategy = "default"  # see tfmeta.training.strategy.STRATEGIES
+    # multi_worker: seconds a task waits for the others to join before it stops, naming them.
+    config.cluster_join_timeout = 300
     config.jit_compile = "auto"  # Keras resolves "auto" to False on CPU-only machines
     config.mixed_precision = False
     # Filled in by the trainer: where the data came from (resolved folder, None for the

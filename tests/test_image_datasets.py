@@ -533,3 +533,42 @@ def test_train_and_serve_raw_images(algo, dataset, training_data, tmp_path):
     direct = learner.adapt_and_predict(test.transform(support), tf.range(5),
                                        test.transform(query))
     np.testing.assert_allclose(served, direct, rtol=1e-3, atol=1e-4)
+
+
+# ---------------------------------------------------------------- issue 20, item 11
+def test_a_split_file_naming_a_path_outside_images_is_refused(mini_csv_dir, tmp_path):
+    """Before: a row `../secret.jpg` was read from outside --data_dir."""
+    root = tmp_path / "mini"
+    shutil.copytree(mini_csv_dir, root)
+    rows = (root / "val.csv").read_text().splitlines()
+    rows[2] = "../outside.jpg," + rows[2].split(",")[1]
+    (root / "val.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"val.csv line 3 names '../outside.jpg', which is not "
+                                         r"a file in images/"):
+        load_dataset("mini_imagenet", str(root))
+
+
+def test_a_class_in_two_split_files_is_refused(mini_csv_dir, tmp_path):
+    """Before: a test.csv reusing a training class was read with no warning: a class leak
+    between training and evaluation."""
+    root = tmp_path / "mini"
+    shutil.copytree(mini_csv_dir, root)
+    train_wnid = next(iter(MINI_SPLITS["train"]))
+    with open(root / "test.csv", "a", newline="") as f:
+        csv.writer(f).writerow([f"{train_wnid}00000001.jpg", train_wnid])
+    with pytest.raises(ValueError, match=f"Class '{train_wnid}' is in both the 'train' and the "
+                                         "'test' split"):
+        load_dataset("mini_imagenet", str(root))
+
+
+def test_cifar_labels_outside_their_range_are_refused_with_a_count(tmp_path):
+    """Before: fine labels outside 0..99 were dropped silently."""
+    write_cifar100(tmp_path)
+    path = tmp_path / "cifar-100-python" / "train"
+    with open(path, "rb") as f:
+        raw = pickle.load(f)
+    raw[b"fine_labels"][:3] = [100, 250, -1]
+    with open(path, "wb") as f:
+        pickle.dump(raw, f, protocol=2)
+    with pytest.raises(ValueError, match=r"train has 3 fine label\(s\) outside 0..99"):
+        load_dataset("cifar_fs", str(tmp_path))

@@ -255,3 +255,34 @@ def test_leaving_the_cluster_tolerates_a_chief_gone_after_every_worker_finished(
     with pytest.raises(getattr(tf.errors, error_name)):
         trainer.leave_cluster_together()
     assert service.barriers == ["tfmeta_train_end"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_peer_that_never_comes_up_ends_in_one_line_naming_it(tmp_path, index):
+    """Worker `index` of a two-worker cluster whose other worker never starts: it logs
+    whom it waits for while it waits, and soon after cluster_join_timeout it ends with one
+    line naming the missing task (as chief, where TF would wait for ever: killed by the
+    watchdog; as a worker whose chief is missing: status 2). Before: both waited for ever
+    with no output."""
+    addresses = [f"localhost:{port}" for port in free_ports(2)]
+    tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "train.py"), "--strategy=multi_worker",
+         f"--workdir={tmp_path / 'run'}", "--num_steps=2", "--set=cluster_join_timeout=20",
+         *[f"--set={o}" for o in OVERRIDES]], env=env, capture_output=True, text=True,
+        timeout=240)
+    elapsed = time.monotonic() - started
+    missing = f"worker_{1 - index} at {addresses[1 - index]}"
+    assert proc.returncode in (2, -signal.SIGKILL), (proc.returncode, proc.stderr[-3000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: --strategy=multi_worker: the cluster did not form within 20 s; this is "
+        f"worker_{index}, waiting for {missing}"), proc.stderr[-3000:]
+    assert f"worker_{index} waiting 15 s (of 20) for the cluster to form: {missing}" in \
+        proc.stderr, proc.stderr[-3000:]
+    assert elapsed < 120, elapsed

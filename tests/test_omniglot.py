@@ -194,3 +194,19 @@ def test_full_data_uses_the_maml_split(tmp_path, monkeypatch):
         test.class_names)
     assert len(set(names)) == 10  # every character exactly once, in one split
     assert "MAML split" in data.description
+
+
+def test_minimal_zips_without_the_split_alphabets_say_so(tmp_path):
+    """Before: zips named like the minimal sets whose alphabets are not the official ones
+    (renamed, re-packed) failed with "ClassImages needs at least one class"."""
+    for name in omniglot_data.MINIMAL_SETS:
+        with zipfile.ZipFile(os.path.join(BUNDLED, name + ".zip")) as source, \
+                zipfile.ZipFile(tmp_path / (name + ".zip"), "w") as renamed:
+            for info in source.infolist():
+                parts = info.filename.split("/")
+                if len(parts) > 1 and parts[1]:
+                    parts[1] = "Renamed_" + parts[1]
+                renamed.writestr("/".join(parts), source.read(info))
+    with pytest.raises(ValueError, match=r"hold the alphabets \['Renamed_.*the minimal-set "
+                                         r"split takes its train, val, test split from"):
+        load_dataset("omniglot", str(tmp_path))

@@ -163,3 +163,82 @@ def test_every_export_survives_malformed_requests(omniglot, tmp_path):
         assert served["ok"] > 0 and served["rejected"] > 0, (name, served)
         assert not served["valid_rejected"], (name, served["valid_rejected"])
     assert sum(served["rejected"] for served in summary.values()) >= 150
+
+
+FUZZ_TASKS = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf
+
+    paths = json.loads(sys.argv[1])
+    rng = np.random.default_rng(0)
+    summary = {}
+    SCALES = [1.0, 1e3, 1e6, 1e30]
+    for name, path in paths.items():
+        loaded = tf.saved_model.load(path)
+        served = {"ok": 0, "rejected": 0, "valid_rejected": []}
+        for call in range(int(sys.argv[2])):
+            fault = str(rng.choice(["none", "scale", "nan", "empty", "shape"]))
+            scale = float(rng.choice(SCALES)) if fault == "scale" else 1.0
+            try:
+                if name == "regression":
+                    k, m = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+                    x = rng.uniform(-5, 5, (k, 1)).astype(np.float32) * scale
+                    y = np.sin(x) * scale
+                    q = rng.uniform(-5, 5, (0 if fault == "empty" else m, 1)).astype(np.float32)
+                    if fault == "nan":
+                        x[0, 0] = np.nan
+                    if fault == "shape":
+                        y = y[:, :0]
+                    out = loaded.signatures["adapt_and_predict"](
+                        support_x=tf.constant(x), support_y=tf.constant(y, tf.float32),
+                        query_x=tf.constant(q * scale))["predictions"].numpy()
+                    expected = (q.shape[0], 1)
+                else:
+                    goal = (rng.uniform(-0.5, 0.5, 2) * scale).astype(np.float32)
+                    n = 0 if fault == "empty" else int(rng.integers(1, 4))
+                    obs = rng.uniform(-0.5, 0.5, (n, 3 if fault == "shape" else 2))
+                    if fault == "nan":
+                        goal[0] = np.nan
+                    out = loaded.signatures["adapt_and_act"](
+                        goal=tf.constant(goal), observations=tf.constant(obs, tf.float32))[
+                            "actions"].numpy()
+                    expected = (n, 2)
+            except Exception as error:  # a request error the client can catch
+                served["rejected"] += 1
+                if fault == "none":
+                    served["valid_rejected"].append(f"{type(error).__name__}: {error}"[:300])
+                continue
+            assert out.shape == expected, (name, fault, out.shape, expected)
+            assert np.all(np.isfinite(out)), (name, fault, scale, "non-finite outputs")
+            served["ok"] += 1
+        summary[name] = served
+    print("FUZZ " + json.dumps(summary))
+""")
+
+
+@pytest.mark.slow
+def test_regression_and_rl_exports_answer_finite_or_refuse(tmp_path):
+    """The sinusoid and 2D-navigation exports under random requests, scaled up to 1e30:
+    finite outputs of the right shape, or an error the client can catch. Before: inputs
+    x 1000 gave all-NaN predictions, and a huge goal "matrix is not invertible"."""
+    from tfmeta.data import load_dataset
+
+    exports = {}
+    for name, algo, dataset, overrides in (
+            ("regression", "maml", "sinusoid", []),
+            ("rl", "maml_rl", "navigation_2d", ["learner.hidden_units=(8, 8)",
+                                                 "learner.trajectories=4",
+                                                 "learner.inner_steps_test=1"])):
+        config = apply_overrides(get_config(algo, dataset), overrides)
+        data = load_dataset(dataset, **config.data)
+        keras.utils.set_random_seed(0)
+        learner = build_learner(config, data.input_shape)
+        exports[name] = export_learner(learner, data, str(tmp_path / name))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", FUZZ_TASKS, json.dumps(exports), "40"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-4000:]}"
+    summary = json.loads(proc.stdout.strip().splitlines()[-1][len("FUZZ "):])
+    for name, served in summary.items():
+        assert served["ok"] > 0 and served["rejected"] > 0, (name, served)
+        assert not served["valid_rejected"], (name, served["valid_rejected"])

@@ -42,7 +42,8 @@ def test_evaluation_uses_the_recorded_data_and_refuses_when_it_is_gone(tmp_path)
     trainer.train(tiny_config("num_steps=1", "checkpoint_every=1"), workdir, data_dir, verbose=0)
     saved = config_lib.load_config(os.path.join(workdir, "config.json"))
     assert saved.data_source.data_dir == os.path.abspath(data_dir)
-    assert len(saved.data_source.fingerprint) == 16
+    assert saved.data_source.fingerprint.startswith("v2:") and \
+        len(saved.data_source.fingerprint) == 19
 
     result = evaluation.evaluate_workdir(workdir, num_episodes=4)
     assert result["data_dir"] == os.path.abspath(data_dir)
@@ -182,13 +183,13 @@ def test_a_second_trainer_on_a_workdir_is_refused_naming_the_holder(tmp_path):
 
 # --------------------------------------------------------- 7: numbers in range
 @pytest.mark.parametrize("override, message", [
-    ("checkpoint_every=0", "checkpoint_every must be an integer >= 1; got 0."),
-    ("meta_batch_size=0", "meta_batch_size must be an integer >= 1; got 0."),
-    ("meta_batch_size=-2", "meta_batch_size must be an integer >= 1; got -2."),
+    ("checkpoint_every=0", "checkpoint_every must be an integer in [1, 1000000000]; got 0."),
+    ("meta_batch_size=0", "meta_batch_size must be an integer in [1, 4096]; got 0."),
+    ("meta_batch_size=-2", "meta_batch_size must be an integer in [1, 4096]; got -2."),
     ("learner.inner_lr=-0.4", "learner.inner_lr must be a number > 0; got -0.4."),
     ("optimizer.learning_rate=-0.001", "optimizer.learning_rate must be a number > 0; got -0.001."),
-    ("num_steps=0", "num_steps must be an integer >= 1; got 0."),
-    ("num_steps=-1", "num_steps must be an integer >= 1; got -1."),
+    ("num_steps=0", "num_steps must be an integer in [1, 1000000000]; got 0."),
+    ("num_steps=-1", "num_steps must be an integer in [1, 1000000000]; got -1."),
     ("augment.rotation=400.0", "augment.rotation must be a number in [0, 180]; got 400.0."),
 ])
 def test_bad_numbers_are_refused_before_anything_is_built(tmp_path, override, message):
@@ -288,7 +289,7 @@ def test_cli_user_errors_are_one_line_and_tracebacks_are_opt_in(tmp_path):
     proc = run_cli("train.py", *args, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: num_steps must be an integer >= 1; got 0.")
+        "error: num_steps must be an integer in [1, 1000000000]; got 0.")
     assert "Traceback" not in proc.stderr and time.time() - start < 120
     proc = run_cli("train.py", *args, "--verbose_errors", timeout=300)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
@@ -296,3 +297,163 @@ def test_cli_user_errors_are_one_line_and_tracebacks_are_opt_in(tmp_path):
                       timeout=300)
     assert missing.returncode == 2 and "error: No Omniglot data in '/nonexistent'" in \
         missing.stderr and "Traceback" not in missing.stderr
+
+
+# ============================================================ issue 20 (second round)
+# ----------------------------------------------------------- 6, 7: pickles
+@pytest.mark.parametrize("payload, message", [
+    # bytearray(3 * 10**9): an allowed global called with a size.
+    (b"\x80\x02c__builtin__\nbytearray\nJ\x00^\xd0\xb2\x85R.", r"calls bytearray\(int\)"),
+    # numpy.ndarray((10**10,)) called directly.
+    (b"\x80\x02cnumpy\nndarray\n\x8a\x05\x00\xe4\x0bT\x02\x85\x85R.", "calls numpy.ndarray"),
+])
+def test_allowed_globals_cannot_allocate_from_a_number(tmp_path, payload, message):
+    """Before: an 83-byte pickle allocated gigabytes before failing."""
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(payload)
+    start = time.time()
+    with pytest.raises(safe_pickle.UnsafePickleError, match=message):
+        safe_pickle.load_data_file(str(path))
+    assert time.time() - start < 2
+    assert isinstance(safe_pickle.UnsafePickleError("x"), ValueError)  # a CLI user error
+
+
+def test_malformed_calls_and_protocol_2_bytes(tmp_path):
+    """Before: crafted calls raised raw TypeError; `b""` under protocol 2 (pickled as
+    builtins.bytes) was called unsafe."""
+    path = tmp_path / "ok.pkl"
+    path.write_bytes(pickle.dumps({"empty": b"", "some": b"ab", "raw": bytearray()}, protocol=2))
+    assert safe_pickle.load_data_file(str(path)) == {"empty": b"", "some": b"ab",
+                                                      "raw": bytearray()}
+    path.write_bytes(b"\x80\x02c__builtin__\nset\nK\x01\x85R.")  # set(1): a TypeError
+    with pytest.raises(ValueError, match=r"ok.pkl is not a readable pickle \(TypeError: "):
+        safe_pickle.load_data_file(str(path))
+
+
+@pytest.mark.slow
+def test_an_unsafe_data_pickle_is_one_line_on_the_command_line(tmp_path):
+    """Before: UnsafePickleError was not a CLI user error: a traceback."""
+    for split in ("train", "val", "test"):
+        with open(tmp_path / f"mini-imagenet-cache-{split}.pkl", "wb") as f:
+            pickle.dump(_RunsACommand(tmp_path / "ran"), f, protocol=2)
+    proc = run_cli("train.py", "--algo=protonet", "--dataset=mini_imagenet",
+                   f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}", timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and \
+        "asks to load the global" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "ran").exists()
+
+
+# ------------------------------------------------------------- 8: truncated files
+@pytest.mark.parametrize("loader", ["mnist", "embeddings"])
+def test_a_truncated_npz_is_a_data_error_naming_it(tmp_path, loader):
+    """Before: zipfile.BadZipFile, a traceback."""
+    if loader == "mnist":
+        path = tmp_path / "mnist.npz"
+        np.savez(path, x_train=np.zeros((4, 28, 28), np.uint8), y_train=np.zeros(4),
+                 x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.zeros(4))
+    else:
+        path = tmp_path / "center" / "train_embeddings.npz"
+        path.parent.mkdir()
+        np.savez(path, keys=np.array(["a-b-c"]), embeddings=np.zeros((1, 4), np.float32))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match=f"{path} is not a readable .npz file"):
+        if loader == "mnist":
+            load_dataset("mnist", str(tmp_path))
+        else:
+            from tfmeta.data import leo_embeddings
+
+            leo_embeddings.read_pickle(str(path))
+
+
+# -------------------------------------------------------- 5, 8, 13: settings
+@pytest.mark.parametrize("override, message", [
+    ("val_episodes=1000000000", r"val_episodes must be an integer in \[1, 100000\]"),
+    ("meta_batch_size=100000", r"meta_batch_size must be an integer in \[1, 4096\]"),
+    ("data.image_size=0", r"data.image_size must be an integer in \[1, 2048\]"),
+    ("ways=1", r"ways=1: a 1-way episode has nothing to tell apart"),
+    ("eval_ways=1", r"eval_ways=1: a 1-way episode"),
+])
+def test_sizes_have_upper_bounds_and_one_way_is_refused(override, message):
+    """Before: val_episodes=1e9 stalled silently, meta_batch_size=100000 aborted the process
+    (std::bad_alloc), image_size=0 failed late, ways=1 trained a meaningless classifier."""
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate_config(tiny_config(override))
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused_before_building(tmp_path, monkeypatch):
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 2 ** 20 if name == "SC_PHYS_PAGES"
+                        else real(name))  # 4 GiB with 4 KiB pages
+    with pytest.raises(ValueError, match=r"meta_batch_size=4000 x ways=5 x 2 examples of shape "
+                                         r"\(28, 28, 1\) need about \d+ GiB of activations"):
+        trainer.train(tiny_config("meta_batch_size=4000"), str(tmp_path / "run"), verbose=0)
+
+
+@pytest.mark.slow
+def test_an_empty_workdir_flag_and_a_corrupt_config_are_named(trained_workdir, tmp_path):
+    """Before: --workdir= trained into ./runs/...; a corrupt config.json was a bare JSON
+    parse error."""
+    proc = run_cli("train.py", "--workdir=", "--num_steps=1", timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: --workdir is empty"), proc.stderr[-2000:]
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write('{"algo": "maml", ')
+    with pytest.raises(ValueError, match=f"{workdir}/config.json is not readable JSON"):
+        evaluation.evaluate_workdir(workdir, num_episodes=4)
+
+
+# ------------------------------------------------------------- 9: served labels
+def test_served_labels_are_exact_or_refused_never_wrapped(tmp_path, omniglot):
+    """Before: numpy int64 labels wrapped to int32 (2**32 + 4 was served as 4, 2**32 made a
+    label 0) and a bincount of a huge label could exhaust memory."""
+    from tfmeta.training.export import export_learner
+
+    keras.utils.set_random_seed(0)
+    learner = PrototypicalNetwork(conv4((28, 28, 1), filters=4))
+    loaded = tf.saved_model.load(export_learner(learner, omniglot, str(tmp_path / "export")))
+    images = np.random.default_rng(0).uniform(size=(6, 105, 105, 1)).astype(np.float32)
+    good = loaded.adapt_and_predict(images[:4], np.array([0, 1, 2, 3], np.int64), images[4:])
+    assert good["logits"].shape == (2, 4)
+    for labels in ([0, 1, 2, 2 ** 32 + 3], [0, 1, 2, 2 ** 32], [0, 1, 2, 2 ** 31 - 1]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="support_labels must be 0..N-1"):
+            loaded.adapt_and_predict(images[:4], np.array(labels, np.int64), images[4:])
+    signature = loaded.signatures["adapt_and_predict"]
+    assert signature(support_images=tf.constant(images[:4]), support_labels=tf.range(4),
+                     query_images=tf.constant(images[4:]))["logits"].shape == (2, 4)
+
+
+def test_a_request_over_the_size_limit_is_refused(monkeypatch, omniglot, small_learners):
+    from tfmeta import serving
+
+    monkeypatch.setattr(serving, "MAX_REQUEST_VALUES", 3 * 105 * 105)
+    module = serving.AdaptAndPredict(small_learners["protonet"], omniglot)
+    images = tf.zeros([2, 105, 105, 1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="send the queries in smaller "
+                                                              "chunks"):
+        module.adapt_and_predict(images, tf.range(2, dtype=tf.int64), images)
+
+
+# ------------------------------------------------------------ 12: fingerprint
+def test_the_fingerprint_sees_a_same_size_change_in_a_small_file(tmp_path):
+    """Before: two labels swapped in a CSV (same size) kept the fingerprint, so a run was
+    evaluated on changed data silently."""
+    from tfmeta.data import FewShotDataset
+
+    csv_path, image = tmp_path / "train.csv", tmp_path / "a.jpg"
+    csv_path.write_text("filename,label\na.jpg,n01\nb.jpg,n02\n")
+    image.write_bytes(b"\xff\xd8" + b"x" * 100)
+
+    def dataset():
+        return FewShotDataset("x", {}, (1,), None, source_files=(str(csv_path), str(image)))
+
+    before, legacy = dataset().fingerprint(), dataset().fingerprint(legacy=True)
+    assert before.startswith("v2:") and dataset().same_files(legacy)
+    csv_path.write_text("filename,label\na.jpg,n02\nb.jpg,n01\n")
+    assert dataset().fingerprint() != before and not dataset().same_files(before)
+    assert dataset().same_files(legacy)  # what a names-and-sizes key could not see
+    image.write_bytes(b"\xff\xd8" + b"y" * 100)  # images count by name and size
+    assert dataset().fingerprint(legacy=True) == legacy

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from tfmeta.training.run import WorkdirLocked
+from tfmeta.errors import Terminated, WorkdirLocked
 
 flags.DEFINE_bool("verbose_errors", False, "Show the Python traceback of an error.")
 
@@ -25,6 +25,9 @@ EXIT_USER_ERROR = 2
 
 
 def one_line(error: BaseException) -> str:
+    if isinstance(error, Terminated):
+        return ("terminated (SIGTERM) after checkpointing the current step; rerun the same "
+                "command to resume.")
     if isinstance(error, KeyboardInterrupt):
         return "interrupted; rerun the same command to resume from the last checkpoint."
     text = " ".join(str(error).split())

@@ -27,14 +27,7 @@ import ml_collections
 from absl import logging
 
 from tfmeta.models import NO_BACKBONE
-from tfmeta.ranges import (
-    FRACTION,
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    Range,
-    check_all,
-)
+from tfmeta.ranges import FRACTION, POSITIVE, Range, check_all
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SECTIONS = ("learner", "model", "data")
@@ -42,15 +35,28 @@ SECTIONS = ("learner", "model", "data")
 SUPPLIED = {"model": ("input_shape", "num_classes"), "data": ("data_dir", "download_missing")}
 
 OPTIONAL_POSITIVE_INT = Range(1, integer=True, optional=True)
-# Allowed ranges of the numeric fields every config has.
+# Upper bounds: far above any published setting, low enough that a typo (an extra few
+# zeros) is refused here rather than stalling or exhausting memory later.
+EPISODE_SIZE = Range(1, 1000, integer=True)
+OPTIONAL_EPISODE_SIZE = Range(1, 1000, integer=True, optional=True)
+BATCH = Range(1, 4096, integer=True)
+STEPS = Range(1, 10 ** 9, integer=True)
+# Allowed ranges of the numeric fields every config has (and `batch_size`, Pretrain's).
 FIELD_RANGES = {
-    "seed": NON_NEGATIVE_INT, "ways": POSITIVE_INT, "shots": POSITIVE_INT,
-    "train_shots": OPTIONAL_POSITIVE_INT, "queries": POSITIVE_INT,
-    "meta_batch_size": POSITIVE_INT, "eval_ways": OPTIONAL_POSITIVE_INT,
-    "eval_shots": OPTIONAL_POSITIVE_INT, "eval_queries": OPTIONAL_POSITIVE_INT,
-    "eval_episodes": Range(2, integer=True), "eval_meta_batch_size": POSITIVE_INT,
-    "val_episodes": POSITIVE_INT, "num_steps": POSITIVE_INT, "checkpoint_every": POSITIVE_INT,
-    "log_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,
+    "seed": Range(0, 2 ** 31 - 1, integer=True), "ways": EPISODE_SIZE, "shots": EPISODE_SIZE,
+    "train_shots": OPTIONAL_EPISODE_SIZE, "queries": EPISODE_SIZE,
+    "meta_batch_size": BATCH, "eval_ways": OPTIONAL_EPISODE_SIZE,
+    "eval_shots": OPTIONAL_EPISODE_SIZE, "eval_queries": OPTIONAL_EPISODE_SIZE,
+    "eval_episodes": Range(2, 10 ** 6, integer=True), "eval_meta_batch_size": BATCH,
+    "val_episodes": Range(1, 10 ** 5, integer=True), "num_steps": STEPS,
+    "checkpoint_every": STEPS, "log_every": STEPS, "keep_checkpoints": Range(1, 1000, integer=True),
+    "batch_size": Range(1, 65536, integer=True),
+    "cluster_join_timeout": Range(1, 86400, integer=True),
+}
+# Loader options that are numbers, where a loader takes them (`data.*`).
+DATA_RANGES = {
+    "image_size": Range(1, 2048, integer=True), "max_per_class": OPTIONAL_POSITIVE_INT,
+    "split_seed": Range(0, 2 ** 31 - 1, integer=True), "channels": Range(1, 3, integer=True),
 }
 OPTIMIZER_RANGES = {
     "learning_rate": POSITIVE, "clipnorm": Range(0, low_open=True, optional=True),
@@ -231,6 +237,15 @@ def validate_config(config) -> None:
                              f"{', '.join(f'{section}.{k}' for k in unknown)}; valid fields of "
                              f"{section}: {sorted(schema)}.")
     check_all(FIELD_RANGES, config)
+    check_all(DATA_RANGES, config.data, "data.")
+    kind = input_kind(config.dataset, {k: v for k, v in config.data.items() if k in data_options})
+    if kind in ("images", "embeddings"):
+        for field in ("ways", "eval_ways"):
+            if config.get(field) is not None and config[field] < learner.min_ways:
+                raise ValueError(
+                    f"{field}={config[field]}: a {config[field]}-way episode has nothing to tell "
+                    f"apart (its loss is 0 and its accuracy 1 whatever the model); "
+                    f"{learner.__name__} needs {field} >= {learner.min_ways}.")
     check_all(OPTIMIZER_RANGES, config.optimizer, "optimizer.")
     check_all(AUGMENT_RANGES, config.augment, "augment.")
     learner.check_arguments(config.learner, "learner.")
@@ -252,5 +267,14 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No run config at {path}; is this a workdir written by "
                                 "bin/train.py?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({error}); it is the run's config, "
+                         "written by bin/train.py: restore it from a backup, or rerun the "
+                         "run's bin/train.py command, which writes it again.") from None
+    if not isinstance(data, dict) or "algo" not in data or "dataset" not in data:
+        raise ValueError(f"{path} is not a tfmeta run config (no 'algo' and 'dataset'); "
+                         "restore it, or rerun the run's bin/train.py command.")
+    return ml_collections.ConfigDict(data)

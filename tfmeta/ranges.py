@@ -12,6 +12,15 @@ import math
 import numbers
 
 
+def _number(value) -> str:
+    """A bound as written: whole numbers in full (1000000000, not 1e+09)."""
+    if value is None:
+        return ""
+    if float(value).is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Range:
     """`low <= x <= high` (`<` where open), optionally an integer, optionally None."""
@@ -25,13 +34,14 @@ class Range:
 
     def describe(self) -> str:
         kind = "an integer" if self.integer else "a number"
+        low, high = _number(self.low), _number(self.high)
         if self.low is not None and self.high is not None:
-            text = (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+            text = (f"{kind} in {'(' if self.low_open else '['}{low}, {high}"
                     f"{')' if self.high_open else ']'}")
         elif self.low is not None:
-            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+            text = f"{kind} {'>' if self.low_open else '>='} {low}"
         elif self.high is not None:
-            text = f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+            text = f"{kind} {'<' if self.high_open else '<='} {high}"
         else:
             text = kind
         return text + (" or None" if self.optional else "")

@@ -41,10 +41,39 @@ def range_checks(inputs, value_range, name, raw_shape=None):
     return checks
 
 
+# The most values (examples x pixels) one request may send: 1 GiB of float32. A larger
+# request is refused in one line (send the queries in chunks) instead of exhausting memory.
+MAX_REQUEST_VALUES = 1 << 28
+
+
+def label_checks(labels, count_name="support_images"):
+    """Assertions that int64 `labels` are 0..N-1 with N at most their count, before anything
+    sized by them (a bincount of label 2**32 would allocate 16 GB) is built."""
+    message = ("support_labels must be 0..N-1 (N = the number of classes, at most one per "
+               "support example)")
+    return [tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(tf.reduce_max(tf.concat([labels, [0]], 0)),
+                                     tf.cast(tf.maximum(tf.size(labels), 1), labels.dtype),
+                                     message=message)]
+
+
+def size_check(*tensors):
+    """An assertion that a request holds at most MAX_REQUEST_VALUES values."""
+    total = tf.add_n([tf.cast(tf.size(t), tf.int64) for t in tensors])
+    return tf.debugging.assert_less_equal(total, tf.constant(MAX_REQUEST_VALUES, tf.int64), (
+        f"the request holds more than {MAX_REQUEST_VALUES} values (1 GiB of float32); send "
+        "the queries in smaller chunks"))
+
+
 class AdaptAndPredict(tf.Module):
     """`adapt_and_predict(support_images, support_labels, query_images) -> {"logits"}` on raw
     examples: checks the request, preprocesses it in the graph, then calls the learner's
-    `adapt_and_predict` (which checks the labels: 0..N-1, every class present)."""
+    `adapt_and_predict` (which checks the labels: 0..N-1, every class present).
+
+    The Python-callable `adapt_and_predict` takes int64 labels, so any integer a client
+    sends (int32, int64, Python ints) arrives exact and out-of-range ones are refused,
+    never wrapped; the `adapt_and_predict` signature (TF Serving) takes int32 labels and
+    calls it."""
 
     def __init__(self, learner, dataset):
         super().__init__(name="tfmeta_serving")
@@ -55,19 +84,28 @@ class AdaptAndPredict(tf.Module):
         inputs = tf.TensorSpec([None, *dataset.raw_shape], tf.float32)
         self.adapt_and_predict = tf.function(
             self._adapt_and_predict,
+            input_signature=[inputs, tf.TensorSpec([None], tf.int64), inputs])
+        self.adapt_and_predict_int32 = tf.function(
+            self._adapt_and_predict_int32,
             input_signature=[inputs, tf.TensorSpec([None], tf.int32), inputs])
 
     def signatures(self) -> dict:
-        return {"adapt_and_predict": self.adapt_and_predict.get_concrete_function()}
+        return {"adapt_and_predict": self.adapt_and_predict_int32.get_concrete_function()}
+
+    def _adapt_and_predict_int32(self, support_images, support_labels, query_images):
+        return self.adapt_and_predict(support_images, tf.cast(support_labels, tf.int64),
+                                      query_images)
 
     def _adapt_and_predict(self, support_images, support_labels, query_images):
-        checks = [*range_checks(support_images, self._value_range, "support_images",
+        checks = [size_check(support_images, query_images),
+                  *label_checks(support_labels),
+                  *range_checks(support_images, self._value_range, "support_images",
                                 self._raw_shape),
                   *range_checks(query_images, self._value_range, "query_images",
                                 self._raw_shape)]
         with tf.control_dependencies(checks):
             logits = self.learner.adapt_and_predict(self._preprocess(support_images),
-                                                    support_labels,
+                                                    tf.cast(support_labels, tf.int32),
                                                     self._preprocess(query_images))
         return {"logits": tf.cast(logits, tf.float32)}
 

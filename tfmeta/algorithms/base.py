@@ -89,6 +89,8 @@ class MetaLearner(keras.Model):
     backbone_has_head = False
     # What its examples may be (tfmeta.data.INPUT_KINDS): images for most learners.
     input_kinds: tuple = ("images",)
+    # The fewest ways its classification episodes may have (a 1-way episode is trivial).
+    min_ways: int = 2
     # Constructor arguments a config does not set (the subclass or from_experiment does).
     fixed_arguments: tuple = ()
     # Constructor argument -> its allowed `tfmeta.ranges.Range`; merged over the bases, and

@@ -239,4 +239,10 @@ class RegressionServing(tf.Module):
         with tf.control_dependencies(checks):
             predictions = self.learner.adapt_and_predict_regression(
                 self._preprocess(support_x), tf.identity(support_y), self._preprocess(query_x))
-        return {"predictions": tf.cast(predictions, tf.float32)}
+        # Inputs far outside the training range can overflow the adapted model's inner
+        # steps: a clear error, never NaN predictions.
+        finite = tf.debugging.assert_all_finite(predictions, (
+            "the adapted model's predictions are not finite: the support or query points are "
+            "too far outside the range it was meta-trained on"))
+        with tf.control_dependencies([finite]):
+            return {"predictions": tf.cast(predictions, tf.float32)}

@@ -66,6 +66,7 @@ class ReptileGAN(ReptileFamily):
     """
 
     batch_keys = ("images",)
+    min_ways = 1  # a task is images of one class, to generate more of
     argument_ranges = {"inner_steps": NON_NEGATIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
                        "penalty_weight": NON_NEGATIVE}
 

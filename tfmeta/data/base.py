@@ -14,6 +14,19 @@ import numpy as np
 
 from tfmeta.data.episodes import ClassImages
 
+# Files up to this size that are not images count by their contents in the fingerprint.
+HASHED_FILE_BYTES = 64 << 20
+IMAGE_FILE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+
+def file_digest(path: str, algorithm: str = "sha1") -> str:
+    """The hex digest of a file's contents, read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 @dataclasses.dataclass
 class FewShotDataset:
@@ -96,18 +109,31 @@ class FewShotDataset:
                     "crop_to_aspect_ratio": False}
         return None
 
-    def fingerprint(self) -> str:
-        """A key of the source files' names (relative to their folder) and sizes: the same
-        for a copy of the data elsewhere, different when files are added, removed or changed
-        in size. Empty when the loader read no files (e.g. tensorflow-datasets)."""
+    def fingerprint(self, legacy: bool = False) -> str:
+        """A key of the source files, the same for a copy of the data elsewhere: each file's
+        name (relative to their folder) and size, and the full contents of every file of at
+        most `HASHED_FILE_BYTES` that is not an image (split CSVs, label pickles, metadata,
+        zips of Omniglot's size), so swapping two labels in a CSV changes it. Large files
+        (image pickles, archives) and images count by name and size only. "v2:"-prefixed;
+        `legacy=True` gives the names-and-sizes key config.json held before (no prefix).
+        Empty when the loader read no files (e.g. generated tasks)."""
         if not self.source_files:
             return ""
         root = os.path.commonpath([os.path.abspath(p) for p in self.source_files])
         root = root if os.path.isdir(root) else os.path.dirname(root)
         digest = hashlib.sha1()
         for path in sorted(os.path.abspath(p) for p in self.source_files):
-            digest.update(f"{os.path.relpath(path, root)}|{os.path.getsize(path)}\n".encode())
-        return digest.hexdigest()[:16]
+            size = os.path.getsize(path)
+            digest.update(f"{os.path.relpath(path, root)}|{size}\n".encode())
+            if not legacy and size <= HASHED_FILE_BYTES and os.path.isfile(path) and \
+                    os.path.splitext(path)[1].lower() not in IMAGE_FILE_EXTENSIONS:
+                digest.update(file_digest(path).encode())
+        return digest.hexdigest()[:16] if legacy else "v2:" + digest.hexdigest()[:16]
+
+    def same_files(self, recorded: str) -> bool:
+        """Whether `recorded` (a fingerprint config.json holds, of either version) is this
+        dataset's."""
+        return recorded == self.fingerprint(legacy=not recorded.startswith("v2:"))
 
     def split(self, name: str) -> ClassImages:
         if name not in self.splits:
@@ -136,6 +162,20 @@ def source_fingerprint(paths, *extra) -> str:
     return digest.hexdigest()[:16]
 
 
+def read_npz(path: str, fix: str = "get the file again.") -> dict:
+    """Every array of a NumPy `.npz`, read with pickles disabled; a truncated, corrupt or
+    unreadable file (a bad zip, a short member) is a ValueError naming it and `fix`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - zipfile, zlib, numpy and OS errors alike
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ValueError(f"{path} is not a readable .npz file ({type(error).__name__}: "
+                         f"{reason}); {fix}") from None
+
+
 def load_cached_arrays(key: str, build: Callable[[], dict]) -> dict:
     """Returns the arrays cached under `key`, building and caching them on a miss.
 
@@ -145,8 +185,7 @@ def load_cached_arrays(key: str, build: Callable[[], dict]) -> dict:
     path = os.path.join(cache_dir(), f"{key}.npz")
     if os.path.exists(path):
         try:
-            with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+            return read_npz(path)
         except (OSError, ValueError):
             os.remove(path)  # unreadable cache: rebuild it
     arrays = build()
@@ -161,11 +200,7 @@ def load_cached_arrays(key: str, build: Callable[[], dict]) -> dict:
 
 
 def md5_of(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download_file(url: str, destination: str, md5: str | None = None) -> str:

@@ -138,6 +138,12 @@ def read_cifar100(folder: str) -> dict:
         if any(lab.shape != (len(data),) for lab in labels):
             raise ValueError(f"{path} has {len(data)} images but {len(labels[0])} fine and "
                              f"{len(labels[1])} coarse labels; fetch {URL} again.")
+        for kind, values, count in (("fine", labels[0], 100), ("coarse", labels[1], 20)):
+            outside = int(np.sum((values < 0) | (values >= count)))
+            if outside:
+                raise ValueError(f"{path} has {outside} {kind} label(s) outside 0..{count - 1} "
+                                 f"(CIFAR-100 has {count} {kind} classes); the file is corrupt: "
+                                 f"fetch {URL} again.")
         pixels.append(data.reshape(-1, 3, RAW_SIZE, RAW_SIZE).transpose(0, 2, 3, 1))
         fine.append(labels[0])
         coarse.append(labels[1])

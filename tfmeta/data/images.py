@@ -229,6 +229,19 @@ def class_images(images: np.ndarray, counts, names, transform=None) -> ClassImag
     return ClassImages(images, offsets, counts, tuple(str(n) for n in names), transform)
 
 
+def check_disjoint_classes(split_classes: dict, where: str) -> None:
+    """Few-shot splits are by class: a class in two splits leaks training classes into
+    evaluation, so it is refused, naming the class and the splits."""
+    seen = {}
+    for split, classes in split_classes.items():
+        for name in classes:
+            if name in seen:
+                raise ValueError(f"Class {name!r} is in both the {seen[name]!r} and the "
+                                 f"{split!r} split of {where}; few-shot splits must not share "
+                                 "classes. Use the official split files.")
+            seen[name] = split
+
+
 def merge_splits(first: ClassImages, second: ClassImages) -> ClassImages:
     """The classes of `first` then those of `second` (train + val for `train_on_val`)."""
     return class_images(np.concatenate([first.images, second.images]),

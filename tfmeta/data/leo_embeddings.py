@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data import safe_pickle
-from tfmeta.data.base import FewShotDataset, download_file, extract_archive
+from tfmeta.data.base import FewShotDataset, download_file, extract_archive, read_npz
 from tfmeta.data.episodes import ClassImages
 
 PUBLISHED = {"miniImageNet": ("center", "multiview"), "tieredImageNet": ("center",)}
@@ -70,12 +70,7 @@ def read_pickle(path: str) -> dict:
     """
     fix = "download or write it again."
     if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                raw = {k: data[k] for k in data.files}
-        except (ValueError, OSError) as error:
-            raise ValueError(f"{path} is not a readable embeddings file ({error}); {fix}") \
-                from None
+        raw = read_npz(path, fix)
     else:
         raw = safe_pickle.load_data_file(path, "latin1", fix)
     if not isinstance(raw, dict) or "keys" not in raw or "embeddings" not in raw:

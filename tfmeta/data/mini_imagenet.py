@@ -87,9 +87,20 @@ def read_csv(path: str) -> list:
     if bad:
         raise ValueError(f"{path} line {bad[0]}: expected 'filename,label'; fix or replace "
                          "the file.")
+    outside = [i + 2 for i, row in enumerate(rows[1:]) if not is_plain_file_name(row[0].strip())]
+    if outside:
+        raise ValueError(f"{path} line {outside[0]} names {rows[outside[0] - 1][0]!r}, which is "
+                         "not a file in images/ (a split file names plain file names, no "
+                         "folders or '..'); fix or replace the file.")
     if len(rows) == 1:
         raise ValueError(f"{path} lists no images.")
     return [(name.strip(), label.strip()) for name, label in rows[1:]]
+
+
+def is_plain_file_name(name: str) -> bool:
+    """A name with no folder part, so `images/<name>` stays inside `images/`."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") \
+        and not os.path.isabs(name)
 
 
 def decode_csv_split(data_dir: str, split: str) -> dict:
@@ -167,6 +178,8 @@ def load(data_dir: str | None = None, image_size: int = RAW_SIZE, embeddings: st
             arrays = read_pickle_split(split_files[split][0])
         splits[split] = image_utils.class_images(arrays["images"], arrays["counts"],
                                                  arrays["names"], transform)
+    image_utils.check_disjoint_classes({s: c.class_names for s, c in splits.items()},
+                                       f"mini-ImageNet in {data_dir}")
     return image_utils.image_dataset(
         "mini_imagenet", f"mini-ImageNet images ({layout} layout)", splits, train_on_val,
         data_dir, [p for files in split_files.values() for p in files], RAW_SHAPE, preprocess)

@@ -26,6 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.data import base
 from tfmeta.data.base import FewShotDataset, download_file
 from tfmeta.data.episodes import ClassImages
 
@@ -57,17 +58,11 @@ def make_preprocess(image_size: int = 28):
 
 def read_npz(path: str) -> dict:
     """The four arrays of an `mnist.npz`, checked: images uint8 `[n, 28, 28]`, labels 0..9."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in KEYS if k not in data.files]
-            if missing:
-                raise ValueError(f"{path} has keys {sorted(data.files)}; an mnist.npz needs "
-                                 f"{list(KEYS)} (missing {missing}). Use the standard file "
-                                 f"from {URL}.")
-            arrays = {k: data[k] for k in KEYS}
-    except (OSError, EOFError) as error:
-        raise ValueError(f"{path} is not a readable .npz file ({error}); delete it and "
-                         f"download it again from {URL}.") from None
+    arrays = base.read_npz(path, f"delete it and download it again from {URL}.")
+    missing = [k for k in KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} has keys {sorted(arrays)}; an mnist.npz needs {list(KEYS)} "
+                         f"(missing {missing}). Use the standard file from {URL}.")
     for part in ("train", "test"):
         images, labels = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if images.ndim != 3 or images.shape[1:] != RAW_SHAPE[:2]:

@@ -172,8 +172,18 @@ def _split_names(names: list, full: bool) -> dict:
         return {"train": sorted(shuffled[:n_train]),
                 "val": sorted(shuffled[n_train:n_train + n_val]),
                 "test": sorted(shuffled[n_train + n_val:])}
-    return {split: [n for n in names if n.split("/")[0] in alphabets]
-            for split, alphabets in MINIMAL_SPLIT.items()}
+    split = {split: [n for n in names if n.split("/")[0] in alphabets]
+             for split, alphabets in MINIMAL_SPLIT.items()}
+    empty = [s for s, members in split.items() if not members]
+    if empty:
+        found = sorted({n.split("/")[0] for n in names})
+        raise ValueError(
+            f"These Omniglot minimal sets hold the alphabets {found}, but the minimal-set split "
+            f"takes its {', '.join(empty)} split from "
+            f"{[a for s in empty for a in MINIMAL_SPLIT[s]]}, which are missing: the zips are "
+            "not the official images_background_small1/2. Get them again, or use the full "
+            "images_background and images_evaluation.")
+    return split
 
 
 def _with_rotations(classes: ClassImages) -> ClassImages:

@@ -29,12 +29,24 @@ class AdaptAndAct(tf.Module):
         return {"adapt_and_act": self.adapt_and_act.get_concrete_function()}
 
     def _adapt_and_act(self, goal, observations):
+        environment = self.learner.environment
+        # A goal the agent cannot reach within its horizon is not a task of this family
+        # (and its rewards would swamp the adaptation's baseline fit).
+        reach = float(max(environment.goal_bound, environment.max_speed * environment.horizon))
         checks = [
             tf.debugging.assert_all_finite(goal, "goal must be finite (no NaN or inf)"),
+            tf.debugging.assert_less_equal(tf.reduce_max(tf.abs(goal)), reach, message=(
+                f"goal must be within [-{reach:g}, {reach:g}] in each coordinate, where the "
+                f"agent can reach in {environment.horizon} steps (trained goals: within "
+                f"+-{environment.goal_bound:g})")),
             tf.debugging.assert_all_finite(observations, "observations must be finite"),
             tf.debugging.assert_positive(tf.shape(observations)[0], message=(
                 "observations is empty: send at least one position [n, 2]")),
         ]
         with tf.control_dependencies(checks):
             actions = self.learner.adapt_and_act(tf.identity(goal), tf.identity(observations))
-        return {"actions": actions}
+        finite = tf.debugging.assert_all_finite(actions, "the adapted policy's actions are not "
+                                                "finite; the observations are too far from "
+                                                "where the agent moves")
+        with tf.control_dependencies([finite]):
+            return {"actions": tf.identity(actions)}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import math
+import os
+import shutil
 import time
 
 import keras
@@ -46,8 +49,28 @@ class CheckpointAndNaNGuard(keras.callbacks.Callback):
             self.nan_step = step
             self.model.stop_training = True
             return
-        self.manager.save(checkpoint_number=step)
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:
+            self._failed_save(step, error)
         self.last_saved_step = step
+
+    def _failed_save(self, step, error):
+        """A save that failed (a full disk, a lost mount): its partial files go, the older
+        checkpoints stay, and the error says so in one line."""
+        directory = self.manager.directory
+        for partial in glob.glob(os.path.join(directory, f"*-{step}_temp*")) + glob.glob(
+                os.path.join(directory, f"*-{step}.*")):
+            if os.path.isdir(partial):
+                shutil.rmtree(partial, ignore_errors=True)
+            elif os.path.exists(partial):
+                os.remove(partial)
+        reason = " ".join(str(getattr(error, "message", error)).split())[:200]
+        kept = (f"step {self.last_saved_step}" if self.last_saved_step is not None
+                else "the newest checkpoint before this run")
+        raise OSError(f"Could not write the checkpoint of step {step} to {directory} "
+                      f"({reason}); the older checkpoints are intact. Free disk space, then "
+                      f"rerun the same command to resume from {kept}.") from None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")

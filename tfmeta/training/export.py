@@ -42,9 +42,17 @@ def export_learner(learner, dataset, path: str) -> str:
     module = learner.serving_module(dataset)
     partial = path.rstrip("/") + ".part"
     shutil.rmtree(partial, ignore_errors=True)
-    tf.saved_model.save(module, partial, signatures=module.signatures())
-    with open(os.path.join(partial, METADATA_FILE), "w") as f:
-        json.dump(export_metadata(learner, dataset), f, indent=2)
+    try:
+        tf.saved_model.save(module, partial, signatures=module.signatures())
+        with open(os.path.join(partial, METADATA_FILE), "w") as f:
+            json.dump(export_metadata(learner, dataset), f, indent=2)
+    except (OSError, tf.errors.OpError) as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        reason = " ".join(str(getattr(error, "message", error)).split())[:200]
+        before = "the previous export is unchanged" if os.path.isdir(path) else "none was there"
+        raise OSError(f"Could not write the export to {path} ({reason}); {before}. Free disk "
+                      "space, then rerun the same command (a finished run only exports).") \
+            from None
     if os.path.isdir(path):
         shutil.rmtree(path)
     os.replace(partial, path)

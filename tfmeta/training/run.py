@@ -3,7 +3,7 @@ the embedding writer start from.
 
 Workdir layout:
     config.json          the run's full config, with the data it was trained on (data_source)
-    checkpoints/         tf.train checkpoints, ckpt-<step>
+    checkpoints/         tf.train checkpoints, ckpt-<step> (tfmeta.training.checkpoints)
     logs/{train,validation,eval}/   TensorBoard
     eval.json            the newest bin/evaluate.py result
     export/              the SavedModel
@@ -17,10 +17,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import glob
 import logging
 import os
-import shutil
 
 import keras
 import tensorflow as tf
@@ -28,10 +26,19 @@ import tensorflow as tf
 from tfmeta.algorithms import build_learner
 from tfmeta.config import load_config
 from tfmeta.data import load_dataset
+from tfmeta.errors import WorkdirLocked
+from tfmeta.training.checkpoints import (  # noqa: F401 - the run's checkpoint helpers
+    CHECKPOINTS,
+    checkpoint_manager,
+    has_checkpoint,
+    remove_partial_checkpoints,
+    repair_state,
+    restore_latest,
+    untracked_variables,
+)
 
 CONFIG_FILE = "config.json"
 EVAL_FILE = "eval.json"
-CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 EXPORT = "export"
 LOCK_FILE = ".lock"
@@ -135,59 +142,6 @@ def copy_backbone_weights(source, target, where: str = "the source run") -> list
     return copied
 
 
-# ----------------------------------------------------------------------- checkpoints
-def untracked_variables(learner) -> dict:
-    """The learner's variables that `tf.train.Checkpoint(learner=...)` would miss, by path:
-    Keras 3 tracks variables a layer keeps in a list attribute (Meta-SGD's `alpha`, MAML++'s
-    per-step copies) for training but not as checkpoint dependencies."""
-    reached = {id(o) for o in tf.train.TrackableView(learner).descendants()}
-    missing = {}
-    for v in learner.variables:
-        if id(v) in reached or id(getattr(v, "value", None)) in reached:
-            continue
-        key = v.path
-        while key in missing:
-            key += "_"
-        missing[key] = v
-    return missing
-
-
-def checkpoint_manager(learner, directory, max_to_keep=3):
-    """A CheckpointManager of the learner (every variable: see `untracked_variables`) and
-    its optimizer in `directory`."""
-    checkpoint = tf.train.Checkpoint(learner=learner, optimizer=learner.optimizer,
-                                     variables=untracked_variables(learner))
-    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
-                                      checkpoint_name="ckpt")
-
-
-def restore_latest(learner, workdir, require=False) -> int:
-    """Restores the newest checkpoint of `workdir` into `learner`; returns its step (0 if none)."""
-    manager = checkpoint_manager(learner, os.path.join(workdir, CHECKPOINTS))
-    if manager.latest_checkpoint is None:
-        if require:
-            raise FileNotFoundError(f"No checkpoint in {workdir}/{CHECKPOINTS}; train first "
-                                    f"with bin/train.py --workdir={workdir}.")
-        return 0
-    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    return int(learner.optimizer.iterations.numpy())
-
-
-def has_checkpoint(workdir: str) -> bool:
-    return tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINTS)) is not None
-
-
-def remove_partial_checkpoints(workdir: str) -> list:
-    """Deletes the `ckpt-N_temp*` folders a killed save leaves; returns what it removed."""
-    removed = sorted(glob.glob(os.path.join(workdir, CHECKPOINTS, "ckpt-*_temp*")))
-    for path in removed:
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.remove(path)
-    return removed
-
-
 # ------------------------------------------------------------------------------ data
 def data_source(dataset) -> dict:
     """What config.json records of the data a run trained on: its folder, the fingerprint
@@ -223,7 +177,7 @@ def load_run_dataset(config, data_dir: str | None = None):
     if recorded_class_split(config):
         options["class_split"] = recorded_class_split(config)  # the classes it trained on
     dataset = load_dataset(config.dataset, data_dir, **options)
-    if recorded_print and dataset.fingerprint() != recorded_print:
+    if recorded_print and not dataset.same_files(recorded_print):
         where = dataset.data_dir or "the default location"
         message = (f"The {config.dataset} files in {where} differ from the ones this run was "
                    f"trained on (recorded in config.json: {recorded_dir or 'default'}, "
@@ -259,10 +213,6 @@ def open_run(workdir: str, data_dir: str | None = None, strategy=None) -> Run:
 
 
 # ------------------------------------------------------------------------ the lock
-class WorkdirLocked(RuntimeError):
-    """Another live process holds the workdir."""
-
-
 class WorkdirLock:
     """An exclusive OS lock (`flock`) on `<workdir>/.lock`, released when the holder exits,
     however it exits (SIGKILL included). The file records the holder's PID for messages."""

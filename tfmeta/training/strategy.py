@@ -16,14 +16,19 @@ the one that writes the run's files (see docs/distributed.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import tensorflow as tf
 from absl import logging
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+# How long a multi-worker task waits for the others to join (config.cluster_join_timeout).
+DEFAULT_JOIN_TIMEOUT_S = 300
 
 TF_CONFIG_EXAMPLE = (
     'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -86,18 +91,38 @@ def worker_role(strategy_name: str = "multi_worker", environ=None) -> WorkerRole
                       is_chief=position == 0)
 
 
-def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+def make_strategy(name: str = "default",
+                  join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S) -> tf.distribute.Strategy:
     """The strategy `name` names (see the module docstring). Build it before anything else
-    touches TensorFlow in the process; `multi_worker` and `tpu` fail otherwise."""
+    touches TensorFlow in the process; `multi_worker` and `tpu` fail otherwise.
+
+    Under `multi_worker` every task waits for the others to join the cluster for at most
+    `join_timeout_s` seconds, logging whom it waits for; then one line names this task and
+    the ones it waited for (a ValueError where TensorFlow gives up itself, else printed by
+    `_join_watchdog`, which then kills the process)."""
     if name == "multi_worker":
-        worker_role(name)  # a one-line error for a missing or malformed TF_CONFIG
+        role = worker_role(name)  # a one-line error for a missing or malformed TF_CONFIG
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         try:
-            _coordinate_exit(resolver.cluster_spec())
+            _coordinate_exit(resolver.cluster_spec(), join_timeout_s)
         except (ImportError, AttributeError, TypeError) as error:  # private API moved
             logging.warning("Could not set the coordination service's timeouts (%s); "
                             "TensorFlow's defaults apply.", error)
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        others = [f"{job}_{i} at {address}"
+                  for job, addresses in resolver.cluster_spec().as_dict().items()
+                  for i, address in (enumerate(addresses) if isinstance(addresses, list)
+                                     else addresses.items())
+                  if f"{job}_{i}" != role.task]
+        failed = (f"--strategy=multi_worker: the cluster did not form within "
+                  f"{join_timeout_s:g} s; this is {role.task}, waiting for {', '.join(others)}")
+        fix = "Start the same command on every machine TF_CONFIG lists, or raise " \
+              "cluster_join_timeout."
+        with _join_watchdog(role, others, join_timeout_s, f"{failed}. {fix}"):
+            try:
+                return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+            except (tf.errors.OpError, RuntimeError) as error:
+                reason = " ".join(str(getattr(error, "message", error)).split())[:300]
+                raise ValueError(f"{failed} ({reason}). {fix}") from None
     if name == "tpu":
         return _tpu_strategy(os.environ.get("TPU_NAME", "local"))
     if name == "default":
@@ -116,9 +141,48 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
 # exit, a worker waits at most this long for the others.
 HEARTBEAT_TIMEOUT_MS = 30_000
 SHUTDOWN_BARRIER_MS = 120_000
+WAITING_LOG_EVERY_S = 15.0
 
 
-def _coordinate_exit(cluster_spec) -> None:
+# Python code of the watchdog process `_join_watchdog` starts (argv: parent PID, timeout,
+# grace, log interval, task, whom it waits for, the error line).
+WATCHDOG = """
+import os, select, signal, sys, time
+parent, timeout, grace, every = int(sys.argv[1]), *map(float, sys.argv[2:5])
+task, others, error = sys.argv[5:8]
+start = time.monotonic()
+while True:
+    if select.select([sys.stdin], [], [], every)[0]:
+        sys.exit(0)  # the parent closed the pipe: the cluster formed, or it exited
+    elapsed = time.monotonic() - start
+    print(f"{task} waiting {elapsed:.0f} s (of {timeout:g}) for the cluster to form: {others}",
+          file=sys.stderr, flush=True)
+    if elapsed > timeout + grace:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os.kill(parent, signal.SIGKILL)  # TF's preemption notifier catches SIGTERM
+        sys.exit(0)
+"""
+
+
+@contextlib.contextmanager
+def _join_watchdog(role, others, timeout_s, error, every_s=WAITING_LOG_EVERY_S, grace_s=15.0):
+    """While the cluster forms, TensorFlow blocks in C++ holding the GIL (no Python thread or
+    signal handler runs), and the coordination service's own registration timeout does not
+    apply to its leader. So a small child process logs every `every_s` seconds whom this
+    task waits for and, `grace_s` past the timeout, prints `error` as one line and
+    kills this process (SIGKILL: TensorFlow's preemption notifier catches SIGTERM under a
+    multi-worker strategy). Leaving the context stops it."""
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(timeout_s), str(grace_s),
+         str(every_s), role.task, ", ".join(others), error], stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
+
+
+def _coordinate_exit(cluster_spec, join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S) -> None:
     """Configures the coordination service MultiWorkerMirroredStrategy starts (it keeps a
     configuration made before it) with the heartbeat timeout above and a shutdown barrier,
     which narrows a race at exit: a worker still shutting down after the chief has exited
@@ -132,7 +196,8 @@ def _coordinate_exit(cluster_spec) -> None:
     context.context().configure_coordination_service(
         service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster_spec),
         coordinated_jobs=jobs, heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_MS,
-        shutdown_barrier_timeout_in_ms=SHUTDOWN_BARRIER_MS)
+        shutdown_barrier_timeout_in_ms=SHUTDOWN_BARRIER_MS,
+        cluster_register_timeout_in_ms=int(join_timeout_s * 1000))
 
 
 def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:

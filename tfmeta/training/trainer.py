@@ -19,6 +19,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 
 import keras
 import tensorflow as tf
@@ -26,6 +28,7 @@ import tensorflow as tf
 from tfmeta.algorithms import learner_class
 from tfmeta.config import save_config, validate_config
 from tfmeta.data import load_dataset
+from tfmeta.errors import Terminated
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
 from tfmeta.training.export import export_workdir
 from tfmeta.training.run import (
@@ -38,6 +41,7 @@ from tfmeta.training.run import (
     data_source,
     has_checkpoint,
     remove_partial_checkpoints,
+    repair_state,
     restore_latest,
 )
 from tfmeta.training.strategy import (
@@ -51,7 +55,7 @@ from tfmeta.training.strategy import (
 IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "data_source")
 
 
-def _check_workdir_config(config, workdir):
+def _check_workdir_config(config, workdir, dataset=None):
     """Refuses to resume a run that is a different experiment (once it has a checkpoint;
     a config.json without one is from a run that never trained, and is replaced)."""
     path = os.path.join(workdir, CONFIG_FILE)
@@ -68,6 +72,9 @@ def _check_workdir_config(config, workdir):
             keys = ("fingerprint", "class_split")
             old, new = ({k: old.get(k) for k in keys if old.get(k) is not None},
                         {k: (new or {}).get(k) for k in keys if old.get(k) is not None})
+            if "fingerprint" in old and dataset is not None and hasattr(dataset, "same_files") \
+                    and dataset.same_files(old["fingerprint"]):
+                new["fingerprint"] = old["fingerprint"]  # recorded by an earlier version
         if old is not None and json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
             raise ValueError(
                 f"{workdir} holds a run with {field}={old!r}, but this run has {field}={new!r}. "
@@ -94,7 +101,8 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
     role = worker_role("multi_worker" if _is_multi_worker(strategy) else config.strategy)
     # Before anything else runs TensorFlow ops: the multi-worker strategy configures the
     # collective ops of this process's runtime, which is fixed once it starts.
-    strategy = strategy or make_strategy(config.strategy)
+    strategy = strategy or make_strategy(config.strategy,
+                                         config.get("cluster_join_timeout") or 300)
     scratch = workdir if role.is_chief else os.path.join(workdir, f"workertemp_{role.task}")
     with WorkdirLock(scratch):
         try:
@@ -146,6 +154,8 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
         if removed:
             logging.info("Removed %d partial checkpoint(s) left by a killed save: %s",
                          len(removed), removed)
+        # Before any CheckpointManager reads it: the files on disk are what counts.
+        repair_state(os.path.join(workdir, CHECKPOINTS))
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -155,7 +165,8 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     config.data_source.update(data_source(dataset))
     config.learner.update(learner_class(config.algo).arguments_from_data(config.learner,
                                                                          dataset))
-    _check_workdir_config(config, workdir)
+    _check_workdir_config(config, workdir, dataset)
+    check_memory(config, dataset.input_shape)
     replicas = strategy.num_replicas_in_sync
     if config.meta_batch_size % replicas:
         raise ValueError(f"meta_batch_size={config.meta_batch_size} does not split over "
@@ -191,12 +202,12 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
         keras.callbacks.TensorBoard(os.path.join(scratch, LOGS), update_freq="epoch"),
     ]
     try:
-        with fit_scope(learner, strategy):
+        with fit_scope(learner, strategy), sigterm_as_interrupt():
             learner.fit(train_episodes, epochs=math.ceil(config.num_steps / steps_per_epoch),
                         initial_epoch=step // steps_per_epoch, steps_per_epoch=steps_per_epoch,
                         validation_data=val_episodes, callbacks=callbacks, verbose=verbose,
                         shuffle=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
         guard.save()  # a checkpoint at exit, so rerunning resumes here
         raise
     if guard.nan_step is not None:
@@ -209,6 +220,63 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
             f"{where} Lower optimizer.learning_rate or the inner learning rate, or set "
             "optimizer.clipnorm.")
     return learner
+
+
+# Floats of activations a backbone keeps per input value and filter, for the backward pass
+# (conv, batch norm and ReLU outputs of the first stage, later stages adding half again).
+ACTIVATIONS_PER_VALUE = 6
+
+
+def activation_bytes(config, input_shape) -> int:
+    """A rough lower bound of the memory one training step's activations take: the
+    meta-batch's examples (or Pretrain's batch), times the first stage's width, times
+    `ACTIVATIONS_PER_VALUE`, in float32."""
+    examples = config.get("batch_size") or config.meta_batch_size * config.ways * (
+        (config.train_shots or config.shots) + config.queries)
+    values = math.prod(input_shape)
+    channels = input_shape[-1] if len(input_shape) == 3 else 1
+    width = max(1, (config.model.get("filters") or channels) / channels)
+    return int(examples * values * width * ACTIVATIONS_PER_VALUE * 4)
+
+
+def check_memory(config, input_shape) -> None:
+    """Refuses, in one line, a configuration whose step cannot fit in this machine's memory
+    (an extra zero in meta_batch_size would otherwise abort the process in C++)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    needed = activation_bytes(config, input_shape)
+    if needed > total:
+        sizes = (f"batch_size={config.batch_size}" if config.get("batch_size") else
+                 f"meta_batch_size={config.meta_batch_size} x ways={config.ways} x "
+                 f"{(config.train_shots or config.shots) + config.queries} examples")
+        raise ValueError(
+            f"{sizes} of shape {tuple(input_shape)} need about {needed / 2 ** 30:.0f} GiB of "
+            f"activations per step (estimated), more than this machine's "
+            f"{total / 2 ** 30:.0f} GiB of memory; use a smaller batch, fewer ways or "
+            "examples, or smaller images.")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While training, SIGTERM (what `docker stop`, Kubernetes, Slurm and `timeout` send)
+    raises `Terminated`, a KeyboardInterrupt, so the trainer saves the current step as on
+    Ctrl-C before it exits. Outside the main thread (where Python delivers signals) and
+    outside training, SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        del signum, frame
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:  # None: a handler installed from C (TensorFlow's preemption notifier)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _episodes(learner, dataset, config, strategy, step):
