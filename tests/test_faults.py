@@ -163,3 +163,52 @@ def test_a_full_disk_during_an_export_keeps_the_previous_one(run_copy, monkeypat
                                       r"unchanged"):
         export.export_workdir(run_copy)
     assert not os.path.exists(path + ".part") and sorted(os.listdir(path)) == before
+
+
+@pytest.fixture
+def full_disk(trained, tmp_path):
+    """The trained run copied onto a small tmpfs that is then filled up: a real full disk.
+    Skipped where the test may not mount one (the simulated tests above still run)."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()[:100]})")
+    try:
+        workdir = str(mount / "run")
+        shutil.copytree(trained, workdir)
+        with open(mount / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (64 << 10))
+                    f.flush()
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+        yield workdir
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_real_full_disk_fails_the_export_and_the_checkpoint_in_one_line(full_disk):
+    """What TensorFlow raises when the disk is full (not simulated) ends in the same one
+    line, leaving no partial files and the older checkpoints readable."""
+    with pytest.raises(OSError, match=r"Could not write the export to .*; none was there"):
+        export.export_workdir(full_disk)
+    assert not os.path.exists(os.path.join(full_disk, "export.part"))
+
+    from tfmeta.training import run as run_lib
+    from tfmeta.training.callbacks import CheckpointAndNaNGuard
+
+    opened = run_lib.open_run(full_disk)
+    manager = checkpoints.checkpoint_manager(opened.learner, checkpoint_dir(full_disk))
+    guard = CheckpointAndNaNGuard(manager, every=1, num_steps=10)
+    guard.set_model(opened.learner)
+    opened.learner.optimizer.iterations.assign(7)
+    with pytest.raises(OSError, match=r"Could not write the checkpoint of step 7 .*the older "
+                                      r"checkpoints are intact"):
+        guard.save()
+    assert [s for s, _ in checkpoints.checkpoints_on_disk(checkpoint_dir(full_disk))] == \
+        [2, 4, 6]
+    assert not [p for p in os.listdir(checkpoint_dir(full_disk)) if "-7" in p]
+    assert run_lib.open_run(full_disk).step == 6

@@ -409,18 +409,24 @@ def test_an_empty_workdir_flag_and_a_corrupt_config_are_named(trained_workdir, t
 # ------------------------------------------------------------- 9: served labels
 def test_served_labels_are_exact_or_refused_never_wrapped(tmp_path, omniglot):
     """Before: numpy int64 labels wrapped to int32 (2**32 + 4 was served as 4, 2**32 made a
-    label 0) and a bincount of a huge label could exhaust memory."""
+    label 0), float labels were truncated, and a bincount of a huge label could exhaust
+    memory."""
     from tfmeta.training.export import export_learner
 
     keras.utils.set_random_seed(0)
     learner = PrototypicalNetwork(conv4((28, 28, 1), filters=4))
     loaded = tf.saved_model.load(export_learner(learner, omniglot, str(tmp_path / "export")))
     images = np.random.default_rng(0).uniform(size=(6, 105, 105, 1)).astype(np.float32)
-    good = loaded.adapt_and_predict(images[:4], np.array([0, 1, 2, 3], np.int64), images[4:])
-    assert good["logits"].shape == (2, 4)
+    for labels in (np.arange(4), np.arange(4, dtype=np.int32), tf.range(4), [0, 1, 2, 3],
+                   tf.range(4, dtype=tf.int64)):
+        for support in (images[:4], images[:4].astype(np.float64)):
+            good = loaded.adapt_and_predict(support, labels, images[4:].astype(support.dtype))
+            assert good["logits"].shape == (2, 4)
     for labels in ([0, 1, 2, 2 ** 32 + 3], [0, 1, 2, 2 ** 32], [0, 1, 2, 2 ** 31 - 1]):
         with pytest.raises(tf.errors.InvalidArgumentError, match="support_labels must be 0..N-1"):
             loaded.adapt_and_predict(images[:4], np.array(labels, np.int64), images[4:])
+    with pytest.raises(ValueError, match="Could not find matching concrete function"):
+        loaded.adapt_and_predict(images[:4], np.array([0.0, 1.7, 2.0, 3.0]), images[4:])
     signature = loaded.signatures["adapt_and_predict"]
     assert signature(support_images=tf.constant(images[:4]), support_labels=tf.range(4),
                      query_images=tf.constant(images[4:]))["logits"].shape == (2, 4)
@@ -434,7 +440,7 @@ def test_a_request_over_the_size_limit_is_refused(monkeypatch, omniglot, small_l
     images = tf.zeros([2, 105, 105, 1])
     with pytest.raises(tf.errors.InvalidArgumentError, match="send the queries in smaller "
                                                               "chunks"):
-        module.adapt_and_predict(images, tf.range(2, dtype=tf.int64), images)
+        module.adapt_and_predict(images, tf.range(2), images)
 
 
 # ------------------------------------------------------------ 12: fingerprint

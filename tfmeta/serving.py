@@ -46,15 +46,16 @@ def range_checks(inputs, value_range, name, raw_shape=None):
 MAX_REQUEST_VALUES = 1 << 28
 
 
-def label_checks(labels, count_name="support_images"):
-    """Assertions that int64 `labels` are 0..N-1 with N at most their count, before anything
-    sized by them (a bincount of label 2**32 would allocate 16 GB) is built."""
+def label_checks(labels):
+    """Assertions that int64 `labels` are non-negative and at most their count, before
+    anything sized by them is built (a bincount of label 2**32 would allocate 16 GB); the
+    learner then checks that they are exactly 0..N-1 with every class present."""
     message = ("support_labels must be 0..N-1 (N = the number of classes, at most one per "
                "support example)")
     return [tf.debugging.assert_non_negative(labels, message=message),
-            tf.debugging.assert_less(tf.reduce_max(tf.concat([labels, [0]], 0)),
-                                     tf.cast(tf.maximum(tf.size(labels), 1), labels.dtype),
-                                     message=message)]
+            tf.debugging.assert_less_equal(tf.reduce_max(tf.concat([labels, [0]], 0)),
+                                           tf.cast(tf.size(labels), labels.dtype),
+                                           message=message)]
 
 
 def size_check(*tensors):
@@ -70,10 +71,15 @@ class AdaptAndPredict(tf.Module):
     examples: checks the request, preprocesses it in the graph, then calls the learner's
     `adapt_and_predict` (which checks the labels: 0..N-1, every class present).
 
-    The Python-callable `adapt_and_predict` takes int64 labels, so any integer a client
-    sends (int32, int64, Python ints) arrives exact and out-of-range ones are refused,
-    never wrapped; the `adapt_and_predict` signature (TF Serving) takes int32 labels and
-    calls it."""
+    The `adapt_and_predict` signature (TF Serving) takes float32 images and int32 labels.
+    The Python-callable `loaded.adapt_and_predict` takes int32 or int64 labels and float32
+    or float64 images, each exactly as sent: an int64 label that does not fit is refused,
+    never wrapped, and float labels match no traced function, so they are refused too
+    (an `input_signature` would have converted them silently: 2**32 + 4 to 4, 1.7 to 1).
+    Each variant casts and calls one traced serving function."""
+
+    LABEL_DTYPES = (tf.int32, tf.int64)
+    IMAGE_DTYPES = (tf.float32, tf.float64)
 
     def __init__(self, learner, dataset):
         super().__init__(name="tfmeta_serving")
@@ -81,20 +87,26 @@ class AdaptAndPredict(tf.Module):
         self._preprocess = dataset.preprocess
         self._value_range = dataset.value_range
         self._raw_shape = tuple(dataset.raw_shape)
-        inputs = tf.TensorSpec([None, *dataset.raw_shape], tf.float32)
-        self.adapt_and_predict = tf.function(
-            self._adapt_and_predict,
-            input_signature=[inputs, tf.TensorSpec([None], tf.int64), inputs])
-        self.adapt_and_predict_int32 = tf.function(
-            self._adapt_and_predict_int32,
-            input_signature=[inputs, tf.TensorSpec([None], tf.int32), inputs])
+        images = tf.TensorSpec([None, *dataset.raw_shape], tf.float32)
+        self._serve = tf.function(self._adapt_and_predict, input_signature=[
+            images, tf.TensorSpec([None], tf.int64), images])
+        self.adapt_and_predict = tf.function(self._cast_and_serve)
+        for image_dtype in self.IMAGE_DTYPES:
+            for label_dtype in self.LABEL_DTYPES:
+                spec = tf.TensorSpec([None, *dataset.raw_shape], image_dtype)
+                self.adapt_and_predict.get_concrete_function(
+                    support_images=spec, support_labels=tf.TensorSpec([None], label_dtype),
+                    query_images=spec)
 
     def signatures(self) -> dict:
-        return {"adapt_and_predict": self.adapt_and_predict_int32.get_concrete_function()}
+        images = tf.TensorSpec([None, *self._raw_shape], tf.float32)
+        return {"adapt_and_predict": self.adapt_and_predict.get_concrete_function(
+            support_images=images, support_labels=tf.TensorSpec([None], tf.int32),
+            query_images=images)}
 
-    def _adapt_and_predict_int32(self, support_images, support_labels, query_images):
-        return self.adapt_and_predict(support_images, tf.cast(support_labels, tf.int64),
-                                      query_images)
+    def _cast_and_serve(self, support_images, support_labels, query_images):
+        return self._serve(tf.cast(support_images, tf.float32),
+                           tf.cast(support_labels, tf.int64), tf.cast(query_images, tf.float32))
 
     def _adapt_and_predict(self, support_images, support_labels, query_images):
         checks = [size_check(support_images, query_images),

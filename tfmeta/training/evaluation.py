@@ -29,7 +29,12 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
                                    log_dir=run.path(LOGS, "eval"), step=run.step)
     result.update(algo=run.config.algo, dataset=run.config.dataset, split=split, step=run.step,
                   data_dir=run.dataset.data_dir)
-    with open(run.path(EVAL_FILE) + ".part", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(run.path(EVAL_FILE) + ".part", run.path(EVAL_FILE))
+    try:
+        with open(run.path(EVAL_FILE) + ".part", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(run.path(EVAL_FILE) + ".part", run.path(EVAL_FILE))
+    except OSError as error:
+        raise OSError(f"Evaluated, but could not write {run.path(EVAL_FILE)} "
+                      f"({error.strerror or error}); free disk space and evaluate again.") \
+            from None
     return result
