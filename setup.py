@@ -10,7 +10,9 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["tfmeta", "tfmeta.*"]),
+    # configs/ (the algorithm configs) is installed inside the package as tfmeta.configs.
+    packages=setuptools.find_packages(include=["tfmeta", "tfmeta.*"]) + ["tfmeta.configs"],
+    package_dir={"tfmeta.configs": "configs"},
     package_data={"tfmeta.data": ["bundled/*/*"]},
     include_package_data=True,
     install_requires=[
@@ -24,5 +26,9 @@ setuptools.setup(
     ],
     # pillow writes the test images (and docs/scripts/omniglot_as_folders.py's) in every
     # format and mode; tfmeta itself decodes with TensorFlow only.
+    entry_points={"console_scripts": [
+        f"tfmeta-{name}=tfmeta.commands.{module}:run" for name, module in (
+            ("train", "train"), ("evaluate", "evaluate"), ("predict", "predict"),
+            ("benchmark", "benchmark"), ("report", "report"), ("embed", "embed"))]},
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow"]},
 )

@@ -6,54 +6,12 @@ throughput and peak memory, each case in a fresh process.
     python bin/benchmark.py --output=bench.json
 """
 
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
-
-from tfmeta import benchmarking  # noqa: E402
-from tfmeta.benchmarking.common import peak_memory_mb  # noqa: E402
-
-flags.DEFINE_list("cases", None, "Cases to run (default: all but the XLA ones).")
-flags.DEFINE_integer("steps", 20, "Timed steps per case (the median is reported).",
-                     lower_bound=1)
-flags.DEFINE_string("output", None, "Also write the results as JSON here.")
-flags.DEFINE_string("run_case", None, "Internal: run one case in this process, print JSON.")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    cases = benchmarking.all_cases()
-    if FLAGS.run_case:
-        result = cases[FLAGS.run_case](FLAGS.steps)
-        result["peak_memory_mb"] = peak_memory_mb()
-        print("RESULT " + json.dumps(result))
-        return
-    names = FLAGS.cases or [n for n in cases if not n.endswith("_xla")]
-    unknown = sorted(set(names) - set(cases))
-    if unknown:
-        raise app.UsageError(f"Unknown cases {unknown}; valid cases: {sorted(cases)}.")
-    results = {}
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    for name in names:
-        proc = subprocess.run([sys.executable, __file__, f"--run_case={name}",
-                               f"--steps={FLAGS.steps}"], capture_output=True, text=True, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            results[name] = {"error": proc.stderr.strip().splitlines()[-1:]}
-        else:
-            results[name] = json.loads(lines[-1][len("RESULT "):])
-        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in results[name].items()), flush=True)
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(results, f, indent=2)
-
+from tfmeta.commands.benchmark import run  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -3,38 +3,12 @@
     python bin/evaluate.py --workdir=runs/maml [--episodes=600] [--split=test]
 """
 
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags  # noqa: E402
-
-from tfmeta import cli  # noqa: E402
-from tfmeta.training import evaluation  # noqa: E402
-
-flags.DEFINE_string("workdir", None, "Run folder written by bin/train.py.", required=True)
-flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (default: the data the "
-                    "run was trained on, as its config.json records).")
-flags.DEFINE_string("split", "test", "Split to evaluate on.")
-flags.DEFINE_integer("episodes", None, "Number of episodes, >= 2 (default: config.eval_episodes).")
-flags.DEFINE_integer("ways", None, "N of the test episodes (default: the config's).")
-flags.DEFINE_integer("shots", None, "K of the test episodes (default: the config's).")
-flags.DEFINE_integer("seed", 1234, "Seed of the test episodes.")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    result = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.data_dir, FLAGS.split,
-                                         FLAGS.episodes, FLAGS.ways, FLAGS.shots, FLAGS.seed)
-    if "accuracy" in result:
-        print(f"{result['algo']} on {result['dataset']} {result['split']}: {result['ways']}-way "
-              f"{result['shots']}-shot accuracy {100 * result['accuracy']:.2f}% "
-              f"+- {100 * result['ci95']:.2f}% (95% CI, {result['episodes']} episodes)")
-    print(json.dumps(result))
-
+from tfmeta.commands.evaluate import run  # noqa: E402
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

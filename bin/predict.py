@@ -14,38 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags  # noqa: E402
-
-from tfmeta import (
-    cli,  # noqa: E402
-    predict,  # noqa: E402
-)
-
-flags.DEFINE_string("workdir", None, "Run folder written by bin/train.py (its export/ is used).")
-flags.DEFINE_string("export", None, "A SavedModel folder written by tfmeta (instead of "
-                    "--workdir).")
-flags.DEFINE_string("support_dir", None, "One folder of example images per class.",
-                    required=True)
-flags.DEFINE_string("query_dir", None, "The images to classify (nested folders allowed).",
-                    required=True)
-flags.DEFINE_string("output", None, "CSV file to write: file,predicted_class,probability.")
-flags.DEFINE_integer("batch_size", 256, "Queries sent to the model at a time.")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    export = predict.open_export(predict.export_path(FLAGS.workdir, FLAGS.export))
-    predictions = predict.predict(export, FLAGS.support_dir, FLAGS.query_dir, FLAGS.batch_size)
-    print(predict.format_table(predictions))
-    accuracy = predict.folder_accuracy(predictions, predict.support_classes(FLAGS.support_dir))
-    if accuracy is not None:
-        print(f"accuracy against the query folders' names: {100 * accuracy:.1f}% "
-              f"({len(predictions)} queries)")
-    if FLAGS.output:
-        print(f"wrote {len(predictions)} predictions to "
-              f"{predict.write_csv(predictions, FLAGS.output)}")
-
+from tfmeta.commands.predict import run  # noqa: E402
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

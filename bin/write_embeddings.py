@@ -17,36 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags  # noqa: E402
-
-from tfmeta import cli, embeddings  # noqa: E402
-
-flags.DEFINE_string("workdir", None, "A run written by bin/train.py.", required=True)
-flags.DEFINE_string("output_dir", None, "Where to write <name>/center/*.pkl.", required=True)
-flags.DEFINE_string("name", None, "Folder name of the embeddings (default: the run's dataset).")
-flags.DEFINE_string("data_dir", None, "The dataset's files (default: the data the run was "
-                    "trained on).")
-flags.DEFINE_enum("recalibrate_batch_norm", "auto", ["auto", "yes", "no"],
-                  "Recompute batch-norm statistics on the training split first "
-                  "(auto: for runs trained with batch statistics only).")
-flags.DEFINE_string("layer", None, "Backbone layer whose output is the embedding, e.g. "
-                    "block4_relu (default: the input of the classification head).")
-flags.DEFINE_integer("batch_size", 256, "Examples per forward pass.")
-flags.DEFINE_list("crops", ["center", "multiview"], "Which LEO files to write: center (each "
-                  "example as it is) and/or multiview (the mean of ten shifted and flipped "
-                  "views; see tfmeta/embeddings.py).")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    recalibrate = {"auto": None, "yes": True, "no": False}[FLAGS.recalibrate_batch_norm]
-    paths = embeddings.write_workdir_embeddings(FLAGS.workdir, FLAGS.output_dir, FLAGS.name,
-                                                FLAGS.data_dir, recalibrate, FLAGS.batch_size,
-                                                FLAGS.layer, FLAGS.crops)
-    for split, path in paths.items():
-        print(f"{split}: {path}")
-
+from tfmeta.commands.embed import run  # noqa: E402
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

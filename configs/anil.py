@@ -4,8 +4,8 @@ On the natural-image datasets ANIL keeps MAML's mini-ImageNet inner loop (rate 0
 steps, 10 at test), as the paper does.
 """
 
-from configs import maml
-from configs.datasets import natural_images
+from . import maml
+from .datasets import natural_images
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):

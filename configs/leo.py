@@ -16,7 +16,7 @@ query; --set=eval_queries=15 for the faster 15-query protocol.
 import ml_collections
 from ml_collections import config_dict
 
-from configs import base
+from . import base
 
 # (dataset, shots) -> the README's tuned values.
 TUNED = {

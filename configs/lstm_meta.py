@@ -5,7 +5,7 @@ The paper's learner is Conv4 with 32 filters and its meta-learner a 2-layer LSTM
 Deviations for CPU: 5 updates per task (the paper used 12 at meta-training, 5-shot).
 """
 
-from configs import base
+from . import base
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):

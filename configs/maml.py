@@ -7,8 +7,8 @@ Deviation: Conv4 uses max-pooling on Omniglot too (the paper used strided
 convolutions there); `--set=model.downsample=strided` restores it.
 """
 
-from configs import base
-from configs.datasets import natural_images
+from . import base
+from .datasets import natural_images
 
 
 def get_config(dataset: str = "omniglot", setting: str | None = None):

@@ -12,7 +12,7 @@ schedule counts meta-steps where the reference counts epochs (see maml_plusplus.
 Each option is a flag, e.g. `--set=learner.multi_step_loss=False`.
 """
 
-from configs import maml
+from . import maml
 
 EPOCH = 500  # meta-steps per epoch in the paper's reference code
 

@@ -10,7 +10,7 @@ Here the outer update is Adam on the meta-gradient of the post-update REINFORCE 
 
 import ml_collections
 
-from configs import base
+from . import base
 
 
 def get_config(dataset: str = "navigation_2d", setting: str = "5w1s"):

@@ -15,8 +15,8 @@ pixels are too many inputs for the controller.
 
 import ml_collections
 
-from configs import base
-from configs.datasets import natural_images
+from . import base
+from .datasets import natural_images
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):

@@ -8,7 +8,7 @@ The paper does not give the optimizer, queries or batch size; these are Adam at
 1e-3, 5 queries per class (15 on mini-ImageNet) and 8 episodes per update.
 """
 
-from configs import base
+from . import base
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):

@@ -5,7 +5,7 @@ feature extractors with 32 filters, a 64-unit representation layer, meta learner
 20 hidden units, Adam 1e-3.
 """
 
-from configs import base
+from . import base
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):

@@ -17,7 +17,7 @@ Omniglot: 161 characters x 4 rotations = 644; None, on a dataset this file does 
 is filled in from the data by the trainer).
 """
 
-from configs import base
+from . import base
 
 # dataset -> classes in its training split (the head's outputs).
 TRAIN_CLASSES = {"omniglot": 644, "mini_imagenet": 64, "tiered_imagenet": 351,

@@ -15,8 +15,8 @@ characters of the bundled minimal sets it is worth about 2 points on unseen alph
 Deviation: the paper stops on validation loss; here training runs for `num_steps`.
 """
 
-from configs import base
-from configs.datasets import natural_images
+from . import base
+from .datasets import natural_images
 
 TRAIN_WAYS = {("omniglot", 1): 60, ("omniglot", 5): 60,
               ("mini_imagenet", 1): 30, ("mini_imagenet", 5): 20}

@@ -9,8 +9,8 @@ instead of 5x5), the learning-rate halving every 100k episodes is not applied, a
 num_steps is far below the paper's 1M (Omniglot) / 500k (mini-ImageNet) episodes.
 """
 
-from configs import base
-from configs.datasets import natural_images
+from . import base
+from .datasets import natural_images
 
 QUERIES = {("omniglot", 5, 1): 19, ("omniglot", 5, 5): 15, ("omniglot", 20, 1): 10,
            ("omniglot", 20, 5): 5, ("mini_imagenet", 5, 1): 15, ("mini_imagenet", 5, 5): 10}

@@ -19,8 +19,8 @@ images), so 5-way episodes at test time use exactly the five held-out digits.
 
 from ml_collections import config_dict
 
-from configs import base
-from configs.datasets import natural_images
+from . import base
+from .datasets import natural_images
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):

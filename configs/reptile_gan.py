@@ -15,8 +15,8 @@ Evaluation (`bin/evaluate.py`): 100 episodes; a Conv4 classifier over up to 20 c
 import ml_collections
 from ml_collections import config_dict
 
-from configs import base
-from configs.datasets import natural_images
+from . import base
+from .datasets import natural_images
 
 
 def get_config(dataset: str = "mnist", setting: str = "1w4s"):

@@ -8,7 +8,7 @@ with Koch's 4096-unit sigmoid layer (his convolutions need 105x105 inputs), and
 the optimizer is Adam at 1e-3 instead of SGD with per-layer rates and momentum.
 """
 
-from configs import base
+from . import base
 
 
 def get_config(dataset: str = "omniglot", setting: str = "5w1s"):

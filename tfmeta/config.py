@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -67,9 +68,27 @@ AUGMENT_RANGES = {"shift": FRACTION, "rotation": Range(0, 180), "scale": FRACTIO
 JIT_COMPILE = ("auto", "true", "false")
 
 
+def configs_package(configs_dir: str | None = None) -> str:
+    """The package of the algorithm configs: `tfmeta.configs` (the repository's `configs/`,
+    which an install ships inside the package, see setup.py), or for a source checkout run
+    without installing, the repository's `configs`; `configs_dir` names another folder."""
+    if configs_dir is None:
+        try:
+            if importlib.util.find_spec("tfmeta.configs") is not None:
+                return "tfmeta.configs"
+        except ModuleNotFoundError:
+            pass
+        configs_dir = REPO_CONFIGS
+    parent = os.path.dirname(os.path.abspath(configs_dir))
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    return os.path.basename(os.path.abspath(configs_dir))
+
+
 def get_config(algo: str, dataset: str, setting: str | None = None,
-               configs_dir: str = REPO_CONFIGS) -> ml_collections.ConfigDict:
-    """Imports `configs/<algo>.py` and calls its `get_config(dataset[, setting])`.
+               configs_dir: str | None = None) -> ml_collections.ConfigDict:
+    """Imports the configs' `<algo>` module (`configs_package`) and calls its
+    `get_config(dataset[, setting])`.
 
     The result is locked: overrides may change fields, not add them (see `apply_overrides`).
     """
@@ -85,12 +104,14 @@ def get_config(algo: str, dataset: str, setting: str | None = None,
     elif dataset not in DATASETS:
         raise ValueError(f"Unknown --dataset {dataset!r}; valid datasets: {sorted(DATASETS)}, "
                          f"or {TFDS_PREFIX}NAME for a TFDS dataset (e.g. tfds:cifar100).")
-    if not os.path.isfile(os.path.join(configs_dir, f"{algo}.py")):
-        raise FileNotFoundError(f"No config for {algo!r}: {configs_dir}/{algo}.py is missing.")
-    parent = os.path.dirname(os.path.abspath(configs_dir))
-    if parent not in sys.path:
-        sys.path.insert(0, parent)
-    module = importlib.import_module(f"{os.path.basename(configs_dir)}.{algo}")
+    package = configs_package(configs_dir)
+    try:
+        module = importlib.import_module(f"{package}.{algo}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{package}.{algo}":
+            raise
+        raise FileNotFoundError(f"No config for {algo!r}: {package}.{algo} (configs/{algo}.py) "
+                                "is missing; reinstall tfmeta.") from None
     config = module.get_config(dataset, setting) if setting else module.get_config(dataset)
     config.lock()
     return config
