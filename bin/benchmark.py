@@ -1,9 +1,7 @@
-"""Measures tfmeta's speed: median ms per meta-step, time to the first step, sampler
-throughput and peak memory, each case in a fresh process.
+"""Measures tfmeta's speed.
 
-    python bin/benchmark.py                       # every case except *_xla
-    python bin/benchmark.py --cases=maml_second_order,maml_first_order --steps=20
-    python bin/benchmark.py --output=bench.json
+The tool is `tfmeta.commands.benchmark` (the console command `tfmeta-benchmark`); `--help`
+says how to use it.
 """
 
 import os

@@ -1,6 +1,7 @@
-"""Evaluates a run's newest checkpoint on meta-test episodes; writes <workdir>/eval.json.
+"""Evaluates a run on meta-test episodes.
 
-    python bin/evaluate.py --workdir=runs/maml [--episodes=600] [--split=test]
+The tool is `tfmeta.commands.evaluate` (the console command `tfmeta-evaluate`); `--help`
+says how to use it.
 """
 
 import os

@@ -1,8 +1,7 @@
-"""Reruns the documented results and rewrites docs/results.md and the README's table.
+"""Reruns the documented results.
 
-    python bin/report.py                       # every entry of tfmeta/report.py
-    python bin/report.py --only=maml,protonet  # some; the others keep their measurement
-    python bin/report.py --list                # the entries and their commands
+The tool is `tfmeta.commands.report` (the console command `tfmeta-report`); `--help`
+says how to use it.
 """
 
 import os

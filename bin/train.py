@@ -1,9 +1,7 @@
 """Meta-trains a learner, then exports it.
 
-    python bin/train.py --algo=maml --dataset=omniglot --workdir=runs/maml \
-        --num_steps=1000 --set=learner.inner_steps=1 --set=meta_batch_size=16
-
-Rerunning the same command resumes from the workdir's last checkpoint.
+The tool is `tfmeta.commands.train` (the console command `tfmeta-train`); `--help`
+says how to use it.
 """
 
 import os

@@ -1,15 +1,7 @@
-"""Writes LEO-format embeddings of a dataset with the backbone of a trained run.
+"""Writes LEO-format embeddings with a run's backbone.
 
-    python bin/train.py --algo=maml --dataset=omniglot --workdir=runs/maml
-    python bin/write_embeddings.py --workdir=runs/maml --output_dir=embeddings --name=Omniglot
-    python bin/train.py --algo=leo --dataset=embeddings --data_dir=embeddings --workdir=runs/leo
-
-Writes <output_dir>/<name>/{center,multiview}/{train,val,test}_embeddings.pkl (and .npz);
-`--crops=center` for the center files only. A supervised pre-training run
-(`--algo=pretrain`) gives LEO the kind of backbone its paper used:
-
-    python bin/train.py --algo=pretrain --dataset=omniglot --workdir=runs/pretrain
-    python bin/write_embeddings.py --workdir=runs/pretrain --output_dir=embeddings
+The tool is `tfmeta.commands.embed` (the console command `tfmeta-embed`); `--help`
+says how to use it.
 """
 
 import os

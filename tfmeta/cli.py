@@ -34,8 +34,12 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def run(main) -> None:
-    """`absl.app.run(main)`, printing user errors as one line."""
+def run(main, usage: str | None = None) -> None:
+    """`absl.app.run(main)`, printing user errors as one line; `usage` (the command module's
+    docstring) is what `--help` shows, however the command was started (bin/ wrapper or
+    console script)."""
+    if usage:
+        sys.modules["__main__"].__doc__ = usage
 
     def guarded(argv):
         try:

@@ -59,6 +59,7 @@ def main(argv):
 
 def run():
     """The console entry point."""
+    sys.modules["__main__"].__doc__ = __doc__  # what --help shows
     app.run(main)
 
 

@@ -34,7 +34,7 @@ def main(argv):
 
 def run():
     """The console entry point."""
-    cli.run(main)
+    cli.run(main, __doc__)
 
 
 if __name__ == "__main__":
