@@ -212,3 +212,20 @@ def test_a_real_full_disk_fails_the_export_and_the_checkpoint_in_one_line(full_d
         [2, 4, 6]
     assert not [p for p in os.listdir(checkpoint_dir(full_disk)) if "-7" in p]
     assert run_lib.open_run(full_disk).step == 6
+
+
+def test_an_interrupted_write_keeps_the_old_file_and_leaves_no_part(tmp_path):
+    """config.json, eval.json, predictions and embeddings are written through
+    `atomic_write`: a write that fails half-way leaves the previous file whole."""
+    from tfmeta.files import atomic_write
+
+    path = str(tmp_path / "eval.json")
+    with atomic_write(path) as f:
+        f.write("old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_write(path) as f:
+            f.write("half of the new")
+            raise OSError(errno.ENOSPC, "disk full")
+    with open(path) as f:
+        assert f.read() == "old"
+    assert os.listdir(tmp_path) == ["eval.json"]

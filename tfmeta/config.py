@@ -27,6 +27,7 @@ import sys
 import ml_collections
 from absl import logging
 
+from tfmeta.files import atomic_write
 from tfmeta.models import NO_BACKBONE
 from tfmeta.ranges import FRACTION, POSITIVE, Range, check_all
 
@@ -279,9 +280,8 @@ def validate_config(config) -> None:
 # ------------------------------------------------------------------------ run files
 def save_config(config, path: str) -> None:
     """Writes `config` as JSON to `path` atomically (a killed write leaves the old file)."""
-    with open(path + ".part", "w") as f:
+    with atomic_write(path) as f:
         f.write(config.to_json(indent=2, sort_keys=True))
-    os.replace(path + ".part", path)
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 
 from tfmeta.data.leo_embeddings import pickle_path
+from tfmeta.files import atomic_write
 from tfmeta.training.run import open_run
 
 SPLITS = ("train", "val", "test")
@@ -56,13 +57,10 @@ def write_pickle(path: str, keys, embeddings) -> str:
         raise ValueError(f"Need one [dim] embedding per key; got {len(keys)} keys and "
                          f"embeddings of shape {embeddings.shape}.")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".part", "wb") as f:
+    with atomic_write(path, "wb") as f:
         pickle.dump({"keys": np.array(keys), "embeddings": embeddings}, f, protocol=2)
-    os.replace(path + ".part", path)
-    npz = path[:-len(".pkl")] + ".npz"
-    with open(npz + ".part", "wb") as f:
+    with atomic_write(path[:-len(".pkl")] + ".npz", "wb") as f:
         np.savez(f, keys=np.array([str(k) for k in keys]), embeddings=embeddings)
-    os.replace(npz + ".part", npz)
     return path
 
 

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfmeta.data import folder
 from tfmeta.data import images as image_utils
+from tfmeta.files import atomic_write
 from tfmeta.training.export import METADATA_FILE
 
 SIGNATURE = "adapt_and_predict"
@@ -186,12 +187,11 @@ def folder_accuracy(predictions: list, class_names) -> float | None:
 def write_csv(predictions: list, path: str) -> str:
     """Writes `file,predicted_class,probability` rows to `path` (atomically)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".part", "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "predicted_class", "probability"])
         for p in predictions:
             writer.writerow([p.file, p.predicted_class, f"{p.probability:.6f}"])
-    os.replace(path + ".part", path)
     return path
 
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 
+from tfmeta.files import atomic_write
 from tfmeta.ranges import Range
 from tfmeta.training.run import EVAL_FILE, LOGS, open_run
 
@@ -30,9 +30,8 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
     result.update(algo=run.config.algo, dataset=run.config.dataset, split=split, step=run.step,
                   data_dir=run.dataset.data_dir)
     try:
-        with open(run.path(EVAL_FILE) + ".part", "w") as f:
+        with atomic_write(run.path(EVAL_FILE)) as f:
             json.dump(result, f, indent=2)
-        os.replace(run.path(EVAL_FILE) + ".part", run.path(EVAL_FILE))
     except OSError as error:
         raise OSError(f"Evaluated, but could not write {run.path(EVAL_FILE)} "
                       f"({error.strerror or error}); free disk space and evaluate again.") \
