@@ -185,6 +185,6 @@ def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
         split_fractions=split_fractions, split_seed=split_seed, train_on_val=train_on_val,
         normalize=normalize, source=f"Images from {os.path.abspath(data_dir)} ({layout})",
         data_dir=os.path.abspath(data_dir),
-        source_files=[f for i, f in enumerate(files) if i not in set(bad.tolist())],
+        source_files=np.delete(np.array(files, dtype=object), bad).tolist(),
         decoding={"image_size": int(image_size), "channels": int(channels),
                   "crop_to_aspect_ratio": bool(crop_to_aspect_ratio)})

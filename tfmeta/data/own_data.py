@@ -25,6 +25,7 @@ episodes with a warning naming it (`ClassImages.drop_small_classes`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -200,8 +201,6 @@ def build_dataset(name: str, pixels: np.ndarray, labels: np.ndarray, class_names
 
 
 def _droppable(classes):
-    import dataclasses
-
     return dataclasses.replace(classes, drop_small_classes=True)
 
 
