@@ -29,7 +29,7 @@ from absl import logging
 
 from tfmeta.files import atomic_write
 from tfmeta.models import NO_BACKBONE
-from tfmeta.ranges import FRACTION, POSITIVE, Range, check_all
+from tfmeta.ranges import FRACTION, IMAGE_SIZE, POSITIVE, Range, check_all
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SECTIONS = ("learner", "model", "data")
@@ -55,10 +55,11 @@ FIELD_RANGES = {
     "batch_size": Range(1, 65536, integer=True),
     "cluster_join_timeout": Range(1, 86400, integer=True),
 }
-# Loader options that are numbers, where a loader takes them (`data.*`).
+# Loader options that are numbers, where a loader takes them (`data.*`; `channels`, a
+# choice, is the own-data loaders' to check).
 DATA_RANGES = {
-    "image_size": Range(1, 2048, integer=True), "max_per_class": OPTIONAL_POSITIVE_INT,
-    "split_seed": Range(0, 2 ** 31 - 1, integer=True), "channels": Range(1, 3, integer=True),
+    "image_size": IMAGE_SIZE, "max_per_class": OPTIONAL_POSITIVE_INT,
+    "split_seed": Range(0, 2 ** 31 - 1, integer=True),
 }
 OPTIMIZER_RANGES = {
     "learning_rate": POSITIVE, "clipnorm": Range(0, low_open=True, optional=True),

@@ -140,9 +140,9 @@ def read_images(files, decoding: dict) -> np.ndarray:
 
 
 def predict(export: Export, support_dir: str, query_dir: str,
-            batch_size: int = 256) -> list:
+            batch_size: int = 256) -> tuple:
     """Adapts `export` to the classes of `support_dir` and classifies every image of
-    `query_dir`: a `Prediction` per query file, in file order."""
+    `query_dir`: (a `Prediction` per query file, in file order; the class names)."""
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"--batch_size must be a positive integer; got {batch_size!r}.")
     classes = support_classes(support_dir)
@@ -171,7 +171,7 @@ def predict(export: Export, support_dir: str, query_dir: str,
     probabilities = np.concatenate(probabilities)
     chosen = probabilities.argmax(-1)
     return [Prediction(os.path.relpath(path, query_dir), names[c], float(p[c]))
-            for path, c, p in zip(queries, chosen, probabilities)]
+            for path, c, p in zip(queries, chosen, probabilities)], names
 
 
 def folder_accuracy(predictions: list, class_names) -> float | None:

@@ -76,3 +76,4 @@ POSITIVE_INT = Range(1, integer=True)
 NON_NEGATIVE_INT = Range(0, integer=True)
 FRACTION = Range(0, 1, high_open=True)             # [0, 1), e.g. a dropout rate
 UNIT_INTERVAL = Range(0, 1)                        # [0, 1]
+IMAGE_SIZE = Range(1, 2048, integer=True)         # a side of images, in pixels

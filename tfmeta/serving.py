@@ -46,16 +46,12 @@ def range_checks(inputs, value_range, name, raw_shape=None):
 MAX_REQUEST_VALUES = 1 << 28
 
 
-def label_checks(labels):
-    """Assertions that int64 `labels` are non-negative and at most their count, before
-    anything sized by them is built (a bincount of label 2**32 would allocate 16 GB); the
-    learner then checks that they are exactly 0..N-1 with every class present."""
-    message = ("support_labels must be 0..N-1 (N = the number of classes, at most one per "
-               "support example)")
-    return [tf.debugging.assert_non_negative(labels, message=message),
-            tf.debugging.assert_less_equal(tf.reduce_max(tf.concat([labels, [0]], 0)),
-                                           tf.cast(tf.size(labels), labels.dtype),
-                                           message=message)]
+def int32_check(labels):
+    """An assertion that int64 `labels` fit in int32, so the cast to the learner's int32 is
+    exact (the learner checks that they are 0..N-1)."""
+    fits = tf.logical_and(tf.reduce_all(labels >= -2 ** 31), tf.reduce_all(labels < 2 ** 31))
+    return tf.debugging.Assert(fits, ["support_labels must be 0..N-1; got labels that do not "
+                                      "even fit in int32"])
 
 
 def size_check(*tensors):
@@ -110,7 +106,7 @@ class AdaptAndPredict(tf.Module):
 
     def _adapt_and_predict(self, support_images, support_labels, query_images):
         checks = [size_check(support_images, query_images),
-                  *label_checks(support_labels),
+                  int32_check(support_labels),
                   *range_checks(support_images, self._value_range, "support_images",
                                 self._raw_shape),
                   *range_checks(query_images, self._value_range, "query_images",

@@ -327,6 +327,11 @@ class MetaLearner(keras.Model):
                                               "support image"),
             tf.debugging.assert_non_negative(support_labels, message=(
                 "support_labels must be in 0..N-1")),
+            # Before anything is sized by the labels (a bincount of 2**31 - 1 allocates 8 GB).
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(support_labels), tf.size(support_labels, support_labels.dtype),
+                message="support_labels must be 0..N-1 with N at most the number of support "
+                        "examples"),
         ]
         with tf.control_dependencies(shape_checks):
             ways = num_ways(support_labels)

@@ -32,9 +32,10 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     export = predict.open_export(predict.export_path(FLAGS.workdir, FLAGS.export))
-    predictions = predict.predict(export, FLAGS.support_dir, FLAGS.query_dir, FLAGS.batch_size)
+    predictions, class_names = predict.predict(export, FLAGS.support_dir, FLAGS.query_dir,
+                                               FLAGS.batch_size)
     print(predict.format_table(predictions))
-    accuracy = predict.folder_accuracy(predictions, predict.support_classes(FLAGS.support_dir))
+    accuracy = predict.folder_accuracy(predictions, class_names)
     if accuracy is not None:
         print(f"accuracy against the query folders' names: {100 * accuracy:.1f}% "
               f"({len(predictions)} queries)")

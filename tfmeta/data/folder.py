@@ -162,7 +162,9 @@ def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
     own_data.check_image_options(image_size, channels)
     own_data.check_fractions(split_fractions)
     classes, fixed, skipped = find_classes(data_dir)
-    own_data.log_skipped("files that are not JPEG, PNG, BMP or GIF images", skipped)
+    if skipped:
+        logging.info("Skipped %d files that are not JPEG, PNG, BMP or GIF images: %s%s",
+                     len(skipped), ", ".join(skipped[:5]), " ..." if len(skipped) > 5 else "")
     names, files, arrays = decode_classes(classes, image_size, channels, crop_to_aspect_ratio)
     bad = arrays["bad"]
     if len(bad):

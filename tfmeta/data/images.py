@@ -36,19 +36,24 @@ CIFAR100_MEAN_STD = ((129.37731888, 124.10583864, 112.47758569),
                      (68.20947949, 65.43124043, 70.45866994))
 
 
-def make_preprocess(raw_size: int, image_size: int, mean_std, normalize: bool = True):
-    """Raw images `[n, raw_size, raw_size, 3]` float32 in [0, 1] -> model inputs
-    `[n, image_size, image_size, 3]`: resized if the sizes differ, then `(x - mean) / std`
-    per channel (unless `normalize=False`)."""
-    if int(image_size) != image_size or image_size < 1:
+def make_preprocess(raw_size, image_size: int | None, mean_std, normalize: bool = True):
+    """Raw images `[n, *raw_size, C]` float32 in [0, 1] (`raw_size` a side or (H, W)) ->
+    model inputs `[n, image_size, image_size, C]`: resized (bilinear with antialiasing) if
+    the sizes differ (`image_size` None: kept), then `(x - mean) / std` per channel (unless
+    `normalize=False` or `mean_std` is None)."""
+    raw = (raw_size, raw_size) if isinstance(raw_size, int) else tuple(raw_size)
+    if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise ValueError(f"image_size must be a positive integer; got {image_size!r}.")
-    mean = tf.constant(np.asarray(mean_std[0], np.float32) / 255.0)
-    std = tf.constant(np.asarray(mean_std[1], np.float32) / 255.0)
+    size = raw if image_size is None else (image_size, image_size)
+    normalize = normalize and mean_std is not None
+    if normalize:
+        mean = tf.constant(np.asarray(mean_std[0], np.float32) / 255.0)
+        std = tf.constant(np.asarray(mean_std[1], np.float32) / 255.0)
 
     def preprocess(images):
         images = tf.convert_to_tensor(images, tf.float32)
-        if image_size != raw_size:
-            images = tf.image.resize(images, (image_size, image_size), antialias=True)
+        if size != raw:
+            images = tf.image.resize(images, size, antialias=True)
         if normalize:
             images = (images - mean) / std
         return images
@@ -229,7 +234,8 @@ def class_images(images: np.ndarray, counts, names, transform=None) -> ClassImag
     return ClassImages(images, offsets, counts, tuple(str(n) for n in names), transform)
 
 
-def check_disjoint_classes(split_classes: dict, where: str) -> None:
+def check_disjoint_classes(split_classes: dict, where: str,
+                           fix: str = "Use the official split files.") -> None:
     """Few-shot splits are by class: a class in two splits leaks training classes into
     evaluation, so it is refused, naming the class and the splits."""
     seen = {}
@@ -238,7 +244,7 @@ def check_disjoint_classes(split_classes: dict, where: str) -> None:
             if name in seen:
                 raise ValueError(f"Class {name!r} is in both the {seen[name]!r} and the "
                                  f"{split!r} split of {where}; few-shot splits must not share "
-                                 "classes. Use the official split files.")
+                                 f"classes. {fix}")
             seen[name] = split
 
 

@@ -26,17 +26,15 @@ episodes with a warning naming it (`ClassImages.drop_small_classes`).
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import tensorflow as tf
 
 from tfmeta.data import images as image_utils
-from tfmeta.ranges import Range
+from tfmeta.ranges import IMAGE_SIZE
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.64, 0.16, 0.20)
-IMAGE_SIZE = Range(1, 2048, integer=True)
 CHANNELS = (1, 3)
 
 
@@ -92,7 +90,7 @@ def check_class_split(class_split, names) -> dict:
     if not isinstance(class_split, dict) or set(class_split) != set(SPLITS):
         raise ValueError(f"data.class_split must map each of {list(SPLITS)} to a list of "
                          f"class names; got {class_split!r}.")
-    known, seen = set(names), {}
+    known = set(names)
     result = {}
     for split in SPLITS:
         listed = [str(n) for n in class_split[split]]
@@ -104,13 +102,9 @@ def check_class_split(class_split, names) -> dict:
                              f"not have, e.g. {missing[:3]}; the data's classes are "
                              f"{sorted(known)[:10]}{' ...' if len(known) > 10 else ''}. Fix "
                              "data.class_split, or pass the data the run was trained on.")
-        for n in listed:
-            if n in seen:
-                raise ValueError(f"Class {n!r} is in both the {seen[n]!r} and the {split!r} "
-                                 "splits; few-shot splits are by class, so each class may be "
-                                 "in one split only.")
-            seen[n] = split
         result[split] = sorted(listed)
+    image_utils.check_disjoint_classes(result, "data.class_split",
+                                       "Name each class in one split only.")
     return result
 
 
@@ -128,27 +122,6 @@ def channel_statistics(pixels: np.ndarray, chunk: int = 4096) -> tuple:
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
     return tuple(mean), tuple(np.maximum(std, 1.0))  # a constant channel is not blown up
-
-
-def make_preprocess(raw_shape, image_size: int | None, mean_std):
-    """Raw images `[n, *raw_shape]` float32 in [0, 1] -> model inputs: resized (bilinear with
-    antialiasing) to `image_size` if it differs, then `(x - mean) / std` per channel
-    (`mean_std` None: left in [0, 1])."""
-    height, width = raw_shape[:2]
-    size = (image_size, image_size) if image_size else (height, width)
-    if mean_std is not None:
-        mean = tf.constant(np.asarray(mean_std[0], np.float32) / 255.0)
-        std = tf.constant(np.asarray(mean_std[1], np.float32) / 255.0)
-
-    def preprocess(images):
-        images = tf.convert_to_tensor(images, tf.float32)
-        if size != (height, width):
-            images = tf.image.resize(images, size, antialias=True)
-        if mean_std is not None:
-            images = (images - mean) / std
-        return images
-
-    return preprocess
 
 
 def build_dataset(name: str, pixels: np.ndarray, labels: np.ndarray, class_names, *,
@@ -180,7 +153,7 @@ def build_dataset(name: str, pixels: np.ndarray, labels: np.ndarray, class_names
 
     training = split["train"] + (split["val"] if train_on_val else [])
     mean_std = channel_statistics(pixels[split_indices(training)]) if normalize else None
-    preprocess = make_preprocess(pixels.shape[1:], image_size, mean_std)
+    preprocess = image_utils.make_preprocess(pixels.shape[1:3], image_size, mean_std)
     transform = image_utils.pixels_transform(preprocess)
     splits = {}
     for split_name, split_names in split.items():
@@ -323,9 +296,3 @@ def from_tf_dataset(dataset: tf.data.Dataset, image_size: int | None = None,
         labels = np.array([v.decode() if isinstance(v, bytes) else v for v in labels])
     return from_arrays(np.concatenate(images), labels, class_names, **options)
 
-
-def log_skipped(what: str, skipped: list, limit: int = 5) -> None:
-    """Logs how many files were skipped and why, naming the first few."""
-    if skipped:
-        logging.info("Skipped %d %s: %s%s", len(skipped), what, ", ".join(skipped[:limit]),
-                     " ..." if len(skipped) > limit else "")

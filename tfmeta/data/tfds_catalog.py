@@ -169,8 +169,8 @@ def read_examples(builder, splits, image_key, label_key, image_size, channels,
             count = max(count, int(index[-1]) + 1)
         total = int(builder.info.splits[split].num_examples) if split in builder.info.splits \
             else count
-        kept = set(np.concatenate(kept).tolist()) if kept else set()
-        bad += [f"example {i} of split {split!r}" for i in range(total) if i not in kept]
+        missing = np.setdiff1d(np.arange(total), np.concatenate(kept) if kept else [])
+        bad += [f"example {i} of split {split!r}" for i in missing]
     if not pixels:
         raise ValueError(f"TFDS dataset {builder.name} has no readable examples in the "
                          f"splits {list(splits)}.")

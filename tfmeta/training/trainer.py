@@ -45,6 +45,7 @@ from tfmeta.training.run import (
     restore_latest,
 )
 from tfmeta.training.strategy import (
+    DEFAULT_JOIN_TIMEOUT_S,
     SHUTDOWN_BARRIER_MS,
     distribute_episodes,
     make_strategy,
@@ -72,9 +73,10 @@ def _check_workdir_config(config, workdir, dataset=None):
             keys = ("fingerprint", "class_split")
             old, new = ({k: old.get(k) for k in keys if old.get(k) is not None},
                         {k: (new or {}).get(k) for k in keys if old.get(k) is not None})
-            if "fingerprint" in old and dataset is not None and hasattr(dataset, "same_files") \
-                    and dataset.same_files(old["fingerprint"]):
-                new["fingerprint"] = old["fingerprint"]  # recorded by an earlier version
+            recorded = old.get("fingerprint", "")
+            if recorded and not recorded.startswith("v2:") and dataset is not None and \
+                    hasattr(dataset, "same_files") and dataset.same_files(recorded):
+                new["fingerprint"] = recorded  # recorded by an earlier version, still the same
         if old is not None and json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
             raise ValueError(
                 f"{workdir} holds a run with {field}={old!r}, but this run has {field}={new!r}. "
@@ -101,8 +103,8 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
     role = worker_role("multi_worker" if _is_multi_worker(strategy) else config.strategy)
     # Before anything else runs TensorFlow ops: the multi-worker strategy configures the
     # collective ops of this process's runtime, which is fixed once it starts.
-    strategy = strategy or make_strategy(config.strategy,
-                                         config.get("cluster_join_timeout") or 300)
+    strategy = strategy or make_strategy(
+        config.strategy, config.get("cluster_join_timeout") or DEFAULT_JOIN_TIMEOUT_S)
     scratch = workdir if role.is_chief else os.path.join(workdir, f"workertemp_{role.task}")
     with WorkdirLock(scratch):
         try:
