@@ -135,8 +135,9 @@ def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int
             raise ValueError(
                 f"Only {len(kept)} of the {classes.num_classes} classes{where} have at least "
                 f"shots + queries = {shots} + {queries} = {needed} images, fewer than "
-                f"ways={ways}; use ways <= {len(kept)}, fewer shots or queries, or add images "
-                "to the small classes.")
+                f"ways={ways}; {f'use ways <= {len(kept)}, ' if len(kept) else ''}fewer shots "
+                f"or queries (the largest class has {int(classes.class_counts.max())} images), "
+                "or add images to the small classes.")
         names = [f"{classes.class_names[i]!r} ({classes.class_counts[i]})" for i in small]
         logging.warning(
             "Leaving %d class(es)%s out of %d-shot %d-query episodes, which take %d images "
