@@ -29,6 +29,7 @@ setuptools.setup(
     entry_points={"console_scripts": [
         f"tfmeta-{name}=tfmeta.commands.{module}:run" for name, module in (
             ("train", "train"), ("evaluate", "evaluate"), ("predict", "predict"),
-            ("benchmark", "benchmark"), ("report", "report"), ("embed", "embed"))]},
+            ("benchmark", "benchmark"), ("report", "report"), ("embed", "embed"),
+            ("convert", "convert"))]},
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow"]},
 )

@@ -1,5 +1,6 @@
 """Fields every tfmeta run has. Algorithm configs start from `get_config` here."""
 
+import math
 import re
 
 import ml_collections
@@ -47,6 +48,15 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.eval_episodes = 600
     config.eval_meta_batch_size = 20
     config.val_episodes = 100
+    # "fixed": the N-way K-shot episodes above. "variable": Meta-Dataset's episodes for
+    # training, validation and meta-test alike (ways, shots and queries drawn per episode
+    # within these bounds, its published defaults; see tfmeta.data.variable_episodes), for
+    # the learners that take them; ways, shots, queries and their eval_* are then unused.
+    config.episode_sampler = "fixed"
+    config.variable_episodes = ml_collections.ConfigDict(
+        {"min_ways": 5, "max_ways": 50, "max_queries": 10, "max_support": 500,
+         "max_support_per_class": 100, "min_log_weight": math.log(0.5),
+         "max_log_weight": math.log(2.0)})
 
     # schedule: None (constant), "step" (x decay_rate every decay_steps) or "cosine"
     # (to 0 over decay_steps, default num_steps); see trainer.learning_rate_schedule.

@@ -8,8 +8,9 @@ IMAGENET = ("mini_imagenet", "tiered_imagenet")
 
 
 def own_data(dataset: str) -> bool:
-    """A user's own images (`folder`, `tfds:NAME`): datasets a config has never heard of."""
-    return dataset == "folder" or dataset.startswith("tfds:")
+    """A user's own images (`folder`, `tfds:NAME`, or `records` converted from any dataset):
+    datasets a config has never heard of."""
+    return dataset in ("folder", "records") or dataset.startswith("tfds:")
 
 
 def natural_images(dataset: str) -> bool:

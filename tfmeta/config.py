@@ -125,6 +125,17 @@ def eval_spec(config):
             config.eval_queries or config.queries)
 
 
+def sampler_options(config) -> dict:
+    """`episode_dataset`'s `sampler` and `variable` arguments for the episodes `config` asks
+    for (a run recorded before `episode_sampler` existed: fixed episodes)."""
+    sampler = config.get("episode_sampler") or "fixed"
+    if sampler != "variable":
+        return {"sampler": sampler, "variable": None}
+    from tfmeta.data.variable_episodes import VariableEpisodes
+
+    return {"sampler": sampler, "variable": VariableEpisodes.from_config(config.variable_episodes)}
+
+
 # ------------------------------------------------------------------ section schemas
 def _keyword_arguments(function, stop_at=None) -> dict:
     """Name -> default of the arguments of `function` that have defaults; for a class, of
@@ -241,6 +252,8 @@ def validate_config(config) -> None:
     runnable: known sections and arguments, known names, numbers in range."""
     from tfmeta.algorithms import learner_class
     from tfmeta.data import input_kind
+    from tfmeta.data.episodes import EPISODE_SAMPLERS
+    from tfmeta.data.variable_episodes import check_variable_fields
     from tfmeta.models import BACKBONES
     from tfmeta.training.strategy import STRATEGIES
 
@@ -272,6 +285,12 @@ def validate_config(config) -> None:
     check_all(OPTIMIZER_RANGES, config.optimizer, "optimizer.")
     check_all(AUGMENT_RANGES, config.augment, "augment.")
     learner.check_arguments(config.learner, "learner.")
+    sampler = config.get("episode_sampler", "fixed")
+    if sampler not in EPISODE_SAMPLERS:
+        raise ValueError(f"episode_sampler must be one of {list(EPISODE_SAMPLERS)}; got "
+                         f"{sampler!r}.")
+    if "variable_episodes" in config:
+        check_variable_fields(config.variable_episodes, "variable_episodes.")
     if config.strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}; got {config.strategy!r}.")
     if str(config.jit_compile).strip().lower() not in JIT_COMPILE:

@@ -48,7 +48,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta import evaluation
-from tfmeta.config import eval_spec
+from tfmeta.config import eval_spec, sampler_options
 from tfmeta.data.augment import RandomAffine
 from tfmeta.data.episodes import EPISODE_KEYS, episode_dataset
 from tfmeta.models import backbone_from_config
@@ -91,6 +91,9 @@ class MetaLearner(keras.Model):
     input_kinds: tuple = ("images",)
     # The fewest ways its classification episodes may have (a 1-way episode is trivial).
     min_ways: int = 2
+    # Whether it trains and evaluates on variable episodes (`episode_sampler="variable"`:
+    # padded, labels -1 in the padding), which the trainer refuses for a learner without.
+    variable_episodes = False
     # Constructor arguments a config does not set (the subclass or from_experiment does).
     fixed_arguments: tuple = ()
     # Constructor argument -> its allowed `tfmeta.ranges.Range`; merged over the bases, and
@@ -152,11 +155,13 @@ class MetaLearner(keras.Model):
         raise NotImplementedError(f"{type(self).__name__} must implement query_logits().")
 
     def loss_fn(self, labels, outputs):
-        """The task loss, averaged over the last axis of `labels`: cross-entropy."""
+        """The task loss, averaged over the last axis of `labels`: cross-entropy (over the
+        real labels: -1 marks padding in variable episodes)."""
         return cross_entropy(labels, outputs)
 
     def query_loss(self, episodes, logits):
-        """Per-episode loss `[B]` of the query predictions."""
+        """Per-episode loss `[B]` of the query predictions (padding queries, label -1, count
+        for nothing)."""
         return self.loss_fn(episodes["query_labels"], logits)
 
     def regularization_loss(self):
@@ -224,6 +229,7 @@ class MetaLearner(keras.Model):
         return self.query_logits(self.check_batch(data, labelled=False), training=False)
 
     def update_metrics(self, episodes, loss, logits):
+        """Tracks the mean meta-loss and the mean per-episode accuracy over real queries."""
         batch = tf.shape(episodes["query_labels"])[0]
         self.loss_tracker.update_state(loss, sample_weight=batch)
         self.accuracy_tracker.update_state(accuracy(episodes["query_labels"], logits))
@@ -266,12 +272,14 @@ class MetaLearner(keras.Model):
         run resumed at `start_step` sees what an uninterrupted run would. Under multi-worker
         training, worker `worker` of `workers` samples its share of each meta-batch.
         Validation: `val_episodes` episodes of the meta-test setting from the val split.
+        With `config.episode_sampler="variable"`, both are variable episodes instead.
         """
         train = episode_dataset(dataset.split("train"), config.ways,
                                 config.train_shots or config.shots, config.queries,
                                 config.meta_batch_size, seed=config.seed, split="train",
                                 augment=RandomAffine.from_config(config.augment),
-                                start_step=start_step, worker=worker, workers=workers)
+                                start_step=start_step, worker=worker, workers=workers,
+                                **sampler_options(config))
         return train, self.validation_episodes(dataset, config, replicas)
 
     def validation_episodes(self, dataset, config, replicas: int = 1):
@@ -280,7 +288,8 @@ class MetaLearner(keras.Model):
         ways, shots, queries = eval_spec(config)
         return episode_dataset(dataset.split("val"), ways, shots, queries,
                                validation_batch_size(config, replicas), seed=config.seed + 1,
-                               num_episodes=config.val_episodes, split="val")
+                               num_episodes=config.val_episodes, split="val",
+                               **sampler_options(config))
 
     def check_ways(self, ways: int) -> None:
         """Raises a ValueError if this learner cannot serve `ways`-way episodes."""
@@ -294,15 +303,27 @@ class MetaLearner(keras.Model):
                   log_dir: str | None = None, step: int = 0) -> dict:
         """Query accuracy over `num_episodes` (default `config.eval_episodes`) episodes of
         `split` with its 95% interval: a dict with `accuracy`, `ci95`, `episodes`, `ways`,
-        `shots`, `queries`. `ways`/`shots` override the config's meta-test setting;
+        `shots`, `queries`, `sampler` and `drawn` (see `tfmeta.evaluation.evaluate`): the
+        config's episodes, fixed or variable. `ways`/`shots` override the config's
+        meta-test setting (with variable episodes, they ask for fixed ones of that setting);
         `log_dir`/`step` are where a learner may log extra summaries."""
         del log_dir, step
+        options = sampler_options(config)
+        if ways or shots:
+            options = {"sampler": "fixed", "variable": None}
         default_ways, default_shots, queries = eval_spec(config)
         ways, shots = ways or default_ways, shots or default_shots
-        self.check_ways(ways)
+        variable = options["variable"]
+        if variable is None:
+            self.check_ways(ways)
+        elif self.max_ways is not None and variable.max_ways > self.max_ways:
+            raise ValueError(f"This {type(self).__name__} serves at most {self.max_ways} ways, "
+                             f"but variable episodes have up to variable_episodes.max_ways="
+                             f"{variable.max_ways}; use --set=variable_episodes.max_ways="
+                             f"{self.max_ways}.")
         return evaluation.evaluate(self, dataset.split(split), ways, shots, queries,
                                    num_episodes or config.eval_episodes,
-                                   config.eval_meta_batch_size, seed, split)
+                                   config.eval_meta_batch_size, seed, split, **options)
 
     # ----------------------------------------------------------------- serving
     @property

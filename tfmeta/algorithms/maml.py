@@ -27,6 +27,10 @@ support labels, so a learner trained 5-way serves 20-way episodes:
     head = (W = 2 c^T, b = -|c_n|^2)   or   (W = 0, b = 0)    # logits = f W + b
     # 2 c_n.f - |c_n|^2 = -|f - c_n|^2 + |f|^2: ProtoNet's logits up to a per-query constant
 
+A fast head also takes padded variable episodes: the task loop hands each task over as its
+real examples only, so the head has the task's own N ways and the inner loop is the one it
+would run on the unpadded episode (`tfmeta.algorithms.task_loop`).
+
 The task loop, fast weights through `stateless_call` and the batch-norm policies are
 `TaskLoopLearner`'s (`tfmeta.algorithms.task_loop`); this module is the inner loop.
 
@@ -128,6 +132,12 @@ class MAML(TaskLoopLearner):
     def fast_head(self) -> bool:
         """Whether each task starts its own `[D, N]` head (head="prototypes" or "zeros")."""
         return self.head_mode != "learned"
+
+    @property
+    def variable_episodes(self) -> bool:
+        """A fast head takes padded variable episodes, N ways per task; a learned head has
+        its fixed `num_outputs`."""
+        return self.fast_head
 
     # ------------------------------------------------------------------ hooks
     @property

@@ -23,6 +23,10 @@ The read-out r_{k-1} is fed to the LSTM cell as part of its input rather than of
 its hidden state: the gates are linear in the concatenation [x, h, r], so the two
 are the same function. `query_logits` returns log(y_hat), so the usual softmax
 cross-entropy on them is the paper's loss and argmax is the paper's prediction.
+
+On padded variable episodes (support labels -1 in the padding) every softmax over the
+support set (a, the read-out r) gives padding no weight, the bidirectional LSTM skips it
+(a Keras mask), and the classes an episode lacks get logit -1e9.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ import tensorflow as tf
 
 from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
 from tfmeta.ranges import POSITIVE_INT
-from tfmeta.tensors import cosine_similarity, one_hot_classes
+from tfmeta.tensors import (
+    cosine_similarity,
+    mask_absent_classes,
+    one_hot_classes,
+    real,
+    softmax_over_real,
+)
 
 LOG_EPSILON = 1e-12  # log(0) guard for classes with (numerically) zero attention
 
@@ -52,6 +62,7 @@ class MatchingNetwork(EmbeddingLearner):
       processing_steps: K, the attention LSTM's steps over the support set (fce only).
     """
 
+    variable_episodes = True
     argument_ranges = {"processing_steps": POSITIVE_INT}
 
     def __init__(self, encoder: keras.Model, fce: bool = False, processing_steps: int = 5,
@@ -73,16 +84,25 @@ class MatchingNetwork(EmbeddingLearner):
             self.attention_cell.build((None, 2 * units))
 
     # ------------------------------------------------------------- embeddings
-    def support_embedding(self, support_features, training):
-        """g(x_i, S) `[B, N*K, D]`: g'(x_i) plus, with FCE, the bidirectional LSTM states."""
+    def support_embedding(self, support_features, training, support_labels=None):
+        """g(x_i, S) `[B, N*K, D]`: g'(x_i) plus, with FCE, the bidirectional LSTM states.
+
+        `support_labels [B, N*K]`, where given, mask padding (label -1) out of the LSTM:
+        padding follows the real examples, so each direction reads the real ones only."""
         if not self.fce:
             return support_features
-        return support_features + self.support_lstm(support_features, training=training)
+        mask = None if support_labels is None else real(support_labels)
+        return support_features + self.support_lstm(support_features, mask=mask,
+                                                    training=training)
 
-    def query_embedding(self, query_features, support_embeddings, training):
-        """f(x, S) `[B, M, D]`: f'(x) or, with FCE, the attention LSTM's last output."""
+    def query_embedding(self, query_features, support_embeddings, training,
+                        support_labels=None):
+        """f(x, S) `[B, M, D]`: f'(x) or, with FCE, the attention LSTM's last output, its
+        read-outs over the real support examples where `support_labels` are given."""
         if not self.fce:
             return query_features
+        if support_labels is None:
+            support_labels = tf.zeros(tf.shape(support_embeddings)[:2], tf.int32)
         shape = tf.shape(query_features)
         units = self.feature_shape[0]
         flat_query = tf.reshape(query_features, [-1, units])  # [B*M, D]
@@ -92,21 +112,25 @@ class MatchingNetwork(EmbeddingLearner):
                                                 training=training)
             h = h_hat + flat_query
             per_episode = tf.reshape(h, shape)  # [B, M, D]
-            attention = tf.nn.softmax(
-                tf.einsum("bmd,bsd->bms", per_episode, support_embeddings), axis=-1)
+            attention = softmax_over_real(
+                tf.einsum("bmd,bsd->bms", per_episode, support_embeddings), support_labels)
             r = tf.reshape(tf.einsum("bms,bsd->bmd", attention, support_embeddings), [-1, units])
         return tf.reshape(h, shape)
 
     # ------------------------------------------------------------ the method
-    def attention(self, support_features, query_features, training):
-        """a[m, i]: softmax over the support set of cosine similarities, `[B, M, N*K]`."""
-        support_embeddings = self.support_embedding(support_features, training)
-        query_embeddings = self.query_embedding(query_features, support_embeddings, training)
-        return tf.nn.softmax(cosine_similarity(query_embeddings, support_embeddings), axis=-1)
+    def attention(self, support_features, support_labels, query_features, training):
+        """a[m, i]: softmax over the real support examples of cosine similarities,
+        `[B, M, N*K]` (0 at padding)."""
+        support_embeddings = self.support_embedding(support_features, training, support_labels)
+        query_embeddings = self.query_embedding(query_features, support_embeddings, training,
+                                                support_labels)
+        return softmax_over_real(cosine_similarity(query_embeddings, support_embeddings),
+                                 support_labels)
 
     def compare(self, support_features, support_labels, query_features, training):
-        attention = self.attention(support_features, query_features, training)
+        attention = self.attention(support_features, support_labels, query_features, training)
         label_distribution = tf.einsum("bms,bsn->bmn", attention,
                                        one_hot_classes(support_labels))
-        return tf.math.log(label_distribution + LOG_EPSILON)
+        return mask_absent_classes(tf.math.log(label_distribution + LOG_EPSILON),
+                                   support_labels)
 

@@ -12,6 +12,10 @@ hands the embeddings to the subclass's `compare`:
 
     support_features, query_features = embed(episodes)      # [B, N*K, *F], [B, M, *F]
     logits = compare(support_features, support_labels, query_features)   # [B, M, N]
+
+Padded variable episodes (labels -1 in the padding, `tfmeta.tensors`): `embed` runs the
+encoder on the real examples only and gives padding zero features; a learner whose
+`compare` leaves padding and absent classes out says so with `variable_episodes = True`.
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ class EmbeddingLearner(MetaLearner):
 
     def embed(self, episodes, training=False):
         """(support features `[B, N*K, *F]`, query features `[B, M, *F]`), float32, from one
-        encoder call on the support and query images of every episode (batch norm in
-        training mode therefore normalizes over the whole meta-batch)."""
+        encoder call on the real support and query images of every episode (batch norm in
+        training mode therefore normalizes over the whole meta-batch, padding left out)."""
         return embed_support_and_query(self.encoder, episodes["support_images"],
-                                       episodes["query_images"], training)
+                                       episodes["query_images"], training,
+                                       episodes["support_labels"], episodes.get("query_labels"))
 
     def query_logits(self, episodes, training=False):
         support_features, query_features = self.embed(episodes, training)

@@ -30,7 +30,9 @@ A few-shot episode is solved in the graph on L2-normalized features
         logits = q @ W + b
 
 Either way N comes from the labels, so the export serves `adapt_and_predict` for any
-number of ways. `feature_model()` is the backbone without its head: what
+number of ways. On padded variable episodes (labels -1 in the padding) both classifiers
+fit the real support examples only (N*K above is their count), over the episode's own
+classes: the others, in a meta-batch of wider episodes, get logit -1e9. `feature_model()` is the backbone without its head: what
 `bin/write_embeddings.py` embeds with and what `--set=model.init_from=<this run>` copies.
 """
 
@@ -49,7 +51,9 @@ from tfmeta.tensors import (
     cross_entropy,
     embed_support_and_query,
     l2_normalize,
+    mask_absent_classes,
     one_hot_classes,
+    real,
 )
 
 CLASSIFIERS = ("nearest_centroid", "logistic")
@@ -60,7 +64,8 @@ def nearest_centroid_logits(support, labels, queries, scale):
     """`scale * cosine(q, c_n)`: support `[B, S, D]`, labels `[B, S]`, queries `[B, M, D]`
     -> `[B, M, N]`, c_n the mean of class n's L2-normalized support features."""
     centroids = l2_normalize(class_means(l2_normalize(support), labels))
-    return scale * tf.linalg.matmul(l2_normalize(queries), centroids, transpose_b=True)
+    logits = scale * tf.linalg.matmul(l2_normalize(queries), centroids, transpose_b=True)
+    return mask_absent_classes(logits, labels)
 
 
 def logistic_regression_logits(support, labels, queries, steps, learning_rate, l2):
@@ -68,19 +73,25 @@ def logistic_regression_logits(support, labels, queries, steps, learning_rate, l
     steps from zero (the update in the module docstring); shapes as `nearest_centroid_logits`."""
     support, queries = l2_normalize(support), l2_normalize(queries)
     targets = one_hot_classes(labels)                                     # [B, S, N]
-    count = tf.cast(tf.shape(support)[1], tf.float32)
+    is_real = tf.cast(real(labels), tf.float32)[..., None]               # [B, S, 1]
+    # The real support count per episode; with no padding exactly S, and `slots` is 1.
+    count = tf.reduce_sum(is_real, axis=1, keepdims=True)                 # [B, 1, 1]
+    slots = tf.cast(tf.shape(support)[1], tf.float32) / count
     weights = tf.zeros([tf.shape(support)[0], tf.shape(support)[2], tf.shape(targets)[2]])
     bias = tf.zeros([tf.shape(support)[0], 1, tf.shape(targets)[2]])
 
     def step(i, weights, bias):
-        error = tf.nn.softmax(support @ weights + bias) - targets         # [B, S, N]
+        # Absent classes at -1e9 have probability 0, so zero error: their weights stay 0
+        # and the softmax is over the episode's own classes, as without padding.
+        probabilities = tf.nn.softmax(mask_absent_classes(support @ weights + bias, labels))
+        error = (probabilities - targets) * is_real                       # [B, S, N]
         grad_w = tf.linalg.matmul(support, error, transpose_a=True) / count + l2 * weights
-        grad_b = tf.reduce_mean(error, axis=1, keepdims=True)
+        grad_b = tf.reduce_mean(error, axis=1, keepdims=True) * slots
         return i + 1, weights - learning_rate * grad_w, bias - learning_rate * grad_b
 
     _, weights, bias = tf.while_loop(lambda i, *_: i < steps, step,
                                      (tf.constant(0), weights, bias))
-    return queries @ weights + bias
+    return mask_absent_classes(queries @ weights + bias, labels)
 
 
 class Pretrain(MetaLearner):
@@ -107,6 +118,7 @@ class Pretrain(MetaLearner):
     """
 
     input_kinds = ("images",)
+    variable_episodes = True
     argument_ranges = {"num_classes": Range(1, integer=True, optional=True),
                        "weight_decay": NON_NEGATIVE,
                        "scale": POSITIVE, "logistic_steps": NON_NEGATIVE_INT,
@@ -189,7 +201,8 @@ class Pretrain(MetaLearner):
     # ------------------------------------------------------------ few-shot
     def query_logits(self, episodes, training=False):
         support, queries = embed_support_and_query(
-            self.encoder, episodes["support_images"], episodes["query_images"], training)
+            self.encoder, episodes["support_images"], episodes["query_images"], training,
+            episodes["support_labels"], episodes.get("query_labels"))
         labels = tf.cast(episodes["support_labels"], tf.int32)
         if self.classifier == "logistic":
             return logistic_regression_logits(support, labels, queries, self.logistic_steps,
@@ -253,13 +266,27 @@ def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0
         raise ValueError(f"The training split has {classes.num_classes} classes but the head "
                          f"has learner.num_classes={num_classes} outputs; "
                          f"--set=learner.num_classes={classes.num_classes}.")
+    colour = len(classes.example_shape) == 3 and classes.example_shape[-1] == 3
+    if hasattr(classes, "class_stream"):  # records: streamed (tfmeta.data.records)
+        from tfmeta.data import records
+
+        def augmented(step, batch):
+            draw = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(tf.constant([seed, 8], tf.int64),
+                                                         step + int(start_step)), worker)
+            images = batch["images"] if augment is None else augment(batch["images"], draw)
+            if colour:
+                images = crop_and_flip(images, tf.random.experimental.stateless_fold_in(draw, 1))
+            return {"images": images, "labels": batch["labels"]}
+
+        return records.stream_examples(classes, batch_size, seed, start_step, worker,
+                                       workers).enumerate().map(augmented)
     images = stored_tensor(classes.images)
     labels = tf.constant([c for c, n in enumerate(classes.class_counts) for _ in range(n)],
                          tf.int32)
     total = len(classes.images)
     share = batch_size // workers
     base = tf.constant([seed, 7], tf.int64)
-    colour = len(classes.example_shape) == 3 and classes.example_shape[-1] == 3
 
     def batch(step):
         position = step * batch_size + worker * share + tf.range(share, dtype=tf.int64)

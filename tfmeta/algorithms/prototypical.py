@@ -13,6 +13,9 @@ over negative distances to the prototypes:
 the classifier linear in f) or `"cosine"` (logits = cosine similarity, which the
 paper reports to work worse). The paper trains with more ways than it tests
 (60-way on Omniglot); as nothing here depends on N, the same weights serve any N.
+
+On padded variable episodes the prototypes are means of the real support examples and
+the classes an episode lacks (beyond its own N in a wider meta-batch) get logit -1e9.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from __future__ import annotations
 import keras
 
 from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
-from tfmeta.tensors import class_means, cosine_similarity, squared_euclidean
+from tfmeta.tensors import (
+    class_means,
+    cosine_similarity,
+    mask_absent_classes,
+    squared_euclidean,
+)
 
 DISTANCES = ("squared_euclidean", "cosine")
 
@@ -41,6 +49,8 @@ class PrototypicalNetwork(EmbeddingLearner):
       distance: "squared_euclidean" or "cosine".
     """
 
+    variable_episodes = True
+
     def __init__(self, encoder: keras.Model, distance: str = "squared_euclidean", **kwargs):
         super().__init__(encoder, **kwargs)
         if distance not in DISTANCES:
@@ -49,12 +59,15 @@ class PrototypicalNetwork(EmbeddingLearner):
         self.distance = distance
 
     def prototypes(self, support_features, support_labels):
-        """Class prototypes `[B, N, D]`: the mean support embedding of each class."""
+        """Class prototypes `[B, N, D]`: the mean support embedding of each class (padding,
+        label -1, is in no class)."""
         return class_means(support_features, support_labels)
 
     def compare(self, support_features, support_labels, query_features, training):
         prototypes = self.prototypes(support_features, support_labels)
         if self.distance == "cosine":
-            return cosine_similarity(query_features, prototypes)
-        return -squared_euclidean(query_features, prototypes)
+            logits = cosine_similarity(query_features, prototypes)
+        else:
+            logits = -squared_euclidean(query_features, prototypes)
+        return mask_absent_classes(logits, support_labels)
 

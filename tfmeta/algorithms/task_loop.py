@@ -27,6 +27,12 @@ modes differ in the query passes:
   "running_stats": meta-training normalizes with batch statistics and updates the
       moving averages from the support and query passes; meta-test query passes use the
       moving averages (each query is classified independently of the others).
+
+Padded variable episodes (labels -1 in the padding; a learner whose `variable_episodes`
+is True): each task is gathered down to its real examples before the subclass sees it, so
+the inner loop, batch norm and the query loss never meet padding, and its query outputs
+are scattered back to the padded query count (0 in padding rows) and widened to the
+meta-batch's ways (`ABSENT_LOGIT` for classes the task lacks), one shape for every task.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import tensorflow as tf
 from tfmeta import weights
 from tfmeta.algorithms.base import MetaLearner, replica_mean
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT
+from tfmeta.tensors import absent_logit, num_ways, real_positions, scatter_rows
 
 BATCH_NORM_MODES = ("batch_stats", "running_stats")
 
@@ -127,13 +134,63 @@ class TaskLoopLearner(MetaLearner):
         """The TensorSpec of one task's query outputs."""
         return tf.TensorSpec([None, self.num_outputs], tf.float32)
 
+    # ---------------------------------------------------------- padded tasks
+    def logit_width(self, episodes):
+        """The ways of a meta-batch of padded variable episodes, every task's logit width;
+        None where the learner does not take them (its tasks are run as they come)."""
+        return num_ways(episodes["support_labels"]) if self.variable_episodes else None
+
+    def real_task(self, task):
+        """(the real examples of one padded task, positions int64 `[r]` of its real queries).
+
+        `task`: `support_images [S, ...]`, `support_labels [S]`, `query_images [M, ...]` and,
+        unless serving (then every query is real), `query_labels [M]`; the kept task has the
+        same keys, `[s, ...]` and `[r, ...]`, in the same order."""
+        support = real_positions(task["support_labels"])
+        kept = {"support_images": tf.gather(task["support_images"], support),
+                "support_labels": tf.gather(task["support_labels"], support)}
+        if "query_labels" in task:
+            queries = real_positions(task["query_labels"])
+            kept["query_labels"] = tf.gather(task["query_labels"], queries)
+        else:
+            queries = tf.range(tf.shape(task["query_images"], out_type=tf.int64)[0])
+        kept["query_images"] = tf.gather(task["query_images"], queries)
+        return kept, queries
+
+    def padded_outputs(self, logits, queries, task, width):
+        """Real queries' logits `[r, n]` -> `[M, width]` of the padded task: rows at their
+        query positions (zeros in padding rows), classes n..width-1 at `ABSENT_LOGIT`."""
+        absent = tf.cast(width, tf.int32) - tf.shape(logits)[1]
+        logits = tf.pad(logits, [[0, 0], [0, absent]], constant_values=absent_logit(logits.dtype))
+        return scatter_rows(logits, queries, tf.shape(task["query_images"])[0])
+
+    def run_task_query_logits(self, params, state, task, training, width):
+        """`task_query_logits`, on the real examples of a padded task where `width` is set."""
+        if width is None:
+            return self.task_query_logits(params, state, task, training)
+        kept, queries = self.real_task(task)
+        logits, new_state = self.task_query_logits(params, state, kept, training)
+        return self.padded_outputs(logits, queries, task, width), new_state
+
+    def run_task_meta_loss(self, params, state, task, width):
+        """`task_meta_loss`, on the real examples of a padded task where `width` is set."""
+        if width is None:
+            return self.task_meta_loss(params, state, task)
+        kept, queries = self.real_task(task)
+        loss, logits, new_state = self.task_meta_loss(params, state, kept)
+        return loss, self.padded_outputs(logits, queries, task, width), new_state
+
+    # -------------------------------------------------------- the meta-batch
     def query_logits(self, episodes, training=False):
         params = weights.values(self.params)
         state = weights.values(self.loop_state_variables)
-        keys = [k for k in ("support_images", "support_labels", "query_images") if k in episodes]
+        # The query labels too where given: they tell padding queries apart.
+        keys = [k for k in self.batch_keys if k in episodes]
+        width = self.logit_width(episodes)
 
         def one_task(task):
-            logits, _ = self.task_query_logits(params, state, dict(zip(keys, task)), training)
+            logits, _ = self.run_task_query_logits(params, state, dict(zip(keys, task)),
+                                                   training, width)
             return logits
 
         return tf.map_fn(one_task, [episodes[k] for k in keys],
@@ -146,9 +203,11 @@ class TaskLoopLearner(MetaLearner):
         params = weights.values(self.params)
         state = weights.values(self.loop_state_variables)
         keys = list(self.batch_keys)
+        width = self.logit_width(episodes)
 
         def one_task(task):
-            loss, logits, _ = self.task_meta_loss(params, state, dict(zip(keys, task)))
+            loss, logits, _ = self.run_task_meta_loss(params, state, dict(zip(keys, task)),
+                                                      width)
             return loss, logits
 
         losses, logits = tf.map_fn(one_task, [episodes[k] for k in keys],
@@ -170,12 +229,13 @@ class TaskLoopLearner(MetaLearner):
         state = weights.values(self.loop_state_variables)
         logits_array = tf.TensorArray(tf.float32, size=batch,
                                       element_shape=self.output_signature().shape)
+        width = self.logit_width(episodes)
 
         def body(i, grads_sum, loss_sum, state, logits_array):
             task = {k: v[i] for k, v in episodes.items()}
             with tf.GradientTape() as tape:
                 params = weights.values(self.params)
-                loss, logits, new_state = self.task_meta_loss(params, state, task)
+                loss, logits, new_state = self.run_task_meta_loss(params, state, task, width)
                 loss = loss + self.regularization_loss() / global_batch
                 scaled = self.optimizer.scale_loss(replica_mean(loss) / global_batch)
             grads = tape.gradient(scaled, variables)

@@ -18,6 +18,7 @@ BENCHMARK_MODULES = [
     "tfmeta.benchmarking.metric",
     "tfmeta.benchmarking.images",
     "tfmeta.benchmarking.distributed",
+    "tfmeta.benchmarking.records",
 ]
 
 

@@ -26,9 +26,15 @@ def main(argv):
     result = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.data_dir, FLAGS.split,
                                          FLAGS.episodes, FLAGS.ways, FLAGS.shots, FLAGS.seed)
     if "accuracy" in result:
-        print(f"{result['algo']} on {result['dataset']} {result['split']}: {result['ways']}-way "
-              f"{result['shots']}-shot accuracy {100 * result['accuracy']:.2f}% "
-              f"+- {100 * result['ci95']:.2f}% (95% CI, {result['episodes']} episodes)")
+        setting = (f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else
+                   f"{result.get('sampler', 'variable')}-episode")
+        print(f"{result['algo']} on {result['dataset']} {result['split']}: {setting} accuracy "
+              f"{100 * result['accuracy']:.2f}% +- {100 * result['ci95']:.2f}% (95% CI, "
+              f"{result['episodes']} episodes)")
+    if "drawn" in result:
+        print("drawn per episode: " + "; ".join(
+            f"{name} {d['min']}-{d['max']} (mean {d['mean']:.1f})"
+            for name, d in result["drawn"].items()) + " (shots and queries per class)")
     print(json.dumps(result))
 
 

@@ -28,6 +28,7 @@ DATASETS = {
     "embeddings": "tfmeta.data.leo_embeddings",  # any folder in the LEO layout
     "navigation_2d": "tfmeta.rl.navigation",  # simulated 2D navigation goals (MAML-RL)
     "sinusoid": "tfmeta.data.sinusoid",  # MAML's regression tasks, generated
+    "records": "tfmeta.data.records",  # per-class TFRecords (bin/convert.py), streamed
 }
 
 

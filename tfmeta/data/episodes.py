@@ -12,6 +12,9 @@ without replacement and their order is random, so labels are permuted per
 episode; the examples of each class are drawn without replacement too. All of
 it happens inside one `tf.data` map function on tensors held in memory: there is
 no Python generator per episode, and a seed makes the stream reproducible.
+
+`episode_dataset(..., sampler="variable")` samples Meta-Dataset's variable-way,
+variable-shot episodes instead, padded to static shapes (`tfmeta.data.variable_episodes`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import numpy as np
 import tensorflow as tf
 
 EPISODE_KEYS = ("support_images", "support_labels", "query_images", "query_labels")
+# The kinds of episode `episode_dataset` samples: N-way K-shot, or Meta-Dataset's variable
+# ways and shots (`tfmeta.data.variable_episodes`).
+EPISODE_SAMPLERS = ("fixed", "variable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,12 +250,28 @@ def episode_numbers(meta_batch_size: int | None = None, start_step: int = 0,
 def _split_of(data, split: str) -> tuple:
     """(`data` itself, a `ClassImages`, or its split `split` (default "train") when it is a
     whole `FewShotDataset`; the split's name)."""
-    if isinstance(data, ClassImages):
+    if isinstance(data, ClassImages) or hasattr(data, "class_stream"):  # or RecordClasses
         return data, split
     if hasattr(data, "split") and hasattr(data, "splits"):
         return data.split(split or "train"), split or "train"
     raise TypeError(f"episode_dataset takes a FewShotDataset or one of its splits (a "
                     f"ClassImages); got {type(data).__name__}.")
+
+
+def episode_sampler(classes: ClassImages, split: str, ways: int, shots: int, queries: int,
+                    sampler: str = "fixed", variable=None, augment=None):
+    """`sample(seed) -> episode` of the kind `sampler` names, after checking that `classes`
+    can give it (see `episode_dataset`)."""
+    if sampler == "fixed":
+        classes = check_episode_spec(classes, ways, shots, queries, split)
+        return make_episode_sampler(classes, ways, shots, queries, augment)
+    if sampler == "variable":
+        from tfmeta.data import variable_episodes  # which imports this module
+
+        variable = variable or variable_episodes.VariableEpisodes()
+        classes = variable_episodes.check_variable_spec(classes, variable, split)
+        return variable_episodes.make_variable_episode_sampler(classes, variable, augment)
+    raise ValueError(f"sampler must be one of {list(EPISODE_SAMPLERS)}; got {sampler!r}.")
 
 
 def episode_dataset(
@@ -265,6 +287,8 @@ def episode_dataset(
     start_step: int = 0,
     worker: int = 0,
     workers: int = 1,
+    sampler: str = "fixed",
+    variable=None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of episodes, batched into meta-batches if `meta_batch_size`.
 
@@ -272,8 +296,9 @@ def episode_dataset(
     episodes `s * B .. s * B + B - 1` (see `episode_numbers`).
 
     Args:
-      classes: the split to sample from (a `ClassImages`), or a whole `FewShotDataset`, whose
-        split `split` (default "train") it then samples.
+      classes: the split to sample from (a `ClassImages`, or a `RecordClasses`, whose
+        episodes are streamed from its files), or a whole `FewShotDataset`, whose split
+        `split` (default "train") it then samples.
       ways, shots, queries: N, K and the number of query examples per class.
       meta_batch_size: episodes per element (a leading axis); None yields single episodes.
       seed: the stream is a pure function of it.
@@ -285,10 +310,19 @@ def episode_dataset(
       start_step: the first meta-batch (a resumed run starts at its restored step).
       worker, workers: this process's share of each meta-batch under multi-worker training
         (each element then holds `meta_batch_size / workers` episodes).
+      sampler: "fixed" (N-way K-shot episodes) or "variable" (Meta-Dataset's variable ways
+        and shots, padded to static shapes: `tfmeta.data.variable_episodes`, whose
+        parameters `variable` gives, default its published ones; `ways`, `shots` and
+        `queries` are then not used).
     """
     classes, split = _split_of(classes, split)
-    classes = check_episode_spec(classes, ways, shots, queries, split)
-    sample = make_episode_sampler(classes, ways, shots, queries, augment)
+    if hasattr(classes, "class_stream"):  # held as records: streamed (tfmeta.data.records)
+        from tfmeta.data import records
+
+        return records.stream_episodes(classes, ways, shots, queries, meta_batch_size, seed,
+                                       num_episodes, split, augment, start_step, worker,
+                                       workers, sampler, variable)
+    sample = episode_sampler(classes, split, ways, shots, queries, sampler, variable, augment)
     base_seed = tf.constant([seed, 0], tf.int64)
     ds = episode_numbers(meta_batch_size, start_step, num_episodes, worker, workers).map(
         lambda e: sample(tf.random.experimental.stateless_fold_in(base_seed, e)),

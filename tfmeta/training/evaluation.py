@@ -8,6 +8,7 @@ import json
 from tfmeta.files import atomic_write
 from tfmeta.ranges import Range
 from tfmeta.training.run import EVAL_FILE, LOGS, open_run
+from tfmeta.training.trainer import check_episode_sampler
 
 EPISODES = Range(2, integer=True, optional=True)
 WAYS_OR_SHOTS = Range(1, integer=True, optional=True)
@@ -18,12 +19,16 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
                      shots: int | None = None, seed: int = 1234) -> dict:
     """Evaluates the newest checkpoint of a run and writes `<workdir>/eval.json`.
 
-    `data_dir` defaults to the data the run was trained on (config.json records it).
+    `data_dir` defaults to the data the run was trained on (config.json records it). The
+    episodes are the run's (fixed, or variable with `episode_sampler=variable`); `ways` or
+    `shots` ask for fixed episodes of that setting instead.
     """
     EPISODES.check("episodes", num_episodes)
     WAYS_OR_SHOTS.check("ways", ways)
     WAYS_OR_SHOTS.check("shots", shots)
     run = open_run(workdir, data_dir)
+    if not (ways or shots):  # which ask for fixed episodes, which every learner takes
+        check_episode_sampler(run.learner, run.config, run.dataset.input_shape)
     result = run.learner.meta_test(run.dataset, run.config, split, num_episodes, seed,
                                    ways=ways, shots=shots,
                                    log_dir=run.path(LOGS, "eval"), step=run.step)

@@ -168,7 +168,8 @@ def load_run_dataset(config, data_dir: str | None = None):
     recorded_dir, recorded_print = recorded.get("data_dir"), recorded.get("fingerprint")
     explicit = data_dir is not None
     if not explicit and recorded_dir is not None:
-        if not os.path.isdir(recorded_dir):
+        if not all("://" in d or os.path.isdir(d)  # (records: A,B, maybe gs:// URLs)
+                   for d in recorded_dir.split(",")):
             raise FileNotFoundError(
                 f"This run was trained on the {config.dataset} data in {recorded_dir}, which is "
                 "not there any more; pass --data_dir=<a folder with the same files>.")

@@ -14,6 +14,7 @@ What the trainer asks of a learner is its hooks (`training_episodes`, then Keras
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -25,8 +26,8 @@ import threading
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms import learner_class
-from tfmeta.config import save_config, validate_config
+from tfmeta.algorithms import ALGORITHMS, build_learner, learner_class
+from tfmeta.config import apply_overrides, get_config, save_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.errors import Terminated
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
@@ -53,7 +54,8 @@ from tfmeta.training.strategy import (
 )
 
 # Changing these in a workdir that already holds a run would mix two experiments.
-IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "data_source")
+IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "episode_sampler",
+                   "variable_episodes", "data_source")
 
 
 def _check_workdir_config(config, workdir, dataset=None):
@@ -177,6 +179,7 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     fresh = not has_checkpoint(workdir)
     learner = build_compiled_learner(config, dataset.input_shape, strategy,
                                      init_from=config.model.get("init_from") if fresh else None)
+    check_episode_sampler(learner, config, dataset.input_shape)
     # Every worker saves (TF's multi-worker guide); only the chief's checkpoints are kept.
     manager = checkpoint_manager(learner, os.path.join(scratch, CHECKPOINTS),
                                  config.keep_checkpoints)
@@ -224,17 +227,61 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     return learner
 
 
+def check_episode_sampler(learner, config, input_shape) -> None:
+    """Refuses, in one line, variable episodes (`episode_sampler="variable"`) for a learner
+    that cannot take them (its `variable_episodes` False), naming those that can."""
+    if (config.get("episode_sampler") or "fixed") != "variable" or \
+            getattr(learner, "variable_episodes", False):
+        return
+    raise ValueError(
+        f"--algo={config.algo} with these settings does not take variable episodes "
+        f"(episode_sampler=variable); learners that do: "
+        f"{', '.join(variable_episode_learners(config.dataset, input_shape))}. Use one of "
+        "them, or --set=episode_sampler=fixed.")
+
+
+def variable_episode_learners(dataset: str, input_shape) -> list:
+    """The registered learners that take variable episodes, as `--algo` choices: those
+    whose class says so, and those whose arguments decide it (a property), built from their
+    configs for `dataset`, as they are and with the prototype head of
+    `tfmeta.predict.ANY_WAYS_WITH_PROTOTYPE_HEAD` (MAML's)."""
+    from tfmeta.predict import ANY_WAYS_WITH_PROTOTYPE_HEAD
+
+    found = []
+    for algo in sorted(ALGORITHMS):
+        declared = inspect.getattr_static(learner_class(algo), "variable_episodes", False)
+        if not isinstance(declared, property):
+            if declared:
+                found.append(f"--algo={algo}")
+            continue
+        variants = [[], ["learner.head=prototypes"]] if algo in ANY_WAYS_WITH_PROTOTYPE_HEAD \
+            else [[]]
+        for overrides in variants:
+            config = apply_overrides(get_config(algo, dataset), overrides)
+            if build_learner(config, input_shape).variable_episodes:
+                found.append(" ".join([f"--algo={algo}", *(f"--set={o}" for o in overrides)]))
+                break
+    return found
+
+
 # Floats of activations a backbone keeps per input value and filter, for the backward pass
 # (conv, batch norm and ReLU outputs of the first stage, later stages adding half again).
 ACTIVATIONS_PER_VALUE = 6
+
+
+def episode_examples(config) -> int:
+    """Examples of one training episode: N * (K + Q), or a padded variable episode's slots."""
+    if config.get("episode_sampler") == "variable":
+        variable = config.variable_episodes
+        return variable.max_support + variable.max_ways * variable.max_queries
+    return config.ways * ((config.train_shots or config.shots) + config.queries)
 
 
 def activation_bytes(config, input_shape) -> int:
     """A rough lower bound of the memory one training step's activations take: the
     meta-batch's examples (or Pretrain's batch), times the first stage's width, times
     `ACTIVATIONS_PER_VALUE`, in float32."""
-    examples = config.get("batch_size") or config.meta_batch_size * config.ways * (
-        (config.train_shots or config.shots) + config.queries)
+    examples = config.get("batch_size") or config.meta_batch_size * episode_examples(config)
     values = math.prod(input_shape)
     channels = input_shape[-1] if len(input_shape) == 3 else 1
     width = max(1, (config.model.get("filters") or channels) / channels)
@@ -251,6 +298,8 @@ def check_memory(config, input_shape) -> None:
     needed = activation_bytes(config, input_shape)
     if needed > total:
         sizes = (f"batch_size={config.batch_size}" if config.get("batch_size") else
+                 f"meta_batch_size={config.meta_batch_size} x {episode_examples(config)} "
+                 "padded examples" if config.get("episode_sampler") == "variable" else
                  f"meta_batch_size={config.meta_batch_size} x ways={config.ways} x "
                  f"{(config.train_shots or config.shots) + config.queries} examples")
         raise ValueError(
