@@ -176,6 +176,10 @@ class LearnerContract:
             if score >= self.overfit_accuracy:
                 break
         assert score >= self.overfit_accuracy, score
+        self.check_trained(learner, dataset)
+
+    def check_trained(self, learner, dataset):
+        """Checks on a learner that has just fitted a meta-batch (a subclass's)."""
 
     @pytest.mark.slow
     def test_saved_model_round_trip_in_fresh_process(self, dataset, tmp_path):
@@ -219,9 +223,11 @@ class ClassifierContract(LearnerContract):
         b = learner.query_logits(shuffled, training=False)
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
 
-    def test_chance_accuracy_on_unrelated_queries(self, dataset):
-        """Queries from classes that are not in the support set: nothing to learn, so ~1/N."""
-        learner, _, batch = self.learner_and_data(dataset)
+    def assert_chance_on_unrelated_queries(self, learner, dataset):
+        """Queries from classes that are not in the support set, under the support's labels
+        (class-major, as every episode's): nothing to learn, so ~1/N. A learner that
+        matched queries to labels by position, or read the labels, would score far above."""
+        batch = self.held_out_batch(dataset, 1)
         others = next(iter(episode_dataset(dataset.split("val"), self.ways, self.shots,
                                            self.queries, 16, seed=7)))
         mixed = dict(batch, query_images=others["query_images"])
@@ -230,3 +236,12 @@ class ClassifierContract(LearnerContract):
         n = 16 * self.ways * self.queries
         margin = 4 * np.sqrt((1 / self.ways) * (1 - 1 / self.ways) * self.ways / n) + 0.1
         assert abs(acc - 1 / self.ways) < margin, acc
+
+    def test_chance_accuracy_on_unrelated_queries(self, dataset):
+        """Untrained: ~1/N on queries of other classes (and, in `check_trained`, again
+        after the learner has fitted a meta-batch, where a leak would show)."""
+        learner, _, _ = self.learner_and_data(dataset)
+        self.assert_chance_on_unrelated_queries(learner, dataset)
+
+    def check_trained(self, learner, dataset):
+        self.assert_chance_on_unrelated_queries(learner, dataset)

@@ -272,7 +272,7 @@ def test_from_experiment_rejects_images():
 
     with pytest.raises(ValueError, match=r"\(28, 28, 1\).*write_embeddings"):
         LEO.from_experiment(get_config("leo", "mini_imagenet"), (28, 28, 1))
-    with pytest.raises(ValueError, match="inner_steps=0"):
+    with pytest.raises(ValueError, match="inner_steps must be an integer >= 1; got 0"):
         LEO(embedding_dim=4, inner_steps=0)
 
 

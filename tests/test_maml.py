@@ -236,7 +236,7 @@ def test_jit_compile_auto_is_off_on_cpu():
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="batch_norm must be one of"):
         MAML(linear_model(), batch_norm="moving")
-    with pytest.raises(ValueError, match="inner_steps=-1"):
+    with pytest.raises(ValueError, match="inner_steps must be an integer >= 0; got -1"):
         MAML(linear_model(), inner_steps=-1)
 
 

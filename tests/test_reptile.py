@@ -150,7 +150,7 @@ def test_non_transductive_queries_are_independent(omniglot_small):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(inner_optimizer="rmsprop"), "inner_optimizer"),
-    (dict(meta_step_size=1.5), "meta_step_size=1.5"),
+    (dict(meta_step_size=1.5), r"meta_step_size must be a number in \(0, 1\]; got 1.5"),
     (dict(inner_batch_size=0), "inner_batch_size"),
     (dict(inner_steps=-1), "inner_steps"),
 ])

@@ -55,10 +55,10 @@ def test_overrides_keep_types_and_reject_unknown_fields():
         config_lib.apply_overrides(config, ["ways='five'"])
     # A text field takes the text: --set=jit_compile=True reaches compile() as True.
     jit = tiny_config("jit_compile=True")
-    assert jit.jit_compile == "True" and run_lib.jit_compile_flag(jit.jit_compile) is True
-    assert run_lib.jit_compile_flag("auto") == "auto" and run_lib.jit_compile_flag("false") is False
+    assert jit.jit_compile == "True" and config_lib.jit_compile_flag(jit.jit_compile) is True
+    assert config_lib.jit_compile_flag("auto") == "auto" and config_lib.jit_compile_flag("false") is False
     with pytest.raises(ValueError, match="jit_compile must be auto, true or false; got 'fast'"):
-        run_lib.jit_compile_flag("fast")
+        config_lib.jit_compile_flag("fast")
 
 
 def test_unknown_algo_and_dataset_list_the_valid_ones():
@@ -202,3 +202,21 @@ def test_a_learner_and_a_dataset_that_do_not_fit_are_refused_before_building(tmp
                                          r"gives images; write embeddings"):
         config_lib.validate_config(leo_on_images)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_jit_compile_auto_keeps_xla_off_where_it_is_a_trap(monkeypatch, caplog):
+    """As if on a GPU, where Keras's "auto" turns XLA on: the MAML family declines it (its
+    task loop compiles 33x slower under XLA) and says why; ProtoNet takes it; an explicit
+    true is obeyed."""
+    import keras
+
+    monkeypatch.setattr(keras.Model, "_resolve_auto_jit_compile", lambda self: True)
+    caplog.set_level("INFO")
+    maml = run_lib.build_compiled_learner(tiny_config(), (28, 28, 1))
+    assert maml.jit_compile is False
+    assert "XLA off for MAML: XLA compiles the gradient tape" in caplog.text
+    forced = run_lib.build_compiled_learner(tiny_config("jit_compile=true"), (28, 28, 1))
+    assert forced.jit_compile is True
+    protonet = config_lib.apply_overrides(config_lib.get_config("protonet", "omniglot"),
+                                          ["model.filters=4"])
+    assert run_lib.build_compiled_learner(protonet, (28, 28, 1)).jit_compile is True

@@ -27,9 +27,10 @@ import sys
 import ml_collections
 from absl import logging
 
+from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their old home)
 from tfmeta.files import atomic_write
 from tfmeta.models import NO_BACKBONE
-from tfmeta.ranges import FRACTION, IMAGE_SIZE, POSITIVE, Range, check_all
+from tfmeta.ranges import FRACTION, IMAGE_SIZE, POSITIVE, STRATEGY, Range, check_all
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SECTIONS = ("learner", "model", "data")
@@ -67,7 +68,7 @@ OPTIMIZER_RANGES = {
     "decay_rate": Range(0, 1, low_open=True, optional=True),
 }
 AUGMENT_RANGES = {"shift": FRACTION, "rotation": Range(0, 180), "scale": FRACTION}
-JIT_COMPILE = ("auto", "true", "false")
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
 
 
 def configs_package(configs_dir: str | None = None) -> str:
@@ -117,23 +118,6 @@ def get_config(algo: str, dataset: str, setting: str | None = None,
     config = module.get_config(dataset, setting) if setting else module.get_config(dataset)
     config.lock()
     return config
-
-
-def eval_spec(config):
-    """(ways, shots, queries) of meta-test episodes; eval_* fields default to training's."""
-    return (config.eval_ways or config.ways, config.eval_shots or config.shots,
-            config.eval_queries or config.queries)
-
-
-def sampler_options(config) -> dict:
-    """`episode_dataset`'s `sampler` and `variable` arguments for the episodes `config` asks
-    for (a run recorded before `episode_sampler` existed: fixed episodes)."""
-    sampler = config.get("episode_sampler") or "fixed"
-    if sampler != "variable":
-        return {"sampler": sampler, "variable": None}
-    from tfmeta.data.variable_episodes import VariableEpisodes
-
-    return {"sampler": sampler, "variable": VariableEpisodes.from_config(config.variable_episodes)}
 
 
 # ------------------------------------------------------------------ section schemas
@@ -255,7 +239,6 @@ def validate_config(config) -> None:
     from tfmeta.data.episodes import EPISODE_SAMPLERS
     from tfmeta.data.variable_episodes import check_variable_fields
     from tfmeta.models import BACKBONES
-    from tfmeta.training.strategy import STRATEGIES
 
     name = config.model.get("name", NO_BACKBONE)
     if name != NO_BACKBONE and name not in BACKBONES:
@@ -291,10 +274,16 @@ def validate_config(config) -> None:
                          f"{sampler!r}.")
     if "variable_episodes" in config:
         check_variable_fields(config.variable_episodes, "variable_episodes.")
-    if config.strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {list(STRATEGIES)}; got {config.strategy!r}.")
-    if str(config.jit_compile).strip().lower() not in JIT_COMPILE:
-        raise ValueError(f"jit_compile must be auto, true or false; got {config.jit_compile!r}.")
+    STRATEGY.check("strategy", config.strategy)
+    jit_compile_flag(config.jit_compile)
+
+
+def jit_compile_flag(value):
+    """`config.jit_compile` ("auto", "true" or "false", any case; or a bool) for compile()."""
+    key = str(value).strip().lower()
+    if key not in JIT_COMPILE:
+        raise ValueError(f"jit_compile must be auto, true or false; got {value!r}.")
+    return JIT_COMPILE[key]
 
 
 # ------------------------------------------------------------------------ run files

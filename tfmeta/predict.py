@@ -27,6 +27,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.algorithms import ANY_WAYS_WITH_PROTOTYPE_HEAD
 from tfmeta.data import folder
 from tfmeta.data import images as image_utils
 from tfmeta.files import atomic_write
@@ -36,7 +37,6 @@ SIGNATURE = "adapt_and_predict"
 # The learners whose exports serve any number of classes (`max_ways` None), and those that
 # do with a prototype-initialized fast head (tests/test_own_data.py checks both lists).
 ANY_WAYS = ("protonet", "matching", "relation", "siamese", "pretrain")
-ANY_WAYS_WITH_PROTOTYPE_HEAD = ("maml", "maml_plusplus")
 
 
 @dataclasses.dataclass

@@ -63,6 +63,23 @@ class Range:
             raise ValueError(f"{name} must be {self.describe()}; got {value!r}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of values (an enumeration), checked as a `Range` is."""
+
+    values: tuple
+
+    def describe(self) -> str:
+        return f"one of {list(self.values)}"
+
+    def contains(self, value) -> bool:
+        return value in self.values
+
+    def check(self, name: str, value) -> None:
+        if not self.contains(value):
+            raise ValueError(f"{name} must be {self.describe()}; got {value!r}.")
+
+
 def check_all(ranges: dict, values: dict, prefix: str = "") -> None:
     """Checks every `values[name]` that `ranges` names (missing names are not checked)."""
     for name, allowed in ranges.items():
@@ -77,3 +94,6 @@ NON_NEGATIVE_INT = Range(0, integer=True)
 FRACTION = Range(0, 1, high_open=True)             # [0, 1), e.g. a dropout rate
 UNIT_INTERVAL = Range(0, 1)                        # [0, 1]
 IMAGE_SIZE = Range(1, 2048, integer=True)         # a side of images, in pixels
+# tf.distribute strategies a run may ask for (tfmeta.training.strategy builds them); here,
+# below every layer, so that validating a config does not import the trainer.
+STRATEGY = Choice(("default", "one_device", "mirrored", "multi_worker", "tpu"))

@@ -31,6 +31,9 @@ ALGORITHMS = {
     "maml_rl": "tfmeta.algorithms.maml_rl:MAMLRL",
     "pretrain": "tfmeta.algorithms.pretrain:Pretrain",
 }
+# The algorithms whose learners serve any number of classes with a fast head started from
+# the support set's prototypes (`--set=learner.head=prototypes`, Proto-MAML).
+ANY_WAYS_WITH_PROTOTYPE_HEAD = ("maml", "maml_plusplus")
 
 
 def learner_class(name: str) -> type[MetaLearner]:

@@ -22,7 +22,9 @@ Hooks, each with a default, from the smallest to the largest a subclass override
                                        query loss of the adapted learner plus penalties
     transform_gradients(gradients)     e.g. clipping, in the units of the mean meta-loss
     compute_meta_gradients(episodes)   tapes `meta_loss` (with loss scaling and the replica
-                                       split); MAML's task loop replaces it
+                                       split); MAML's task loop replaces it with one tape
+                                       per task over `task_meta_loss`, so the MAML family
+                                       overrides that, not `meta_loss`
     train_step(data)                   the whole meta-update (the Reptile family replaces it)
   data and evaluation
     check_batch(data)                  validate a meta-batch where it enters
@@ -32,6 +34,7 @@ Hooks, each with a default, from the smallest to the largest a subclass override
                                        the method's meta-test protocol -> dict with accuracy, ci95
   serving
     max_ways                           the most ways served (None: any number)
+    variable_episodes                  whether it takes padded variable episodes
     adapt_and_predict(support_images, support_labels, query_images)
     serving_module(dataset)            the tf.Module a SavedModel export holds
     feature_model()                    the backbone whose features write_embeddings writes
@@ -48,9 +51,9 @@ import keras
 import tensorflow as tf
 
 from tfmeta import evaluation
-from tfmeta.config import eval_spec, sampler_options
 from tfmeta.data.augment import RandomAffine
 from tfmeta.data.episodes import EPISODE_KEYS, episode_dataset
+from tfmeta.episode_spec import eval_spec, sampler_options
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import check_all
 from tfmeta.serving import AdaptAndPredict
@@ -94,6 +97,10 @@ class MetaLearner(keras.Model):
     # Whether it trains and evaluates on variable episodes (`episode_sampler="variable"`:
     # padded, labels -1 in the padding), which the trainer refuses for a learner without.
     variable_episodes = False
+    # Whether `jit_compile="auto"` may turn XLA on (Keras then does so with a GPU and no
+    # distribution strategy); a learner that XLA compiles badly says no, with its reason.
+    xla_auto = True
+    xla_auto_reason = ""
     # Constructor arguments a config does not set (the subclass or from_experiment does).
     fixed_arguments: tuple = ()
     # Constructor argument -> its allowed `tfmeta.ranges.Range`; merged over the bases, and

@@ -48,7 +48,7 @@ from keras import layers
 
 from tfmeta import evaluation, weights
 from tfmeta.algorithms.base import NOISE_SALT, MetaLearner
-from tfmeta.config import eval_spec
+from tfmeta.episode_spec import eval_spec
 from tfmeta.ranges import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 from tfmeta.tensors import class_means, num_ways
 
@@ -156,7 +156,7 @@ class LEO(MetaLearner):
 
     input_kinds = ("embeddings",)
     argument_ranges = {
-        "num_latents": POSITIVE_INT, "inner_steps": POSITIVE_INT,
+        "embedding_dim": POSITIVE_INT, "num_latents": POSITIVE_INT, "inner_steps": POSITIVE_INT,
         "finetuning_steps": NON_NEGATIVE_INT, "inner_lr_init": POSITIVE,
         "finetuning_lr_init": POSITIVE, "dropout_rate": FRACTION, "kl_weight": NON_NEGATIVE,
         "encoder_penalty_weight": NON_NEGATIVE, "l2_penalty_weight": NON_NEGATIVE,
@@ -170,14 +170,7 @@ class LEO(MetaLearner):
                  gradient_threshold: float = 0.1, gradient_norm_threshold: float = 0.1,
                  deterministic_test: bool = True, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("embedding_dim", embedding_dim), ("num_latents", num_latents)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-        if inner_steps < 1 or finetuning_steps < 0:
-            raise ValueError(f"LEO needs inner_steps >= 1 and finetuning_steps >= 0; got "
-                             f"inner_steps={inner_steps}, finetuning_steps={finetuning_steps}.")
-        if not 0 <= dropout_rate < 1:
-            raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}.")
+        self.check_arguments(locals())
         self.embedding_dim = int(embedding_dim)
         self.num_latents = int(num_latents)
         self.inner_steps = int(inner_steps)
@@ -190,7 +183,6 @@ class LEO(MetaLearner):
         self.gradient_threshold = float(gradient_threshold)
         self.gradient_norm_threshold = float(gradient_norm_threshold)
         self.deterministic_test = bool(deterministic_test)
-        self.check_arguments(locals())
         self._draws = None  # the Draws of the pass in progress (see `draws`)
 
         latents = self.num_latents

@@ -75,12 +75,9 @@ class Reptile(ReptileFamily):
         if not model.built:
             raise ValueError(f"Reptile needs a built model; build {model.name!r} with an "
                              "input shape.")
-        for name, value in (("inner_steps", inner_steps), ("inner_steps_test", inner_steps_test),
-                            ("inner_batch_size", inner_batch_size),
-                            ("inner_batch_size_test", inner_batch_size_test)):
-            if int(value) != value or value < (0 if "steps" in name else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if 'steps' in name else 'positive'}"
-                                 f" integer; got {value!r}.")
+        self.check_arguments({"inner_steps": inner_steps, "inner_steps_test": inner_steps_test,
+                              "inner_batch_size": inner_batch_size,
+                              "inner_batch_size_test": inner_batch_size_test})
         self.model = model
         self.inner_steps, self.inner_steps_test = int(inner_steps), int(inner_steps_test)
         self.inner_batch_size = int(inner_batch_size)

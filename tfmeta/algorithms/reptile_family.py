@@ -108,13 +108,11 @@ class ReptileFamily(MetaLearner):
                  meta_step_size_final: float = 0.0, anneal_steps: int = 100000,
                  outer_optimizer: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 < meta_step_size <= 1.0 or not 0.0 <= meta_step_size_final <= 1.0:
-            raise ValueError("meta step sizes interpolate toward the adapted weights and must be "
-                             f"in (0, 1] and [0, 1]; got meta_step_size={meta_step_size}, "
-                             f"meta_step_size_final={meta_step_size_final}.")
-        if int(anneal_steps) != anneal_steps or anneal_steps < 1:
-            raise ValueError(f"anneal_steps must be an integer >= 1; got {anneal_steps!r}.")
-        self.check_arguments({"inner_lr": inner_lr, "inner_beta_1": inner_beta_1})
+        # (Meta step sizes interpolate toward the adapted weights: (0, 1] and [0, 1].)
+        self.check_arguments({"inner_lr": inner_lr, "inner_beta_1": inner_beta_1,
+                              "meta_step_size": meta_step_size,
+                              "meta_step_size_final": meta_step_size_final,
+                              "anneal_steps": anneal_steps})
         self.inner_optimizer = make_inner_optimizer(inner_optimizer, inner_lr, inner_beta_1)
         self.meta_step_size = float(meta_step_size)
         self.meta_step_size_final = float(meta_step_size_final)

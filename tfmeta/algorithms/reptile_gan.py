@@ -82,11 +82,8 @@ class ReptileGAN(ReptileFamily):
             raise ValueError(f"The generator makes images of shape {generator.output_shape[1:]} "
                              f"but the critic takes {critic.input_shape[1:]}; build both for "
                              "the same image shape.")
-        for name, value in (("inner_steps", inner_steps), ("inner_steps_test", inner_steps_test)):
-            if int(value) != value or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
-        if penalty_weight < 0:
-            raise ValueError(f"penalty_weight must be >= 0; got {penalty_weight!r}.")
+        self.check_arguments({"inner_steps": inner_steps, "inner_steps_test": inner_steps_test,
+                              "penalty_weight": penalty_weight})
         self.generator, self.critic = generator, critic
         self.inner_steps, self.inner_steps_test = int(inner_steps), int(inner_steps_test)
         self.penalty_weight = float(penalty_weight)

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta.algorithms import build_learner
-from tfmeta.config import load_config
+from tfmeta.config import jit_compile_flag, load_config
 from tfmeta.data import load_dataset
 from tfmeta.errors import WorkdirLocked
 from tfmeta.training.checkpoints import (  # noqa: F401 - the run's checkpoint helpers
@@ -95,15 +95,6 @@ def make_optimizer(optimizer_config, num_steps=None) -> keras.optimizers.Optimiz
     return optimizer.__class__(**kwargs)
 
 
-def jit_compile_flag(value):
-    """`config.jit_compile` ("auto", "true" or "false", any case; or a bool) for compile()."""
-    flags = {"auto": "auto", "true": True, "false": False}
-    key = str(value).strip().lower()
-    if key not in flags:
-        raise ValueError(f"jit_compile must be auto, true or false; got {value!r}.")
-    return flags[key]
-
-
 def build_compiled_learner(config, input_shape, strategy=None, init_from: str | None = None):
     """Builds and compiles the learner (and its optimizer's slots) inside the strategy; with
     `init_from` (a run's workdir, the trainer passes `config.model.init_from` to a fresh
@@ -114,9 +105,15 @@ def build_compiled_learner(config, input_shape, strategy=None, init_from: str | 
         learner = build_learner(config, input_shape)
         if source is not None:
             copy_backbone_weights(source, learner.feature_model(), init_from)
+        requested = jit_compile_flag(config.jit_compile)
+        declined = requested == "auto" and not learner.xla_auto
         learner.compile(optimizer=make_optimizer(config.optimizer, config.num_steps),
-                        jit_compile=jit_compile_flag(config.jit_compile))
+                        jit_compile=False if declined else requested)
         learner.optimizer.build(learner.trainable_variables)
+    why = (f" for {type(learner).__name__}: {learner.xla_auto_reason}" if declined else
+           " (auto: on with a GPU and no distribution strategy)" if requested == "auto" else "")
+    logging.info("jit_compile=%s: XLA %s%s.", config.jit_compile,
+                 "on" if learner.jit_compile else "off", why)
     return learner
 
 

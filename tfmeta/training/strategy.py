@@ -26,7 +26,9 @@ import sys
 import tensorflow as tf
 from absl import logging
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+from tfmeta.ranges import STRATEGY
+
+STRATEGIES = STRATEGY.values
 # How long a multi-worker task waits for the others to join (config.cluster_join_timeout).
 DEFAULT_JOIN_TIMEOUT_S = 300
 

@@ -26,7 +26,7 @@ import threading
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms import ALGORITHMS, build_learner, learner_class
+from tfmeta.algorithms import ALGORITHMS, ANY_WAYS_WITH_PROTOTYPE_HEAD, build_learner, learner_class
 from tfmeta.config import apply_overrides, get_config, save_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.errors import Terminated
@@ -244,8 +244,7 @@ def variable_episode_learners(dataset: str, input_shape) -> list:
     """The registered learners that take variable episodes, as `--algo` choices: those
     whose class says so, and those whose arguments decide it (a property), built from their
     configs for `dataset`, as they are and with the prototype head of
-    `tfmeta.predict.ANY_WAYS_WITH_PROTOTYPE_HEAD` (MAML's)."""
-    from tfmeta.predict import ANY_WAYS_WITH_PROTOTYPE_HEAD
+    `tfmeta.algorithms.ANY_WAYS_WITH_PROTOTYPE_HEAD` (MAML's)."""
 
     found = []
     for algo in sorted(ALGORITHMS):

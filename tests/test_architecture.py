@@ -1,0 +1,125 @@
+"""docs/architecture.md against the code: the layers of tfmeta import each other in one
+direction only (function-level imports included), and the learner hook table says which
+classes override each hook."""
+
+import ast
+import importlib
+import inspect
+import os
+import pkgutil
+import re
+
+from tfmeta.algorithms import base
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "tfmeta")
+
+
+def layer_of(module: str):
+    """`tfmeta.algorithms.maml` -> "algorithms"; `tfmeta.ranges` -> "ranges"."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "tfmeta" else None
+
+
+def layer_imports() -> dict:
+    """layer -> {layer it imports: a module where it does}, from every import statement of
+    every module, at the top or inside a function."""
+    graph = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            module = os.path.relpath(path[:-3], ROOT).replace(os.sep, ".")
+            source = layer_of(module.removesuffix(".__init__"))
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                targets = []
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                for target in targets:
+                    layer = layer_of(target)
+                    if layer and layer != source and layer != "configs" and (
+                            os.path.isdir(os.path.join(PACKAGE, layer))
+                            or os.path.isfile(os.path.join(PACKAGE, layer + ".py"))):
+                        graph.setdefault(source, {}).setdefault(layer, module)
+    return graph
+
+
+def find_cycle(graph):
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in graph.get(node, {}):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_layers_import_each_other_one_way():
+    graph = layer_imports()
+    cycle = find_cycle(graph)
+    where = [f"{a} -> {b} (in {graph[a][b]})" for a, b in zip(cycle, cycle[1:])] if cycle \
+        else []
+    assert cycle is None, "layers import in a circle: " + "; ".join(where)
+    # Nothing below the learners imports them, and the learners do not import the trainer
+    # or the config (which imports the learners to check a config).
+    assert not {"training", "config", "commands"} & set(graph["algorithms"])
+    assert not {"algorithms", "training", "config"} & set(graph["data"])
+    assert "algorithms" not in graph.get("models", {})
+
+
+def test_a_cycle_is_found():  # the check above can fail
+    assert find_cycle({"a": {"b": "x"}, "b": {"a": "y"}}) == ["a", "b", "a"]
+    assert find_cycle({"a": {"b": "x"}, "b": {}}) is None
+
+
+def learner_classes() -> dict:
+    """Every MetaLearner subclass defined in tfmeta.algorithms, by class name."""
+    import tfmeta.algorithms as algorithms
+
+    found = {}
+    for info in pkgutil.iter_modules(algorithms.__path__):
+        module = importlib.import_module(f"tfmeta.algorithms.{info.name}")
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, base.MetaLearner) and \
+                    value is not base.MetaLearner and value.__module__ == module.__name__:
+                found[name] = value
+    return found
+
+
+def hook_table() -> dict:
+    """hook -> the class names its "overridden by" cell lists (docs/architecture.md)."""
+    text = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
+    section = text.split("## The learner: hooks with defaults", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        match = re.fullmatch(r"`(\w+)(\(.*\))?`", cells[0]) if len(cells) == 3 else None
+        if match:
+            listed = re.sub(r"\([^)]*\)", "", cells[2])  # notes in parentheses
+            rows[match.group(1)] = {n.strip() for n in listed.split(",") if n.strip()}
+    return rows
+
+
+def test_the_hook_table_names_the_classes_that_override_each_hook():
+    rows, classes = hook_table(), learner_classes()
+    assert len(rows) >= 15
+    for hook, listed in rows.items():
+        assert hasattr(base.MetaLearner, hook), f"{hook} is not a MetaLearner hook"
+        overriding = {name for name, cls in classes.items() if hook in vars(cls)}
+        assert listed == overriding, (
+            f"docs/architecture.md says {hook} is overridden by {sorted(listed)}; the code "
+            f"by {sorted(overriding)}")
