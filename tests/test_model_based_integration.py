@@ -74,7 +74,11 @@ def test_cli_train_evaluate_and_serve(tmp_path):
                           capture_output=True, text=True, timeout=600)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["algo"] == "anil" and result["split"] == "test" and result["episodes"] == 20
-    assert 0.0 <= result["accuracy"] <= 1.0
+    # What the command printed is what it wrote, over exactly 20 x 5 x 2 scored queries.
+    with open(os.path.join(workdir, "eval.json")) as f:
+        assert json.load(f) == result
+    correct = result["accuracy"] * 20 * 5 * 2
+    assert result["queries"] == 2 and abs(correct - round(correct)) < 1e-3, correct
     import tensorflow as tf
 
     loaded = tf.saved_model.load(os.path.join(workdir, "export"))

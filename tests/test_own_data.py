@@ -452,7 +452,10 @@ def test_a_tfds_run_trains_records_its_split_and_evaluates(tfds_dir, tmp_path):
     assert [len(recorded[s]) for s in ("train", "val", "test")] == [4, 2, 2]
     result = evaluation.evaluate_workdir(workdir, num_episodes=4)
     assert result["dataset"] == "tfds:tiny_shapes" and result["ways"] == 2
-    assert 0 <= result["accuracy"] <= 1
+    with open(os.path.join(workdir, "eval.json")) as f:
+        assert json.load(f) == result
+    correct = result["accuracy"] * 4 * 2 * result["queries"]  # 4 episodes, 2 ways
+    assert abs(correct - round(correct)) < 1e-3, correct
 
 
 def test_predict_names_exactly_the_learners_that_serve_any_number_of_classes():
