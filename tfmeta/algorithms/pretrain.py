@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from tfmeta.algorithms.base import MetaLearner
 from tfmeta.data.augment import RandomAffine
-from tfmeta.data.episodes import stored_tensor
+from tfmeta.data.episodes import stored_tensor, unsharded
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
 from tfmeta.tensors import (
     accuracy,
@@ -313,8 +313,5 @@ def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0
                 draw, 1))
         return {"images": batch_images, "labels": tf.gather(labels, index)}
 
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     steps = tf.data.Dataset.counter().map(lambda k: k + int(start_step))
-    return steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) \
-        .with_options(options).prefetch(tf.data.AUTOTUNE)
+    return unsharded(steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))

@@ -211,15 +211,31 @@ def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: i
             if augment is not None:
                 flat = augment(flat, tf.random.experimental.stateless_fold_in(seed, 2))
             examples = tf.reshape(flat, [ways, per_class, *example_shape])
-        labels = tf.broadcast_to(tf.range(ways, dtype=tf.int32)[:, None], [ways, per_class])
-        return {
-            "support_images": tf.reshape(examples[:, :shots], [ways * shots, *example_shape]),
-            "support_labels": tf.reshape(labels[:, :shots], [ways * shots]),
-            "query_images": tf.reshape(examples[:, shots:], [ways * queries, *example_shape]),
-            "query_labels": tf.reshape(labels[:, shots:], [ways * queries]),
-        }
+        return split_episode(examples, ways, shots, queries, example_shape)
 
     return sample
+
+
+def split_episode(examples, ways: int, shots: int, queries: int, example_shape) -> dict:
+    """`[ways, K + Q, *example_shape]` examples (each class's K support examples, then its
+    Q queries) -> the episode dict, class-major, labels 0..N-1 in the classes' order."""
+    per_class = shots + queries
+    examples = tf.reshape(examples, [ways, per_class, *example_shape])
+    labels = tf.broadcast_to(tf.range(ways, dtype=tf.int32)[:, None], [ways, per_class])
+    return {
+        "support_images": tf.reshape(examples[:, :shots], [ways * shots, *example_shape]),
+        "support_labels": tf.reshape(labels[:, :shots], [ways * shots]),
+        "query_images": tf.reshape(examples[:, shots:], [ways * queries, *example_shape]),
+        "query_labels": tf.reshape(labels[:, shots:], [ways * queries]),
+    }
+
+
+def unsharded(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with tf.distribute's auto-sharding off (each worker samples its own share of
+    every meta-batch itself, see `episode_numbers`), prefetched."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def episode_numbers(meta_batch_size: int | None = None, start_step: int = 0,
@@ -331,9 +347,7 @@ def episode_dataset(
     )
     if meta_batch_size:
         ds = ds.batch(meta_batch_size // workers, drop_remainder=True)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return unsharded(ds)
 
 
 def single_class_tasks(classes: ClassImages, shots: int, meta_batch_size: int, seed: int = 0,

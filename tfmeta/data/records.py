@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from tfmeta import files
 from tfmeta.data.base import FewShotDataset
+from tfmeta.data.episodes import check_episode_spec, episode_numbers, split_episode, unsharded
 
 SPEC_FILE = "dataset_spec.json"
 FORMAT = "tfmeta-records"
@@ -526,8 +527,6 @@ def stream_episodes(classes: RecordClasses, ways, shots, queries, meta_batch_siz
                     workers=1, sampler="fixed", variable=None) -> tf.data.Dataset:
     """`episode_dataset` for a split held as records (its arguments; see the module
     docstring for how the stream is made)."""
-    from tfmeta.data.episodes import check_episode_spec, episode_numbers
-
     batch = meta_batch_size or 1
     episode_numbers(meta_batch_size, start_step, num_episodes, worker, workers)  # validates
     share = batch // workers
@@ -571,22 +570,12 @@ def stream_episodes(classes: RecordClasses, ways, shots, queries, meta_batch_siz
             return variable_episodes.arrange_padded(
                 inputs, {"classes": chosen, "support": support, "queries": query_counts},
                 variable)
-        per_class = shots + queries
-        inputs = tf.reshape(inputs, [ways, per_class, *example_shape])
-        labels = tf.broadcast_to(tf.range(ways, dtype=tf.int32)[:, None], [ways, per_class])
-        return {
-            "support_images": tf.reshape(inputs[:, :shots], [ways * shots, *example_shape]),
-            "support_labels": tf.reshape(labels[:, :shots], [ways * shots]),
-            "query_images": tf.reshape(inputs[:, shots:], [ways * queries, *example_shape]),
-            "query_labels": tf.reshape(labels[:, shots:], [ways * queries]),
-        }
+        return split_episode(inputs, ways, shots, queries, example_shape)
 
     ds = examples.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if meta_batch_size:
         ds = ds.batch(share, drop_remainder=True)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return unsharded(ds)
 
 
 def stream_examples(classes: RecordClasses, batch_size: int, seed: int = 0, start_step: int = 0,
@@ -615,10 +604,8 @@ def stream_examples(classes: RecordClasses, batch_size: int, seed: int = 0, star
         inputs = _inputs(classes, stored, tf.gather(sources, label))[0]
         return {"images": inputs, "labels": tf.cast(label, tf.int32)}
 
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return examples.map(labelled, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) \
-        .batch(share, drop_remainder=True).with_options(options).prefetch(tf.data.AUTOTUNE)
+    return unsharded(examples.map(labelled, num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True).batch(share, drop_remainder=True))
 
 
 # ------------------------------------------------------------------------------ loading

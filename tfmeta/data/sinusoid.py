@@ -20,7 +20,7 @@ import math
 
 import tensorflow as tf
 
-from tfmeta.data.episodes import episode_numbers
+from tfmeta.data.episodes import episode_numbers, unsharded
 from tfmeta.ranges import Range
 
 # Seeds of the streams a run samples (the classifiers use seed and seed + 1 likewise).
@@ -115,10 +115,7 @@ class SinusoidTasks:
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if meta_batch_size:
             ds = ds.batch(meta_batch_size // workers, drop_remainder=True)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = \
-            tf.data.experimental.AutoShardPolicy.OFF
-        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+        return unsharded(ds)
 
 
 def load(data_dir=None, amplitude_min: float = 0.1, amplitude_max: float = 5.0,
