@@ -382,7 +382,7 @@ def test_sizes_have_upper_bounds_and_one_way_is_refused(override, message):
         config_lib.validate_config(tiny_config(override))
 
 
-def test_a_step_that_cannot_fit_in_memory_is_refused_before_building(tmp_path, monkeypatch):
+def test_a_step_that_cannot_fit_in_memory_is_refused_before_the_first_step(tmp_path, monkeypatch):
     real = os.sysconf
     monkeypatch.setattr(os, "sysconf", lambda name: 2 ** 20 if name == "SC_PHYS_PAGES"
                         else real(name))  # 4 GiB with 4 KiB pages

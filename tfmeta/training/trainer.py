@@ -170,7 +170,6 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     config.learner.update(learner_class(config.algo).arguments_from_data(config.learner,
                                                                          dataset))
     _check_workdir_config(config, workdir, dataset)
-    check_memory(config, dataset.input_shape)
     replicas = strategy.num_replicas_in_sync
     if config.meta_batch_size % replicas:
         raise ValueError(f"meta_batch_size={config.meta_batch_size} does not split over "
@@ -179,7 +178,8 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     fresh = not has_checkpoint(workdir)
     learner = build_compiled_learner(config, dataset.input_shape, strategy,
                                      init_from=config.model.get("init_from") if fresh else None)
-    check_episode_sampler(learner, config, dataset.input_shape)
+    check_episode_sampler(learner, config, dataset.input_shape)  # (what it cannot do, first)
+    check_memory(config, dataset.input_shape)
     # Every worker saves (TF's multi-worker guide); only the chief's checkpoints are kept.
     manager = checkpoint_manager(learner, os.path.join(scratch, CHECKPOINTS),
                                  config.keep_checkpoints)
