@@ -31,5 +31,7 @@ setuptools.setup(
             ("train", "train"), ("evaluate", "evaluate"), ("predict", "predict"),
             ("benchmark", "benchmark"), ("report", "report"), ("embed", "embed"),
             ("convert", "convert"))]},
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow"]},
+    # bench: the PyTorch peer of bin/compare_torch.py, never a runtime dependency.
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow"],
+                    "bench": ["torch>=2.3"]},
 )

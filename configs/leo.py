@@ -66,3 +66,8 @@ def get_config(dataset: str = "mini_imagenet", setting: str = "5w1s"):
     config.num_steps = 100000
     config.checkpoint_every = 1000
     return config
+
+
+# A tiny version of this config, as `--set` overrides: tests build and export every learner
+# from one in seconds (`tfmeta.config.tiny_overrides`).
+TINY = ("learner.num_latents=4",)

@@ -9,3 +9,8 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config.algo = "metasgd"
     config.learner.update(inner_steps=1, inner_steps_test=1)
     return config
+
+
+# A tiny version of this config, as `--set` overrides: tests build and export every learner
+# from one in seconds (`tfmeta.config.tiny_overrides`).
+TINY = maml.TINY

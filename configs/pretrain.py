@@ -40,3 +40,8 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     config.optimizer.update(name="sgd", learning_rate=0.05, momentum=0.9, schedule="cosine")
     config.checkpoint_every = 1000
     return config
+
+
+# A tiny version of this config, as `--set` overrides: tests build and export every learner
+# from one in seconds (`tfmeta.config.tiny_overrides`).
+TINY = ("model.filters=4",)

@@ -38,3 +38,8 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
                             decay_rate=0.5)
     config.num_steps = 20000
     return config
+
+
+# A tiny version of this config, as `--set` overrides: tests build and export every learner
+# from one in seconds (`tfmeta.config.tiny_overrides`).
+TINY = ("model.filters=4",)

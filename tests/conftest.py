@@ -41,6 +41,21 @@ def private_cache(tmp_path_factory):
         os.environ["TFMETA_CACHE"] = old
 
 
+def pytest_addoption(parser):
+    parser.addoption("--task-parallel", choices=("auto", "vectorized"), default="auto",
+                     help="what the MAML family's task_parallel='auto' chooses where a learner "
+                          "allows both (vectorized: run their tests on the vectorized pass)")
+
+
+@pytest.fixture(autouse=True)
+def task_parallel_default(request, monkeypatch):
+    """`--task-parallel=vectorized`: 'auto' takes the vectorized pass, as with a GPU."""
+    if request.config.getoption("--task-parallel") == "vectorized":
+        from tfmeta.algorithms import task_loop
+
+        monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where TensorFlow sees a GPU."""
     import tensorflow as tf

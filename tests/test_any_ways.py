@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfmeta import config as config_lib
 from tfmeta.algorithms import MAML, build_learner
+from tfmeta.algorithms.maml_regression import MAMLRegression
 from tfmeta.data import episode_dataset
 from tfmeta.models import conv4
 from tfmeta.tensors import class_means, squared_euclidean
@@ -76,7 +77,7 @@ def test_fast_heads_serve_any_ways_up_to_the_cap():
     with pytest.raises(tf.errors.InvalidArgumentError, match="serves at most 2 ways"):
         capped.adapt_and_predict(tf.zeros((3, 2)), tf.constant([0, 1, 2]), tf.zeros((1, 2)))
     with pytest.raises(ValueError, match="needs head='learned'"):
-        MAML(identity_features(), head="prototypes", loss="mse")
+        MAMLRegression(identity_features(), head="prototypes")
     with pytest.raises(ValueError, match="head must be one of"):
         MAML(identity_features(), head="cosine")
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfmeta.algorithms import ALGORITHMS, learner_class
 from tfmeta.data import cifar, load_dataset
 from tfmeta.data import images as image_utils
 
@@ -466,8 +467,7 @@ def test_configs_and_input_kinds_are_checked_before_building(algo, dataset, over
             validate_config(config)
 
 
-IMAGE_LEARNERS = ("anil", "lstm_meta", "maml", "mann", "matching", "metanet", "metasgd",
-                  "protonet", "relation", "reptile", "reptile_gan", "siamese")
+IMAGE_LEARNERS = sorted(a for a in ALGORITHMS if "images" in learner_class(a).input_kinds)
 
 
 @pytest.mark.parametrize("dataset", ["mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100"])

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfmeta import weights
 from tfmeta.algorithms import MAML
+from tfmeta.algorithms.maml_regression import MAMLRegression
 from tfmeta.models import conv4
 
 
@@ -100,13 +101,22 @@ def assert_unrolled(grads, kernel, bias, batch, first_order, message=""):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6, err_msg=message)
 
 
+@pytest.mark.parametrize("form", ["loop", "vectorized", "xla"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_meta_gradient_matches_unrolled_computation(first_order):
+def test_meta_gradient_matches_unrolled_computation(first_order, form):
+    """In each form of the task loop: the tf.while_loop, every task in one pass, and the
+    loop unrolled and compiled by XLA."""
     kernel, bias, batch = linear_problem()
     maml = MAML(linear_model(4, 3, kernel, bias), inner_lr=0.5, inner_steps=1,
-                first_order=first_order)
-    maml.compile(optimizer=keras.optimizers.SGD(0.0))
-    grads, _, _ = maml.compute_meta_gradients(batch)
+                first_order=first_order, task_parallel="vectorized" if form == "vectorized"
+                else "loop")
+    maml.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=form == "xla")
+    assert maml.vectorized == (form == "vectorized")
+    if form == "loop":
+        grads, _, _ = maml.compute_meta_gradients(batch)
+    else:
+        grads, _, _ = tf.function(maml.compute_meta_gradients,
+                                  jit_compile=form == "xla")(batch)
     assert_unrolled(grads, kernel, bias, batch, first_order)
 
 
@@ -203,8 +213,8 @@ def test_meta_test_adapts_on_support_statistics_and_predicts_on_moving_averages(
                               keras.layers.Dense(1, use_bias=False, kernel_initializer="ones"),
                               keras.layers.BatchNormalization(epsilon=1e-3, center=False,
                                                               scale=False)])
-    maml = MAML(model, inner_lr=0.1, inner_steps=1, inner_steps_test=1, loss="mse",
-                batch_norm="running_stats")
+    maml = MAMLRegression(model, inner_lr=0.1, inner_steps=1, inner_steps_test=1,
+                          batch_norm="running_stats")
     episode = {"support_images": tf.constant([[[1.0], [3.0]]]),
                "support_labels": tf.constant([[[0.0], [0.0]]]),
                "query_images": tf.constant([[[2.0]]])}
@@ -267,7 +277,5 @@ def test_derivative_order_annealing_switches_at_first_order_steps(compiled):
 
 def test_regression_loss_is_the_mean_squared_error():
     # Targets (1, 3), predictions (0, 0): ((1 - 0)^2 + (3 - 0)^2) / 2 = 5.
-    maml = MAML(linear_model(1, 1), loss="mse")
+    maml = MAMLRegression(linear_model(1, 1))
     assert float(maml.loss_fn(tf.constant([[1.0], [3.0]]), tf.zeros((2, 1)))) == 5.0
-    with pytest.raises(ValueError, match="loss must be one of"):
-        MAML(linear_model(), loss="hinge")

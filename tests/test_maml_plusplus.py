@@ -10,6 +10,7 @@ import tensorflow as tf
 from tfmeta import config as config_lib
 from tfmeta import weights
 from tfmeta.algorithms.maml_plusplus import MAMLPlusPlus, importance_weights
+from tfmeta.algorithms.maml_regression import mean_squared_error
 from tfmeta.training.run import make_optimizer
 
 OFF = {"multi_step_loss": False, "learned_inner_lrs": False, "per_step_batch_norm": False}
@@ -25,6 +26,14 @@ def test_importance_weights_by_hand():
                 100: [0, 0, 0, 0, 1], 5000: [0, 0, 0, 0, 1]}
     for step, want in expected.items():
         np.testing.assert_allclose(importance_weights(step, 5, 100).numpy(), want, atol=1e-6)
+
+
+class RegressionMAMLPlusPlus(MAMLPlusPlus):
+    """MAML++ with the mean squared error, so that its options are checked on regressions
+    worked by hand."""
+
+    def loss_fn(self, labels, outputs):
+        return mean_squared_error(labels, outputs)
 
 
 def regression_line(bias_only=True):
@@ -53,14 +62,15 @@ def task_loss(learner, step):
     (100, 1.5625),                         # annealed: the last step only
 ])
 def test_multi_step_loss_by_hand(step, expected):
-    learner = MAMLPlusPlus(regression_line(), loss="mse", inner_lr=0.25, inner_steps=2,
-                           msl_annealing_steps=100, **dict(OFF, multi_step_loss=True))
+    learner = RegressionMAMLPlusPlus(regression_line(), inner_lr=0.25, inner_steps=2,
+                                     msl_annealing_steps=100,
+                                     **dict(OFF, multi_step_loss=True))
     learner.compile(optimizer=keras.optimizers.SGD(0.0))
     assert task_loss(learner, step) == pytest.approx(expected, rel=1e-6)
 
 
 def test_without_multi_step_loss_only_the_last_step_counts():
-    learner = MAMLPlusPlus(regression_line(), loss="mse", inner_lr=0.25, inner_steps=2, **OFF)
+    learner = RegressionMAMLPlusPlus(regression_line(), inner_lr=0.25, inner_steps=2, **OFF)
     learner.compile(optimizer=keras.optimizers.SGD(0.0))
     assert task_loss(learner, 0) == pytest.approx(1.5625, rel=1e-6)
 
@@ -70,8 +80,8 @@ def test_learned_per_step_rates_by_hand():
     # step 2: dL/db = -1, so b2 = 0.5 + 0.5 * 1 = 1.0; query loss (2 - 1)^2 = 1.
     # d loss / d rate_b(step 1) = dL/db2 * d b2 / d rate = -2 (2 - b2) * (-dL/db1) = -2 * 1 = -2;
     # d loss / d rate_w(step 1) = 0 (dL/dw = 0 at every step).
-    learner = MAMLPlusPlus(regression_line(), loss="mse", inner_lr=0.25, inner_steps=2,
-                           **dict(OFF, learned_inner_lrs=True))
+    learner = RegressionMAMLPlusPlus(regression_line(), inner_lr=0.25, inner_steps=2,
+                                     **dict(OFF, learned_inner_lrs=True))
     learner.compile(optimizer=keras.optimizers.SGD(0.0))
     assert [len(rates) for rates in learner.step_inner_lrs] == [2, 2]
     np.testing.assert_allclose([float(v) for r in learner.step_inner_lrs for v in r], [0.25] * 4)
@@ -90,8 +100,9 @@ def batch_norm_model():
 
 
 def test_per_step_batch_norm_uses_step_k_copies():
-    learner = MAMLPlusPlus(batch_norm_model(), loss="mse", inner_steps=2,
-                           batch_norm="running_stats", **dict(OFF, per_step_batch_norm=True))
+    learner = RegressionMAMLPlusPlus(batch_norm_model(), inner_steps=2,
+                                     batch_norm="running_stats",
+                                     **dict(OFF, per_step_batch_norm=True))
     # gamma and beta are per-step, meta-learned: the inner loop adapts nothing else here.
     assert learner.adapted_indices == []
     assert len(learner.loop_state_variables) == 3 * 2  # (mean, variance) for k = 0, 1, 2
@@ -158,9 +169,9 @@ def test_checkpoints_hold_the_per_step_copies_and_rates(tmp_path):
     def make():
         model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1),
                                   keras.layers.BatchNormalization()])
-        return MAMLPlusPlus(model, loss="mse", inner_steps=2,
-                            batch_norm="running_stats", **dict(OFF, per_step_batch_norm=True,
-                                                              learned_inner_lrs=True))
+        return RegressionMAMLPlusPlus(model, inner_steps=2, batch_norm="running_stats",
+                                      **dict(OFF, per_step_batch_norm=True,
+                                             learned_inner_lrs=True))
 
     learner = make()
     learner.step_bn_stats[2][0].assign([7.0])

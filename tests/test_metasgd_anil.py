@@ -75,9 +75,25 @@ def test_anil_adapts_only_the_head_and_meta_learns_the_body(omniglot_small):
     assert float(weights.global_norm(body)) > 0.0
 
 
-def test_anil_rejects_unknown_head():
-    with pytest.raises(ValueError, match="no such layer"):
-        ANIL(linear_model(), head="classifier")
+def test_anil_rejects_unknown_head_layer():
+    with pytest.raises(ValueError, match="head_layer='classifier', but .* no such layer"):
+        ANIL(linear_model(), head_layer="classifier")
+
+
+def test_anil_config_names_its_layer_head_layer():
+    # `head` is MAML's head mode; ANIL's layer is `head_layer`. A run's config.json from
+    # before the rename (learner.head="head") still builds the same learner.
+    from tfmeta import config as config_lib
+    from tfmeta.algorithms import build_learner
+
+    config = config_lib.get_config("anil", "omniglot")
+    config_lib.validate_config(config)
+    assert config.learner.head_layer == "head" and "head" not in config.learner
+    with config.learner.unlocked():
+        config.learner.head = "head"
+        del config.learner["head_layer"]
+    learner = build_learner(config, (28, 28, 1))
+    assert (learner.head_layer, learner.head_mode) == ("head", "learned")
 
 
 class TestMetaSGDContract(ClassifierContract):

@@ -13,35 +13,19 @@ import keras
 import numpy as np
 import pytest
 
-from tfmeta.algorithms import ALGORITHMS, build_learner
-from tfmeta.config import apply_overrides, get_config
+from tfmeta.algorithms import ALGORITHMS, build_learner, learner_class
+from tfmeta.config import apply_overrides, get_config, tiny_overrides, validate_config
 from tfmeta.data import ClassImages, FewShotDataset
 from tfmeta.data.leo_embeddings import l2_normalize
 from tfmeta.training.export import export_learner
 
-# Tiny versions of each algorithm's own config (its learner, backbone kind and head).
-TINY = {
-    "maml": ["model.filters=4", "learner.inner_steps_test=1"],
-    "metasgd": ["model.filters=4", "learner.inner_steps_test=1"],
-    "anil": ["model.filters=4", "learner.inner_steps_test=1"],
-    "lstm_meta": ["model.filters=4", "learner.inner_steps_test=1"],
-    "reptile": ["model.filters=4", "learner.inner_steps_test=2", "learner.transductive=False"],
-    "protonet": ["model.filters=4"],
-    "matching": ["model.filters=4", "learner.fce=True"],
-    "relation": ["model.filters=4", "learner.relation_filters=4"],
-    "siamese": ["model.filters=4", "model.units=16"],
-    "mann": ["learner.units=8", "learner.memory_slots=8", "learner.slot_size=4",
-             "learner.heads=1"],
-    "metanet": ["model.filters=4"],
-    "pretrain": ["model.filters=4"],
-    "maml_plusplus": ["model.filters=4", "learner.inner_steps=1", "learner.inner_steps_test=1"],
-    "leo": ["learner.num_latents=4"],
-    "reptile_gan": ["model.filters=2", "model.blocks=1", "model.units_per_block=1",
-                    "model.latent_dim=4", "learner.inner_steps_test=1"],
-}
-# Learners whose exports serve another signature, fuzzed by their own tests:
-# maml_rl's adapt_and_act (tests/test_maml_rl.py).
-OWN_SIGNATURES = {"maml_rl"}
+# Each algorithm is built from its own config shrunk by the config's TINY overrides
+# (`tiny_overrides`), for the dataset below of the kind of input its learner takes
+# (`learner_class(algo).input_kinds`); no list here names a learner.
+# Exports that take episodes of examples: fuzzed by the first test.
+EPISODE_KINDS = {"images": "omniglot", "embeddings": "mini_imagenet"}
+# Exports that serve another signature, fuzzed by the last test: MAML-RL's adapt_and_act.
+OTHER_KINDS = {"environment": "navigation_2d"}
 CALLS_PER_EXPORT = 30
 
 FUZZ = textwrap.dedent("""
@@ -131,6 +115,22 @@ FUZZ = textwrap.dedent("""
 """)
 
 
+def kind_of(algo, kinds):
+    """The first kind of input in `kinds` that `algo`'s learner takes (None: none)."""
+    return next((k for k in learner_class(algo).input_kinds if k in kinds), None)
+
+
+def test_every_algorithm_shrinks_and_is_fuzzed():
+    """Every algorithm's config declares tiny overrides that apply and validate, and its
+    learner takes a kind of input one of the tests here fuzzes."""
+    kinds = {**EPISODE_KINDS, **OTHER_KINDS}
+    for algo in sorted(ALGORITHMS):
+        kind = kind_of(algo, kinds)
+        assert kind is not None, (
+            f"{algo} takes {learner_class(algo).input_kinds}; no test here fuzzes its exports")
+        validate_config(apply_overrides(get_config(algo, kinds[kind]), tiny_overrides(algo)))
+
+
 def embedding_dataset():
     rng = np.random.default_rng(0)
     classes = ClassImages.from_dense(rng.normal(size=(8, 6, 16)).astype(np.float32))
@@ -140,12 +140,12 @@ def embedding_dataset():
 
 @pytest.mark.slow
 def test_every_export_survives_malformed_requests(omniglot, tmp_path):
-    assert set(TINY) == set(ALGORITHMS) - OWN_SIGNATURES
+    data = {"images": omniglot, "embeddings": embedding_dataset()}
     exports = {}
-    for algo, overrides in sorted(TINY.items()):
-        dataset_name = {"leo": "mini_imagenet", "reptile_gan": "mnist"}.get(algo, "omniglot")
-        config = apply_overrides(get_config(algo, dataset_name), overrides)
-        dataset = embedding_dataset() if algo == "leo" else omniglot
+    for algo in sorted(a for a in ALGORITHMS if kind_of(a, EPISODE_KINDS)):
+        kind = kind_of(algo, EPISODE_KINDS)
+        config = apply_overrides(get_config(algo, EPISODE_KINDS[kind]), tiny_overrides(algo))
+        dataset = data[kind]
         keras.utils.set_random_seed(0)
         learner = build_learner(config, dataset.input_shape)
         path = export_learner(learner, dataset, str(tmp_path / algo))
@@ -224,11 +224,10 @@ def test_regression_and_rl_exports_answer_finite_or_refuse(tmp_path):
     from tfmeta.data import load_dataset
 
     exports = {}
-    for name, algo, dataset, overrides in (
-            ("regression", "maml", "sinusoid", []),
-            ("rl", "maml_rl", "navigation_2d", ["learner.hidden_units=(8, 8)",
-                                                 "learner.trajectories=4",
-                                                 "learner.inner_steps_test=1"])):
+    tasks = [("regression", "maml", "sinusoid", [])] + [
+        (algo, algo, OTHER_KINDS[kind_of(algo, OTHER_KINDS)], tiny_overrides(algo))
+        for algo in sorted(ALGORITHMS) if kind_of(algo, OTHER_KINDS)]
+    for name, algo, dataset, overrides in tasks:
         config = apply_overrides(get_config(algo, dataset), overrides)
         data = load_dataset(dataset, **config.data)
         keras.utils.set_random_seed(0)

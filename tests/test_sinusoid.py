@@ -1,6 +1,7 @@
 """Sinusoid regression (MAML paper, section 5.1): tasks drawn in the graph as a pure
-function of (seed, step), the MLP, the config's input-kind check, and MAML end to end:
-trained, meta-tested against the pretrained baseline, exported and served."""
+function of (seed, step), the MLP, the config's input-kind check, the learner it builds
+(MAMLRegression), and MAML end to end: trained, meta-tested against the pretrained
+baseline, exported and served."""
 
 import json
 import os
@@ -11,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import config as config_lib
-from tfmeta.algorithms import MAML, maml_regression
+from tfmeta.algorithms import MAML, build_learner, maml_regression
+from tfmeta.algorithms.maml_regression import MAMLRegression
 from tfmeta.data import input_kind, load_dataset
 from tfmeta.models import mlp
 
@@ -65,13 +67,38 @@ def test_config_admits_maml_and_refuses_protonet():
     config = config_lib.get_config("maml", "sinusoid")
     config_lib.validate_config(config)
     assert (config.shots, config.queries, config.meta_batch_size) == (10, 10, 25)
-    assert (config.learner.loss, config.learner.inner_lr) == ("mse", 0.01)
+    assert config.learner.inner_lr == 0.01
     with pytest.raises(ValueError, match="regression tasks need a learner of them"):
         config_lib.validate_config(config_lib.get_config("protonet", "sinusoid"))
+    # MAML's variants classify only: MAMLRegression is --algo=maml's.
+    with pytest.raises(ValueError, match="MetaSGD takes images, .* --algo=maml"):
+        config_lib.validate_config(config_lib.get_config("metasgd", "sinusoid"))
+
+
+def test_regression_is_a_learner_type_not_a_mode():
+    # --algo=maml on the sinusoid config is MAMLRegression with one output; on images, MAML.
+    learner = build_learner(config_lib.get_config("maml", "sinusoid"), (1,))
+    assert type(learner) is MAMLRegression and learner.num_outputs == 1
+    assert type(build_learner(config_lib.get_config("maml", "omniglot"), (28, 28, 1))) is MAML
+    # A config.json of a run recorded before MAMLRegression (learner.loss="mse") still builds.
+    recorded = config_lib.get_config("maml", "sinusoid")
+    with recorded.learner.unlocked():
+        recorded.learner.loss = "mse"
+    assert type(build_learner(recorded, (1,))) is MAMLRegression
+    # MAML has no regression mode, and no learner shadows keras.Model.loss (Keras's compiled
+    # loss: None, since learners compile without one).
+    with pytest.raises(ValueError, match="Unrecognized keyword arguments .*loss"):
+        MAML(mlp((1,), num_classes=1), loss="mse")
+    assert MAML.input_kinds == ("images",) and MAMLRegression.input_kinds == ("regression",)
+    for each in (learner, MAML(mlp((1,), num_classes=2))):
+        each.compile(optimizer=keras.optimizers.SGD(0.0))
+        assert each.loss is None
+    with pytest.raises(ValueError, match="needs head='learned'"):
+        MAMLRegression(mlp((1,)), head="prototypes")
 
 
 def test_regression_metrics_have_no_accuracy(tasks):
-    learner = MAML(mlp((1,), num_classes=1), inner_lr=0.01, loss="mse")
+    learner = MAMLRegression(mlp((1,), num_classes=1), inner_lr=0.01)
     learner.compile(optimizer=keras.optimizers.Adam(1e-3))
     logs = learner.train_on_batch(next(iter(tasks.episodes(5, 5, 2))), return_dict=True)
     assert set(logs) == {"loss"} and np.isfinite(logs["loss"])

@@ -137,6 +137,25 @@ def test_workdir_of_another_experiment_is_refused(tmp_path):
     trainer.train(tiny_config("num_steps=1", "checkpoint_every=1"), workdir, verbose=0)
     with pytest.raises(ValueError, match=r"holds a run with ways=5, but this run has ways=4"):
         trainer.train(tiny_config("num_steps=2", "ways=4"), workdir, verbose=0)
+    def saved(*overrides):
+        config = config_lib.load_config(os.path.join(workdir, "config.json"))
+        return config_lib.apply_overrides(config, list(overrides))
+
+    with pytest.raises(ValueError, match=r"holds a run with learner=.*'inner_lr': 0.4"):
+        trainer._check_workdir_config(saved("learner.inner_lr=0.1"), workdir)
+    # How a step runs is not the experiment: these resume.
+    trainer._check_workdir_config(saved(
+        "learner.task_parallel=vectorized", "learner.parallel_tasks=2"), workdir)
+
+
+def test_learner_sections_recorded_by_earlier_versions_are_the_same_experiment():
+    """A run's config.json from before regression was its own learner (loss="mse") and
+    before ANIL's layer was `head_layer` (head="head") resumes under the current names."""
+    identity = trainer.learner_identity
+    assert identity("maml", {"loss": "mse", "inner_lr": 0.01}) == identity("maml",
+                                                                          {"inner_lr": 0.01})
+    assert identity("anil", {"head": "head"}) == identity("anil", {"head_layer": "head"})
+    assert identity("maml", {"inner_lr": 0.01}) != identity("maml", {"inner_lr": 0.02})
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -95,11 +95,9 @@ def get_config(algo: str, dataset: str, setting: str | None = None,
 
     The result is locked: overrides may change fields, not add them (see `apply_overrides`).
     """
-    from tfmeta.algorithms import ALGORITHMS
     from tfmeta.data import DATASETS, TFDS_PREFIX
 
-    if algo not in ALGORITHMS:
-        raise ValueError(f"Unknown --algo {algo!r}; valid algorithms: {sorted(ALGORITHMS)}.")
+    module = config_module(algo, configs_dir)
     if dataset.startswith(TFDS_PREFIX):
         from tfmeta.data.tfds_catalog import dataset_name
 
@@ -107,17 +105,40 @@ def get_config(algo: str, dataset: str, setting: str | None = None,
     elif dataset not in DATASETS:
         raise ValueError(f"Unknown --dataset {dataset!r}; valid datasets: {sorted(DATASETS)}, "
                          f"or {TFDS_PREFIX}NAME for a TFDS dataset (e.g. tfds:cifar100).")
+    config = module.get_config(dataset, setting) if setting else module.get_config(dataset)
+    config.lock()
+    return config
+
+
+def tiny_overrides(algo: str, configs_dir: str | None = None) -> list[str]:
+    """The `--set` overrides that shrink `algo`'s config to a learner that builds and
+    exports in seconds (a few filters, one test-time step): its config module's `TINY`.
+
+    Tests that build every learner take them from here (tests/test_serving_fuzz.py), so a
+    new learner declares its own in `configs/<algo>.py` and no test lists it.
+    """
+    module = config_module(algo, configs_dir)
+    if not hasattr(module, "TINY"):
+        raise AttributeError(
+            f"{module.__name__} (configs/{algo}.py) has no TINY; add the overrides that make "
+            'its learner tiny, e.g. TINY = ("model.filters=4",).')
+    return list(module.TINY)
+
+
+def config_module(algo: str, configs_dir: str | None = None):
+    """The configs' `<algo>` module (`configs_package`)."""
+    from tfmeta.algorithms import ALGORITHMS
+
+    if algo not in ALGORITHMS:
+        raise ValueError(f"Unknown --algo {algo!r}; valid algorithms: {sorted(ALGORITHMS)}.")
     package = configs_package(configs_dir)
     try:
-        module = importlib.import_module(f"{package}.{algo}")
+        return importlib.import_module(f"{package}.{algo}")
     except ModuleNotFoundError as error:
         if error.name != f"{package}.{algo}":
             raise
         raise FileNotFoundError(f"No config for {algo!r}: {package}.{algo} (configs/{algo}.py) "
                                 "is missing; reinstall tfmeta.") from None
-    config = module.get_config(dataset, setting) if setting else module.get_config(dataset)
-    config.lock()
-    return config
 
 
 # ------------------------------------------------------------------ section schemas

@@ -19,37 +19,48 @@ from __future__ import annotations
 
 import keras
 
-from tfmeta.algorithms.maml import MAML
+from tfmeta.algorithms.maml import HEADS, MAML
 
 
 class ANIL(MAML):
-    """MAML that adapts only the parameters of the layer named `head`.
+    """MAML that adapts only the parameters of the layer named `head_layer`.
 
     Example:
 
-        learner = ANIL(tfmeta.models.conv4((28, 28, 1), num_classes=5), head="head")
+        learner = ANIL(tfmeta.models.conv4((28, 28, 1), num_classes=5), head_layer="head")
 
     Args:
       model: a built Keras classifier.
-      head: name of the layer whose parameters the inner loop adapts (Conv4's is "head").
+      head_layer: name of the layer whose parameters the inner loop adapts (Conv4's is
+        "head").
       **kwargs: MAML's arguments.
     """
 
-    def __init__(self, model: keras.Model, head: str = "head", **kwargs):
+    def __init__(self, model: keras.Model, head_layer: str = "head", **kwargs):
         super().__init__(model, **kwargs)
         names = [layer.name for layer in model.layers]
-        if head not in names:
-            raise ValueError(f"ANIL adapts the layer named head={head!r}, but {model.name!r} has "
-                             f"no such layer; its layers are {names}. Pass head=<one of them>.")
-        head_ids = {id(v) for v in model.get_layer(head).trainable_variables}
-        self.head = head
+        if head_layer not in names:
+            raise ValueError(f"ANIL adapts the layer named head_layer={head_layer!r}, but "
+                             f"{model.name!r} has no such layer; its layers are {names}. Pass "
+                             "head_layer=<one of them>.")
+        head_ids = {id(v) for v in model.get_layer(head_layer).trainable_variables}
+        self.head_layer = head_layer
         self._head_indices = [i for i, v in enumerate(self.params) if id(v) in head_ids]
         if not self._head_indices:
-            raise ValueError(f"Layer {head!r} of {model.name!r} has no trainable parameters, "
-                             "so ANIL would adapt nothing; name the model's output layer.")
+            raise ValueError(f"Layer {head_layer!r} of {model.name!r} has no trainable "
+                             "parameters, so ANIL would adapt nothing; name the model's output "
+                             "layer.")
+
+    @classmethod
+    def learner_arguments(cls, learner) -> dict:
+        """MAML's; a layer name in `head` (where a run's config.json recorded ANIL's layer
+        before `head_layer`; `head` is MAML's head mode) moves to `head_layer`."""
+        arguments = super().learner_arguments(learner)
+        if arguments.get("head") not in (None, *HEADS):
+            arguments["head_layer"] = arguments.pop("head")
+        return arguments
 
     @property
     def adapted_indices(self):
         """Indices into `params` of the head's parameters (the only ones adapted)."""
         return list(self._head_indices)
-

@@ -133,9 +133,9 @@ class MetaLearner(keras.Model):
                     "choose the dataset's images (--set=data.embeddings=None) or a learner of "
                     "embeddings such as --algo=leo")
             if kind == "regression":
-                hint = ("regression tasks need a learner of them, such as --algo=maml (its "
-                        "config sets loss='mse' on --dataset=sinusoid); classification "
-                        "learners take image or embedding datasets")
+                hint = ("regression tasks need a learner of them: --algo=maml (which learns "
+                        "them as MAMLRegression); classification learners take image or "
+                        "embedding datasets")
             if kind == "environment":
                 hint = ("it is a reinforcement-learning task distribution; use --algo=maml_rl")
             raise ValueError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "

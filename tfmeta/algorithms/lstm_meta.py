@@ -76,6 +76,7 @@ class LSTMMetaLearner(TaskLoopLearner):
 
     argument_ranges = {"hidden_units": NON_NEGATIVE_INT, "preprocess_p": POSITIVE}
     fixed_arguments = ("batch_norm",)  # batch statistics always
+    vectorizable = False  # the meta-LSTM reads one task's parameters as one vector
 
     def __init__(self, model: keras.Model, inner_steps: int = 5, inner_steps_test: int = 5,
                  hidden_units: int = 20, preprocess_p: float = 10.0, **kwargs):

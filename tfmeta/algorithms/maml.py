@@ -14,9 +14,10 @@ adapted copy on the query set; the meta-gradient flows back through the steps:
 `first_order=True` drops the second-order terms (the inner gradients are treated
 as constants), which is FOMAML.
 
-Model-agnostic: `loss="cross_entropy"` classifies, `loss="mse"` regresses (the paper's
-sinusoids, section 5.1; episodes of `tfmeta.data.sinusoid`, whose evaluation, export
-and plots are in `tfmeta.algorithms.maml_regression`).
+Model-agnostic: MAML classifies; on regression tasks (the paper's sinusoids, section 5.1,
+`tfmeta.data.sinusoid`) `from_experiment` builds `MAMLRegression`
+(`tfmeta.algorithms.maml_regression`), which owns the mean squared error, the meta-test
+against the pretrained baseline, the plot and the export.
 
 Any number of ways (`head=`): "learned" is the backbone's own N-way head. With
 "prototypes" (Proto-MAML, Triantafillou et al., ICLR 2020) or "zeros" the backbone is a
@@ -45,27 +46,19 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms import maml_regression
 from tfmeta.algorithms.task_loop import TaskLoopLearner
+from tfmeta.data import input_kind
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE, Range
-from tfmeta.tensors import class_means, cross_entropy, num_ways
+from tfmeta.tensors import class_means, num_ways
 
-LOSSES = ("cross_entropy", "mse")
 HEADS = ("learned", "prototypes", "zeros")
 FAST_HEADS = HEADS[1:]
 
 
-def mean_squared_error(targets, predictions):
-    """Mean of `(targets - predictions)^2` over the last two axes (points, outputs):
-    `[..., K, 1]` -> `[...]`."""
-    error = tf.cast(targets, tf.float32) - tf.cast(predictions, tf.float32)
-    return tf.reduce_mean(tf.square(error), axis=[-2, -1])
-
-
 class MAML(TaskLoopLearner):
-    """MAML around any Keras model: a classifier (N-way logits), a feature extractor (with
-    `head="prototypes"` or `"zeros"`), or a regressor (`loss="mse"`).
+    """MAML around any Keras classifier (N-way logits) or feature extractor (with
+    `head="prototypes"` or `"zeros"`); on regression tasks, `MAMLRegression`.
 
     Example:
 
@@ -77,56 +70,85 @@ class MAML(TaskLoopLearner):
 
     Args:
       model: a built Keras model mapping inputs to `[n, num_outputs]` outputs (logits, or
-        features for a "prototypes"/"zeros" head, or regression outputs).
+        features for a "prototypes"/"zeros" head).
       inner_lr: step size of the inner gradient steps.
       inner_steps: inner steps while meta-training.
       inner_steps_test: inner steps when evaluating or serving.
       first_order: drop second-order terms (FOMAML).
       batch_norm: "batch_stats" or "running_stats" (see `tfmeta.algorithms.task_loop`).
       parallel_tasks: tasks of a meta-batch run concurrently in the task loop.
-      loss: "cross_entropy" (classification) or "mse" (regression).
       head: "learned" (the model's own head), "prototypes" or "zeros" (a fast `[D, N]`
         head started per task; the model then outputs features).
       max_head_ways: with a "prototypes"/"zeros" head, the most ways served (None: any).
     """
 
-    input_kinds = ("images", "regression")
+    input_kinds = ("images",)
     argument_ranges = {"inner_lr": POSITIVE, "max_head_ways": Range(1, integer=True,
                                                                     optional=True)}
 
     def __init__(self, model: keras.Model, inner_lr: float = 0.4, inner_steps: int = 1,
                  inner_steps_test: int = 3, first_order: bool = False,
                  batch_norm: str = "batch_stats", parallel_tasks: int = 10,
-                 loss: str = "cross_entropy", head: str = "learned",
-                 max_head_ways: int | None = None, **kwargs):
+                 head: str = "learned", max_head_ways: int | None = None, **kwargs):
         super().__init__(model, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
                          batch_norm=batch_norm, parallel_tasks=parallel_tasks, **kwargs)
         self.check_arguments({"inner_lr": inner_lr, "max_head_ways": max_head_ways})
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}; got loss={loss!r}.")
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}; got head={head!r}.")
-        if loss == "mse" and head != "learned":
-            raise ValueError(f"head={head!r} starts a classification head from the classes of "
-                             "the support set; regression (loss='mse') needs head='learned'.")
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
-        self.loss = loss
         self.head_mode = head
         self.max_head_ways = max_head_ways
 
     @classmethod
+    def learner_for(cls, kind: str | None) -> type[MAML]:
+        """The class that learns a dataset's examples of `kind` (`tfmeta.data.INPUT_KINDS`):
+        `--algo=maml` is `MAMLRegression` on regression tasks, this class otherwise (MAML's
+        variants classify only)."""
+        if cls is MAML and kind == "regression":
+            from tfmeta.algorithms.maml_regression import MAMLRegression
+
+            return MAMLRegression
+        return cls
+
+    @classmethod
+    def check_input_kind(cls, kind, dataset):
+        """As the base's, by the class that learns `kind` (`learner_for`)."""
+        learner_class = cls.learner_for(kind)
+        if learner_class is not cls:
+            return learner_class.check_input_kind(kind, dataset)
+        return super().check_input_kind(kind, dataset)
+
+    @classmethod
     def from_experiment(cls, config, input_shape):
-        """The backbone gets a `config.ways`-way head ("learned"), none (a fast head), or
-        one output (regression)."""
-        learner = dict(config.learner)
-        if learner.get("head") in FAST_HEADS:  # (ANIL's `head` names a layer instead)
-            head = {}
-        elif learner.get("loss", "cross_entropy") == "mse":
-            head = {"num_classes": 1}
-        else:
-            head = {"num_classes": config.ways}
-        return cls(backbone_from_config(config.model, input_shape, **head), **learner)
+        """The learner of the config's dataset (`learner_for`); the backbone gets a
+        `config.ways`-way head ("learned") or none (a fast head)."""
+        learner_class = cls.learner_for(input_kind(config.dataset, config.get("data")))
+        if learner_class is not cls:
+            return learner_class.from_experiment(config, input_shape)
+        arguments = cls.learner_arguments(config.learner)
+        head = {} if arguments.get("head") in FAST_HEADS else {"num_classes": config.ways}
+        return cls(backbone_from_config(config.model, input_shape, **head), **arguments)
+
+    @classmethod
+    def learner_arguments(cls, learner) -> dict:
+        """Constructor arguments from a config's `learner` section, also as a run's
+        config.json recorded them before regression was its own learner: `loss` ("mse" on
+        regression tasks, which now decide it by themselves) is dropped."""
+        arguments = dict(learner)
+        arguments.pop("loss", None)
+        return arguments
+
+    def vectorized_refusal(self) -> str | None:
+        """The base's reasons, and for "auto" a fast head: it may be given padded variable
+        episodes, whose tasks have sizes of their own (an explicit "vectorized" takes only
+        the meta-batch's shapes)."""
+        # (`head_mode` is not set yet while the base's constructor checks an explicit
+        # "vectorized", to which this reason does not apply)
+        if self.task_parallel == "auto" and getattr(self, "head_mode", "learned") != "learned":
+            return (f"head={self.head_mode} may be given padded variable episodes, which run "
+                    "task by task")
+        return super().vectorized_refusal()
 
     @property
     def fast_head(self) -> bool:
@@ -135,9 +157,10 @@ class MAML(TaskLoopLearner):
 
     @property
     def variable_episodes(self) -> bool:
-        """A fast head takes padded variable episodes, N ways per task; a learned head has
-        its fixed `num_outputs`."""
-        return self.fast_head
+        """A fast head takes padded variable episodes, N ways per task, in the task loop (a
+        vectorized pass runs every task at the meta-batch's shapes); a learned head has its
+        fixed `num_outputs`."""
+        return self.fast_head and not self.vectorized
 
     # ------------------------------------------------------------------ hooks
     @property
@@ -150,12 +173,6 @@ class MAML(TaskLoopLearner):
         del step
         return weights.gradient_step(params, grads, self.inner_lr)
 
-    def loss_fn(self, labels, outputs):
-        """Cross-entropy over the last label axis, or the mean squared error over the points."""
-        if self.loss == "mse":
-            return mean_squared_error(labels, outputs)
-        return cross_entropy(labels, outputs)
-
     def forward(self, params, state, inputs, training):
         """Outputs of the backbone with fast weights; with a fast head, `params` ends with its
         kernel `[D, N]` and bias `[N]`, applied to the backbone's features (`params` without
@@ -165,7 +182,7 @@ class MAML(TaskLoopLearner):
             return super().forward(params, state, inputs, training)
         features, new_state = super().forward(params[:count], state, inputs, training)
         kernel, bias = params[count:]
-        return tf.matmul(features, kernel) + bias, new_state
+        return tf.matmul(features, kernel) + bias[..., None, :], new_state
 
     def forward_at(self, params, state, inputs, training, step):
         """The forward pass of fast weights after `step` inner steps (MAML: any step alike)."""
@@ -177,10 +194,17 @@ class MAML(TaskLoopLearner):
         prototypes `c [N, D]` of the support features, or zeros."""
         features, _ = self.forward_at(params, state, support_images, training, 0)
         ways = num_ways(support_labels)
+        tasks = features.shape.rank == 3  # the vectorized loop's `[T, n, D]`
+        if not tasks:
+            features, support_labels = features[None], support_labels[None]
         if self.head_mode == "zeros":
-            return [tf.zeros([tf.shape(features)[-1], ways]), tf.zeros([ways])]
-        prototypes = class_means(features[None], support_labels[None], ways)[0]
-        return [2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), -1)]
+            shape = tf.shape(features)
+            head = [tf.zeros(tf.stack([shape[0], shape[-1], ways])), tf.zeros([shape[0], ways])]
+        else:
+            prototypes = class_means(features, support_labels, ways)               # [T, N, D]
+            head = [2.0 * tf.transpose(prototypes, [0, 2, 1]),
+                    -tf.reduce_sum(tf.square(prototypes), -1)]
+        return head if tasks else [h[0] for h in head]
 
     # -------------------------------------------------------------- the method
     def adapt_trajectory(self, params, state, support_images, support_labels, steps,
@@ -235,49 +259,6 @@ class MAML(TaskLoopLearner):
         if self.fast_head:
             return tf.TensorSpec([None, None], tf.float32)
         return super().output_signature()
-
-    # ------------------------------------------------------- regression, serving
-    @property
-    def metrics(self):
-        return [self.loss_tracker] if self.loss == "mse" else super().metrics
-
-    def update_metrics(self, episodes, loss, logits):
-        if self.loss != "mse":
-            return super().update_metrics(episodes, loss, logits)
-        self.loss_tracker.update_state(loss, sample_weight=tf.shape(episodes["query_labels"])[0])
-        return {"loss": self.loss_tracker.result()}
-
-    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
-                          worker: int = 0, workers: int = 1):
-        if self.loss != "mse":
-            return super().training_episodes(dataset, config, replicas, start_step, worker,
-                                             workers)
-        return maml_regression.training_episodes(dataset, config, replicas, start_step,
-                                                 worker, workers)
-
-    def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
-                  seed: int = 1234, ways: int | None = None, shots: int | None = None,
-                  log_dir: str | None = None, step: int = 0) -> dict:
-        """Classification: the base's accuracy. Regression: the query mean squared error after
-        1 and 10 inner steps with 95% intervals, beside the pretrained baseline's
-        (`tfmeta.algorithms.maml_regression.meta_test`)."""
-        if self.loss != "mse":
-            return super().meta_test(dataset, config, split, num_episodes, seed, ways, shots,
-                                     log_dir, step)
-        return maml_regression.meta_test(
-            self, dataset, config, num_episodes, seed, shots, log_dir, step,
-            baseline_learner=lambda model: MAML(model, inner_lr=self.inner_lr, loss="mse"))
-
-    def serving_module(self, dataset) -> tf.Module:
-        if self.loss != "mse":
-            return super().serving_module(dataset)
-        return maml_regression.RegressionServing(self, dataset)
-
-    def adapt_and_predict_regression(self, support_x, support_y, query_x):
-        """One unbatched regression task -> query predictions `[m, outputs]`."""
-        episodes = {"support_images": support_x[None], "support_labels": support_y[None],
-                    "query_images": query_x[None]}
-        return self.query_logits(episodes, training=False)[0]
 
     @property
     def max_ways(self):

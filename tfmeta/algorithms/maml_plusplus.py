@@ -208,7 +208,8 @@ class MAMLPlusPlus(MAML):
                 return losses[0], outputs, new_state
             importance = importance_weights(self.meta_step(), self.inner_steps,
                                             self.msl_annealing_steps)
-            return tf.reduce_sum(importance * tf.stack(losses)), outputs, new_state
+            # (losses of every task `[S, T]` in the vectorized loop)
+            return tf.tensordot(importance, tf.stack(losses), 1), outputs, new_state
 
         if self.first_order_steps and not self.first_order:
             return tf.cond(self.meta_step() < self.first_order_steps,

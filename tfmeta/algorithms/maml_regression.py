@@ -1,6 +1,11 @@
-"""MAML on regression tasks (Finn et al. 2017, section 5.1 and figure 2): the episodes,
-the meta-test protocol with the paper's pretrained baseline, the TensorBoard plot of
-adapted curves, and the served `adapt_and_predict(support_x, support_y, query_x)`.
+"""MAML on regression tasks (Finn et al. 2017, section 5.1 and figure 2): `MAMLRegression`,
+the learner `--algo=maml` builds for them (`MAML.from_experiment`), with its episodes, the
+meta-test protocol with the paper's pretrained baseline, the TensorBoard plot of adapted
+curves, and the served `adapt_and_predict(support_x, support_y, query_x)`.
+
+The task loss is the mean squared error over the points:
+
+    loss(fast, task) = mean((f_fast(task.x) - task.y)^2)      # [K, 1] targets -> scalar
 
 The meta-test reports the query mean squared error after 1 and 10 inner steps (95%
 intervals), and beside it the paper's baseline: the same network trained by plain
@@ -21,7 +26,9 @@ import tensorflow as tf
 
 from tfmeta import weights
 from tfmeta.algorithms.base import validation_batch_size
+from tfmeta.algorithms.maml import MAML
 from tfmeta.evaluation import mean_and_ci95
+from tfmeta.models import backbone_from_config
 from tfmeta.serving import range_checks
 
 REPORTED_STEPS = (1, 10)
@@ -29,12 +36,88 @@ BASELINE_MAX_STEPS = 20000  # the baseline trains config.num_steps steps, at mos
 PLOTTED_TASKS = 3
 
 
+def mean_squared_error(targets, predictions):
+    """Mean of `(targets - predictions)^2` over the last two axes (points, outputs):
+    `[..., K, 1]` -> `[...]`."""
+    error = tf.cast(targets, tf.float32) - tf.cast(predictions, tf.float32)
+    return tf.reduce_mean(tf.square(error), axis=[-2, -1])
+
+
+class MAMLRegression(MAML):
+    """MAML on regression tasks: the mean squared error as the task loss and the only
+    metric, regression episodes, the paper's meta-test with the pretrained baseline, and
+    an export that serves predictions.
+
+    Example:
+
+        tasks = tfmeta.data.load_dataset("sinusoid")
+        learner = MAMLRegression(tfmeta.models.mlp((1,), num_classes=1), inner_lr=0.01)
+        learner.compile(optimizer=keras.optimizers.Adam(1e-3))
+        learner.fit(tasks.episodes(10, 10, 25), steps_per_epoch=100)
+        predictions = learner.adapt_and_predict_regression(support_x, support_y, query_x)
+
+    Args: as MAML's; `model` maps inputs to `[n, outputs]` predictions, and `head` stays
+    "learned" (a fast head is started from the classes of a support set).
+    """
+
+    input_kinds = ("regression",)
+
+    def __init__(self, model: keras.Model, **kwargs):
+        super().__init__(model, **kwargs)
+        if self.fast_head:
+            raise ValueError(f"head={self.head_mode!r} starts a classification head from the "
+                             "classes of the support set; regression needs head='learned'.")
+
+    @classmethod
+    def from_experiment(cls, config, input_shape):
+        """The backbone gets one output (the regression target)."""
+        return cls(backbone_from_config(config.model, input_shape, num_classes=1),
+                   **cls.learner_arguments(config.learner))
+
+    def loss_fn(self, labels, outputs):
+        """The mean squared error over the points (`mean_squared_error`)."""
+        return mean_squared_error(labels, outputs)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def update_metrics(self, episodes, loss, logits):
+        """The loss only: a regression has no accuracy."""
+        del logits
+        self.loss_tracker.update_state(loss, sample_weight=tf.shape(episodes["query_labels"])[0])
+        return {"loss": self.loss_tracker.result()}
+
+    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+                          worker: int = 0, workers: int = 1):
+        return training_episodes(dataset, config, replicas, start_step, worker, workers)
+
+    def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
+                  seed: int = 1234, ways: int | None = None, shots: int | None = None,
+                  log_dir: str | None = None, step: int = 0) -> dict:
+        """The query mean squared error after 1 and 10 inner steps with 95% intervals,
+        beside the pretrained baseline's (`meta_test`). The tasks are drawn, so `split` and
+        `ways` mean nothing here."""
+        del split, ways
+        return meta_test(self, dataset, config, num_episodes, seed, shots, log_dir, step,
+                         baseline_learner=lambda model: MAMLRegression(
+                             model, inner_lr=self.inner_lr))
+
+    def serving_module(self, dataset) -> tf.Module:
+        return RegressionServing(self, dataset)
+
+    def adapt_and_predict_regression(self, support_x, support_y, query_x):
+        """One unbatched regression task -> query predictions `[m, outputs]`."""
+        episodes = {"support_images": support_x[None], "support_labels": support_y[None],
+                    "query_images": query_x[None]}
+        return self.query_logits(episodes, training=False)[0]
+
+
 def check_tasks(dataset):
     if not hasattr(dataset, "episodes") or not hasattr(dataset, "sample_episode"):
-        raise ValueError(f"loss='mse' learns regression tasks, but --dataset="
+        raise ValueError(f"MAMLRegression learns regression tasks, but --dataset="
                          f"{getattr(dataset, 'name', dataset)!r} has none; use "
-                         "--dataset=sinusoid, or loss='cross_entropy' for a classification "
-                         "dataset.")
+                         "--dataset=sinusoid, or MAML for a classification dataset.")
 
 
 def training_episodes(dataset, config, replicas=1, start_step=0, worker=0, workers=1):

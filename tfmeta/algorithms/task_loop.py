@@ -14,6 +14,17 @@ and this base runs it for every task of a meta-batch:
 Fast weights are plain tensors run through Keras 3 `stateless_call`; the backbone's
 variables are never assigned inside the inner loop.
 
+The loop's forms (`task_parallel=`, the same numbers in each, tests/test_task_parallel.py):
+  "loop": a `tf.while_loop`, one task's activations alive at a time; under XLA
+      (`jit_compile`) unrolled in Python over the static meta-batch, because XLA compiles a
+      gradient tape inside a while_loop into a program 33x slower.
+  "vectorized": the whole meta-batch in one pass: the subclass's hooks get tensors with a
+      leading task axis and parameters `[B, *shape]`, and the backbone runs every task with
+      its own weights as one grouped convolution per layer (`tfmeta.task_batch`). Holds
+      every task's activations at once.
+  "auto" (the default): vectorized with a GPU, the loop on CPUs (where it was measured
+      faster), and the loop wherever vectorizing is refused (`vectorized_refusal`).
+
 Batch norm (`batch_norm=`). The support passes of the inner loop normalize with the
 support set's own statistics in both modes: the support set is given whole, so this is
 not transductive over the queries, and it is what the inner loop was meta-trained with.
@@ -40,12 +51,20 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta import weights
+from tfmeta import task_batch, weights
 from tfmeta.algorithms.base import MetaLearner, replica_mean
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, Choice
 from tfmeta.tensors import absent_logit, num_ways, real_positions, scatter_rows
 
 BATCH_NORM_MODES = ("batch_stats", "running_stats")
+TASK_PARALLEL = ("auto", "loop", "vectorized")
+
+
+def vectorize_by_default() -> bool:
+    """What `task_parallel="auto"` chooses where the learner allows both: the vectorized pass
+    with a GPU (one grouped convolution per layer instead of B small ones), the loop on CPUs,
+    where it was measured faster (docs/performance.md)."""
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 class TaskLoopLearner(MetaLearner):
@@ -56,22 +75,31 @@ class TaskLoopLearner(MetaLearner):
       inner_steps: inner steps while meta-training.
       inner_steps_test: inner steps when evaluating or serving.
       batch_norm: "batch_stats" or "running_stats".
-      parallel_tasks: tasks of a meta-batch that may run concurrently.
+      parallel_tasks: tasks of a meta-batch that may run concurrently in the loop.
+      task_parallel: "loop" (one task at a time), "vectorized" (every task of a meta-batch
+        in one pass, `tfmeta.task_batch`) or "auto" (vectorized where the learner, its
+        model and its settings allow it; `vectorized_refusal` says why not).
     """
 
     backbone_has_head = True
     xla_auto = False
-    xla_auto_reason = ("XLA compiles the gradient tape inside the task loop's tf.while_loop "
-                       "badly: MAML steps measured 33x slower (0.52 s -> 17.4 s, 1 task, 1 "
-                       "inner step, issue 23); --set=jit_compile=true forces it")
+    xla_auto_reason = ("XLA was measured slower for this family on a CPU (the task loop "
+                       "unrolled for XLA: 507 ms a MAML step against 412 ms without, and 80 s "
+                       "to compile; docs/performance.md) and has not been measured on a GPU; "
+                       "--set=jit_compile=true forces it")
     argument_ranges = {"inner_steps": NON_NEGATIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
-                       "parallel_tasks": POSITIVE_INT, "batch_norm": Choice(BATCH_NORM_MODES)}
+                       "parallel_tasks": POSITIVE_INT, "batch_norm": Choice(BATCH_NORM_MODES),
+                       "task_parallel": Choice(TASK_PARALLEL)}
+    # Whether the subclass's inner loop is written for tensors with a leading task axis.
+    vectorizable = True
 
     def __init__(self, model: keras.Model, inner_steps: int = 1, inner_steps_test: int = 3,
-                 batch_norm: str = "batch_stats", parallel_tasks: int = 10, **kwargs):
+                 batch_norm: str = "batch_stats", parallel_tasks: int = 10,
+                 task_parallel: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.check_arguments({"inner_steps": inner_steps, "inner_steps_test": inner_steps_test,
-                              "parallel_tasks": parallel_tasks, "batch_norm": batch_norm})
+                              "parallel_tasks": parallel_tasks, "batch_norm": batch_norm,
+                              "task_parallel": task_parallel})
         if not model.built:
             raise ValueError(f"{type(self).__name__} needs a built model; build {model.name!r} "
                              "with an input shape.")
@@ -81,6 +109,46 @@ class TaskLoopLearner(MetaLearner):
         self.batch_norm = batch_norm
         self.parallel_tasks = int(parallel_tasks)
         self.num_outputs = int(model.output_shape[-1])
+        self.task_parallel = task_parallel
+        self._input_rank = len(model.input_shape)
+        self.vectorized  # noqa: B018 (refuses task_parallel="vectorized" where it cannot be)
+
+    @property
+    def vectorized(self) -> bool:
+        """Whether the meta-batch's tasks run side by side in one pass (`task_parallel`)."""
+        if self.task_parallel == "loop":
+            return False
+        refusal = self.vectorized_refusal()
+        if refusal and self.task_parallel == "vectorized":
+            raise ValueError(f"learner.task_parallel=vectorized: {refusal}. Use "
+                             "learner.task_parallel=loop (or auto).")
+        return refusal is None and (self.task_parallel == "vectorized" or vectorize_by_default())
+
+    def task_loop_form(self) -> str:
+        """How the meta-batch's tasks run, and why, in words (the trainer logs it)."""
+        if self.vectorized:
+            return "every task of a meta-batch in one pass (vectorized)"
+        refusal = None if self.task_parallel == "loop" else self.vectorized_refusal()
+        how = ("unrolled, one task after another (XLA)" if getattr(self, "jit_compile", False)
+               is True else "one task at a time in a tf.while_loop")
+        if refusal:
+            return f"{how}, as {refusal}"
+        if self.task_parallel == "auto":
+            return f"{how}, measured faster than the vectorized pass without a GPU"
+        return how
+
+    def vectorized_refusal(self) -> str | None:
+        """Why this learner's tasks cannot run side by side, or None where they can."""
+        if not self.vectorizable:
+            return f"{type(self).__name__}'s inner loop runs on one task at a time"
+        if self.batch_norm == "running_stats":
+            return ("batch_norm=running_stats threads the moving averages from task to task, "
+                    "which tasks run side by side cannot")
+        layers = task_batch.unsupported_layers(self.model)
+        if layers:
+            return f"the model {self.model.name!r} has layers that cannot run task by task in " \
+                   f"one pass: {', '.join(layers)}"
+        return None
 
     # ------------------------------------------------------------------ hooks
     @property
@@ -108,7 +176,14 @@ class TaskLoopLearner(MetaLearner):
 
     # -------------------------------------------------------------- the loop
     def forward(self, params, state, inputs, training):
-        """Outputs of the backbone run with fast weights `params`; returns (outputs, new_state)."""
+        """Outputs of the backbone run with fast weights `params`; returns (outputs, new_state).
+
+        Inputs with a leading task axis `[T, n, ...]` (the vectorized loop) run every task in
+        one pass, task t with `params[i][t]` (`tfmeta.task_batch`; the state is returned as
+        given); inputs `[n, ...]` run through Keras's `stateless_call`."""
+        if inputs.shape.rank == self._input_rank + 1:
+            outputs = task_batch.call(self.model, params, state, inputs, training)
+            return tf.cast(outputs, tf.float32), state
         outputs, new_state = self.model.stateless_call(params, state, inputs, training=training)
         return tf.cast(outputs, tf.float32), new_state
 
@@ -185,6 +260,10 @@ class TaskLoopLearner(MetaLearner):
         state = weights.values(self.loop_state_variables)
         # The query labels too where given: they tell padding queries apart.
         keys = [k for k in self.batch_keys if k in episodes]
+        if self.vectorized:
+            logits, _ = self.task_query_logits(self.task_params(params, episodes), state,
+                                               {k: episodes[k] for k in keys}, training)
+            return logits
         width = self.logit_width(episodes)
 
         def one_task(task):
@@ -192,29 +271,39 @@ class TaskLoopLearner(MetaLearner):
                                                    training, width)
             return logits
 
+        tasks = self.unrolled_tasks(episodes)
+        if tasks is not None:
+            return tf.stack([one_task([episodes[k][i] for k in keys]) for i in range(tasks)])
         return tf.map_fn(one_task, [episodes[k] for k in keys],
                          fn_output_signature=self.output_signature(),
                          parallel_iterations=self.parallel_tasks)
 
-    def compute_meta_gradients(self, episodes):
-        """Meta-gradient summed task by task in a `tf.while_loop`, over `task_meta_loss` (the
-        per-task hook of this family; the base's `meta_loss` is not used here).
+    def task_params(self, params, episodes):
+        """Every task's own copy of `params`: each `[B, *shape]` (differentiable)."""
+        batch = tf.shape(episodes[self.batch_keys[1]])[:1]
+        return [tf.broadcast_to(p[None], tf.concat([batch, tf.shape(p)], 0)) for p in params]
 
-        Written as a loop rather than one tape over a batched computation because
-        each task has its own fast weights: unrolling B tasks in Python makes the
-        graph B times larger (tens of seconds to trace at B=32), and a vectorized
-        map was measured slower on CPU. The loop keeps one task's second-order
-        tape alive at a time, so memory does not grow with B either.
+    def compute_meta_gradients(self, episodes):
+        """The meta-gradient over `task_meta_loss` (the per-task hook of this family; the
+        base's `meta_loss` is not used here): every task in one pass where `vectorized`,
+        else task by task (`unrolled` under XLA, else in a `tf.while_loop`).
+
+        The vectorized pass gives `task_meta_loss` the whole meta-batch: tensors with a
+        leading task axis, parameters `[B, *shape]` (one copy per task), per-task losses
+        `[B]`. It holds every task's activations at once; the loop holds one task's, so
+        memory does not grow with B.
         """
+        if self.vectorized:
+            return self.vectorized_meta_gradients(episodes)
         variables = self.trainable_variables
         batch = tf.shape(episodes[self.batch_keys[1]])[0]
         global_batch = tf.cast(batch, tf.float32)
         state = weights.values(self.loop_state_variables)
-        logits_array = tf.TensorArray(tf.float32, size=batch,
-                                      element_shape=self.output_signature().shape)
         width = self.logit_width(episodes)
+        keep_state = self.batch_norm == "running_stats"
 
-        def body(i, grads_sum, loss_sum, state, logits_array):
+        def one_task(i, state):
+            """(meta-gradient, loss, state after it, query outputs) of task i."""
             task = {k: v[i] for k, v in episodes.items()}
             with tf.GradientTape() as tape:
                 params = weights.values(self.params)
@@ -226,18 +315,59 @@ class TaskLoopLearner(MetaLearner):
             # not reach), made here: the tape's ZERO option fails on Keras variables eagerly.
             grads = [tf.zeros(v.shape, tf.float32) if g is None else g
                      for g, v in zip(grads, variables)]
-            state = new_state if self.batch_norm == "running_stats" else state
-            return (i + 1, weights.add(grads_sum, grads), loss_sum + loss, state,
-                    logits_array.write(i, logits))
+            return grads, loss, new_state if keep_state else state, logits
 
-        _, grads, loss_sum, state, logits_array = tf.while_loop(
-            lambda i, *_: i < batch, body,
-            (tf.constant(0), [tf.zeros_like(v) for v in variables], tf.constant(0.0), state,
-             logits_array),
-            parallel_iterations=self.parallel_tasks)
-        if self.batch_norm == "running_stats":
+        tasks = self.unrolled_tasks(episodes)
+        if tasks is not None:
+            grads, loss_sum, all_logits = [tf.zeros_like(v) for v in variables], 0.0, []
+            for i in range(tasks):
+                task_grads, loss, state, logits = one_task(i, state)
+                grads, loss_sum = weights.add(grads, task_grads), loss_sum + loss
+                all_logits.append(logits)
+            logits = tf.stack(all_logits)
+        else:
+            def body(i, grads_sum, loss_sum, state, logits_array):
+                grads, loss, state, logits = one_task(i, state)
+                return (i + 1, weights.add(grads_sum, grads), loss_sum + loss, state,
+                        logits_array.write(i, logits))
+
+            logits_array = tf.TensorArray(tf.float32, size=batch,
+                                          element_shape=self.output_signature().shape)
+            _, grads, loss_sum, state, logits_array = tf.while_loop(
+                lambda i, *_: i < batch, body,
+                (tf.constant(0), [tf.zeros_like(v) for v in variables], tf.constant(0.0),
+                 state, logits_array),
+                parallel_iterations=self.parallel_tasks)
+            logits = logits_array.stack()
+        if keep_state:
             weights.assign(self.loop_state_variables, state)
-        return self._transformed(grads), loss_sum / global_batch, logits_array.stack()
+        return self._transformed(grads), loss_sum / global_batch, logits
+
+    def unrolled_tasks(self, episodes) -> int | None:
+        """The meta-batch size where the task loop is unrolled in Python, else None.
+
+        Under XLA (`jit_compile`), with a static meta-batch: XLA compiles a gradient tape
+        inside a `tf.while_loop` into a program 33x slower than without XLA (issue 23), and
+        the unrolled loop (B copies of the task in the graph, traced once) as it should.
+        """
+        tasks = episodes[self.batch_keys[1]].shape[0]
+        return tasks if getattr(self, "jit_compile", False) is True else None
+
+    def vectorized_meta_gradients(self, episodes):
+        """`compute_meta_gradients` with every task of the meta-batch in one pass; the loss
+        is the loop's: the mean task loss plus the regularization over B."""
+        variables = self.trainable_variables
+        global_batch = tf.cast(tf.shape(episodes[self.batch_keys[1]])[0], tf.float32)
+        state = weights.values(self.loop_state_variables)
+        with tf.GradientTape() as tape:
+            params = self.task_params(weights.values(self.params), episodes)
+            losses, logits, _ = self.task_meta_loss(params, state, episodes)
+            loss = tf.reduce_mean(losses) + self.regularization_loss() / global_batch
+            scaled = self.optimizer.scale_loss(replica_mean(loss))
+        grads = tape.gradient(scaled, variables)
+        grads = [tf.zeros(v.shape, tf.float32) if g is None else g
+                 for g, v in zip(grads, variables)]
+        return self._transformed(grads), loss, logits
 
     @property
     def max_ways(self):

@@ -68,8 +68,8 @@ class SinusoidTasks:
 
     def split(self, name: str):
         raise ValueError(f"sinusoid has no class splits (asked for {name!r}): its tasks are "
-                         "drawn by SinusoidTasks.episodes(); use a learner with loss='mse' "
-                         "such as --algo=maml with configs/maml.py's sinusoid branch.")
+                         "drawn by SinusoidTasks.episodes(); use a learner of regression "
+                         "tasks: --algo=maml (MAMLRegression).")
 
     # ---------------------------------------------------------------- tasks
     def sample_task(self, seed):

@@ -114,6 +114,8 @@ def build_compiled_learner(config, input_shape, strategy=None, init_from: str | 
            " (auto: on with a GPU and no distribution strategy)" if requested == "auto" else "")
     logging.info("jit_compile=%s: XLA %s%s.", config.jit_compile,
                  "on" if learner.jit_compile else "off", why)
+    if hasattr(learner, "task_parallel"):
+        logging.info("task_parallel=%s: %s.", learner.task_parallel, learner.task_loop_form())
     return learner
 
 

@@ -56,6 +56,19 @@ from tfmeta.training.strategy import (
 # Changing these in a workdir that already holds a run would mix two experiments.
 IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "episode_sampler",
                    "variable_episodes", "data_source")
+# Learner options that change how a meta-step runs, not what it computes: a run may resume
+# with others (e.g. on a machine with a GPU, where task_parallel="auto" vectorizes).
+EXECUTION_OPTIONS = ("task_parallel", "parallel_tasks")
+
+
+def learner_identity(algo, learner) -> dict:
+    """A config's `learner` section as the experiment it names: as the learner's class reads
+    it (`learner_arguments`, where a run's config.json recorded an older form) and without
+    `EXECUTION_OPTIONS`."""
+    arguments = dict(learner or {})
+    if algo in ALGORITHMS and hasattr(learner_class(algo), "learner_arguments"):
+        arguments = learner_class(algo).learner_arguments(arguments)
+    return {k: v for k, v in arguments.items() if k not in EXECUTION_OPTIONS}
 
 
 def _check_workdir_config(config, workdir, dataset=None):
@@ -71,6 +84,9 @@ def _check_workdir_config(config, workdir, dataset=None):
         old, new = previous.get(field), config.get(field)
         old = old.to_dict() if hasattr(old, "to_dict") else old
         new = new.to_dict() if hasattr(new, "to_dict") else new
+        if field == "learner" and old is not None:
+            old, new = (learner_identity(config.get("algo"), old),
+                        learner_identity(config.get("algo"), new))
         if field == "data_source" and old:
             keys = ("fingerprint", "class_split")
             old, new = ({k: old.get(k) for k in keys if old.get(k) is not None},

@@ -1,0 +1,152 @@
+"""The MAML family's task loop in each of its forms gives the loop's numbers: every task in
+one pass (`task_parallel="vectorized"`, `tfmeta.task_batch`) and unrolled under XLA;
+meta-gradients first and second order, to 1e-5 of their scale."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmeta import task_batch
+from tfmeta.algorithms import task_loop
+from tfmeta.algorithms.anil import ANIL
+from tfmeta.algorithms.lstm_meta import LSTMMetaLearner
+from tfmeta.algorithms.maml import MAML
+from tfmeta.algorithms.maml_plusplus import MAMLPlusPlus
+from tfmeta.algorithms.metasgd import MetaSGD
+from tfmeta.models import conv4, resnet12
+from tfmeta.models.mlp import mlp
+
+TASKS, WAYS, SHOTS, QUERIES = 3, 3, 2, 2
+CASES = {
+    "maml_second_order": (MAML, {"inner_steps": 2}),
+    "maml_first_order": (MAML, {"inner_steps": 2, "first_order": True}),
+    "proto_maml": (MAML, {"inner_steps": 2, "head": "prototypes"}),
+    "zeros_head": (MAML, {"inner_steps": 1, "head": "zeros"}),
+    "metasgd": (MetaSGD, {"inner_steps": 2}),
+    "anil": (ANIL, {"inner_steps": 2}),
+    "maml_plusplus": (MAMLPlusPlus, {"inner_steps": 2, "msl_annealing_steps": 10}),
+}
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    """Three 3-way 2-shot tasks of random 28x28 images, 2 queries per class."""
+    rng = np.random.default_rng(0)
+
+    def labels(per_class):
+        return tf.constant(np.tile(np.repeat(np.arange(WAYS), per_class), (TASKS, 1)), tf.int32)
+
+    return {"support_images": tf.constant(rng.normal(size=(TASKS, WAYS * SHOTS, 28, 28, 1)),
+                                          tf.float32),
+            "support_labels": labels(SHOTS),
+            "query_images": tf.constant(rng.normal(size=(TASKS, WAYS * QUERIES, 28, 28, 1)),
+                                        tf.float32),
+            "query_labels": labels(QUERIES)}
+
+
+def build(cls, kwargs, task_parallel, jit_compile=False, **extra):
+    keras.utils.set_random_seed(1)
+    head = {} if kwargs.get("head") in ("prototypes", "zeros") else {"num_classes": WAYS}
+    learner = cls(conv4((28, 28, 1), filters=4, **head), task_parallel=task_parallel,
+                  **kwargs, **extra)
+    learner.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit_compile)
+    return learner
+
+
+def run(learner, episodes, jit_compile=False):
+    """(meta-gradients, loss, query outputs while training, query outputs at test)."""
+    grads, loss, logits = tf.function(learner.compute_meta_gradients,
+                                      jit_compile=jit_compile)(episodes)
+    test = tf.function(lambda e: learner.query_logits(e, training=False),
+                       jit_compile=jit_compile)(episodes)
+    return grads, loss, logits, test
+
+
+def assert_same(got, want, what):
+    """Equal to 1e-5 of the reference's scale: the larger of 1 and its largest magnitude
+    over all its tensors (float32 sums in another order differ by ~1e-7 of it; a wrong
+    task, step or batch statistic by far more)."""
+    scale = max(1.0, max(float(np.abs(np.asarray(w)).max()) for w in want))
+    for g, w in zip(got, want, strict=True):
+        difference = float(np.abs(np.asarray(g) - np.asarray(w)).max())
+        assert difference <= 1e-5 * scale, (what, difference, scale)
+
+
+def assert_same_run(got, want):
+    assert_same(got[0], want[0], "meta-gradients")
+    assert_same([got[1], got[2], got[3]], [want[1], want[2], want[3]],
+                "loss and query outputs")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_vectorized_equals_the_loop(case, episodes):
+    cls, kwargs = CASES[case]
+    loop, vectorized = build(cls, kwargs, "loop"), build(cls, kwargs, "vectorized")
+    assert not loop.vectorized and vectorized.vectorized
+    reference = run(loop, episodes)
+    # The meta-gradient is not zero, and second order differs from first (what is compared
+    # is the computation, not two ways of getting nothing).
+    assert max(float(np.abs(g).max()) for g in reference[0]) > 1e-3
+    assert_same_run(run(vectorized, episodes), reference)
+
+
+def test_unrolled_loop_equals_the_while_loop(episodes):
+    """The form XLA gets (compiled with `jit_compile`: B copies of the task in the graph),
+    run here without XLA so that only the form is compared; XLA's own numbers are checked
+    against the hand-unrolled meta-gradient in tests/test_maml.py (on a conv net they also
+    differ by max-pool ties broken otherwise)."""
+    cls, kwargs = CASES["maml_second_order"]
+    unrolled = build(cls, kwargs, "loop", jit_compile=True)
+    assert unrolled.unrolled_tasks(episodes) == TASKS
+    assert "unrolled" in unrolled.task_loop_form()
+    assert_same_run(run(unrolled, episodes), run(build(cls, kwargs, "loop"), episodes))
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12", "mlp", "conv4_features"])
+@pytest.mark.parametrize("training", [True, False])
+def test_one_pass_equals_each_task_through_stateless_call(name, training):
+    models = {"conv4": lambda: (conv4((28, 28, 1), num_classes=5, filters=8), (28, 28, 1)),
+              "resnet12": lambda: (resnet12((16, 16, 3), num_classes=4, widths=(4, 4, 8, 8)),
+                                   (16, 16, 3)),
+              "mlp": lambda: (mlp((1,), num_classes=1, hidden_units=(8, 8)), (1,)),
+              "conv4_features": lambda: (conv4((28, 28, 1), filters=8), (28, 28, 1))}
+    model, shape = models[name]()
+    assert task_batch.unsupported_layers(model) == []
+    rng = np.random.default_rng(0)
+    params = [tf.constant(0.3 * rng.normal(size=(TASKS, *v.shape)), tf.float32)
+              for v in model.trainable_variables]
+    # Moving averages away from (0, 1), so a test-mode pass that ignored them would show.
+    state = [tf.constant(rng.uniform(0.5, 1.5, size=v.shape), tf.float32)
+             for v in model.non_trainable_variables]
+    inputs = tf.constant(rng.normal(size=(TASKS, 6, *shape)), tf.float32)
+    got = task_batch.call(model, params, state, inputs, training)
+    want = tf.stack([model.stateless_call([p[t] for p in params], state, inputs[t],
+                                          training=training)[0] for t in range(TASKS)])
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+def test_vectorized_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="running_stats.*task_parallel=loop"):
+        MAML(conv4((28, 28, 1), num_classes=5, filters=4), batch_norm="running_stats",
+             task_parallel="vectorized")
+    with pytest.raises(ValueError, match="LSTMMetaLearner's inner loop runs on one task"):
+        LSTMMetaLearner(conv4((28, 28, 1), num_classes=5, filters=4),
+                        task_parallel="vectorized")
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.LayerNormalization(
+        name="norm")(inputs)))
+    with pytest.raises(ValueError, match=r"cannot run task by task in one pass: norm \(a Layer"):
+        MAML(model, task_parallel="vectorized")
+    with pytest.raises(ValueError, match="task_parallel must be one of"):
+        MAML(model, task_parallel="threads")
+
+
+def test_auto_loops_on_cpus_and_vectorizes_where_it_can_with_a_gpu(monkeypatch):
+    monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: False)
+    assert not MAML(conv4((28, 28, 1), num_classes=5, filters=4)).vectorized
+    monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: True)
+    assert MAML(conv4((28, 28, 1), num_classes=5, filters=4)).vectorized
+    running = MAML(conv4((28, 28, 1), num_classes=5, filters=4), batch_norm="running_stats")
+    assert not running.vectorized  # auto falls back to the loop, and says why
+    assert "running_stats" in running.task_loop_form()
