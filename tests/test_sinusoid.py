@@ -70,9 +70,15 @@ def test_config_admits_maml_and_refuses_protonet():
     assert config.learner.inner_lr == 0.01
     with pytest.raises(ValueError, match="regression tasks need a learner of them"):
         config_lib.validate_config(config_lib.get_config("protonet", "sinusoid"))
-    # MAML's variants classify only: MAMLRegression is --algo=maml's.
-    with pytest.raises(ValueError, match="MetaSGD takes images, .* --algo=maml"):
-        config_lib.validate_config(config_lib.get_config("metasgd", "sinusoid"))
+    # MAML's variants regress too: their inner loop with MAMLRegression's overrides.
+    for algo, variant in (("metasgd", "MetaSGD"), ("anil", "ANIL"),
+                          ("maml_plusplus", "MAMLPlusPlus")):
+        config = config_lib.get_config(algo, "sinusoid")
+        config_lib.validate_config(config)
+        learner = build_learner(config, (1,))
+        assert isinstance(learner, MAMLRegression)
+        assert type(learner).__name__ == f"{variant}Regression"
+        assert learner.num_outputs == 1
 
 
 def test_regression_is_a_learner_type_not_a_mode():

@@ -103,12 +103,13 @@ class MAML(TaskLoopLearner):
     @classmethod
     def learner_for(cls, kind: str | None) -> type[MAML]:
         """The class that learns a dataset's examples of `kind` (`tfmeta.data.INPUT_KINDS`):
-        `--algo=maml` is `MAMLRegression` on regression tasks, this class otherwise (MAML's
-        variants classify only)."""
-        if cls is MAML and kind == "regression":
-            from tfmeta.algorithms.maml_regression import MAMLRegression
+        on regression tasks `MAMLRegression`, or for a variant (Meta-SGD, ANIL, MAML++) the
+        variant with `MAMLRegression`'s overrides (`maml_regression.regression_learner`);
+        this class otherwise."""
+        if kind == "regression":
+            from tfmeta.algorithms.maml_regression import regression_learner
 
-            return MAMLRegression
+            return regression_learner(cls)
         return cls
 
     @classmethod

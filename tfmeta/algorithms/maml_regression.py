@@ -18,6 +18,7 @@ with the same inner steps and step size:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -111,6 +112,18 @@ class MAMLRegression(MAML):
         episodes = {"support_images": support_x[None], "support_labels": support_y[None],
                     "query_images": query_x[None]}
         return self.query_logits(episodes, training=False)[0]
+
+
+@functools.cache
+def regression_learner(cls: type) -> type:
+    """`cls` (MAML or a variant of it) on regression tasks: `MAMLRegression`'s overrides
+    over the variant's inner loop, e.g. `MetaSGDRegression(MAMLRegression, MetaSGD)`."""
+    if issubclass(cls, MAMLRegression):
+        return cls
+    if cls is MAML:
+        return MAMLRegression
+    return type(f"{cls.__name__}Regression", (MAMLRegression, cls),
+                {"__module__": cls.__module__, "__doc__": regression_learner.__doc__})
 
 
 def check_tasks(dataset):
