@@ -26,7 +26,13 @@ import threading
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms import ALGORITHMS, ANY_WAYS_WITH_PROTOTYPE_HEAD, build_learner, learner_class
+from tfmeta.algorithms import (
+    ALGORITHMS,
+    ANY_WAYS_WITH_PROTOTYPE_HEAD,
+    MAML,
+    build_learner,
+    learner_class,
+)
 from tfmeta.config import apply_overrides, get_config, save_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.errors import Terminated
@@ -66,7 +72,7 @@ def learner_identity(algo, learner) -> dict:
     it (`learner_arguments`, where a run's config.json recorded an older form) and without
     `EXECUTION_OPTIONS`."""
     arguments = dict(learner or {})
-    if algo in ALGORITHMS and hasattr(learner_class(algo), "learner_arguments"):
+    if algo in ALGORITHMS and issubclass(learner_class(algo), MAML):
         arguments = learner_class(algo).learner_arguments(arguments)
     return {k: v for k, v in arguments.items() if k not in EXECUTION_OPTIONS}
 
