@@ -9,7 +9,7 @@ import os
 import pkgutil
 import re
 
-from tfmeta.algorithms import base
+from tfmeta.algorithms import base, episodic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "tfmeta")
@@ -100,26 +100,47 @@ def learner_classes() -> dict:
     return found
 
 
-def hook_table() -> dict:
-    """hook -> the class names its "overridden by" cell lists (docs/architecture.md)."""
+def hook_tables() -> dict:
+    """base class name -> {hook -> the class names its "overridden by" cell lists}, one
+    table per `### `Base`` subsection of docs/architecture.md's hook section."""
     text = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
     section = text.split("## The learner: hooks with defaults", 1)[1].split("\n## ", 1)[0]
-    rows = {}
+    tables, rows = {}, None
     for line in section.splitlines():
+        heading = re.match(r"### `(\w+)`", line)
+        if heading:
+            rows = tables.setdefault(heading.group(1), {})
+            continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         match = re.fullmatch(r"`(\w+)(\(.*\))?`", cells[0]) if len(cells) == 3 else None
-        if match:
+        if match and rows is not None:
             listed = re.sub(r"\([^)]*\)", "", cells[2])  # notes in parentheses
             rows[match.group(1)] = {n.strip() for n in listed.split(",") if n.strip()}
-    return rows
+    return tables
 
 
-def test_the_hook_table_names_the_classes_that_override_each_hook():
-    rows, classes = hook_table(), learner_classes()
-    assert len(rows) >= 15
-    for hook, listed in rows.items():
-        assert hasattr(base.MetaLearner, hook), f"{hook} is not a MetaLearner hook"
-        overriding = {name for name, cls in classes.items() if hook in vars(cls)}
-        assert listed == overriding, (
-            f"docs/architecture.md says {hook} is overridden by {sorted(listed)}; the code "
-            f"by {sorted(overriding)}")
+def test_the_hook_tables_name_the_classes_that_override_each_hook():
+    tables, classes = hook_tables(), learner_classes()
+    bases = {"MetaLearner": base.MetaLearner, "EpisodicClassifier": episodic.EpisodicClassifier}
+    assert set(tables) == set(bases)
+    assert len(tables["MetaLearner"]) >= 15 and len(tables["EpisodicClassifier"]) >= 5
+    for name, rows in tables.items():
+        for hook, listed in rows.items():
+            assert hook in vars(bases[name]), f"{hook} is not a hook {name} defines"
+            overriding = {n for n, cls in classes.items()
+                          if cls is not bases[name] and hook in vars(cls)}
+            assert listed == overriding, (
+                f"docs/architecture.md says {name}.{hook} is overridden by {sorted(listed)}; "
+                f"the code by {sorted(overriding)}")
+
+
+def test_only_classifiers_have_classifier_hooks():
+    """The split: a learner that is not an EpisodicClassifier (Reptile-GAN, MAML-RL) has
+    none of its hooks, and so nothing to disable with an error."""
+    classifier_hooks = set(vars(episodic.EpisodicClassifier)) - set(dir(base.MetaLearner))
+    assert {"query_logits", "adapt_and_predict", "max_ways"} <= classifier_hooks
+    others = {n: c for n, c in learner_classes().items()
+              if not issubclass(c, episodic.EpisodicClassifier)}
+    assert {"ReptileGAN", "MAMLRL", "ReptileFamily"} <= set(others)
+    for name, cls in others.items():
+        assert not {h for h in classifier_hooks if hasattr(cls, h)}, name

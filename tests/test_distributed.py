@@ -58,6 +58,13 @@ SCRIPT = textwrap.dedent("""
         raise SystemExit("an odd meta-batch on 2 replicas was accepted")
     except ValueError as error:
         assert "does not split over 2 replicas" in str(error), error
+    try:  # Pretrain's training batches are batch_size examples, not meta_batch_size episodes
+        trainer.train(config_lib.apply_overrides(config_lib.get_config("pretrain", "omniglot"), [
+            "model.filters=8", "batch_size=3", "meta_batch_size=4", "strategy='mirrored'"]),
+            tempfile.mkdtemp(), verbose=0)
+        raise SystemExit("an odd pre-training batch on 2 replicas was accepted")
+    except ValueError as error:
+        assert "--set=batch_size=3 does not split over 2 replicas" in str(error), error
     print("DISTRIBUTED OK")
 """)
 

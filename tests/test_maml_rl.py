@@ -155,7 +155,7 @@ def test_meta_gradient_matches_an_explicitly_unrolled_second_order_computation()
     @tf.function
     def meta_gradient_and_batches():
         with tf.GradientTape() as tape:
-            loss, _, _ = learner.meta_loss(goals, seed)
+            loss, _ = learner.meta_loss({"goals": goals}, seed)
         # The same trajectories (the draws are a pure function of the seed), as constants.
         _, batches = learner.adapt(learner.task_params(2), goals, seed, 1, first_order=False)
         return loss, tape.gradient(loss, variables), batches

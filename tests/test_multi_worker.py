@@ -184,6 +184,18 @@ def test_worker_role_from_tf_config():
     assert worker_role("multi_worker", {"TF_CONFIG": json.dumps(with_chief)}).is_chief
 
 
+def test_a_meta_batch_that_does_not_split_over_the_replicas_names_the_multiples():
+    from tfmeta.training.strategy import check_replica_split
+
+    check_replica_split(8, 4)
+    with pytest.raises(ValueError, match=r"^--set=meta_batch_size=3 does not split over 2 "
+                                         r"replicas; use a multiple of 2: "
+                                         r"--set=meta_batch_size=2 or 4\.$"):
+        check_replica_split(3, 2)
+    with pytest.raises(ValueError, match=r"multiple of 8: --set=eval_meta_batch_size=8\.$"):
+        check_replica_split(3, 8, "eval_meta_batch_size")
+
+
 @pytest.mark.parametrize("tf_config, problem", [
     (None, "it is not set"),
     ("{cluster: }", "it is not JSON"),

@@ -462,18 +462,24 @@ def test_predict_names_exactly_the_learners_that_serve_any_number_of_classes():
     """bin/predict.py's error for too many classes lists the learners whose exports serve
     any number (max_ways None); built from their configs, exactly those do."""
     from tfmeta import config as config_lib
-    from tfmeta import predict
-    from tfmeta.algorithms import ALGORITHMS, build_learner, learner_class
+    from tfmeta.algorithms import (
+        ALGORITHMS,
+        ANY_WAYS_WITH_PROTOTYPE_HEAD,
+        EpisodicClassifier,
+        any_ways_algorithms,
+        build_learner,
+        learner_class,
+    )
 
-    def max_ways(algo, *overrides):
+    def max_ways(algo, *overrides):  # of the learner its config describes, made tiny
         config = config_lib.apply_overrides(config_lib.get_config(algo, "omniglot"),
-                                            list(overrides))
+                                            [*config_lib.tiny_overrides(algo), *overrides])
         return build_learner(config, (28, 28, 1)).max_ways
 
     classifiers = sorted(a for a in ALGORITHMS if "images" in learner_class(a).input_kinds
-                         and a != "reptile_gan")
-    any_ways = {a for a in classifiers
-                if max_ways(a, *(["learner.num_classes=10"] if a == "pretrain" else [])) is None}
-    assert any_ways == set(predict.ANY_WAYS)
-    for algo in predict.ANY_WAYS_WITH_PROTOTYPE_HEAD:
+                         and issubclass(learner_class(a), EpisodicClassifier))
+    any_ways = {a for a in classifiers if max_ways(a) is None}
+    assert any_ways == set(any_ways_algorithms())
+    assert len(any_ways) >= 5, any_ways  # no fewer than the five once listed by hand
+    for algo in ANY_WAYS_WITH_PROTOTYPE_HEAD:
         assert max_ways(algo, "learner.head=prototypes") is None, algo

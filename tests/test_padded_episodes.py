@@ -2,6 +2,7 @@
 the learners that take them, a padded episode scores as its unpadded self, and the loss and
 accuracy helpers count real queries only (hand-worked numbers)."""
 
+import inspect
 import math
 
 import keras
@@ -9,11 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta.algorithms.maml import MAML
-from tfmeta.algorithms.maml_plusplus import MAMLPlusPlus
-from tfmeta.algorithms.matching import MatchingNetwork
-from tfmeta.algorithms.pretrain import Pretrain
-from tfmeta.algorithms.prototypical import PrototypicalNetwork
+from tfmeta.algorithms import (
+    ALGORITHMS,
+    ANY_WAYS_WITH_PROTOTYPE_HEAD,
+    MAML,
+    build_learner,
+    learner_class,
+)
+from tfmeta.config import apply_overrides, get_config, section_schema, tiny_overrides
 from tfmeta.tensors import (
     ABSENT_LOGIT,
     accuracy,
@@ -35,26 +39,82 @@ def encoder():
                              keras.layers.Flatten()])
 
 
-LEARNERS = {
-    "protonet": lambda: PrototypicalNetwork(encoder()),
-    "protonet_cosine": lambda: PrototypicalNetwork(encoder(), distance="cosine"),
-    "matching": lambda: MatchingNetwork(encoder()),
-    "matching_fce": lambda: MatchingNetwork(encoder(), fce=True, processing_steps=2),
-    "pretrain_centroid": lambda: Pretrain(encoder(), num_classes=4),
-    "pretrain_logistic": lambda: Pretrain(encoder(), num_classes=4, classifier="logistic",
-                                          logistic_steps=5),
-    "protomaml": lambda: MAML(encoder(), inner_lr=0.1, inner_steps=2, head="prototypes"),
-    "protomaml_running_stats": lambda: MAML(encoder(), inner_lr=0.1, head="prototypes",
-                                            batch_norm="running_stats"),
-    "maml_zeros_head": lambda: MAML(encoder(), inner_lr=0.1, head="zeros"),
-    "maml_plusplus_prototypes": lambda: MAMLPlusPlus(encoder(), inner_lr=0.1, inner_steps=2,
-                                                     head="prototypes"),
-}
+# Learner options that change how padding is left out, each value tried on every learner
+# whose constructor takes the option (`section_schema`); no learner is named here.
+OPTIONS = {"head": ("prototypes", "zeros"), "batch_norm": ("running_stats",),
+           "distance": ("cosine",), "fce": (True, False), "classifier": ("logistic",)}
+
+
+def learner_config(algo, arguments):
+    """`algo`'s config for Omniglot, shrunk by its TINY overrides, with `arguments` set."""
+    config = apply_overrides(get_config(algo, "omniglot"), tiny_overrides(algo))
+    return apply_overrides(config, [f"learner.{k}={v!r}" for k, v in arguments.items()])
+
+
+def takes_padding(algo, arguments) -> bool:
+    """Whether `algo`'s learner, built as its config says with `arguments`, takes padded
+    variable episodes (False where it refuses the arguments; its config as given must
+    build)."""
+    try:
+        return build_learner(learner_config(algo, arguments), (28, 28, 1)).variable_episodes
+    except ValueError:  # e.g. Meta-SGD's refusal of a fast head
+        if not arguments:
+            raise
+        return False
+
+
+def padded_configurations() -> dict:
+    """Test id -> (algo, learner arguments) of every image learner that says it takes padded
+    episodes (`variable_episodes`): each algorithm whose class may (not False whatever its
+    arguments) as its config says, or where that does not, with the first `OPTIONS` value
+    that makes it (a fast head); and that with each other `OPTIONS` value it takes."""
+    found = {}
+    for algo in sorted(ALGORITHMS):
+        cls = learner_class(algo)
+        if ("images" not in cls.input_kinds
+                or inspect.getattr_static(cls, "variable_episodes") is False):
+            continue
+        config = learner_config(algo, {})
+        schema = section_schema(config, "learner")
+        options = [{name: value} for name, values in OPTIONS.items() if name in schema
+                   for value in values if config.learner.get(name, schema[name]) != value]
+        base = {} if takes_padding(algo, {}) else next(
+            (option for option in options if takes_padding(algo, option)), None)
+        if base is None:
+            continue
+        for arguments in [base] + [{**base, **o} for o in options if {**base, **o} != base]:
+            if arguments is base or takes_padding(algo, arguments):
+                label = ",".join(f"{k}={v}" for k, v in arguments.items())
+                found[f"{algo}[{label}]" if label else algo] = (algo, arguments)
+    return found
+
+
+LEARNERS = padded_configurations()
+
+
+def test_every_learner_that_takes_padded_episodes_is_tested():
+    """The derived list cannot silently shrink: it holds every image learner whose class
+    always takes padded episodes, each prototype-head learner with that head, and every
+    option value on some learner (at least the ten configurations once listed by hand)."""
+    algos = {algo for algo, _ in LEARNERS.values()}
+    always = {a for a in ALGORITHMS if "images" in learner_class(a).input_kinds
+              and inspect.getattr_static(learner_class(a), "variable_episodes") is True}
+    assert always and always <= algos, always - algos
+    prototype_heads = {a for a, arguments in LEARNERS.values()
+                       if arguments.get("head") == "prototypes"}
+    assert set(ANY_WAYS_WITH_PROTOTYPE_HEAD) <= prototype_heads
+    tried = {(k, v) for algo, arguments in LEARNERS.values()
+             for k, v in learner_config(algo, arguments).learner.items() if k in OPTIONS}
+    assert {(k, v) for k, values in OPTIONS.items() for v in values} <= tried
+    assert len(LEARNERS) >= 10, sorted(LEARNERS)
 
 
 def make_learner(name):
+    """The learner of configuration `name` on the small batch-norm `encoder` above."""
+    algo, arguments = LEARNERS[name]
     keras.utils.set_random_seed(0)
-    learner = LEARNERS[name]()
+    cls = learner_class(algo)
+    learner = cls(encoder(), **cls.learner_arguments(learner_config(algo, arguments).learner))
     learner.compile(optimizer=keras.optimizers.SGD(0.1))
     return learner
 

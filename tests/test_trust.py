@@ -4,6 +4,7 @@ on the code before it (what it did then is in the test's docstring)."""
 import glob
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -144,10 +145,13 @@ def trained_workdir(tmp_path_factory):
     return workdir
 
 
+EPISODES_RANGE = "episodes must be an integer in [2, 1000000] (a confidence interval needs two)"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flag, message", [
-    ("--episodes=-5", "episodes must be an integer >= 2 or None; got -5."),  # never stopped
-    ("--episodes=0", "episodes must be an integer >= 2 or None; got 0."),    # became 600
+    ("--episodes=-5", f"{EPISODES_RANGE}; got -5."),                         # never stopped
+    ("--episodes=0", f"{EPISODES_RANGE}; got 0."),                           # became 600
     ("--ways=6", "serves at most 5 ways; got ways=6"),                       # label-range error
 ])
 def test_evaluate_flags_are_checked_with_one_line_errors(trained_workdir, flag, message):
@@ -191,13 +195,13 @@ def test_a_second_trainer_on_a_workdir_is_refused_naming_the_holder(tmp_path):
     ("num_steps=0", "num_steps must be an integer in [1, 1000000000]; got 0."),
     ("num_steps=-1", "num_steps must be an integer in [1, 1000000000]; got -1."),
     ("augment.rotation=400.0", "augment.rotation must be a number in [0, 180]; got 400.0."),
+    ("eval_episodes=1", f"eval_{EPISODES_RANGE}; got 1."),
 ])
 def test_bad_numbers_are_refused_before_anything_is_built(tmp_path, override, message):
     """Before: ZeroDivisionError once training started, MaxPool shape errors, a negative
     rate that trained and exported, "already trained" then "no checkpoint"."""
     workdir = str(tmp_path / "run")
-    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")
-                       .replace("]", r"\]")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         trainer.train(tiny_config(override), workdir, verbose=0)
     assert not os.path.exists(workdir)
 

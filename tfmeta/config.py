@@ -30,7 +30,15 @@ from absl import logging
 from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their old home)
 from tfmeta.files import atomic_write
 from tfmeta.models import NO_BACKBONE
-from tfmeta.ranges import FRACTION, IMAGE_SIZE, POSITIVE, STRATEGY, Range, check_all
+from tfmeta.ranges import (
+    EVAL_EPISODES,
+    FRACTION,
+    IMAGE_SIZE,
+    POSITIVE,
+    STRATEGY,
+    Range,
+    check_all,
+)
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SECTIONS = ("learner", "model", "data")
@@ -50,7 +58,7 @@ FIELD_RANGES = {
     "train_shots": OPTIONAL_EPISODE_SIZE, "queries": EPISODE_SIZE,
     "meta_batch_size": BATCH, "eval_ways": OPTIONAL_EPISODE_SIZE,
     "eval_shots": OPTIONAL_EPISODE_SIZE, "eval_queries": OPTIONAL_EPISODE_SIZE,
-    "eval_episodes": Range(2, 10 ** 6, integer=True), "eval_meta_batch_size": BATCH,
+    "eval_episodes": EVAL_EPISODES, "eval_meta_batch_size": BATCH,
     "val_episodes": Range(1, 10 ** 5, integer=True), "num_steps": STEPS,
     "checkpoint_every": STEPS, "log_every": STEPS, "keep_checkpoints": Range(1, 1000, integer=True),
     "batch_size": Range(1, 65536, integer=True),

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data import episode_dataset
+from tfmeta.ranges import EVAL_EPISODES
 from tfmeta.tensors import accuracy
 
 Z_95 = 1.96
@@ -59,9 +60,7 @@ def scored_episodes(learner, classes, ways, shots, queries, num_episodes=600,
                     variable=None) -> tuple:
     """(per-episode query accuracy `[num_episodes]`, `episode_sizes` of those episodes) of
     `learner` on fresh episodes (`episode_dataset`'s arguments)."""
-    if int(num_episodes) != num_episodes or num_episodes < 2:
-        raise ValueError(f"num_episodes must be an integer >= 2 (a confidence interval needs "
-                         f"two); got {num_episodes!r}.")
+    EVAL_EPISODES.check("num_episodes", num_episodes)
     meta_batch_size = max(1, min(meta_batch_size, num_episodes))
     batches = math.ceil(num_episodes / meta_batch_size)
     episodes = episode_dataset(classes, ways, shots, queries, meta_batch_size, seed=seed,

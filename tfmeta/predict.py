@@ -27,16 +27,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.algorithms import ANY_WAYS_WITH_PROTOTYPE_HEAD
+from tfmeta.algorithms import ANY_WAYS_WITH_PROTOTYPE_HEAD, any_ways_algorithms
 from tfmeta.data import folder
 from tfmeta.data import images as image_utils
 from tfmeta.files import atomic_write
 from tfmeta.training.export import METADATA_FILE
 
 SIGNATURE = "adapt_and_predict"
-# The learners whose exports serve any number of classes (`max_ways` None), and those that
-# do with a prototype-initialized fast head (tests/test_own_data.py checks both lists).
-ANY_WAYS = ("protonet", "matching", "relation", "siamese", "pretrain")
 
 
 @dataclasses.dataclass
@@ -151,7 +148,7 @@ def predict(export: Export, support_dir: str, query_dir: str,
         raise ValueError(
             f"{support_dir} has {len(names)} classes, but this {export.metadata.get('learner')} "
             f"export serves at most {export.max_ways}. Use at most {export.max_ways} classes, "
-            f"or train a learner that serves any number: {', '.join(ANY_WAYS)}, or "
+            f"or train a learner that serves any number: {', '.join(any_ways_algorithms())}, or "
             f"{' or '.join(ANY_WAYS_WITH_PROTOTYPE_HEAD)} with --set=learner.head=prototypes.")
     support_files = [f for n in names for f in classes[n]]
     labels = np.repeat(np.arange(len(names), dtype=np.int32), [len(classes[n]) for n in names])

@@ -23,7 +23,9 @@ def _number(value) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """`low <= x <= high` (`<` where open), optionally an integer, optionally None."""
+    """`low <= x <= high` (`<` where open), optionally an integer, optionally None; `why`,
+    the reason for the range, is said after it ("an integer >= 2 (a confidence interval
+    needs two)")."""
 
     low: float | None = None
     high: float | None = None
@@ -31,6 +33,7 @@ class Range:
     high_open: bool = False
     integer: bool = False
     optional: bool = False
+    why: str = ""
 
     def describe(self) -> str:
         kind = "an integer" if self.integer else "a number"
@@ -44,7 +47,8 @@ class Range:
             text = f"{kind} {'<' if self.high_open else '<='} {high}"
         else:
             text = kind
-        return text + (" or None" if self.optional else "")
+        return (text + (" or None" if self.optional else "")
+                + (f" ({self.why})" if self.why else ""))
 
     def contains(self, value) -> bool:
         if value is None:
@@ -94,6 +98,9 @@ NON_NEGATIVE_INT = Range(0, integer=True)
 FRACTION = Range(0, 1, high_open=True)             # [0, 1), e.g. a dropout rate
 UNIT_INTERVAL = Range(0, 1)                        # [0, 1]
 IMAGE_SIZE = Range(1, 2048, integer=True)         # a side of images, in pixels
+# Episodes a meta-test scores: `config.eval_episodes`, bin/evaluate.py's --episodes and
+# tfmeta.evaluation's `num_episodes` all check this one range.
+EVAL_EPISODES = Range(2, 10 ** 6, integer=True, why="a confidence interval needs two")
 # tf.distribute strategies a run may ask for (tfmeta.training.strategy builds them); here,
 # below every layer, so that validating a config does not import the trainer.
 STRATEGY = Choice(("default", "one_device", "mirrored", "multi_worker", "tpu"))

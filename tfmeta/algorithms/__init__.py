@@ -8,8 +8,10 @@ class's `from_experiment` hook.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from tfmeta.algorithms.base import MetaLearner
+from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.maml import MAML
 
 # --algo name -> "module:Class" of a MetaLearner subclass.
@@ -43,8 +45,19 @@ def learner_class(name: str) -> type[MetaLearner]:
     return getattr(importlib.import_module(module), cls)
 
 
+def any_ways_algorithms(input_kind: str = "images") -> list:
+    """The `--algo` names of the classifiers of `input_kind` that serve any number of ways
+    whatever their arguments: those that keep `EpisodicClassifier.max_ways` (None)."""
+    any_ways = inspect.getattr_static(EpisodicClassifier, "max_ways")
+    return sorted(name for name in ALGORITHMS
+                  if issubclass(cls := learner_class(name), EpisodicClassifier)
+                  and input_kind in cls.input_kinds
+                  and inspect.getattr_static(cls, "max_ways") is any_ways)
+
+
 def build_learner(config, input_shape) -> MetaLearner:
     return learner_class(config.algo).from_experiment(config, input_shape)
 
 
-__all__ = ["ALGORITHMS", "MAML", "MetaLearner", "build_learner", "learner_class"]
+__all__ = ["ALGORITHMS", "MAML", "EpisodicClassifier", "MetaLearner", "any_ways_algorithms",
+           "build_learner", "learner_class"]

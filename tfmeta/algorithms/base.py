@@ -1,45 +1,38 @@
-"""`MetaLearner`: the Keras model every tfmeta algorithm subclasses.
+"""`MetaLearner`: the thin Keras model every tfmeta learner subclasses.
 
-A learner wraps an ordinary backbone. Its inputs are meta-batches of episodes
-(see `tfmeta.data.episodes`): dicts with `support_images [B, N*K, ...]`,
-`support_labels [B, N*K]`, `query_images [B, M, ...]` and, for training and
-evaluation, `query_labels [B, M]`. Because `train_step` and `test_step` take such
-a batch, Keras does the rest:
+It holds what every learner shares, whatever it learns: Keras integration, the
+meta-gradient of `meta_loss(batch) -> (loss, outputs)` with loss scaling and the replica
+split, stateless per-step seeds, construction from a config, and the hooks the trainer
+calls. What a meta-batch is, what is measured and what an export serves belong to the
+subclass. Few-shot classifiers subclass `tfmeta.algorithms.episodic.EpisodicClassifier`,
+which adds query logits, episode checks, accuracy and `adapt_and_predict`; Reptile-GAN
+(generation) and MAML-RL (reinforcement learning) subclass this base directly.
 
-    learner = tfmeta.algorithms.MAML(tfmeta.models.conv4(num_classes=5))
-    learner.compile(optimizer=keras.optimizers.Adam(1e-3))
-    learner.fit(train_episodes, validation_data=val_episodes, steps_per_epoch=100)
-
-Hooks, each with a default, from the smallest to the largest a subclass overrides
-(the trainer, evaluation and export call these methods and nothing else):
+Hooks, each with a default or an error naming what to write:
 
   the method
-    query_logits(episodes, training)   adapt to each support set, score its queries [B, M, N]
-    loss_fn(labels, outputs)           loss per episode over its last label axis (cross-entropy)
-    query_loss(episodes, logits)       per-episode loss [B]: loss_fn on the queries
+    meta_loss(batch)                   (scalar meta-loss, outputs for `update_metrics`)
     regularization_loss()              weight penalties (Keras `self.losses`)
-    meta_loss(episodes)                (meta-loss, query logits); the default is the mean
-                                       query loss of the adapted learner plus penalties
     transform_gradients(gradients)     e.g. clipping, in the units of the mean meta-loss
-    compute_meta_gradients(episodes)   tapes `meta_loss` (with loss scaling and the replica
-                                       split); MAML's task loop replaces it with one tape
-                                       per task over `task_meta_loss`, so the MAML family
-                                       overrides that, not `meta_loss`
+    compute_meta_gradients(batch)      tapes `meta_loss` (with loss scaling and the replica
+                                       split) -> (gradients, loss, outputs)
     train_step(data)                   the whole meta-update (the Reptile family replaces it)
+    test_step(data)                    one validation meta-batch -> metrics
+    update_metrics(batch, loss, outputs)
   data and evaluation
-    check_batch(data)                  validate a meta-batch where it enters
-    training_episodes(dataset, config, replicas, start_step)
+    check_batch(data)                  validate a meta-batch where it enters (`batch_keys`)
+    training_episodes(dataset, config, replicas, start_step, worker, workers)
                                        (train, validation) meta-batch datasets
     meta_test(dataset, config, split, ...)
-                                       the method's meta-test protocol -> dict with accuracy, ci95
+                                       the method's meta-test protocol -> dict
   serving
-    max_ways                           the most ways served (None: any number)
     variable_episodes                  whether it takes padded variable episodes
-    adapt_and_predict(support_images, support_labels, query_images)
     serving_module(dataset)            the tf.Module a SavedModel export holds
     feature_model()                    the backbone whose features write_embeddings writes
   construction
     arguments_from_data(arguments, dataset)   constructor arguments the data decides
+    learner_arguments(learner)         a config's learner section, also as older versions
+                                       recorded it, as constructor arguments
     from_experiment(config, input_shape)   the learner a config names
 
 (`meta_test` is not Keras's `evaluate`, which `fit` itself calls for validation.)
@@ -50,14 +43,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta import evaluation
-from tfmeta.data.augment import RandomAffine
-from tfmeta.data.episodes import EPISODE_KEYS, episode_dataset
-from tfmeta.episode_spec import eval_spec, sampler_options
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import check_all
-from tfmeta.serving import AdaptAndPredict
-from tfmeta.tensors import accuracy, cross_entropy, num_ways
 
 # Seed salts of the stateless random draws a learner makes per meta-step.
 NOISE_SALT, DROPOUT_SALT, ORDER_SALT = 1, 2, 3
@@ -86,13 +73,13 @@ class _Compiled:
 class MetaLearner(keras.Model):
     """Base class of tfmeta's learners; see the module docstring for the hooks."""
 
-    # The keys a meta-batch must have (the last one only when labelled).
-    batch_keys = EPISODE_KEYS
-    # from_experiment: the backbone gets a classification head of `config.ways` outputs.
-    backbone_has_head = False
-    # What its examples may be (tfmeta.data.INPUT_KINDS): images for most learners.
+    # The keys a meta-batch must have.
+    batch_keys: tuple = ()
+    # What its examples may be (tfmeta.data.INPUT_KINDS).
     input_kinds: tuple = ("images",)
-    # The fewest ways its classification episodes may have (a 1-way episode is trivial).
+    # The config field that sizes its training batches (split over workers and replicas).
+    batch_size_field = "meta_batch_size"
+    # The fewest classes a task may have (config checks `ways` against it).
     min_ways: int = 2
     # Whether it trains and evaluates on variable episodes (`episode_sampler="variable"`:
     # padded, labels -1 in the padding), which the trainer refuses for a learner without.
@@ -110,7 +97,6 @@ class MetaLearner(keras.Model):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
         self._compiled = _Compiled()
 
     # ------------------------------------------------------------ construction
@@ -126,20 +112,22 @@ class MetaLearner(keras.Model):
     def check_input_kind(cls, kind: str | None, dataset: str) -> None:
         """Raises a ValueError if this learner cannot take `dataset`'s examples (`kind`:
         "images", "embeddings", "regression" or "environment"; None: unknown, not checked)."""
-        if kind is not None and kind not in cls.input_kinds:
-            hint = ("write embeddings of an image dataset with bin/write_embeddings.py, or "
-                    "choose the dataset's embedding files (data.embeddings)"
-                    if "embeddings" in cls.input_kinds else
-                    "choose the dataset's images (--set=data.embeddings=None) or a learner of "
-                    "embeddings such as --algo=leo")
-            if kind == "regression":
-                hint = ("regression tasks need a learner of them: --algo=maml (which learns "
-                        "them as MAMLRegression); classification learners take image or "
-                        "embedding datasets")
-            if kind == "environment":
-                hint = ("it is a reinforcement-learning task distribution; use --algo=maml_rl")
-            raise ValueError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "
-                             f"--dataset={dataset} with these options gives {kind}; {hint}.")
+        if kind is None or kind in cls.input_kinds:
+            return
+        hints = {
+            "regression": "regression tasks need a learner of them: --algo=maml (which "
+                          "learns them as MAMLRegression), metasgd, anil or maml_plusplus",
+            "environment": "it is a reinforcement-learning task distribution; use "
+                           "--algo=maml_rl",
+            "embeddings": "choose the dataset's images (--set=data.embeddings=None) or a "
+                          "learner of embeddings such as --algo=leo",
+        }
+        hint = ("write embeddings of an image dataset with bin/write_embeddings.py, or choose "
+                "the dataset's embedding files (data.embeddings)"
+                if kind == "images" and "embeddings" in cls.input_kinds else
+                hints.get(kind, f"choose a dataset of {' or '.join(cls.input_kinds)}"))
+        raise ValueError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "
+                         f"--dataset={dataset} with these options gives {kind}; {hint}.")
 
     @classmethod
     def arguments_from_data(cls, arguments, dataset) -> dict:
@@ -150,49 +138,41 @@ class MetaLearner(keras.Model):
         return {}
 
     @classmethod
+    def learner_arguments(cls, learner) -> dict:
+        """Constructor arguments from a config's `learner` section. A learner whose
+        arguments were renamed reads the older forms a run's config.json may hold here, so
+        that such a run still loads and resumes (the trainer compares sections through it)."""
+        return dict(learner)
+
+    @classmethod
     def from_experiment(cls, config, input_shape):
-        """The learner `config` describes: `cls(backbone, **config.learner)`, the backbone
-        named by `config.model` (with a `config.ways`-way head if `backbone_has_head`)."""
-        head = {"num_classes": config.ways} if cls.backbone_has_head else {}
-        return cls(backbone_from_config(config.model, input_shape, **head), **config.learner)
+        """The learner `config` describes: `cls(backbone, **learner_arguments(config.learner))`,
+        the backbone named by `config.model`."""
+        return cls(backbone_from_config(config.model, input_shape),
+                   **cls.learner_arguments(config.learner))
 
     # -------------------------------------------------------------- the method
-    def query_logits(self, episodes, training=False):
-        """Adapts to each episode's support set and returns query logits `[B, M, N]`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement query_logits().")
-
-    def loss_fn(self, labels, outputs):
-        """The task loss, averaged over the last axis of `labels`: cross-entropy (over the
-        real labels: -1 marks padding in variable episodes)."""
-        return cross_entropy(labels, outputs)
-
-    def query_loss(self, episodes, logits):
-        """Per-episode loss `[B]` of the query predictions (padding queries, label -1, count
-        for nothing)."""
-        return self.loss_fn(episodes["query_labels"], logits)
+    def meta_loss(self, batch):
+        """(scalar meta-loss, outputs that `update_metrics` takes) of a meta-batch, in
+        training mode."""
+        raise NotImplementedError(f"{type(self).__name__} must implement meta_loss(batch).")
 
     def regularization_loss(self):
         """Weight penalties added to the meta-loss (Keras `self.losses` by default)."""
         return tf.add_n(self.losses) if self.losses else 0.0
 
-    def meta_loss(self, episodes):
-        """(scalar meta-loss, query logits `[B, M, N]`) of a meta-batch, in training mode."""
-        logits = self.query_logits(episodes, training=True)
-        return tf.reduce_mean(self.query_loss(episodes, logits)) + self.regularization_loss(), \
-            logits
-
     def transform_gradients(self, gradients):
         """Rewrites the meta-gradients (of the mean meta-loss, before the optimizer)."""
         return gradients
 
-    def compute_meta_gradients(self, episodes):
-        """Returns (gradients for `trainable_variables`, mean meta-loss, query logits)."""
+    def compute_meta_gradients(self, batch):
+        """Returns (gradients for `trainable_variables`, mean meta-loss, outputs)."""
         with tf.GradientTape() as tape:
-            loss, logits = self.meta_loss(episodes)
+            loss, outputs = self.meta_loss(batch)
             scaled = self.optimizer.scale_loss(replica_mean(loss))
         gradients = tape.gradient(scaled, self.trainable_variables,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return self._transformed(gradients), loss, logits
+        return self._transformed(gradients), loss, outputs
 
     def _transformed(self, gradients):
         if type(self).transform_gradients is MetaLearner.transform_gradients:
@@ -215,31 +195,23 @@ class MetaLearner(keras.Model):
     # ------------------------------------------------------ Keras integration
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker]
-
-    def call(self, episodes, training=False):
-        return self.query_logits(episodes, training=training)
+        return [self.loss_tracker]
 
     def train_step(self, data):
-        episodes = self.check_batch(data)
-        gradients, loss, logits = self.compute_meta_gradients(episodes)
+        batch = self.check_batch(data)
+        gradients, loss, outputs = self.compute_meta_gradients(batch)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        return self.update_metrics(episodes, loss, logits)
+        return self.update_metrics(batch, loss, outputs)
 
     def test_step(self, data):
-        episodes = self.check_batch(data)
-        logits = self.query_logits(episodes, training=False)
-        loss = tf.reduce_mean(self.query_loss(episodes, logits))
-        return self.update_metrics(episodes, loss, logits)
+        raise NotImplementedError(f"{type(self).__name__} must implement test_step(data), its "
+                                  "validation of one meta-batch.")
 
-    def predict_step(self, data):
-        return self.query_logits(self.check_batch(data, labelled=False), training=False)
-
-    def update_metrics(self, episodes, loss, logits):
-        """Tracks the mean meta-loss and the mean per-episode accuracy over real queries."""
-        batch = tf.shape(episodes["query_labels"])[0]
-        self.loss_tracker.update_state(loss, sample_weight=batch)
-        self.accuracy_tracker.update_state(accuracy(episodes["query_labels"], logits))
+    def update_metrics(self, batch, loss, outputs):
+        """Tracks the mean meta-loss (weighted by the meta-batch size); returns the metrics."""
+        del outputs
+        size = tf.shape(batch[self.batch_keys[0]])[0] if self.batch_keys else 1
+        self.loss_tracker.update_state(loss, sample_weight=size)
         return {m.name: m.result() for m in self.metrics}
 
     def compiled_function(self, name: str, function):
@@ -251,146 +223,43 @@ class MetaLearner(keras.Model):
         return functions[name]
 
     # --------------------------------------------------- data and evaluation
-    def check_batch(self, data, labelled=True):
-        """Validates the structure of a meta-batch where it enters the learner."""
-        if isinstance(data, tuple | list):  # Keras packs (x, y, sample_weight); x is the batch
-            data, _, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
-        needed = self.batch_keys if labelled else self.batch_keys[:3]
-        if not isinstance(data, dict) or any(k not in data for k in needed):
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"{type(self).__name__} takes a dict of tensors with keys "
-                             f"{list(needed)}; got {got}. Build batches with "
-                             f"{type(self).__name__}.training_episodes() or "
-                             "tfmeta.data.episode_dataset().")
-        images = data[needed[0]]
-        if getattr(images, "shape", None) is not None and images.shape.rank is not None \
-                and images.shape.rank < 3:
-            raise ValueError(f"{needed[0]} must be batched as [B, n, ...]; got shape "
-                             f"{images.shape}.")
-        return data
+    def check_batch(self, data):
+        """Validates the structure of a meta-batch where it enters the learner: a dict with
+        `batch_keys` (Keras's (x, y, sample_weight) packing unwrapped)."""
+        return batch_dict(self, data, self.batch_keys)
 
     def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
-        """(train, validation) `tf.data.Dataset`s of meta-batches for `fit`.
-
-        Training: `config.ways`-way episodes with `config.train_shots` (default `shots`)
-        support and `config.queries` query examples per class, augmented as `config.augment`
-        says; meta-batch `i` is a pure function of (`config.seed`, `start_step + i`), so a
-        run resumed at `start_step` sees what an uninterrupted run would. Under multi-worker
-        training, worker `worker` of `workers` samples its share of each meta-batch.
-        Validation: `val_episodes` episodes of the meta-test setting from the val split.
-        With `config.episode_sampler="variable"`, both are variable episodes instead.
-        """
-        train = episode_dataset(dataset.split("train"), config.ways,
-                                config.train_shots or config.shots, config.queries,
-                                config.meta_batch_size, seed=config.seed, split="train",
-                                augment=RandomAffine.from_config(config.augment),
-                                start_step=start_step, worker=worker, workers=workers,
-                                **sampler_options(config))
-        return train, self.validation_episodes(dataset, config, replicas)
-
-    def validation_episodes(self, dataset, config, replicas: int = 1):
-        """The meta-validation episodes `fit` scores after each epoch: `config.val_episodes`
-        test-spec episodes of the val split, the same every epoch."""
-        ways, shots, queries = eval_spec(config)
-        return episode_dataset(dataset.split("val"), ways, shots, queries,
-                               validation_batch_size(config, replicas), seed=config.seed + 1,
-                               num_episodes=config.val_episodes, split="val",
-                               **sampler_options(config))
-
-    def check_ways(self, ways: int) -> None:
-        """Raises a ValueError if this learner cannot serve `ways`-way episodes."""
-        if self.max_ways is not None and ways > self.max_ways:
-            raise ValueError(f"This {type(self).__name__} has {self.max_ways} outputs, so it "
-                             f"serves at most {self.max_ways} ways; got ways={ways}. Evaluate "
-                             f"with ways <= {self.max_ways}, or train with --set=ways={ways}.")
+        """(train, validation) `tf.data.Dataset`s of meta-batches for `fit`: training
+        meta-batch `i` a pure function of (`config.seed`, `start_step + i`), worker `worker`
+        of `workers` sampling its share."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_episodes().")
 
     def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
                   seed: int = 1234, ways: int | None = None, shots: int | None = None,
                   log_dir: str | None = None, step: int = 0) -> dict:
-        """Query accuracy over `num_episodes` (default `config.eval_episodes`) episodes of
-        `split` with its 95% interval: a dict with `accuracy`, `ci95`, `episodes`, `ways`,
-        `shots`, `queries`, `sampler` and `drawn` (see `tfmeta.evaluation.evaluate`): the
-        config's episodes, fixed or variable. `ways`/`shots` override the config's
-        meta-test setting (with variable episodes, they ask for fixed ones of that setting);
-        `log_dir`/`step` are where a learner may log extra summaries."""
-        del log_dir, step
-        options = sampler_options(config)
-        if ways or shots:
-            options = {"sampler": "fixed", "variable": None}
-        default_ways, default_shots, queries = eval_spec(config)
-        ways, shots = ways or default_ways, shots or default_shots
-        variable = options["variable"]
-        if variable is None:
-            self.check_ways(ways)
-        elif self.max_ways is not None and variable.max_ways > self.max_ways:
-            raise ValueError(f"This {type(self).__name__} serves at most {self.max_ways} ways, "
-                             f"but variable episodes have up to variable_episodes.max_ways="
-                             f"{variable.max_ways}; use --set=variable_episodes.max_ways="
-                             f"{self.max_ways}.")
-        return evaluation.evaluate(self, dataset.split(split), ways, shots, queries,
-                                   num_episodes or config.eval_episodes,
-                                   config.eval_meta_batch_size, seed, split, **options)
+        """The method's meta-test protocol on `split` -> a dict of results."""
+        raise NotImplementedError(f"{type(self).__name__} must implement meta_test().")
 
     # ----------------------------------------------------------------- serving
-    @property
-    def max_ways(self):
-        """The most ways this learner serves (a fixed-size head), or None for any number."""
-        return None
-
-    def episode_checks(self, support_images, support_labels, query_images):
-        """Graph assertions on one served episode; returns N (the number of ways) after them.
-
-        An episode needs support and query examples, one label per support example, and
-        labels that are exactly 0..N-1 with every class present (N = max label + 1).
-        """
-        shape_checks = [
-            tf.debugging.assert_positive(tf.shape(support_images)[0], message=(
-                "support_images is empty: an episode needs at least one support example of "
-                "each class")),
-            tf.debugging.assert_positive(tf.shape(query_images)[0], message=(
-                "query_images is empty: send at least one query")),
-            tf.debugging.assert_equal(tf.shape(support_labels)[0], tf.shape(support_images)[0],
-                                      message="support_labels must have one label per "
-                                              "support image"),
-            tf.debugging.assert_non_negative(support_labels, message=(
-                "support_labels must be in 0..N-1")),
-            # Before anything is sized by the labels (a bincount of 2**31 - 1 allocates 8 GB).
-            tf.debugging.assert_less_equal(
-                tf.reduce_max(support_labels), tf.size(support_labels, support_labels.dtype),
-                message="support_labels must be 0..N-1 with N at most the number of support "
-                        "examples"),
-        ]
-        with tf.control_dependencies(shape_checks):
-            ways = num_ways(support_labels)
-            counts = tf.math.bincount(support_labels, minlength=ways)
-            label_checks = [tf.debugging.assert_positive(counts, message=(
-                "support_labels must cover every class 0..N-1 (N = max label + 1): some class "
-                "below the largest label has no support example; relabel the classes 0..N-1"))]
-            if self.max_ways is not None:
-                label_checks.append(tf.debugging.assert_less_equal(ways, self.max_ways, message=(
-                    f"This {type(self).__name__} learner has {self.max_ways} outputs, so it "
-                    f"serves at most {self.max_ways} ways; support_labels must be in "
-                    f"0..{self.max_ways - 1}")))
-        with tf.control_dependencies(label_checks):
-            return tf.identity(ways)
-
-    def adapt_and_predict(self, support_images, support_labels, query_images):
-        """One unbatched episode -> query logits `[m, N]` (N = max(support_labels) + 1)."""
-        support_labels = tf.cast(support_labels, tf.int32)
-        ways = self.episode_checks(support_images, support_labels, query_images)
-        with tf.control_dependencies([ways]):
-            episodes = {"support_images": tf.identity(support_images)[None],
-                        "support_labels": tf.identity(support_labels)[None],
-                        "query_images": tf.identity(query_images)[None]}
-        logits = self.query_logits(episodes, training=False)[0]
-        return logits[:, :ways]
-
     def serving_module(self, dataset) -> tf.Module:
         """The module a SavedModel export holds; its `signatures()` are the served functions."""
-        return AdaptAndPredict(self, dataset)
+        raise NotImplementedError(f"{type(self).__name__} must implement serving_module().")
 
     def feature_model(self) -> keras.Model:
         """The Keras backbone whose outputs are this learner's image features."""
         raise ValueError(f"{type(self).__name__} has no single image backbone to write "
                          "features with; pass a Keras feature model to write_embeddings().")
+
+
+def batch_dict(learner, data, keys):
+    """`data` as a dict holding `keys`, unpacked from Keras's (x, y, sample_weight); a
+    ValueError naming what it got and how to build batches otherwise."""
+    if isinstance(data, tuple | list):  # Keras packs (x, y, sample_weight); x is the batch
+        data, _, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        name = type(learner).__name__
+        raise ValueError(f"{name} takes a dict of tensors with keys {list(keys)}; got {got}. "
+                         f"Build batches with {name}.training_episodes().")
+    return data

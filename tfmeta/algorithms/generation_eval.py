@@ -24,6 +24,7 @@ import tensorflow as tf
 from tfmeta.algorithms.wgan_gp import image_grid
 from tfmeta.evaluation import mean_and_ci95
 from tfmeta.models import conv4
+from tfmeta.ranges import EVAL_EPISODES
 
 
 def _class_pool(dataset, split: str, max_classes: int, rng):
@@ -79,9 +80,7 @@ def evaluate_generation(learner, dataset, split: str = "test", num_episodes: int
     `classifier_real_accuracy`, `chance`, `ways` (classes the classifier tells apart),
     `shots`, `episodes` and `samples_per_episode`.
     """
-    if int(num_episodes) != num_episodes or num_episodes < 2:
-        raise ValueError(f"num_episodes must be an integer >= 2 (a confidence interval needs "
-                         f"two); got {num_episodes!r}.")
+    EVAL_EPISODES.check("num_episodes", num_episodes)
     rng = np.random.default_rng(seed)
     evaluated, pool, _ = _class_pool(dataset, split, int(max_classes), rng)
     classifier, real_accuracy = train_classifier(pool, int(classifier_steps), seed)

@@ -47,7 +47,8 @@ import tensorflow as tf
 from keras import layers
 
 from tfmeta import evaluation, weights
-from tfmeta.algorithms.base import NOISE_SALT, MetaLearner
+from tfmeta.algorithms.base import NOISE_SALT
+from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.episode_spec import eval_spec
 from tfmeta.ranges import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 from tfmeta.tensors import class_means, num_ways
@@ -127,7 +128,7 @@ class Draws:
         return tf.random.experimental.stateless_fold_in(self.base_seed, self.count)
 
 
-class LEO(MetaLearner):
+class LEO(EpisodicClassifier):
     """LEO on fixed embeddings (see the module docstring for the update rule).
 
     Example:
@@ -340,7 +341,7 @@ class LEO(MetaLearner):
                 support_images, support_labels, classifier_weights, training)
         return Adaptation(classifier_weights, initial_latents, latents, kl)
 
-    # ---------------------------------------------------- MetaLearner hooks
+    # -------------------------------------------- EpisodicClassifier hooks
     def query_logits(self, episodes, training=False):
         with self.random_pass(training):
             adaptation = self.adapt(episodes["support_images"], episodes["support_labels"],

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.base import MetaLearner, replica_mean
+from tfmeta.algorithms.base import MetaLearner, validation_batch_size
 from tfmeta.data import load_dataset
 from tfmeta.evaluation import mean_and_ci95
 from tfmeta.ranges import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
@@ -198,57 +198,44 @@ class MAMLRL(MetaLearner):
                 params = self.inner_update(params, batches[-1], step, first_order)
         return params, batches
 
-    def meta_loss(self, goals, seed=None):
-        """(meta-loss, mean return before adaptation, after) of goals `[B, 2]`: the mean
-        surrogate of the adapted policies on their own trajectories."""
+    def meta_loss(self, batch, seed=None):
+        """(meta-loss, (mean return before adaptation, after)) of `{"goals": [B, 2]}`: the
+        mean surrogate of the adapted policies on their own trajectories."""
+        goals = batch["goals"]
         seed = self.step_seed(TRAIN_SALT) if seed is None else seed
         params = self.task_params(tf.shape(goals)[0])
         fast, batches = self.adapt(params, goals, seed, self.inner_steps, self.first_order)
         loss = tf.reduce_mean(self.surrogate(fast, batches[-1]))
-        return (loss, tf.reduce_mean(episode_returns(batches[0])),
-                tf.reduce_mean(episode_returns(batches[-1])))
+        return loss, (tf.reduce_mean(episode_returns(batches[0])),
+                      tf.reduce_mean(episode_returns(batches[-1])))
 
     # ------------------------------------------------------ Keras integration
     @property
     def metrics(self):
         return [self.loss_tracker, self.return_before, self.return_after]
 
-    def train_step(self, data):
-        goals = self.check_batch(data)["goals"]
-        with tf.GradientTape() as tape:
-            loss, before, after = self.meta_loss(goals)
-            scaled = self.optimizer.scale_loss(replica_mean(loss))
-        gradients = tape.gradient(scaled, self.trainable_variables,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        self.optimizer.apply_gradients(zip(self._transformed(gradients),
-                                           self.trainable_variables))
-        return self.report(loss, before, after)
-
     def test_step(self, data):
-        goals = self.check_batch(data)["goals"]
-        loss, before, after = self.meta_loss(goals, self.step_seed(VALIDATION_SALT))
-        return self.report(loss, before, after)
+        batch = self.check_batch(data)
+        loss, outputs = self.meta_loss(batch, self.step_seed(VALIDATION_SALT))
+        return self.update_metrics(batch, loss, outputs)
 
-    def report(self, loss, before, after):
-        self.loss_tracker.update_state(loss)
+    def update_metrics(self, batch, loss, outputs):
+        """The mean meta-loss and the mean returns before and after adaptation."""
+        before, after = outputs
         self.return_before.update_state(before)
         self.return_after.update_state(after)
-        return {m.name: m.result() for m in self.metrics}
+        return super().update_metrics(batch, loss, outputs)
 
     def call(self, data, training=False):
-        return self.meta_loss(self.check_batch(data)["goals"])
+        return self.meta_loss(self.check_batch(data))
 
-    def check_batch(self, data, labelled=True):
-        del labelled
-        if isinstance(data, tuple | list):
-            data, _, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
-        goals = data.get("goals") if isinstance(data, dict) else None
-        if goals is None or (goals.shape.rank is not None and goals.shape.rank != 2):
-            got = (sorted(data) if isinstance(data, dict) else type(data).__name__) \
-                if goals is None else f"goals of shape {goals.shape}"
+    def check_batch(self, data):
+        data = super().check_batch(data)
+        goals = data["goals"]
+        if goals.shape.rank is not None and goals.shape.rank != 2:
             raise ValueError(f"{type(self).__name__} takes {{'goals': [B, 2]}} meta-batches; "
-                             f"got {got}. Build them with {type(self).__name__}."
-                             "training_episodes().")
+                             f"got goals of shape {goals.shape}. Build them with "
+                             f"{type(self).__name__}.training_episodes().")
         return data
 
     # --------------------------------------------------- data and evaluation
@@ -265,8 +252,7 @@ class MAMLRL(MetaLearner):
             return {"goals": goals[worker * share:(worker + 1) * share]}
 
         train = tf.data.Dataset.range(start_step, 2 ** 62).map(train_batch)
-        val_size = max(replicas, min(config.eval_meta_batch_size, config.val_episodes))
-        val_size -= val_size % replicas
+        val_size = validation_batch_size(config, replicas)
         batches = math.ceil(config.val_episodes / val_size)
         validation = tf.data.Dataset.range(batches).map(
             lambda i: {"goals": dataset.goals("val", val_size, config.seed, i)})

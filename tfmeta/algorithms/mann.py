@@ -56,7 +56,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.algorithms.base import ORDER_SALT, MetaLearner
+from tfmeta.algorithms.base import ORDER_SALT
+from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.data import episode_dataset
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INTERVAL
@@ -129,7 +130,7 @@ class LRUAMemory(keras.layers.Layer):
         return tf.concat([h, reads], -1), (h, c, memory, read_weights, usage, reads)
 
 
-class MANN(MetaLearner):
+class MANN(EpisodicClassifier):
     """A memory-augmented network that learns an N-way episode as a sequence.
 
     Example:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.base import MetaLearner
+from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.lstm_meta import preprocess_gradients
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE, POSITIVE_INT
@@ -98,7 +98,7 @@ def per_row_gradients(loss_fn, kernel, bias, rows):
     return [tf.stop_gradient(g) for g in grads]
 
 
-class MetaNet(MetaLearner):
+class MetaNet(EpisodicClassifier):
     """Meta Networks around two feature CNNs (`embedding` for u, `base` for b).
 
     Example:

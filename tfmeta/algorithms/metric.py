@@ -23,11 +23,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.base import MetaLearner
+from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.tensors import embed_support_and_query
 
 
-class EmbeddingLearner(MetaLearner):
+class EmbeddingLearner(EpisodicClassifier):
     """A learner that scores queries against the support set in a learned embedding space.
 
     Args:

@@ -41,7 +41,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.base import MetaLearner
+from tfmeta.algorithms.base import batch_dict
+from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.data.augment import RandomAffine
 from tfmeta.data.episodes import stored_tensor, unsharded
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
@@ -94,7 +95,7 @@ def logistic_regression_logits(support, labels, queries, steps, learning_rate, l
     return mask_absent_classes(queries @ weights + bias, labels)
 
 
-class Pretrain(MetaLearner):
+class Pretrain(EpisodicClassifier):
     """A backbone trained as a classifier over all training classes (see the module docstring).
 
     Example:
@@ -119,6 +120,7 @@ class Pretrain(MetaLearner):
 
     input_kinds = ("images",)
     variable_episodes = True
+    batch_size_field = "batch_size"  # it trains on batches of examples
     argument_ranges = {"num_classes": Range(1, integer=True, optional=True),
                        "weight_decay": NON_NEGATIVE,
                        "scale": POSITIVE, "logistic_steps": NON_NEGATIVE_INT,
@@ -162,41 +164,45 @@ class Pretrain(MetaLearner):
                             for w in self.trainable_variables])
         return super().regularization_loss() + 0.5 * self.weight_decay * penalty
 
-    def check_examples(self, data):
-        """Validates a training batch `{"images" [b, ...], "labels" [b]}`."""
+    def check_batch(self, data, labelled=True):
+        """A training batch `{"images" [b, ...], "labels" [b]}`, or an episode meta-batch
+        (validation, as every learner's)."""
         if isinstance(data, tuple | list):
             data, _, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
-        if not isinstance(data, dict) or any(k not in data for k in BATCH_KEYS):
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"Pretrain trains on dicts with keys {list(BATCH_KEYS)}; got {got}. "
-                             "Build them with Pretrain.training_episodes().")
-        return data
+        if isinstance(data, dict) and BATCH_KEYS[0] in data:
+            return batch_dict(self, data, BATCH_KEYS)
+        return super().check_batch(data, labelled)
+
+    def meta_loss(self, batch):
+        """(cross-entropy of the training classes plus weight decay, class logits) of a
+        training batch: ordinary supervised training through the base's meta-step. Of a
+        meta-batch of episodes, the episodic query loss as every classifier's."""
+        if "labels" not in batch:
+            return super().meta_loss(batch)
+        logits = self.class_logits(batch["images"], training=True)
+        loss = cross_entropy(tf.cast(batch["labels"], tf.int32), logits)
+        return loss + self.regularization_loss(), logits
+
+    def update_metrics(self, batch, loss, logits):
+        if "labels" not in batch:  # an episode meta-batch
+            return super().update_metrics(batch, loss, logits)
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(accuracy(tf.cast(batch["labels"], tf.int32), logits))
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        # Training batches only: a meta-batch of episodes is refused with what to build.
+        return super().train_step(batch_dict(self, data, BATCH_KEYS))
 
     def test_step(self, data):
         """Few-shot episodes (validation) as every learner; a batch of labelled examples is
         scored by the training head."""
-        if isinstance(data, dict) and "images" in data:
-            labels = tf.cast(data["labels"], tf.int32)
-            logits = self.class_logits(data["images"], training=False)
-            self.loss_tracker.update_state(cross_entropy(labels, logits))
-            self.accuracy_tracker.update_state(accuracy(labels, logits))
-            return {m.name: m.result() for m in self.metrics}
-        return super().test_step(data)
-
-    def train_step(self, data):
-        data = self.check_examples(data)
-        labels = tf.cast(data["labels"], tf.int32)
-        with tf.GradientTape() as tape:
-            logits = self.class_logits(data["images"], training=True)
-            loss = cross_entropy(labels, logits)
-            loss = loss + self.regularization_loss()
-            scaled = self.optimizer.scale_loss(loss / tf.cast(
-                tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype))
-        gradients = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        self.loss_tracker.update_state(loss)
-        self.accuracy_tracker.update_state(accuracy(labels, logits))
-        return {m.name: m.result() for m in self.metrics}
+        batch = self.check_batch(data)
+        if "labels" not in batch:
+            return super().test_step(batch)
+        labels = tf.cast(batch["labels"], tf.int32)
+        logits = self.class_logits(batch["images"], training=False)
+        return self.update_metrics(batch, cross_entropy(labels, logits), logits)
 
     # ------------------------------------------------------------ few-shot
     def query_logits(self, episodes, training=False):

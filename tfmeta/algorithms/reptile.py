@@ -37,13 +37,14 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
+from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.reptile_family import EVAL_SEED, ReptileFamily, minibatch_indices
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT
 from tfmeta.tensors import accuracy
 
 
-class Reptile(ReptileFamily):
+class Reptile(ReptileFamily, EpisodicClassifier):
     """Reptile around any Keras classifier whose outputs are N-way logits.
 
     Example:
@@ -90,7 +91,7 @@ class Reptile(ReptileFamily):
         """Reptile around the configured backbone with `config.ways` outputs; epsilon anneals
         over `config.num_steps` unless `learner.anneal_steps` is set."""
         return cls(backbone_from_config(config.model, input_shape, num_classes=config.ways),
-                   **cls.learner_arguments(config))
+                   **cls.annealed_arguments(config))
 
     # -------------------------------------------------------------------- the method
     def forward(self, params, state, images):

@@ -119,10 +119,11 @@ class ReptileFamily(MetaLearner):
         self.anneal_steps = int(anneal_steps)
         self.outer_optimizer = bool(outer_optimizer)
 
-    @staticmethod
-    def learner_arguments(config) -> dict:
-        """`config.learner`, with epsilon annealed over the run (`anneal_steps=None`)."""
-        arguments = dict(config.learner)
+    @classmethod
+    def annealed_arguments(cls, config) -> dict:
+        """Constructor arguments of `config`: its learner section, with epsilon annealed over
+        the run (`anneal_steps=None`)."""
+        arguments = cls.learner_arguments(config.learner)
         arguments["anneal_steps"] = arguments.get("anneal_steps") or config.num_steps
         return arguments
 

@@ -96,7 +96,7 @@ class ReptileGAN(ReptileFamily):
         """ReptileGAN around the (generator, critic) pair `config.model` names (FIGR's ResNets:
         `resnet_gan` with filters, blocks, units_per_block, latent_dim)."""
         generator, critic = backbone_from_config(config.model, input_shape)
-        return cls(generator, critic, **cls.learner_arguments(config))
+        return cls(generator, critic, **cls.annealed_arguments(config))
 
     @property
     def metrics(self):
@@ -170,8 +170,8 @@ class ReptileGAN(ReptileFamily):
              self.inner_optimizer.init(d_params), [tf.constant(0.0)] * len(METRICS)))
         return g + d, [s / float(steps) for s in sums]
 
-    def check_batch(self, data, labelled=True):
-        data = super().check_batch(data, labelled)
+    def check_batch(self, data):
+        data = super().check_batch(data)
         images = data["images"]
         if images.shape.rank is not None and (images.shape.rank != 5 or tuple(
                 images.shape[2:]) != self.image_shape):
@@ -188,15 +188,6 @@ class ReptileGAN(ReptileFamily):
         batch = self.check_batch(data)
         _, values = self.run_tasks(batch, EVAL_SEED, training=False)
         return self.report(values, tf.shape(batch["images"])[0])
-
-    def query_logits(self, episodes, training=False):
-        raise NotImplementedError("ReptileGAN generates images and has no query logits; use "
-                                  "adapt_and_generate().")
-
-    def adapt_and_predict(self, support_images, support_labels, query_images):
-        raise NotImplementedError("ReptileGAN generates images; its export serves "
-                                  "adapt_and_generate(images, num_samples) and "
-                                  "generate(num_samples).")
 
     # ------------------------------------------------------- data, evaluation, serving
     def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,

@@ -52,7 +52,8 @@ import keras
 import tensorflow as tf
 
 from tfmeta import task_batch, weights
-from tfmeta.algorithms.base import MetaLearner, replica_mean
+from tfmeta.algorithms.base import replica_mean
+from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, Choice
 from tfmeta.tensors import absent_logit, num_ways, real_positions, scatter_rows
 
@@ -67,7 +68,7 @@ def vectorize_by_default() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-class TaskLoopLearner(MetaLearner):
+class TaskLoopLearner(EpisodicClassifier):
     """Runs a subclass's inner loop on every task of a meta-batch (see the module docstring).
 
     Args:

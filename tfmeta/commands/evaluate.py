@@ -8,13 +8,15 @@ import json
 from absl import flags
 
 from tfmeta import cli
+from tfmeta.ranges import EVAL_EPISODES
 from tfmeta.training import evaluation
 
 flags.DEFINE_string("workdir", None, "Run folder written by bin/train.py.", required=True)
 flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (default: the data the "
                     "run was trained on, as its config.json records).")
 flags.DEFINE_string("split", "test", "Split to evaluate on.")
-flags.DEFINE_integer("episodes", None, "Number of episodes, >= 2 (default: config.eval_episodes).")
+flags.DEFINE_integer("episodes", None, f"Number of episodes, {EVAL_EPISODES.describe()} "
+                     "(default: config.eval_episodes).")
 flags.DEFINE_integer("ways", None, "N of the test episodes (default: the config's).")
 flags.DEFINE_integer("shots", None, "K of the test episodes (default: the config's).")
 flags.DEFINE_integer("seed", 1234, "Seed of the test episodes.")

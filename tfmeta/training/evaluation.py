@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 from tfmeta.files import atomic_write
-from tfmeta.ranges import Range
+from tfmeta.ranges import EVAL_EPISODES, Range
 from tfmeta.training.run import EVAL_FILE, LOGS, open_run
 from tfmeta.training.trainer import check_episode_sampler
 
-EPISODES = Range(2, integer=True, optional=True)
 WAYS_OR_SHOTS = Range(1, integer=True, optional=True)
 
 
@@ -23,7 +22,8 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
     episodes are the run's (fixed, or variable with `episode_sampler=variable`); `ways` or
     `shots` ask for fixed episodes of that setting instead.
     """
-    EPISODES.check("episodes", num_episodes)
+    if num_episodes is not None:  # None: the config's eval_episodes
+        EVAL_EPISODES.check("episodes", num_episodes)
     WAYS_OR_SHOTS.check("ways", ways)
     WAYS_OR_SHOTS.check("shots", shots)
     run = open_run(workdir, data_dir)

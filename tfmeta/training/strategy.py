@@ -224,19 +224,32 @@ def split_cpu(num_devices: int) -> None:
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_devices)
 
 
-def distribute_episodes(strategy: tf.distribute.Strategy, make_dataset, global_batch: int):
+def check_replica_split(batch: int, replicas: int, name: str = "meta_batch_size") -> None:
+    """Refuses a meta-batch of `batch` episodes (the setting `name`) that does not split
+    evenly over `replicas` (`num_replicas_in_sync`: each replica takes `batch / replicas`).
+
+    The one check of that fact, and its message: the trainer calls it before it builds
+    anything, `distribute_episodes` for every batch it distributes.
+    """
+    if batch % replicas:
+        below = batch - batch % replicas
+        multiples = f"{below} or {below + replicas}" if below else f"{below + replicas}"
+        raise ValueError(f"--set={name}={batch} does not split over {replicas} replicas; "
+                         f"use a multiple of {replicas}: --set={name}={multiples}.")
+
+
+def distribute_episodes(strategy: tf.distribute.Strategy, make_dataset, global_batch: int,
+                        name: str = "meta_batch_size"):
     """The meta-batches of `make_dataset(worker, workers)` fed to each replica of `strategy`.
 
     `make_dataset(worker, workers)` returns worker `worker`'s share of every meta-batch of
     `global_batch` episodes (`global_batch / workers` each); this rebatches it to the
     per-replica size, so each local replica takes a distinct slice and the union over all
     replicas of all workers is exactly the meta-batch a single process trains on. Under a
-    one-worker strategy this is Keras's usual split of the whole meta-batch.
+    one-worker strategy this is Keras's usual split of the whole meta-batch. `name` is the
+    setting `global_batch` comes from, for `check_replica_split`'s error.
     """
-    replicas = strategy.num_replicas_in_sync
-    if global_batch % replicas:
-        raise ValueError(f"meta_batch_size={global_batch} does not split over {replicas} "
-                         f"replicas; use a multiple of {replicas}.")
+    check_replica_split(global_batch, strategy.num_replicas_in_sync, name)
 
     def worker_dataset(context: tf.distribute.InputContext):
         dataset = make_dataset(context.input_pipeline_id, context.num_input_pipelines)

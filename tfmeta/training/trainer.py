@@ -29,7 +29,6 @@ import tensorflow as tf
 from tfmeta.algorithms import (
     ALGORITHMS,
     ANY_WAYS_WITH_PROTOTYPE_HEAD,
-    MAML,
     build_learner,
     learner_class,
 )
@@ -54,6 +53,7 @@ from tfmeta.training.run import (
 from tfmeta.training.strategy import (
     DEFAULT_JOIN_TIMEOUT_S,
     SHUTDOWN_BARRIER_MS,
+    check_replica_split,
     distribute_episodes,
     make_strategy,
     worker_role,
@@ -72,7 +72,7 @@ def learner_identity(algo, learner) -> dict:
     it (`learner_arguments`, where a run's config.json recorded an older form) and without
     `EXECUTION_OPTIONS`."""
     arguments = dict(learner or {})
-    if algo in ALGORITHMS and issubclass(learner_class(algo), MAML):
+    if algo in ALGORITHMS:
         arguments = learner_class(algo).learner_arguments(arguments)
     return {k: v for k, v in arguments.items() if k not in EXECUTION_OPTIONS}
 
@@ -192,10 +192,8 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     config.learner.update(learner_class(config.algo).arguments_from_data(config.learner,
                                                                          dataset))
     _check_workdir_config(config, workdir, dataset)
-    replicas = strategy.num_replicas_in_sync
-    if config.meta_batch_size % replicas:
-        raise ValueError(f"meta_batch_size={config.meta_batch_size} does not split over "
-                         f"{replicas} replicas; use a multiple of {replicas}.")
+    field = learner_class(config.algo).batch_size_field
+    check_replica_split(config[field], strategy.num_replicas_in_sync, field)
 
     fresh = not has_checkpoint(workdir)
     learner = build_compiled_learner(config, dataset.input_shape, strategy,
@@ -368,8 +366,10 @@ def _episodes(learner, dataset, config, strategy, step):
     def validation_share(worker, workers):  # episodes each worker scores: its slice
         return validation.rebatch(validation_size // workers).shard(workers, worker)
 
-    return (distribute_episodes(strategy, train_share, config.meta_batch_size),
-            distribute_episodes(strategy, validation_share, validation_size))
+    field = learner.batch_size_field
+    return (distribute_episodes(strategy, train_share, config[field], field),
+            distribute_episodes(strategy, validation_share, validation_size,
+                                "eval_meta_batch_size"))
 
 
 @contextlib.contextmanager

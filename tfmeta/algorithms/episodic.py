@@ -1,0 +1,244 @@
+"""`EpisodicClassifier`: the few-shot classifier layer over `MetaLearner`.
+
+Its meta-batches are episodes (see `tfmeta.data.episodes`): dicts with `support_images
+[B, N*K, ...]`, `support_labels [B, N*K]`, `query_images [B, M, ...]` and, for training and
+evaluation, `query_labels [B, M]`. Because `train_step` and `test_step` take such a batch,
+Keras does the rest:
+
+    learner = tfmeta.algorithms.MAML(tfmeta.models.conv4(num_classes=5))
+    learner.compile(optimizer=keras.optimizers.Adam(1e-3))
+    learner.fit(train_episodes, validation_data=val_episodes, steps_per_epoch=100)
+
+Hooks it adds to the base's (`tfmeta.algorithms.base`), from the smallest a subclass
+overrides to the largest:
+
+  the method
+    query_logits(episodes, training)   adapt to each support set, score its queries [B, M, N]
+    loss_fn(labels, outputs)           loss per episode over its last label axis (cross-entropy)
+    query_loss(episodes, logits)       per-episode loss [B]: loss_fn on the queries
+    meta_loss(episodes)                (meta-loss, query logits): the mean query loss of the
+                                       adapted learner plus penalties; MAML's task loop
+                                       replaces compute_meta_gradients with one tape per task
+                                       over `task_meta_loss`, so the MAML family overrides
+                                       that, not `meta_loss`
+  data and evaluation
+    training_episodes, validation_episodes    N-way K-shot episodes of the config
+    meta_test(dataset, config, split, ...)    accuracy with its 95% interval
+  serving
+    max_ways                           the most ways served (None: any number)
+    adapt_and_predict(support_images, support_labels, query_images)
+    serving_module(dataset)            `AdaptAndPredict`
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfmeta import evaluation
+from tfmeta.algorithms.base import MetaLearner, batch_dict, validation_batch_size
+from tfmeta.data.augment import RandomAffine
+from tfmeta.data.episodes import EPISODE_KEYS, episode_dataset
+from tfmeta.episode_spec import eval_spec, sampler_options
+from tfmeta.models import backbone_from_config
+from tfmeta.serving import AdaptAndPredict
+from tfmeta.tensors import accuracy, cross_entropy, num_ways
+
+
+class EpisodicClassifier(MetaLearner):
+    """A learner of N-way K-shot classification episodes; see the module docstring."""
+
+    # The keys of an episode meta-batch (the last one only when labelled).
+    batch_keys = EPISODE_KEYS
+    # from_experiment: the backbone gets a classification head of `config.ways` outputs.
+    backbone_has_head = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    @classmethod
+    def from_experiment(cls, config, input_shape):
+        """`cls(backbone, **config.learner)`, the backbone named by `config.model` with a
+        `config.ways`-way head if `backbone_has_head`."""
+        head = {"num_classes": config.ways} if cls.backbone_has_head else {}
+        return cls(backbone_from_config(config.model, input_shape, **head),
+                   **cls.learner_arguments(config.learner))
+
+    # -------------------------------------------------------------- the method
+    def query_logits(self, episodes, training=False):
+        """Adapts to each episode's support set and returns query logits `[B, M, N]`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement query_logits().")
+
+    def loss_fn(self, labels, outputs):
+        """The task loss, averaged over the last axis of `labels`: cross-entropy (over the
+        real labels: -1 marks padding in variable episodes)."""
+        return cross_entropy(labels, outputs)
+
+    def query_loss(self, episodes, logits):
+        """Per-episode loss `[B]` of the query predictions (padding queries, label -1, count
+        for nothing)."""
+        return self.loss_fn(episodes["query_labels"], logits)
+
+    def meta_loss(self, episodes):
+        """(scalar meta-loss, query logits `[B, M, N]`) of a meta-batch, in training mode."""
+        logits = self.query_logits(episodes, training=True)
+        return tf.reduce_mean(self.query_loss(episodes, logits)) + self.regularization_loss(), \
+            logits
+
+    # ------------------------------------------------------ Keras integration
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def call(self, episodes, training=False):
+        return self.query_logits(episodes, training=training)
+
+    def test_step(self, data):
+        episodes = self.check_batch(data)
+        logits = self.query_logits(episodes, training=False)
+        loss = tf.reduce_mean(self.query_loss(episodes, logits))
+        return self.update_metrics(episodes, loss, logits)
+
+    def predict_step(self, data):
+        return self.query_logits(self.check_batch(data, labelled=False), training=False)
+
+    def update_metrics(self, episodes, loss, logits):
+        """Tracks the mean meta-loss and the mean per-episode accuracy over real queries."""
+        self.accuracy_tracker.update_state(accuracy(episodes["query_labels"], logits))
+        return super().update_metrics(episodes, loss, logits)
+
+    # --------------------------------------------------- data and evaluation
+    def check_batch(self, data, labelled=True):
+        """Validates the structure of a meta-batch of episodes where it enters the learner
+        (`labelled=False`: without query labels)."""
+        try:
+            data = batch_dict(self, data, self.batch_keys if labelled else self.batch_keys[:3])
+        except ValueError as error:
+            raise ValueError(f"{error} (or tfmeta.data.episode_dataset())") from None
+        images = data[self.batch_keys[0]]
+        if getattr(images, "shape", None) is not None and images.shape.rank is not None \
+                and images.shape.rank < 3:
+            raise ValueError(f"{self.batch_keys[0]} must be batched as [B, n, ...]; got shape "
+                             f"{images.shape}.")
+        return data
+
+    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+                          worker: int = 0, workers: int = 1):
+        """(train, validation) `tf.data.Dataset`s of meta-batches for `fit`.
+
+        Training: `config.ways`-way episodes with `config.train_shots` (default `shots`)
+        support and `config.queries` query examples per class, augmented as `config.augment`
+        says; meta-batch `i` is a pure function of (`config.seed`, `start_step + i`), so a
+        run resumed at `start_step` sees what an uninterrupted run would. Under multi-worker
+        training, worker `worker` of `workers` samples its share of each meta-batch.
+        Validation: `val_episodes` episodes of the meta-test setting from the val split.
+        With `config.episode_sampler="variable"`, both are variable episodes instead.
+        """
+        train = episode_dataset(dataset.split("train"), config.ways,
+                                config.train_shots or config.shots, config.queries,
+                                config.meta_batch_size, seed=config.seed, split="train",
+                                augment=RandomAffine.from_config(config.augment),
+                                start_step=start_step, worker=worker, workers=workers,
+                                **sampler_options(config))
+        return train, self.validation_episodes(dataset, config, replicas)
+
+    def validation_episodes(self, dataset, config, replicas: int = 1):
+        """The meta-validation episodes `fit` scores after each epoch: `config.val_episodes`
+        test-spec episodes of the val split, the same every epoch."""
+        ways, shots, queries = eval_spec(config)
+        return episode_dataset(dataset.split("val"), ways, shots, queries,
+                               validation_batch_size(config, replicas), seed=config.seed + 1,
+                               num_episodes=config.val_episodes, split="val",
+                               **sampler_options(config))
+
+    def check_ways(self, ways: int) -> None:
+        """Raises a ValueError if this learner cannot serve `ways`-way episodes."""
+        if self.max_ways is not None and ways > self.max_ways:
+            raise ValueError(f"This {type(self).__name__} has {self.max_ways} outputs, so it "
+                             f"serves at most {self.max_ways} ways; got ways={ways}. Evaluate "
+                             f"with ways <= {self.max_ways}, or train with --set=ways={ways}.")
+
+    def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
+                  seed: int = 1234, ways: int | None = None, shots: int | None = None,
+                  log_dir: str | None = None, step: int = 0) -> dict:
+        """Query accuracy over `num_episodes` (default `config.eval_episodes`) episodes of
+        `split` with its 95% interval: a dict with `accuracy`, `ci95`, `episodes`, `ways`,
+        `shots`, `queries`, `sampler` and `drawn` (see `tfmeta.evaluation.evaluate`): the
+        config's episodes, fixed or variable. `ways`/`shots` override the config's
+        meta-test setting (with variable episodes, they ask for fixed ones of that setting);
+        `log_dir`/`step` are where a learner may log extra summaries."""
+        del log_dir, step
+        options = sampler_options(config)
+        if ways or shots:
+            options = {"sampler": "fixed", "variable": None}
+        default_ways, default_shots, queries = eval_spec(config)
+        ways, shots = ways or default_ways, shots or default_shots
+        variable = options["variable"]
+        if variable is None:
+            self.check_ways(ways)
+        elif self.max_ways is not None and variable.max_ways > self.max_ways:
+            raise ValueError(f"This {type(self).__name__} serves at most {self.max_ways} ways, "
+                             f"but variable episodes have up to variable_episodes.max_ways="
+                             f"{variable.max_ways}; use --set=variable_episodes.max_ways="
+                             f"{self.max_ways}.")
+        return evaluation.evaluate(self, dataset.split(split), ways, shots, queries,
+                                   num_episodes or config.eval_episodes,
+                                   config.eval_meta_batch_size, seed, split, **options)
+
+    # ----------------------------------------------------------------- serving
+    @property
+    def max_ways(self):
+        """The most ways this learner serves (a fixed-size head), or None for any number."""
+        return None
+
+    def episode_checks(self, support_images, support_labels, query_images):
+        """Graph assertions on one served episode; returns N (the number of ways) after them.
+
+        An episode needs support and query examples, one label per support example, and
+        labels that are exactly 0..N-1 with every class present (N = max label + 1).
+        """
+        shape_checks = [
+            tf.debugging.assert_positive(tf.shape(support_images)[0], message=(
+                "support_images is empty: an episode needs at least one support example of "
+                "each class")),
+            tf.debugging.assert_positive(tf.shape(query_images)[0], message=(
+                "query_images is empty: send at least one query")),
+            tf.debugging.assert_equal(tf.shape(support_labels)[0], tf.shape(support_images)[0],
+                                      message="support_labels must have one label per "
+                                              "support image"),
+            tf.debugging.assert_non_negative(support_labels, message=(
+                "support_labels must be in 0..N-1")),
+            # Before anything is sized by the labels (a bincount of 2**31 - 1 allocates 8 GB).
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(support_labels), tf.size(support_labels, support_labels.dtype),
+                message="support_labels must be 0..N-1 with N at most the number of support "
+                        "examples"),
+        ]
+        with tf.control_dependencies(shape_checks):
+            ways = num_ways(support_labels)
+            counts = tf.math.bincount(support_labels, minlength=ways)
+            label_checks = [tf.debugging.assert_positive(counts, message=(
+                "support_labels must cover every class 0..N-1 (N = max label + 1): some class "
+                "below the largest label has no support example; relabel the classes 0..N-1"))]
+            if self.max_ways is not None:
+                label_checks.append(tf.debugging.assert_less_equal(ways, self.max_ways, message=(
+                    f"This {type(self).__name__} learner has {self.max_ways} outputs, so it "
+                    f"serves at most {self.max_ways} ways; support_labels must be in "
+                    f"0..{self.max_ways - 1}")))
+        with tf.control_dependencies(label_checks):
+            return tf.identity(ways)
+
+    def adapt_and_predict(self, support_images, support_labels, query_images):
+        """One unbatched episode -> query logits `[m, N]` (N = max(support_labels) + 1)."""
+        support_labels = tf.cast(support_labels, tf.int32)
+        ways = self.episode_checks(support_images, support_labels, query_images)
+        with tf.control_dependencies([ways]):
+            episodes = {"support_images": tf.identity(support_images)[None],
+                        "support_labels": tf.identity(support_labels)[None],
+                        "query_images": tf.identity(query_images)[None]}
+        logits = self.query_logits(episodes, training=False)[0]
+        return logits[:, :ways]
+
+    def serving_module(self, dataset) -> tf.Module:
+        return AdaptAndPredict(self, dataset)
