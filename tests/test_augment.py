@@ -9,6 +9,7 @@ from tfmeta.algorithms.prototypical import PrototypicalNetwork
 from tfmeta.config import apply_overrides, get_config
 from tfmeta.data import ClassImages, episode_dataset
 from tfmeta.data.augment import RandomAffine, affine_transforms, transform_images
+from tfmeta.episode_spec import DataSpec
 from tfmeta.models import conv4
 
 
@@ -89,8 +90,9 @@ def test_only_training_episodes_are_augmented(omniglot):
                              small + ["augment.shift=0.1", "augment.rotation=15.0"])
     plain = apply_overrides(get_config("protonet", "omniglot"), small)
     learner = PrototypicalNetwork(conv4(omniglot.input_shape, filters=8))
-    (train, val), (plain_train, plain_val) = (learner.training_episodes(omniglot, config),
-                                              learner.training_episodes(omniglot, plain))
+    (train, val), (plain_train, plain_val) = (
+        learner.training_episodes(omniglot, DataSpec.from_config(config)),
+        learner.training_episodes(omniglot, DataSpec.from_config(plain)))
     augmented, original = next(iter(train)), next(iter(plain_train))
     # The same episode (classes, examples, labels), each image transformed on its own.
     np.testing.assert_array_equal(augmented["query_labels"], original["query_labels"])

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.test_trainer import tiny_config
+from tfmeta.episode_spec import DataSpec
 from tfmeta.training import trainer
 
 
@@ -21,7 +22,7 @@ def test_training_runs_on_the_gpu(tmp_path, omniglot, mixed_precision):
         learner = trainer.train(config, str(tmp_path / "run"), verbose=0)
         assert all("GPU" in v.value.device.upper() for v in learner.trainable_variables)
         assert all(v.dtype == "float32" for v in learner.trainable_variables)
-        _, validation = learner.training_episodes(omniglot, config)
+        _, validation = learner.training_episodes(omniglot, DataSpec.from_config(config))
         logits = learner.query_logits(next(iter(validation)), training=False)
         assert bool(tf.reduce_all(tf.math.is_finite(logits)))
         if mixed_precision:

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tests.learner_contract import ClassifierContract
 from tfmeta.algorithms import leo as leo_lib
 from tfmeta.algorithms.leo import LEO
+from tfmeta.episode_spec import DataSpec
 from tfmeta.tensors import class_means, cross_entropy
 
 # ------------------------------------------------------------------ fixtures
@@ -298,10 +299,12 @@ def test_evaluation_uses_every_remaining_example_as_a_query(leo_embeddings):
 
     config = get_config("leo", "mini_imagenet", "5w1s")
     learner = LEO.from_experiment(config, leo_embeddings.input_shape)
-    result = learner.meta_test(leo_embeddings, config, "test", 20, seed=0)
+    spec = DataSpec.from_config(config)
+    result = learner.meta_test(leo_embeddings, spec, "test", 20, seed=0)
     assert result["queries"] == 9  # smallest test class: 10 examples, minus 1 shot
     assert result["episodes"] == 20 and result["ci95"] > 0
     correct = result["accuracy"] * 20 * 5 * 9  # a mean over exactly 20 x 5 x 9 queries
     assert abs(correct - round(correct)) < 1e-3, correct
     config.eval_queries = 4
-    assert learner.meta_test(leo_embeddings, config, "test", 20, 0)["queries"] == 4
+    spec = DataSpec.from_config(config)
+    assert learner.meta_test(leo_embeddings, spec, "test", 20, 0)["queries"] == 4

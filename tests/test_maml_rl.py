@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfmeta.algorithms.maml_rl import MAMLRL
+from tfmeta.episode_spec import DataSpec
 from tfmeta.rl.navigation import Navigation2D, load
 from tfmeta.rl.policy_gradient import (
     advantages,
@@ -233,8 +234,9 @@ def test_trains_through_the_trainer_and_export_round_trips(tmp_path):
     workdir = str(tmp_path / "run")
     learner = train(config, workdir, verbose=0, export=True)
     before_learner = MAMLRL.from_experiment(config, (2,))
-    before = before_learner.meta_test(load(horizon=50), config, "test", num_episodes=40)
-    after = learner.meta_test(load(horizon=50), config, "test", num_episodes=40)
+    spec = DataSpec.from_config(config)
+    before = before_learner.meta_test(load(horizon=50), spec, "test", num_episodes=40)
+    after = learner.meta_test(load(horizon=50), spec, "test", num_episodes=40)
     # After one adaptation step, on 40 test goals, with intervals that do not overlap.
     print("returns before/after training:", before["returns"], after["returns"])
     assert after["returns"][1] - after["ci95"][1] > before["returns"][1] + before["ci95"][1]

@@ -22,6 +22,7 @@ from tfmeta import config as config_lib
 from tfmeta import predict
 from tfmeta.algorithms import ALGORITHMS, learner_class
 from tfmeta.data import input_kind, load_dataset
+from tfmeta.episode_spec import DataSpec
 from tfmeta.training import run as run_lib
 from tfmeta.training import trainer
 
@@ -227,7 +228,7 @@ def test_every_image_learner_trains_on_a_folder_with_its_default_config(characte
         config.learner.update(learner_class(algo).arguments_from_data(config.learner, dataset))
         keras.utils.set_random_seed(0)
         learner = run_lib.build_compiled_learner(config, dataset.input_shape)
-        train, _ = learner.training_episodes(dataset, config)
+        train, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
         history = learner.fit(train, steps_per_epoch=1, epochs=1, verbose=0)
         loss = history.history[next(k for k in history.history if "loss" in k)][-1]
         assert np.isfinite(loss), (algo, history.history)

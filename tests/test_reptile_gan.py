@@ -20,6 +20,7 @@ from tfmeta.algorithms import wgan_gp
 from tfmeta.algorithms.reptile_gan import ReptileGAN
 from tfmeta.data import load_dataset
 from tfmeta.data.episodes import single_class_tasks
+from tfmeta.episode_spec import DataSpec
 from tfmeta.models.resnet_gan import resnet_critic, resnet_gan, resnet_generator
 from tfmeta.serving import GenerationServing, make_postprocess
 
@@ -218,7 +219,7 @@ def test_omniglot_meta_steps_and_raw_size_samples(omniglot):
     config = tiny_config("omniglot")
     learner = ReptileGAN.from_experiment(config, omniglot.input_shape)
     learner.compile(optimizer=keras.optimizers.Adam(1e-4))
-    train, val = learner.training_episodes(omniglot, config)
+    train, val = learner.training_episodes(omniglot, DataSpec.from_config(config))
     history = learner.fit(train, steps_per_epoch=2, epochs=1, validation_data=val, verbose=0)
     assert all(np.isfinite(v[-1]) for v in history.history.values())
     signatures = learner.serving_module(omniglot).signatures()

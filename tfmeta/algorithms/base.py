@@ -21,9 +21,9 @@ Hooks, each with a default or an error naming what to write:
     update_metrics(batch, loss, outputs)
   data and evaluation
     check_batch(data)                  validate a meta-batch where it enters (`batch_keys`)
-    training_episodes(dataset, config, replicas, start_step, worker, workers)
+    training_episodes(dataset, spec, replicas, start_step, worker, workers)
                                        (train, validation) meta-batch datasets
-    meta_test(dataset, config, split, ...)
+    meta_test(dataset, spec, split, ...)
                                        the method's meta-test protocol -> dict
   serving
     variable_episodes                  whether it takes padded variable episodes
@@ -35,7 +35,10 @@ Hooks, each with a default or an error naming what to write:
                                        recorded it, as constructor arguments
     from_experiment(config, input_shape)   the learner a config names
 
-(`meta_test` is not Keras's `evaluate`, which `fit` itself calls for validation.)
+The data hooks take a `tfmeta.episode_spec.DataSpec`, the typed and frozen account of a
+run's episodes and evaluation protocol that the trainer builds from the config; construction
+(`from_experiment`) alone reads the config. (`meta_test` is not Keras's `evaluate`, which
+`fit` itself calls for validation.)
 """
 
 from __future__ import annotations
@@ -55,10 +58,10 @@ def replica_mean(loss):
     return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
 
 
-def validation_batch_size(config, replicas: int) -> int:
+def validation_batch_size(spec, replicas: int) -> int:
     """Episodes per validation meta-batch: at most `eval_meta_batch_size` and `val_episodes`,
     a multiple of the replica count."""
-    size = max(replicas, min(config.eval_meta_batch_size, config.val_episodes))
+    size = max(replicas, min(spec.eval_meta_batch_size, spec.val_episodes))
     return size - size % replicas
 
 
@@ -228,14 +231,14 @@ class MetaLearner(keras.Model):
         `batch_keys` (Keras's (x, y, sample_weight) packing unwrapped)."""
         return batch_dict(self, data, self.batch_keys)
 
-    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+    def training_episodes(self, dataset, spec, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
         """(train, validation) `tf.data.Dataset`s of meta-batches for `fit`: training
-        meta-batch `i` a pure function of (`config.seed`, `start_step + i`), worker `worker`
+        meta-batch `i` a pure function of (`spec.seed`, `start_step + i`), worker `worker`
         of `workers` sampling its share."""
         raise NotImplementedError(f"{type(self).__name__} must implement training_episodes().")
 
-    def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
+    def meta_test(self, dataset, spec, split: str = "test", num_episodes: int | None = None,
                   seed: int = 1234, ways: int | None = None, shots: int | None = None,
                   log_dir: str | None = None, step: int = 0) -> dict:
         """The method's meta-test protocol on `split` -> a dict of results."""

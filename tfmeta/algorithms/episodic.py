@@ -22,8 +22,8 @@ overrides to the largest:
                                        over `task_meta_loss`, so the MAML family overrides
                                        that, not `meta_loss`
   data and evaluation
-    training_episodes, validation_episodes    N-way K-shot episodes of the config
-    meta_test(dataset, config, split, ...)    accuracy with its 95% interval
+    training_episodes, validation_episodes    N-way K-shot episodes of the spec
+    meta_test(dataset, spec, split, ...)      accuracy with its 95% interval
   serving
     max_ways                           the most ways served (None: any number)
     adapt_and_predict(support_images, support_labels, query_images)
@@ -37,9 +37,7 @@ import tensorflow as tf
 
 from tfmeta import evaluation
 from tfmeta.algorithms.base import MetaLearner, batch_dict, validation_batch_size
-from tfmeta.data.augment import RandomAffine
 from tfmeta.data.episodes import EPISODE_KEYS, episode_dataset
-from tfmeta.episode_spec import eval_spec, sampler_options
 from tfmeta.models import backbone_from_config
 from tfmeta.serving import AdaptAndPredict
 from tfmeta.tensors import accuracy, cross_entropy, num_ways
@@ -123,34 +121,29 @@ class EpisodicClassifier(MetaLearner):
                              f"{images.shape}.")
         return data
 
-    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+    def training_episodes(self, dataset, spec, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
         """(train, validation) `tf.data.Dataset`s of meta-batches for `fit`.
 
-        Training: `config.ways`-way episodes with `config.train_shots` (default `shots`)
-        support and `config.queries` query examples per class, augmented as `config.augment`
-        says; meta-batch `i` is a pure function of (`config.seed`, `start_step + i`), so a
-        run resumed at `start_step` sees what an uninterrupted run would. Under multi-worker
-        training, worker `worker` of `workers` samples its share of each meta-batch.
-        Validation: `val_episodes` episodes of the meta-test setting from the val split.
-        With `config.episode_sampler="variable"`, both are variable episodes instead.
+        Training: `spec.train` episodes, augmented by `spec.augment`; meta-batch `i` is a
+        pure function of (`spec.seed`, `start_step + i`), so a run resumed at `start_step`
+        sees what an uninterrupted run would. Under multi-worker training, worker `worker`
+        of `workers` samples its share of each meta-batch. Validation: `spec.val_episodes`
+        `spec.test` episodes of the val split. Fixed or variable, as the shapes say.
         """
-        train = episode_dataset(dataset.split("train"), config.ways,
-                                config.train_shots or config.shots, config.queries,
-                                config.meta_batch_size, seed=config.seed, split="train",
-                                augment=RandomAffine.from_config(config.augment),
-                                start_step=start_step, worker=worker, workers=workers,
-                                **sampler_options(config))
-        return train, self.validation_episodes(dataset, config, replicas)
+        train = episode_dataset(dataset.split("train"), spec.train.ways, spec.train.shots,
+                                spec.train.queries, spec.meta_batch_size, seed=spec.seed,
+                                split="train", augment=spec.augment, start_step=start_step,
+                                worker=worker, workers=workers, **spec.train.options())
+        return train, self.validation_episodes(dataset, spec, replicas)
 
-    def validation_episodes(self, dataset, config, replicas: int = 1):
-        """The meta-validation episodes `fit` scores after each epoch: `config.val_episodes`
-        test-spec episodes of the val split, the same every epoch."""
-        ways, shots, queries = eval_spec(config)
-        return episode_dataset(dataset.split("val"), ways, shots, queries,
-                               validation_batch_size(config, replicas), seed=config.seed + 1,
-                               num_episodes=config.val_episodes, split="val",
-                               **sampler_options(config))
+    def validation_episodes(self, dataset, spec, replicas: int = 1):
+        """The meta-validation episodes `fit` scores after each epoch: `spec.val_episodes`
+        `spec.test` episodes of the val split, the same every epoch."""
+        test = spec.test
+        return episode_dataset(dataset.split("val"), test.ways, test.shots, test.queries,
+                               validation_batch_size(spec, replicas), seed=spec.seed + 1,
+                               num_episodes=spec.val_episodes, split="val", **test.options())
 
     def check_ways(self, ways: int) -> None:
         """Raises a ValueError if this learner cannot serve `ways`-way episodes."""
@@ -159,32 +152,28 @@ class EpisodicClassifier(MetaLearner):
                              f"serves at most {self.max_ways} ways; got ways={ways}. Evaluate "
                              f"with ways <= {self.max_ways}, or train with --set=ways={ways}.")
 
-    def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
+    def meta_test(self, dataset, spec, split: str = "test", num_episodes: int | None = None,
                   seed: int = 1234, ways: int | None = None, shots: int | None = None,
                   log_dir: str | None = None, step: int = 0) -> dict:
-        """Query accuracy over `num_episodes` (default `config.eval_episodes`) episodes of
+        """Query accuracy over `num_episodes` (default `spec.eval_episodes`) episodes of
         `split` with its 95% interval: a dict with `accuracy`, `ci95`, `episodes`, `ways`,
         `shots`, `queries`, `sampler` and `drawn` (see `tfmeta.evaluation.evaluate`): the
-        config's episodes, fixed or variable. `ways`/`shots` override the config's
-        meta-test setting (with variable episodes, they ask for fixed ones of that setting);
-        `log_dir`/`step` are where a learner may log extra summaries."""
+        `spec.test` episodes, fixed or variable. `ways`/`shots` override its setting (with
+        variable episodes, they ask for fixed ones of that setting); `log_dir`/`step` are
+        where a learner may log extra summaries."""
         del log_dir, step
-        options = sampler_options(config)
-        if ways or shots:
-            options = {"sampler": "fixed", "variable": None}
-        default_ways, default_shots, queries = eval_spec(config)
-        ways, shots = ways or default_ways, shots or default_shots
-        variable = options["variable"]
+        episodes = spec.test.fixed(ways, shots) if ways or shots else spec.test
+        variable = episodes.variable
         if variable is None:
-            self.check_ways(ways)
+            self.check_ways(episodes.ways)
         elif self.max_ways is not None and variable.max_ways > self.max_ways:
             raise ValueError(f"This {type(self).__name__} serves at most {self.max_ways} ways, "
                              f"but variable episodes have up to variable_episodes.max_ways="
                              f"{variable.max_ways}; use --set=variable_episodes.max_ways="
                              f"{self.max_ways}.")
-        return evaluation.evaluate(self, dataset.split(split), ways, shots, queries,
-                                   num_episodes or config.eval_episodes,
-                                   config.eval_meta_batch_size, seed, split, **options)
+        return evaluation.evaluate(self, dataset.split(split), episodes.ways, episodes.shots,
+                                   episodes.queries, num_episodes or spec.eval_episodes,
+                                   spec.eval_meta_batch_size, seed, split, **episodes.options())
 
     # ----------------------------------------------------------------- serving
     @property

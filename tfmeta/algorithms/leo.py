@@ -49,7 +49,6 @@ from keras import layers
 from tfmeta import evaluation, weights
 from tfmeta.algorithms.base import NOISE_SALT
 from tfmeta.algorithms.episodic import EpisodicClassifier
-from tfmeta.episode_spec import eval_spec
 from tfmeta.ranges import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 from tfmeta.tensors import class_means, num_ways
 
@@ -373,22 +372,22 @@ class LEO(EpisodicClassifier):
         replicas each replica's mean gradient is clipped, then averaged."""
         return clip_gradients(gradients, self.gradient_threshold, self.gradient_norm_threshold)
 
-    def meta_test(self, dataset, config, split="test", num_episodes=None, seed=1234, ways=None,
+    def meta_test(self, dataset, spec, split="test", num_episodes=None, seed=1234, ways=None,
                   shots=None, log_dir=None, step=0) -> dict:
         """The paper's protocol: every remaining example of each class is a query.
 
-        With `config.eval_queries` set, that many queries per class instead. Classes
-        may differ in size, so "every remaining" is the smallest class's count minus K.
+        With the config's `eval_queries` set (`spec.eval_queries`), that many queries per
+        class instead. Classes may differ in size, so "every remaining" is the smallest
+        class's count minus K.
         """
         del log_dir, step
-        default_ways, default_shots, _ = eval_spec(config)
-        ways, shots = ways or default_ways, shots or default_shots
+        ways, shots = ways or spec.test.ways, shots or spec.test.shots
         classes = dataset.split(split)
-        queries = config.eval_queries or int(classes.class_counts.min()) - shots
+        queries = spec.eval_queries or int(classes.class_counts.min()) - shots
         if queries < 1:
             raise ValueError(f"The smallest class of the {split!r} split has "
                              f"{int(classes.class_counts.min())} examples, none left as queries "
                              f"after {shots} shots; use fewer shots.")
         return evaluation.evaluate(self, classes, ways, shots, queries,
-                                   num_episodes or config.eval_episodes,
-                                   config.eval_meta_batch_size, seed, split)
+                                   num_episodes or spec.eval_episodes,
+                                   spec.eval_meta_batch_size, seed, split)

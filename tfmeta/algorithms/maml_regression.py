@@ -89,18 +89,18 @@ class MAMLRegression(MAML):
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(episodes["query_labels"])[0])
         return {"loss": self.loss_tracker.result()}
 
-    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+    def training_episodes(self, dataset, spec, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
-        return training_episodes(dataset, config, replicas, start_step, worker, workers)
+        return training_episodes(dataset, spec, replicas, start_step, worker, workers)
 
-    def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
+    def meta_test(self, dataset, spec, split: str = "test", num_episodes: int | None = None,
                   seed: int = 1234, ways: int | None = None, shots: int | None = None,
                   log_dir: str | None = None, step: int = 0) -> dict:
         """The query mean squared error after 1 and 10 inner steps with 95% intervals,
         beside the pretrained baseline's (`meta_test`). The tasks are drawn, so `split` and
         `ways` mean nothing here."""
         del split, ways
-        return meta_test(self, dataset, config, num_episodes, seed, shots, log_dir, step,
+        return meta_test(self, dataset, spec, num_episodes, seed, shots, log_dir, step,
                          baseline_learner=lambda model: MAMLRegression(
                              model, inner_lr=self.inner_lr))
 
@@ -133,17 +133,16 @@ def check_tasks(dataset):
                          "--dataset=sinusoid, or MAML for a classification dataset.")
 
 
-def training_episodes(dataset, config, replicas=1, start_step=0, worker=0, workers=1):
-    """(train, validation) meta-batches of regression episodes: `train_shots or shots`
-    support points and `queries` query points per task; validation as meta-testing."""
+def training_episodes(dataset, spec, replicas=1, start_step=0, worker=0, workers=1):
+    """(train, validation) meta-batches of regression episodes: `spec.train`'s support and
+    query points per task; validation as meta-testing (`spec.test`)."""
     check_tasks(dataset)
-    train = dataset.episodes(config.train_shots or config.shots, config.queries,
-                             config.meta_batch_size, seed=config.seed, start_step=start_step,
-                             worker=worker, workers=workers)
-    validation = dataset.episodes(config.eval_shots or config.shots,
-                                  config.eval_queries or config.queries,
-                                  validation_batch_size(config, replicas), seed=config.seed + 1,
-                                  num_episodes=config.val_episodes)
+    train = dataset.episodes(spec.train.shots, spec.train.queries, spec.meta_batch_size,
+                             seed=spec.seed, start_step=start_step, worker=worker,
+                             workers=workers)
+    validation = dataset.episodes(spec.test.shots, spec.test.queries,
+                                  validation_batch_size(spec, replicas), seed=spec.seed + 1,
+                                  num_episodes=spec.val_episodes)
     return train, validation
 
 
@@ -173,15 +172,15 @@ def episode_errors(learner, episodes, steps: int) -> np.ndarray:
     return np.concatenate([compute(batch).numpy() for batch in episodes])
 
 
-def pretrain(model, dataset, config, steps: int, seed: int = 0) -> keras.Model:
+def pretrain(model, dataset, spec, steps: int, seed: int = 0) -> keras.Model:
     """A fresh copy of `model`'s architecture trained by plain regression (Adam at the
-    config's learning rate) on the pooled points of `config.meta_batch_size` tasks a step."""
+    run's learning rate) on the pooled points of `spec.meta_batch_size` tasks a step."""
     keras.utils.set_random_seed(seed)
     network = keras.models.clone_model(model)
-    optimizer = keras.optimizers.Adam(config.optimizer.learning_rate)
+    optimizer = keras.optimizers.Adam(spec.learning_rate)
     optimizer.build(network.trainable_variables)
-    batches = dataset.episodes(config.shots, config.queries, config.meta_batch_size,
-                               seed=config.seed + 3)
+    batches = dataset.episodes(spec.train.shots, spec.train.queries, spec.meta_batch_size,
+                               seed=spec.seed + 3)
 
     @tf.function
     def train_step(batch):
@@ -197,16 +196,16 @@ def pretrain(model, dataset, config, steps: int, seed: int = 0) -> keras.Model:
     return network
 
 
-def meta_test(learner, dataset, config, num_episodes=None, seed=1234, shots=None,
+def meta_test(learner, dataset, spec, num_episodes=None, seed=1234, shots=None,
               log_dir=None, step=0, baseline_learner=None) -> dict:
     """The regression meta-test: a dict with `mse_1_step`, `mse_10_steps` (and `_ci95`),
     the same for `baseline_` (when `baseline_learner(model)` makes the fine-tuning learner
     of a pretrained network), `mse_by_step`, `episodes`, `shots`, `queries`."""
     check_tasks(dataset)
-    shots = shots or config.eval_shots or config.shots
-    queries = config.eval_queries or config.queries
-    num_episodes = num_episodes or config.eval_episodes
-    batch_size = max(1, min(config.eval_meta_batch_size, num_episodes))
+    shots = shots or spec.test.shots
+    queries = spec.test.queries
+    num_episodes = num_episodes or spec.eval_episodes
+    batch_size = max(1, min(spec.eval_meta_batch_size, num_episodes))
     batches = math.ceil(num_episodes / batch_size)
     episodes = dataset.episodes(shots, queries, batch_size, seed=seed,
                                 num_episodes=batches * batch_size)
@@ -214,10 +213,10 @@ def meta_test(learner, dataset, config, num_episodes=None, seed=1234, shots=None
     result = {"episodes": int(num_episodes), "shots": shots, "queries": queries}
     learners = {"": learner}
     if baseline_learner is not None:
-        network = pretrain(learner.model, dataset, config,
-                           min(config.num_steps, BASELINE_MAX_STEPS), seed=config.seed)
+        network = pretrain(learner.model, dataset, spec,
+                           min(spec.num_steps, BASELINE_MAX_STEPS), seed=spec.seed)
         learners["baseline_"] = baseline_learner(network)
-        result["baseline_pretrain_steps"] = min(config.num_steps, BASELINE_MAX_STEPS)
+        result["baseline_pretrain_steps"] = min(spec.num_steps, BASELINE_MAX_STEPS)
     for prefix, each in learners.items():
         errors = episode_errors(each, episodes, steps)[:num_episodes]
         result[f"{prefix}mse_by_step"] = [float(v) for v in errors.mean(0)]

@@ -65,7 +65,8 @@ class MAMLRL(MetaLearner):
         tasks = tfmeta.data.load_dataset("navigation_2d")
         learner = MAMLRL(tasks.environment, inner_lr=0.1, trajectories=20)
         learner.compile(optimizer=keras.optimizers.Adam(1e-3))
-        learner.fit(learner.training_episodes(tasks, config)[0], steps_per_epoch=100)
+        learner.fit(learner.training_episodes(tasks, DataSpec.from_config(config))[0],
+                    steps_per_epoch=100)
         actions = learner.adapt_and_act(goal, observations)      # [n, 2] velocities
 
     Args:
@@ -239,23 +240,23 @@ class MAMLRL(MetaLearner):
         return data
 
     # --------------------------------------------------- data and evaluation
-    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+    def training_episodes(self, dataset, spec, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
         """(train, validation) streams of `{"goals": [B, 2]}`: training meta-batch `s` is a
-        pure function of (`config.seed`, `s`) (under several workers, each takes its share
-        of it); validation is `config.val_episodes` goals of the val stream."""
-        size = config.meta_batch_size
+        pure function of (`spec.seed`, `s`) (under several workers, each takes its share
+        of it); validation is `spec.val_episodes` goals of the val stream."""
+        size = spec.meta_batch_size
         share = size // workers
 
         def train_batch(step):
-            goals = dataset.goals("train", size, config.seed, step)
+            goals = dataset.goals("train", size, spec.seed, step)
             return {"goals": goals[worker * share:(worker + 1) * share]}
 
         train = tf.data.Dataset.range(start_step, 2 ** 62).map(train_batch)
-        val_size = validation_batch_size(config, replicas)
-        batches = math.ceil(config.val_episodes / val_size)
+        val_size = validation_batch_size(spec, replicas)
+        batches = math.ceil(spec.val_episodes / val_size)
         validation = tf.data.Dataset.range(batches).map(
-            lambda i: {"goals": dataset.goals("val", val_size, config.seed, i)})
+            lambda i: {"goals": dataset.goals("val", val_size, spec.seed, i)})
         return train, validation
 
     def adaptation_returns(self, goals, seed, steps: int):
@@ -265,15 +266,15 @@ class MAMLRL(MetaLearner):
         _, batches = self.adapt(params, goals, seed, steps, first_order=True)
         return tf.stack([tf.reduce_mean(episode_returns(b), axis=1) for b in batches], axis=1)
 
-    def meta_test(self, dataset, config, split: str = "test", num_episodes: int | None = None,
+    def meta_test(self, dataset, spec, split: str = "test", num_episodes: int | None = None,
                   seed: int = 1234, ways: int | None = None, shots: int | None = None,
                   log_dir: str | None = None, step: int = 0) -> dict:
         """Mean return (and its 95% interval over goals) on `num_episodes` (default
-        `config.eval_episodes`) new goals of `split`, after 0..`inner_steps_test` inner
+        `spec.eval_episodes`) new goals of `split`, after 0..`inner_steps_test` inner
         steps: `returns[k]`, `ci95[k]`. `ways`/`shots` do not apply."""
         del ways, shots, log_dir, step
-        count = num_episodes or config.eval_episodes
-        size = min(config.eval_meta_batch_size, count)
+        count = num_episodes or spec.eval_episodes
+        size = min(spec.eval_meta_batch_size, count)
         steps = self.inner_steps_test
         function = self.compiled_function(
             f"adaptation_returns_{steps}", lambda g, s: self.adaptation_returns(g, s, steps))

@@ -264,11 +264,11 @@ class MANN(EpisodicClassifier):
     def max_ways(self):
         return self.num_classes
 
-    def meta_test(self, dataset, config, split="test", num_episodes=None, seed=1234, ways=None,
+    def meta_test(self, dataset, spec, split="test", num_episodes=None, seed=1234, ways=None,
                   shots=None, log_dir=None, step=0) -> dict:
         """The episode accuracy, and (`by_instance`) the paper's Table 1 measure: accuracy by
         presentation number on 10-instance sequences of 100 episodes."""
-        result = super().meta_test(dataset, config, split, num_episodes, seed, ways, shots,
+        result = super().meta_test(dataset, spec, split, num_episodes, seed, ways, shots,
                                    log_dir, step)
         instances = min(10, int(dataset.split(split).class_counts.min()) - 1)
         report = tuple(k for k in (1, 2, 5, 10) if k <= instances)

@@ -43,7 +43,6 @@ import tensorflow as tf
 
 from tfmeta.algorithms.base import batch_dict
 from tfmeta.algorithms.episodic import EpisodicClassifier
-from tfmeta.data.augment import RandomAffine
 from tfmeta.data.episodes import stored_tensor, unsharded
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
 from tfmeta.tensors import (
@@ -102,7 +101,7 @@ class Pretrain(EpisodicClassifier):
 
         learner = Pretrain(conv4((28, 28, 1)), num_classes=161)
         learner.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-        train, val = learner.training_episodes(dataset, config)   # batches, val episodes
+        train, val = learner.training_episodes(dataset, DataSpec.from_config(config))
         learner.fit(train, validation_data=val, steps_per_epoch=100)
         logits = learner.adapt_and_predict(support_images, support_labels, query_images)
 
@@ -226,23 +225,22 @@ class Pretrain(EpisodicClassifier):
             return {"num_classes": dataset.split("train").num_classes}
         return {}
 
-    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+    def training_episodes(self, dataset, spec, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
         """(train, validation): batches `{"images" [b, ...], "labels" [b]}` of every training
         example, and validation few-shot episodes as every learner's.
 
         Batch `s` holds positions `s*b .. s*b+b-1` of the endless sequence of epochs, epoch
-        `e` a permutation drawn from (`config.seed`, e): a pure function of the step, so a
+        `e` a permutation drawn from (`spec.seed`, e): a pure function of the step, so a
         resumed run sees what an uninterrupted one would. Each image is augmented with its
-        own draw: `config.augment` (Omniglot's random affine), and for colour images a random
+        own draw: `spec.augment` (Omniglot's random affine), and for colour images a random
         crop of the zero-padded image and a horizontal flip (Tian et al. 2020's
         `RandomCrop(84, padding=8)`, `RandomHorizontalFlip`; the pad is a tenth of the side,
         at least 4, so 4 on 32x32 CIFAR).
         """
-        train = example_batches(dataset.split("train"), config.batch_size, config.seed,
-                                start_step, worker, workers,
-                                RandomAffine.from_config(config.augment), self.num_classes)
-        return train, self.validation_episodes(dataset, config, replicas)
+        train = example_batches(dataset.split("train"), spec.batch_size, spec.seed,
+                                start_step, worker, workers, spec.augment, self.num_classes)
+        return train, self.validation_episodes(dataset, spec, replicas)
 
 
 def crop_and_flip(images, seed):

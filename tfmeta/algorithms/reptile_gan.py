@@ -190,30 +190,34 @@ class ReptileGAN(ReptileFamily):
         return self.report(values, tf.shape(batch["images"])[0])
 
     # ------------------------------------------------------- data, evaluation, serving
-    def training_episodes(self, dataset, config, replicas: int = 1, start_step: int = 0,
+    def training_episodes(self, dataset, spec, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
-        """Meta-batches of one-class tasks (`config.shots` images each) from the train split,
-        and validation tasks from the val split (MNIST: held-out digit 9 of the training
-        images)."""
-        train = single_class_tasks(dataset.split("train"), config.shots, config.meta_batch_size,
-                                   config.seed, split="train", start_step=start_step,
-                                   worker=worker, workers=workers)
-        validation = single_class_tasks(dataset.split("val"), config.shots,
-                                        validation_batch_size(config, replicas),
-                                        config.seed + 1, num_tasks=config.val_episodes,
+        """Meta-batches of one-class tasks (`spec.train.shots` images each) from the train
+        split, and validation tasks (`spec.test.shots` images) from the val split (MNIST:
+        held-out digit 9 of the training images)."""
+        train = single_class_tasks(dataset.split("train"), spec.train.shots,
+                                   spec.meta_batch_size, spec.seed, split="train",
+                                   start_step=start_step, worker=worker, workers=workers)
+        validation = single_class_tasks(dataset.split("val"), spec.test.shots,
+                                        validation_batch_size(spec, replicas),
+                                        spec.seed + 1, num_tasks=spec.val_episodes,
                                         split="val")
         return train, validation
 
-    def meta_test(self, dataset, config, split="test", num_episodes=None, seed=1234, ways=None,
+    def meta_test(self, dataset, spec, split="test", num_episodes=None, seed=1234, ways=None,
                   shots=None, log_dir=None, step=0) -> dict:
-        """The generation metric (`tfmeta.algorithms.generation_eval`); `ways` is unused (the
-        classifier's classes are fixed by the split)."""
+        """The generation metric (`tfmeta.algorithms.generation_eval`, `spec.generation`);
+        `ways` is unused (the classifier's classes are fixed by the split)."""
         del ways
-        return evaluate_generation(self, dataset, split, num_episodes or config.eval_episodes,
-                                   seed, shots=shots or config.shots,
-                                   samples=config.generation.samples,
-                                   max_classes=config.generation.metric_classes,
-                                   classifier_steps=config.generation.classifier_steps,
+        if spec.generation is None:
+            raise ValueError("ReptileGAN's meta-test needs the config's generation section "
+                             "(configs/reptile_gan.py's samples, metric_classes and "
+                             "classifier_steps).")
+        return evaluate_generation(self, dataset, split, num_episodes or spec.eval_episodes,
+                                   seed, shots=shots or spec.test.shots,
+                                   samples=spec.generation.samples,
+                                   max_classes=spec.generation.metric_classes,
+                                   classifier_steps=spec.generation.classifier_steps,
                                    log_dir=log_dir, step=step)
 
     def serving_module(self, dataset) -> tf.Module:

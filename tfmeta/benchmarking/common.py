@@ -9,6 +9,8 @@ import time
 
 import tensorflow as tf
 
+from tfmeta.episode_spec import DataSpec
+
 
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
@@ -64,7 +66,7 @@ def time_config_training(algo: str, steps: int, dataset_name: str = "omniglot",
     Returns (result dict from `time_train_steps` plus `meta_batch_size`, learner, dataset).
     """
     config, dataset, learner = build_config_case(algo, dataset_name, setting, overrides)
-    episodes, _ = learner.training_episodes(dataset, config)
+    episodes, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
     result = time_train_steps(learner, episodes, steps)
     result.update(meta_batch_size=config.meta_batch_size, train_ways=config.ways,
                   train_queries=config.queries)

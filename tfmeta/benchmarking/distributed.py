@@ -25,6 +25,7 @@ import time
 import tensorflow as tf
 
 from tfmeta.benchmarking.common import _block, build_config_case, time_train_steps
+from tfmeta.episode_spec import DataSpec
 
 OVERRIDES = ()  # configs/maml.py as it is: the paper's Omniglot 5w1s settings
 ALLREDUCE_REPEATS = 20
@@ -52,9 +53,10 @@ def time_worker(overrides, steps: int) -> dict:
     dataset = load_dataset("omniglot", **config.data)
     learner = build_compiled_learner(config, dataset.input_shape, strategy)
     replicas = strategy.num_replicas_in_sync
+    spec = DataSpec.from_config(config)
     episodes = distribute_episodes(
         strategy, lambda worker, workers: learner.training_episodes(
-            dataset, config, replicas, 0, worker, workers)[0], config.meta_batch_size)
+            dataset, spec, replicas, 0, worker, workers)[0], config.meta_batch_size)
     with fit_scope(learner, strategy):
         learner.make_train_function()
         iterator = iter(episodes)
@@ -118,7 +120,7 @@ def time_two_workers(overrides, steps: int, timeout: float = 1800) -> dict:
 
 def maml_one_vs_two_workers(steps: int) -> dict:
     config, dataset, learner = build_config_case("maml", overrides=OVERRIDES)
-    episodes, _ = learner.training_episodes(dataset, config)
+    episodes, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
     one = time_train_steps(learner, episodes, steps)
     two = time_two_workers(OVERRIDES, steps)
     return {

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from tfmeta.benchmarking.common import time_function, time_train_steps
 from tfmeta.data import ClassImages, FewShotDataset
+from tfmeta.episode_spec import DataSpec
 
 SHAPE = (84, 84, 3)
 
@@ -55,7 +56,7 @@ def build_case(algo: str, setting: str, overrides=()):
 def _train_timing(algo, setting, overrides, steps):
     config, learner = build_case(algo, setting, overrides)
     dataset = synthetic_dataset()
-    train, _ = learner.training_episodes(dataset, config)
+    train, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
     return config, learner, dataset, time_train_steps(learner, train, steps)
 
 

@@ -6,12 +6,13 @@ pass, under XLA); plus the episode sampler's rate on those episodes."""
 from __future__ import annotations
 
 from tfmeta.benchmarking.common import build_config_case, sampler_rate, time_train_steps
+from tfmeta.episode_spec import DataSpec
 
 
 def _maml_case(*overrides):
     def run(steps: int) -> dict:
         config, dataset, learner = build_config_case("maml", overrides=overrides)
-        episodes, _ = learner.training_episodes(dataset, config)
+        episodes, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
         result = time_train_steps(learner, episodes, steps)
         batch = config.meta_batch_size
         result["sampler_episodes_per_s"] = sampler_rate(episodes, 50, batch)

@@ -6,6 +6,7 @@ batch statistics; the MAML++ options off), and sinusoid meta-steps per second
 from __future__ import annotations
 
 from tfmeta.benchmarking.common import build_config_case, time_train_steps
+from tfmeta.episode_spec import DataSpec
 
 # MAML++'s settings with every MAML++ option off: MAML at the same inner loop and batch.
 OPTIONS_OFF = ("learner.multi_step_loss=False", "learner.first_order_steps=0",
@@ -15,7 +16,7 @@ OPTIONS_OFF = ("learner.multi_step_loss=False", "learner.first_order_steps=0",
 def _omniglot_case(*overrides):
     def run(steps: int) -> dict:
         config, dataset, learner = build_config_case("maml_plusplus", overrides=overrides)
-        episodes, _ = learner.training_episodes(dataset, config)
+        episodes, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
         result = time_train_steps(learner, episodes, steps)
         result.update(meta_batch_size=config.meta_batch_size,
                       inner_steps=config.learner.inner_steps)
@@ -27,7 +28,7 @@ def _omniglot_case(*overrides):
 def _sinusoid_case(algo: str):
     def run(steps: int) -> dict:
         config, dataset, learner = build_config_case(algo, "sinusoid", "1w10s")
-        episodes, _ = learner.training_episodes(dataset, config)
+        episodes, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
         result = time_train_steps(learner, episodes, steps)
         result["meta_steps_per_s"] = 1000.0 / result["median_ms_per_step"]
         result["meta_batch_size"] = config.meta_batch_size

@@ -27,6 +27,8 @@ import time
 
 from absl import app, flags
 
+from tfmeta.episode_spec import DataSpec
+
 flags.DEFINE_integer("rounds", 20, "Alternated rounds (one step of each side per round).",
                      lower_bound=1)
 flags.DEFINE_list("peers", ["func_vmap", "loop"], "PyTorch peers: func_vmap, loop.")
@@ -125,7 +127,7 @@ def main(argv):
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     overrides = list(FLAGS.set) + (["learner.first_order=True"] if FLAGS.first_order else [])
     config, dataset, learner = build_config_case("maml", overrides=overrides)
-    episodes, _ = learner.training_episodes(dataset, config)
+    episodes, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
     batches = list(episodes.take(FLAGS.rounds + 1))
     learner.make_train_function()
     sides = {"tfmeta": (lambda b: _block(learner.train_function(iter([b]))), lambda b: b)}

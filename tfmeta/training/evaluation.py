@@ -29,7 +29,7 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
     run = open_run(workdir, data_dir)
     if not (ways or shots):  # which ask for fixed episodes, which every learner takes
         check_episode_sampler(run.learner, run.config, run.dataset.input_shape)
-    result = run.learner.meta_test(run.dataset, run.config, split, num_episodes, seed,
+    result = run.learner.meta_test(run.dataset, run.spec, split, num_episodes, seed,
                                    ways=ways, shots=shots,
                                    log_dir=run.path(LOGS, "eval"), step=run.step)
     result.update(algo=run.config.algo, dataset=run.config.dataset, split=split, step=run.step,

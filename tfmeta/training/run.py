@@ -26,6 +26,7 @@ import tensorflow as tf
 from tfmeta.algorithms import build_learner
 from tfmeta.config import jit_compile_flag, load_config
 from tfmeta.data import load_dataset
+from tfmeta.episode_spec import DataSpec
 from tfmeta.errors import WorkdirLocked
 from tfmeta.training.checkpoints import (  # noqa: F401 - the run's checkpoint helpers
     CHECKPOINTS,
@@ -201,6 +202,11 @@ class Run:
 
     def path(self, *parts) -> str:
         return os.path.join(self.workdir, *parts)
+
+    @property
+    def spec(self) -> DataSpec:
+        """The run's episodes and evaluation protocol, as the learner's data hooks take them."""
+        return DataSpec.from_config(self.config)
 
 
 def open_run(workdir: str, data_dir: str | None = None, strategy=None) -> Run:

@@ -34,6 +34,7 @@ from tfmeta.algorithms import (
 )
 from tfmeta.config import apply_overrides, get_config, save_config, validate_config
 from tfmeta.data import load_dataset
+from tfmeta.episode_spec import DataSpec
 from tfmeta.errors import Terminated
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
 from tfmeta.training.export import export_workdir
@@ -355,13 +356,14 @@ def _episodes(learner, dataset, config, strategy, step):
     worker samples only its share of every meta-batch (`training_episodes(worker=...)`),
     split again over its own replicas."""
     replicas = strategy.num_replicas_in_sync
+    spec = DataSpec.from_config(config)
     if not _is_multi_worker(strategy):
-        return learner.training_episodes(dataset, config, replicas, start_step=step)
-    validation = learner.training_episodes(dataset, config, replicas, step)[1]
+        return learner.training_episodes(dataset, spec, replicas, start_step=step)
+    validation = learner.training_episodes(dataset, spec, replicas, step)[1]
     validation_size = tf.nest.flatten(validation.element_spec)[0].shape[0]
 
     def train_share(worker, workers):
-        return learner.training_episodes(dataset, config, replicas, step, worker, workers)[0]
+        return learner.training_episodes(dataset, spec, replicas, step, worker, workers)[0]
 
     def validation_share(worker, workers):  # episodes each worker scores: its slice
         return validation.rebatch(validation_size // workers).shard(workers, worker)
