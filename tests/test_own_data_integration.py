@@ -152,7 +152,7 @@ def test_predict_refuses_bad_requests_in_one_line(trained, tmp_path):
     broken.unlink()
     export.metadata["max_ways"] = 5  # as a MAML export with a 5-way head says
     with pytest.raises(ValueError, match=r"has \d+ classes, but this PrototypicalNetwork export "
-                                         r"serves at most 5\..*protonet, matching"):
+                                         r"serves at most 5\..*matching, pretrain, protonet"):
         predict.predict(export, str(support), str(queries))
     with pytest.raises(ValueError, match="Give exactly one of --workdir"):
         predict.export_path()
