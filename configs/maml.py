@@ -51,6 +51,4 @@ def sinusoid(config):
     config.num_steps = 70000
 
 
-# A tiny version of this config, as `--set` overrides: tests build and export every learner
-# from one in seconds (`tfmeta.config.tiny_overrides`).
 TINY = ("model.filters=4", "learner.inner_steps_test=1")

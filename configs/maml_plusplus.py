@@ -37,6 +37,4 @@ def get_config(dataset: str = "omniglot", setting: str | None = None):
     return config
 
 
-# A tiny version of this config, as `--set` overrides: tests build and export every learner
-# from one in seconds (`tfmeta.config.tiny_overrides`).
 TINY = maml.TINY + ("learner.inner_steps=1",)

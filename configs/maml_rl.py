@@ -32,6 +32,4 @@ def get_config(dataset: str = "navigation_2d", setting: str = "5w1s"):
     return config
 
 
-# A tiny version of this config, as `--set` overrides: tests build and export every learner
-# from one in seconds (`tfmeta.config.tiny_overrides`).
 TINY = ("learner.hidden_units=(8, 8)", "learner.trajectories=4", "learner.inner_steps_test=1")

@@ -36,6 +36,4 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     return config
 
 
-# A tiny version of this config, as `--set` overrides: tests build and export every learner
-# from one in seconds (`tfmeta.config.tiny_overrides`).
 TINY = ("learner.units=8", "learner.memory_slots=8", "learner.slot_size=4", "learner.heads=1")

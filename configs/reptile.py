@@ -49,6 +49,4 @@ def get_config(dataset: str = "omniglot", setting: str = "5w1s"):
     return config
 
 
-# A tiny version of this config, as `--set` overrides: tests build and export every learner
-# from one in seconds (`tfmeta.config.tiny_overrides`).
 TINY = ("model.filters=4", "learner.inner_steps_test=2", "learner.transductive=False")

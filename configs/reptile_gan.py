@@ -46,7 +46,5 @@ def get_config(dataset: str = "mnist", setting: str = "1w4s"):
     return config
 
 
-# A tiny version of this config, as `--set` overrides: tests build and export every learner
-# from one in seconds (`tfmeta.config.tiny_overrides`).
 TINY = ("model.filters=2", "model.blocks=1", "model.units_per_block=1", "model.latent_dim=4",
         "learner.inner_steps_test=1")

@@ -464,11 +464,12 @@ def test_predict_names_exactly_the_learners_that_serve_any_number_of_classes():
     from tfmeta import config as config_lib
     from tfmeta.algorithms import (
         ALGORITHMS,
-        ANY_WAYS_WITH_PROTOTYPE_HEAD,
+        MAML,
         EpisodicClassifier,
         any_ways_algorithms,
         build_learner,
         learner_class,
+        prototype_head_algorithms,
     )
 
     def max_ways(algo, *overrides):  # of the learner its config describes, made tiny
@@ -481,5 +482,14 @@ def test_predict_names_exactly_the_learners_that_serve_any_number_of_classes():
     any_ways = {a for a in classifiers if max_ways(a) is None}
     assert any_ways == set(any_ways_algorithms())
     assert len(any_ways) >= 5, any_ways  # no fewer than the five once listed by hand
-    for algo in ANY_WAYS_WITH_PROTOTYPE_HEAD:
-        assert max_ways(algo, "learner.head=prototypes") is None, algo
+    # The prototype head's learners serve any number with it, and the MAML family's others
+    # refuse it in one line.
+    maml_family = [a for a in ALGORITHMS if issubclass(learner_class(a), MAML)]
+    assert {"maml", "maml_plusplus"} <= set(prototype_head_algorithms()) < set(maml_family)
+    for algo in maml_family:
+        if algo in prototype_head_algorithms():
+            assert max_ways(algo, "learner.head=prototypes") is None, algo
+        else:
+            with pytest.raises(ValueError, match="makes a head of N ways per task. Use "
+                                                 "head='learned'"):
+                max_ways(algo, "learner.head=prototypes")

@@ -12,10 +12,10 @@ import tensorflow as tf
 
 from tfmeta.algorithms import (
     ALGORITHMS,
-    ANY_WAYS_WITH_PROTOTYPE_HEAD,
     MAML,
     build_learner,
     learner_class,
+    prototype_head_algorithms,
 )
 from tfmeta.config import apply_overrides, get_config, section_schema, tiny_overrides
 from tfmeta.tensors import (
@@ -102,7 +102,7 @@ def test_every_learner_that_takes_padded_episodes_is_tested():
     assert always and always <= algos, always - algos
     prototype_heads = {a for a, arguments in LEARNERS.values()
                        if arguments.get("head") == "prototypes"}
-    assert set(ANY_WAYS_WITH_PROTOTYPE_HEAD) <= prototype_heads
+    assert set(prototype_head_algorithms()) <= prototype_heads
     tried = {(k, v) for algo, arguments in LEARNERS.values()
              for k, v in learner_config(algo, arguments).learner.items() if k in OPTIONS}
     assert {(k, v) for k, values in OPTIONS.items() for v in values} <= tried

@@ -183,7 +183,15 @@ def test_trains_resumes_evaluates_and_exports_on_mnist(mnist_dataset, tmp_path):
     path = export.export_workdir(workdir, data_dir)
     result = evaluation.evaluate_workdir(workdir, data_dir, num_episodes=2)
     assert result["algo"] == "reptile_gan" and result["ways"] == 10  # nine digits + the 9
-    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["unadapted_accuracy"] <= 1.0
+    # Each episode scores samples_per_episode samples as right or wrong, so the mean over the
+    # episodes counts whole samples; the improvement is paired: adapted minus unadapted.
+    assert result["episodes"] == 2
+    for key in ("accuracy", "unadapted_accuracy"):
+        hits = result[key] * result["episodes"] * result["samples_per_episode"]
+        assert abs(hits - round(hits)) < 1e-4 and 0 <= round(hits) <= 2 * result[
+            "samples_per_episode"], (key, result)
+    assert abs(result["improvement"] - (result["accuracy"] - result["unadapted_accuracy"])) < 1e-6
+    assert result["chance"] == pytest.approx(1.0 / result["ways"])
 
     images = dataset.split("test").images[:4]
     np.save(tmp_path / "images.npy", images)

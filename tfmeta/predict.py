@@ -27,7 +27,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.algorithms import ANY_WAYS_WITH_PROTOTYPE_HEAD, any_ways_algorithms
+from tfmeta.algorithms import any_ways_algorithms, prototype_head_algorithms
 from tfmeta.data import folder
 from tfmeta.data import images as image_utils
 from tfmeta.files import atomic_write
@@ -149,7 +149,7 @@ def predict(export: Export, support_dir: str, query_dir: str,
             f"{support_dir} has {len(names)} classes, but this {export.metadata.get('learner')} "
             f"export serves at most {export.max_ways}. Use at most {export.max_ways} classes, "
             f"or train a learner that serves any number: {', '.join(any_ways_algorithms())}, or "
-            f"{' or '.join(ANY_WAYS_WITH_PROTOTYPE_HEAD)} with --set=learner.head=prototypes.")
+            f"{' or '.join(prototype_head_algorithms())} with --set=learner.head=prototypes.")
     support_files = [f for n in names for f in classes[n]]
     labels = np.repeat(np.arange(len(names), dtype=np.int32), [len(classes[n]) for n in names])
     support = read_images(support_files, export.metadata["decoding"])

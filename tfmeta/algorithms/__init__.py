@@ -33,9 +33,6 @@ ALGORITHMS = {
     "maml_rl": "tfmeta.algorithms.maml_rl:MAMLRL",
     "pretrain": "tfmeta.algorithms.pretrain:Pretrain",
 }
-# The algorithms whose learners serve any number of classes with a fast head started from
-# the support set's prototypes (`--set=learner.head=prototypes`, Proto-MAML).
-ANY_WAYS_WITH_PROTOTYPE_HEAD = ("maml", "maml_plusplus")
 
 
 def learner_class(name: str) -> type[MetaLearner]:
@@ -55,9 +52,17 @@ def any_ways_algorithms(input_kind: str = "images") -> list:
                   and inspect.getattr_static(cls, "max_ways") is any_ways)
 
 
+def prototype_head_algorithms() -> list:
+    """The `--algo` names whose learners serve any number of classes with a fast head started
+    from the support set's prototypes (`--set=learner.head=prototypes`, Proto-MAML): the
+    MAML family's members that do not refuse one (`MAML.fast_head_refusal`)."""
+    return sorted(name for name in ALGORITHMS
+                  if issubclass(cls := learner_class(name), MAML) and cls.fast_head_refusal is None)
+
+
 def build_learner(config, input_shape) -> MetaLearner:
     return learner_class(config.algo).from_experiment(config, input_shape)
 
 
 __all__ = ["ALGORITHMS", "MAML", "EpisodicClassifier", "MetaLearner", "any_ways_algorithms",
-           "build_learner", "learner_class"]
+           "build_learner", "learner_class", "prototype_head_algorithms"]

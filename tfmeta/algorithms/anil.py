@@ -36,6 +36,8 @@ class ANIL(MAML):
       **kwargs: MAML's arguments.
     """
 
+    fast_head_refusal = "ANIL adapts a layer of the backbone (head_layer), not a head per task"
+
     def __init__(self, model: keras.Model, head_layer: str = "head", **kwargs):
         super().__init__(model, **kwargs)
         names = [layer.name for layer in model.layers]

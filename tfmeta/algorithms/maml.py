@@ -49,7 +49,7 @@ from tfmeta import weights
 from tfmeta.algorithms.task_loop import TaskLoopLearner
 from tfmeta.data import input_kind
 from tfmeta.models import backbone_from_config
-from tfmeta.ranges import POSITIVE, Range
+from tfmeta.ranges import POSITIVE, Choice, Range
 from tfmeta.tensors import class_means, num_ways
 
 HEADS = ("learned", "prototypes", "zeros")
@@ -83,8 +83,11 @@ class MAML(TaskLoopLearner):
     """
 
     input_kinds = ("images",)
-    argument_ranges = {"inner_lr": POSITIVE, "max_head_ways": Range(1, integer=True,
-                                                                    optional=True)}
+    argument_ranges = {"inner_lr": POSITIVE, "head": Choice(HEADS),
+                       "max_head_ways": Range(1, integer=True, optional=True)}
+    # Why a subclass cannot take a fast head (head="prototypes" or "zeros"), or None where it
+    # can (`tfmeta.algorithms.prototype_head_algorithms` lists those that can).
+    fast_head_refusal: str | None = None
 
     def __init__(self, model: keras.Model, inner_lr: float = 0.4, inner_steps: int = 1,
                  inner_steps_test: int = 3, first_order: bool = False,
@@ -92,9 +95,10 @@ class MAML(TaskLoopLearner):
                  head: str = "learned", max_head_ways: int | None = None, **kwargs):
         super().__init__(model, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
                          batch_norm=batch_norm, parallel_tasks=parallel_tasks, **kwargs)
-        self.check_arguments({"inner_lr": inner_lr, "max_head_ways": max_head_ways})
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}; got head={head!r}.")
+        self.check_arguments({"inner_lr": inner_lr, "head": head, "max_head_ways": max_head_ways})
+        if head in FAST_HEADS and self.fast_head_refusal:
+            raise ValueError(f"{self.fast_head_refusal}; head={head!r} makes a head of N ways "
+                             "per task. Use head='learned'.")
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
         self.head_mode = head

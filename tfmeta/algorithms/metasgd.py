@@ -45,12 +45,10 @@ class MetaSGD(MAML):
     Args: as MAML's; `inner_lr` is the initial value of every coordinate of `alpha`.
     """
 
+    fast_head_refusal = "Meta-SGD learns a rate per coordinate of fixed-shape parameters"
+
     def __init__(self, model: keras.Model, inner_lr: float = 0.4, **kwargs):
         super().__init__(model, inner_lr=inner_lr, **kwargs)
-        if self.fast_head:
-            raise ValueError(f"Meta-SGD learns a rate per coordinate of fixed-shape parameters; "
-                             f"head={self.head_mode!r} makes a head of N ways per task. Use "
-                             "head='learned'.")
         self.alpha = learned_rates(self, [self.params[i].shape for i in self.adapted_indices],
                                    self.inner_lr, "alpha")
 

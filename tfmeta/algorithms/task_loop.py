@@ -85,8 +85,8 @@ class TaskLoopLearner(EpisodicClassifier):
     backbone_has_head = True
     xla_auto = False
     xla_auto_reason = ("XLA was measured slower for this family on a CPU (the task loop "
-                       "unrolled for XLA: 507 ms a MAML step against 412 ms without, and 80 s "
-                       "to compile; docs/performance.md) and has not been measured on a GPU; "
+                       "unrolled for XLA, with a long compile; the numbers and the command "
+                       "are in docs/performance.md) and has not been measured on a GPU; "
                        "--set=jit_compile=true forces it")
     argument_ranges = {"inner_steps": NON_NEGATIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
                        "parallel_tasks": POSITIVE_INT, "batch_norm": Choice(BATCH_NORM_MODES),

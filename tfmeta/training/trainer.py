@@ -28,9 +28,9 @@ import tensorflow as tf
 
 from tfmeta.algorithms import (
     ALGORITHMS,
-    ANY_WAYS_WITH_PROTOTYPE_HEAD,
     build_learner,
     learner_class,
+    prototype_head_algorithms,
 )
 from tfmeta.config import apply_overrides, get_config, save_config, validate_config
 from tfmeta.data import load_dataset
@@ -265,16 +265,16 @@ def variable_episode_learners(dataset: str, input_shape) -> list:
     """The registered learners that take variable episodes, as `--algo` choices: those
     whose class says so, and those whose arguments decide it (a property), built from their
     configs for `dataset`, as they are and with the prototype head of
-    `tfmeta.algorithms.ANY_WAYS_WITH_PROTOTYPE_HEAD` (MAML's)."""
+    `tfmeta.algorithms.prototype_head_algorithms` (MAML's)."""
 
-    found = []
+    found, prototype_heads = [], prototype_head_algorithms()
     for algo in sorted(ALGORITHMS):
         declared = inspect.getattr_static(learner_class(algo), "variable_episodes", False)
         if not isinstance(declared, property):
             if declared:
                 found.append(f"--algo={algo}")
             continue
-        variants = [[], ["learner.head=prototypes"]] if algo in ANY_WAYS_WITH_PROTOTYPE_HEAD \
+        variants = [[], ["learner.head=prototypes"]] if algo in prototype_heads \
             else [[]]
         for overrides in variants:
             config = apply_overrides(get_config(algo, dataset), overrides)
