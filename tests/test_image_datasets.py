@@ -483,19 +483,10 @@ def test_every_image_config_is_runnable_without_omniglot_settings(algo, dataset)
 
 
 # ------------------------------------------------------------------ train and export
-# algo -> overrides: tiny backbones, 2 steps, episodes the generated files can hold.
+# Overrides for every learner: 2 steps, episodes the generated files can hold; each learner
+# is shrunk by its own config's TINY (`tfmeta.config.tiny_overrides`).
 TINY = ["num_steps=2", "checkpoint_every=2", "log_every=2", "val_episodes=2",
         "eval_meta_batch_size=2", "meta_batch_size=2", "queries=2", "eval_queries=2", "ways=5"]
-FAMILIES = {
-    "maml": ["model.filters=4", "learner.inner_steps=1", "learner.inner_steps_test=1"],
-    "protonet": ["model.filters=4", "meta_batch_size=1"],
-    "relation": ["model.filters=4", "learner.relation_filters=4", "meta_batch_size=1"],
-    "mann": ["model.filters=4", "shots=1", "learner.units=16", "learner.memory_slots=8",
-             "learner.slot_size=8", "learner.heads=1"],
-    "reptile": ["model.filters=4", "train_shots=1", "learner.inner_steps=1",
-                "learner.inner_steps_test=1", "learner.inner_batch_size=5",
-                "learner.inner_batch_size_test=5"],
-}
 TRAIN_SPLITS = {split: {f"n0{i}{split}": 4 for i in range(5)} for split in ("train", "val",
                                                                                "test")}
 
@@ -508,17 +499,20 @@ def training_data(tmp_path_factory, cifar_dir):
 
 
 # A run costs 20-65 s here (compile, 2 steps, validation, export), so the suite trains one
-# gradient-based and one metric learner; every FAMILIES x dataset pair passes when listed.
-SLOW_PAIRS = [("maml", "mini_imagenet"), ("protonet", "cifar_fs")]
+# gradient-based and one metric learner, each with the extra overrides that keep it short
+# (every learner trains on a folder of images in tests/test_own_data_integration.py).
+SLOW_PAIRS = [("maml", "mini_imagenet", ["learner.inner_steps=1"]),
+              ("protonet", "cifar_fs", ["meta_batch_size=1"])]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, dataset", SLOW_PAIRS)
-def test_train_and_serve_raw_images(algo, dataset, training_data, tmp_path):
-    from tfmeta.config import apply_overrides, get_config
+@pytest.mark.parametrize("algo, dataset, extra", SLOW_PAIRS)
+def test_train_and_serve_raw_images(algo, dataset, extra, training_data, tmp_path):
+    from tfmeta.config import apply_overrides, get_config, tiny_overrides
     from tfmeta.training.trainer import train
 
-    config = apply_overrides(get_config(algo, dataset, "5w1s"), TINY + FAMILIES[algo])
+    config = apply_overrides(get_config(algo, dataset, "5w1s"),
+                             TINY + tiny_overrides(algo) + extra)
     workdir = str(tmp_path / "run")
     learner = train(config, workdir, str(training_data[dataset]), verbose=0, export=True)
     data = load_dataset(dataset, str(training_data[dataset]))
