@@ -1,26 +1,51 @@
-"""Writing a file so that no reader, and no killed writer, ever sees half of it."""
+"""Writing a file or a folder so that no reader, and no killed writer, ever sees half of it.
+
+Every atomic write of the package goes through `atomic_path` (`atomic_write` for a file
+opened by Python).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w", **open_kwargs):
-    """Opens `<path>.part` for writing and, when the block succeeds, renames it over `path`
-    (an atomic replace on one file system); when the block fails, the part file is
-    removed and `path` keeps its old contents.
+def atomic_path(path: str, suffix: str = ".part"):
+    """Yields `<path><suffix>` for the block to write (a file, or a folder) and, when the
+    block succeeds, renames it over `path` (an atomic replace on one file system; a folder
+    at `path` is removed first); when the block fails, what it wrote is removed and `path`
+    keeps its old contents. A part left by a killed writer is removed before the block.
+
+        with atomic_path(path) as partial:
+            tf.saved_model.save(module, partial)
+    """
+    partial = path.rstrip("/") + suffix
+    _remove(partial)
+    try:
+        yield partial
+        if os.path.isdir(path) and os.path.isdir(partial):
+            shutil.rmtree(path)
+        os.replace(partial, path)
+    except BaseException:
+        _remove(partial)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", suffix: str = ".part", **open_kwargs):
+    """`atomic_path` for a file opened with `open(..., mode, **open_kwargs)`.
 
         with atomic_write(path) as f:
             json.dump(result, f)
     """
-    partial = path + ".part"
-    try:
-        with open(partial, mode, **open_kwargs) as f:
-            yield f
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+    with atomic_path(path, suffix) as partial, open(partial, mode, **open_kwargs) as f:
+        yield f

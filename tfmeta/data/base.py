@@ -6,12 +6,12 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 from collections.abc import Callable
 
 import numpy as np
 
+from tfmeta import files
 from tfmeta.data.episodes import ClassImages
 
 # Files up to this size that are not images count by their contents in the fingerprint.
@@ -191,9 +191,9 @@ def load_cached_arrays(key: str, build: Callable[[], dict]) -> dict:
     arrays = build()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".npz", delete=False) as f:
+        # (a part of this process's own: workers may build the same cache at once)
+        with files.atomic_write(path, "wb", suffix=f".{os.getpid()}.part") as f:
             np.savez(f, **arrays)
-        os.replace(f.name, path)
     except OSError:
         pass  # a read-only cache only costs speed
     return arrays
@@ -209,22 +209,17 @@ def download_file(url: str, destination: str, md5: str | None = None) -> str:
     Works with `file://` URLs too, which is how it is tested offline.
     """
     os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
-    partial = destination + ".part"
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            shutil.copyfileobj(response, out)
-    except OSError as error:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise OSError(
-            f"Could not download {url} to {destination}: {error}. Check the network, or fetch "
-            f"the file by hand and put it at {destination}.") from error
-    if md5 is not None and md5_of(partial) != md5:
-        got = md5_of(partial)
-        os.remove(partial)
-        raise OSError(f"Downloaded {url} has MD5 {got}, expected {md5}; the file is corrupt or "
-                      "has changed upstream. Try again, or fetch it by hand.")
-    os.replace(partial, destination)
+    with files.atomic_path(destination) as partial:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as error:
+            raise OSError(
+                f"Could not download {url} to {destination}: {error}. Check the network, or "
+                f"fetch the file by hand and put it at {destination}.") from error
+        if md5 is not None and (got := md5_of(partial)) != md5:
+            raise OSError(f"Downloaded {url} has MD5 {got}, expected {md5}; the file is corrupt "
+                          "or has changed upstream. Try again, or fetch it by hand.")
     return destination
 
 

@@ -117,8 +117,7 @@ def _write_class(classes, entry: dict, label: int, encoding: str, path: str, see
     name and renamed: a file that exists is complete."""
     examples = classes.stored_examples(entry["index"])
     order = np.random.RandomState([seed, label]).permutation(len(examples))
-    partial = path + ".partial"
-    with tf.io.TFRecordWriter(partial) as writer:
+    with files.atomic_path(path, ".partial") as partial, tf.io.TFRecordWriter(partial) as writer:
         for i in order:
             feature = {
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(
@@ -127,7 +126,6 @@ def _write_class(classes, entry: dict, label: int, encoding: str, path: str, see
             }
             writer.write(tf.train.Example(features=tf.train.Features(
                 feature=feature)).SerializeToString())
-    os.replace(partial, path)
 
 
 def convert(dataset: FewShotDataset, output_dir: str, threads: int | None = None,

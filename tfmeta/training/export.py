@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import tensorflow as tf
 
+from tfmeta.files import atomic_path
 from tfmeta.training.run import EXPORT, open_run
 
 # What an export says of itself beside saved_model.pb (`bin/predict.py` reads it).
@@ -40,22 +40,18 @@ def export_learner(learner, dataset, path: str) -> str:
     Written to a temporary folder and renamed, so a killed export leaves the previous one.
     """
     module = learner.serving_module(dataset)
-    partial = path.rstrip("/") + ".part"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        tf.saved_model.save(module, partial, signatures=module.signatures())
-        with open(os.path.join(partial, METADATA_FILE), "w") as f:
-            json.dump(export_metadata(learner, dataset), f, indent=2)
-    except (OSError, tf.errors.OpError) as error:
-        shutil.rmtree(partial, ignore_errors=True)
-        reason = " ".join(str(getattr(error, "message", error)).split())[:200]
-        before = "the previous export is unchanged" if os.path.isdir(path) else "none was there"
-        raise OSError(f"Could not write the export to {path} ({reason}); {before}. Free disk "
-                      "space, then rerun the same command (a finished run only exports).") \
-            from None
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        try:
+            tf.saved_model.save(module, partial, signatures=module.signatures())
+            with open(os.path.join(partial, METADATA_FILE), "w") as f:
+                json.dump(export_metadata(learner, dataset), f, indent=2)
+        except (OSError, tf.errors.OpError) as error:
+            reason = " ".join(str(getattr(error, "message", error)).split())[:200]
+            before = ("the previous export is unchanged" if os.path.isdir(path) else
+                      "none was there")
+            raise OSError(f"Could not write the export to {path} ({reason}); {before}. Free "
+                          "disk space, then rerun the same command (a finished run only "
+                          "exports).") from None
     return path
 
 
