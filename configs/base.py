@@ -59,7 +59,7 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
          "max_log_weight": math.log(2.0)})
 
     # schedule: None (constant), "step" (x decay_rate every decay_steps) or "cosine"
-    # (to 0 over decay_steps, default num_steps); see trainer.learning_rate_schedule.
+    # (to 0 over decay_steps, default num_steps); see tfmeta.training.optimizer.
     config.optimizer = ml_collections.ConfigDict(
         {"name": "adam", "learning_rate": 1e-3, "clipnorm": config_dict.placeholder(float),
          "schedule": config_dict.placeholder(str), "decay_steps": config_dict.placeholder(int),

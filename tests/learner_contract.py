@@ -36,8 +36,8 @@ import tensorflow as tf
 
 from tfmeta.data import episode_dataset
 from tfmeta.tensors import accuracy
+from tfmeta.training.checkpoints import checkpoint_manager
 from tfmeta.training.export import export_learner
-from tfmeta.training.run import checkpoint_manager
 
 
 class LearnerContract:

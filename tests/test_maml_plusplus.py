@@ -11,7 +11,7 @@ from tfmeta import config as config_lib
 from tfmeta import weights
 from tfmeta.algorithms.maml_plusplus import MAMLPlusPlus, importance_weights
 from tfmeta.algorithms.maml_regression import mean_squared_error
-from tfmeta.training.run import make_optimizer
+from tfmeta.training.optimizer import make_optimizer
 
 OFF = {"multi_step_loss": False, "learned_inner_lrs": False, "per_step_batch_norm": False}
 

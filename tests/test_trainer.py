@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tests.conftest import ROOT
 from tfmeta import config as config_lib
+from tfmeta.training import optimizer as optimizer_lib
 from tfmeta.training import run as run_lib
 from tfmeta.training import trainer
 
@@ -83,23 +84,23 @@ def test_learning_rate_schedules_follow_the_step_count_and_reject_bad_settings()
     # Prototypical Networks' halving every 2000 episodes: 1e-3 until step 1999, then 5e-4...
     halving = tiny_config("optimizer.schedule='step'", "optimizer.decay_steps=2000",
                           "optimizer.decay_rate=0.5")
-    optimizer = run_lib.make_optimizer(halving.optimizer)
+    optimizer = optimizer_lib.make_optimizer(halving.optimizer)
     assert [rate_at(optimizer, s) for s in (0, 1999, 2000, 4000, 6500)] == pytest.approx(
         [1e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4])
     # Cosine to 0 over num_steps: lr * (1 + cos(pi * t / T)) / 2.
     cosine = tiny_config("optimizer.schedule='cosine'", "optimizer.learning_rate=0.002")
-    optimizer = run_lib.make_optimizer(cosine.optimizer, num_steps=400)
+    optimizer = optimizer_lib.make_optimizer(cosine.optimizer, num_steps=400)
     assert [rate_at(optimizer, s) for s in (0, 100, 200, 400)] == pytest.approx(
         [2e-3, 2e-3 * (1 + np.cos(np.pi / 4)) / 2, 1e-3, 0.0], abs=1e-9)
-    assert float(run_lib.make_optimizer(tiny_config().optimizer).learning_rate) == pytest.approx(1e-3)
+    assert float(optimizer_lib.make_optimizer(tiny_config().optimizer).learning_rate) == pytest.approx(1e-3)
 
     with pytest.raises(ValueError, match=r"decay_steps >= 1.*decay_rate=None"):
-        run_lib.make_optimizer(tiny_config("optimizer.schedule='step'",
+        optimizer_lib.make_optimizer(tiny_config("optimizer.schedule='step'",
                                            "optimizer.decay_steps=10").optimizer)
     with pytest.raises(ValueError, match=r"one of \('step', 'cosine'\).*'linear'"):
-        run_lib.make_optimizer(tiny_config("optimizer.schedule='linear'").optimizer)
+        optimizer_lib.make_optimizer(tiny_config("optimizer.schedule='linear'").optimizer)
     with pytest.raises(ValueError, match="Unknown optimizer 'adamm'"):
-        run_lib.make_optimizer(tiny_config("optimizer.name='adamm'").optimizer)
+        optimizer_lib.make_optimizer(tiny_config("optimizer.name='adamm'").optimizer)
 
 
 def scalar_tags(logdir):

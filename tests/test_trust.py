@@ -24,6 +24,7 @@ from tfmeta.algorithms import MAML
 from tfmeta.algorithms.prototypical import PrototypicalNetwork
 from tfmeta.data import load_dataset, safe_pickle
 from tfmeta.data import omniglot as omniglot_data
+from tfmeta.errors import WorkdirLocked
 from tfmeta.models import conv4
 from tfmeta.training import evaluation, run, trainer
 
@@ -167,13 +168,13 @@ def test_a_second_trainer_on_a_workdir_is_refused_naming_the_holder(tmp_path):
     """Before: two trainers ran on one workdir and overwrote each other's files."""
     workdir = str(tmp_path / "run")
     script = (f"import sys, time; sys.path.insert(0, {ROOT!r})\n"
-              "from tfmeta.training.run import WorkdirLock\n"
+              "from tfmeta.training.lock import WorkdirLock\n"
               f"lock = WorkdirLock({workdir!r}).acquire(); print('held', flush=True); "
               "time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(run.WorkdirLocked, match=rf"in use by another trainer \(PID "
+        with pytest.raises(WorkdirLocked, match=rf"in use by another trainer \(PID "
                                                     rf"{holder.pid}\)"):
             trainer.train(tiny_config("num_steps=1"), workdir, verbose=0)
         assert not os.path.exists(os.path.join(workdir, "config.json"))

@@ -8,6 +8,7 @@ Workdir layout:
     eval.json            the newest bin/evaluate.py result
     export/              the SavedModel
     .lock                held (an OS file lock) while a trainer runs in the workdir
+                         (tfmeta.training.lock)
     workertemp_<task>/   a non-chief worker's own lock, checkpoints and logs under
                          --strategy=multi_worker, deleted when it finishes
 """
@@ -15,87 +16,25 @@ Workdir layout:
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import logging
 import os
 
-import keras
 import tensorflow as tf
 
 from tfmeta.algorithms import build_learner
 from tfmeta.config import jit_compile_flag, load_config
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
-from tfmeta.errors import WorkdirLocked
-from tfmeta.training.checkpoints import (  # noqa: F401 - the run's checkpoint helpers
-    CHECKPOINTS,
-    checkpoint_manager,
-    has_checkpoint,
-    remove_partial_checkpoints,
-    repair_state,
-    restore_latest,
-    untracked_variables,
-)
+from tfmeta.training.checkpoints import restore_latest
+from tfmeta.training.optimizer import make_optimizer
 
 CONFIG_FILE = "config.json"
 EVAL_FILE = "eval.json"
 LOGS = "logs"
 EXPORT = "export"
-LOCK_FILE = ".lock"
-
-# Fields of `config.optimizer` that describe the learning-rate schedule, not the optimizer.
-SCHEDULE_FIELDS = ("schedule", "decay_steps", "decay_rate")
-SCHEDULES = ("step", "cosine")
 
 
-# ------------------------------------------------------------------ optimizer, learner
-def learning_rate_schedule(optimizer_config, num_steps=None):
-    """The learning rate `config.optimizer` asks for: a float or a Keras schedule.
-
-    `schedule=None`: constant `learning_rate`. `"step"`: multiplied by `decay_rate`
-    every `decay_steps` meta-steps (Prototypical Networks halve it every 2000
-    episodes: decay_steps=2000, decay_rate=0.5). `"cosine"`: cosine decay to 0 over
-    `decay_steps` (default `num_steps`). Schedules read `optimizer.iterations`, so a
-    resumed run continues where it stopped.
-    """
-    rate = optimizer_config.learning_rate
-    name = optimizer_config.schedule
-    decay_steps = optimizer_config.decay_steps
-    if not name:
-        return rate
-    if name not in SCHEDULES:
-        raise ValueError(f"optimizer.schedule must be one of {SCHEDULES} or None; got {name!r}.")
-    if name == "step":
-        decay_rate = optimizer_config.decay_rate
-        if not decay_steps or decay_steps < 1 or decay_rate is None or not 0 < decay_rate <= 1:
-            raise ValueError(
-                "optimizer.schedule='step' needs optimizer.decay_steps >= 1 and "
-                f"optimizer.decay_rate in (0, 1]; got decay_steps={decay_steps}, "
-                f"decay_rate={decay_rate}. Example: --set=optimizer.decay_steps=2000 "
-                "--set=optimizer.decay_rate=0.5")
-        return keras.optimizers.schedules.ExponentialDecay(rate, decay_steps, decay_rate,
-                                                           staircase=True)
-    decay_steps = decay_steps or num_steps
-    if not decay_steps or decay_steps < 1:
-        raise ValueError("optimizer.schedule='cosine' needs optimizer.decay_steps >= 1 or "
-                         f"num_steps; got decay_steps={decay_steps}, num_steps={num_steps}.")
-    return keras.optimizers.schedules.CosineDecay(rate, decay_steps)
-
-
-def make_optimizer(optimizer_config, num_steps=None) -> keras.optimizers.Optimizer:
-    """The Keras optimizer `config.optimizer` names, with its schedule."""
-    kwargs = {k: v for k, v in optimizer_config.items()
-              if k not in ("name", *SCHEDULE_FIELDS) and v is not None}
-    kwargs["learning_rate"] = learning_rate_schedule(optimizer_config, num_steps)
-    try:
-        optimizer = keras.optimizers.get(optimizer_config.name)
-    except ValueError as error:
-        raise ValueError(f"Unknown optimizer {optimizer_config.name!r} ({error}); use a Keras "
-                         "optimizer name such as 'adam', 'sgd' or 'adamw'.") from None
-    return optimizer.__class__(**kwargs)
-
-
+# ------------------------------------------------------------------------- learner
 def build_compiled_learner(config, input_shape, strategy=None, init_from: str | None = None):
     """Builds and compiles the learner (and its optimizer's slots) inside the strategy; with
     `init_from` (a run's workdir, the trainer passes `config.model.init_from` to a fresh
@@ -216,46 +155,3 @@ def open_run(workdir: str, data_dir: str | None = None, strategy=None) -> Run:
     learner = build_compiled_learner(config, dataset.input_shape, strategy)
     step = restore_latest(learner, workdir, require=True)
     return Run(workdir, config, dataset, learner, step)
-
-
-# ------------------------------------------------------------------------ the lock
-class WorkdirLock:
-    """An exclusive OS lock (`flock`) on `<workdir>/.lock`, released when the holder exits,
-    however it exits (SIGKILL included). The file records the holder's PID for messages."""
-
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
-        self._file = None
-
-    def acquire(self) -> WorkdirLock:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise WorkdirLocked(
-                f"{os.path.dirname(self.path)} is in use by another trainer (PID {holder}); "
-                "wait for it to finish or stop it, or use another --workdir.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._file = handle
-        return self
-
-    def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()

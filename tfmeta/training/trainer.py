@@ -37,20 +37,17 @@ from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
 from tfmeta.errors import Terminated
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
-from tfmeta.training.export import export_workdir
-from tfmeta.training.run import (
+from tfmeta.training.checkpoints import (
     CHECKPOINTS,
-    CONFIG_FILE,
-    LOGS,
-    WorkdirLock,
-    build_compiled_learner,
     checkpoint_manager,
-    data_source,
     has_checkpoint,
     remove_partial_checkpoints,
     repair_state,
     restore_latest,
 )
+from tfmeta.training.export import export_workdir
+from tfmeta.training.lock import WorkdirLock
+from tfmeta.training.run import CONFIG_FILE, LOGS, build_compiled_learner, data_source
 from tfmeta.training.strategy import (
     DEFAULT_JOIN_TIMEOUT_S,
     SHUTDOWN_BARRIER_MS,
