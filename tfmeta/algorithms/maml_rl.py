@@ -42,9 +42,9 @@ import tensorflow as tf
 
 from tfmeta import weights
 from tfmeta.algorithms.base import MetaLearner, validation_batch_size
-from tfmeta.data import load_dataset
 from tfmeta.evaluation import mean_and_ci95
 from tfmeta.ranges import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
+from tfmeta.rl.navigation import Navigation2D
 from tfmeta.rl.policy import gaussian_mlp_policy, split_outputs
 from tfmeta.rl.policy_gradient import advantages, episode_returns, rollout, surrogate_loss
 from tfmeta.rl.serving import AdaptAndAct
@@ -123,10 +123,10 @@ class MAMLRL(MetaLearner):
 
     @classmethod
     def from_experiment(cls, config, input_shape):
-        """The environment is the one `config.dataset` and `config.data` describe."""
+        """The environment `config.data` describes (navigation_2d is simulated: nothing is
+        read, so the learner needs no dataset, and --data_dir has no say in it)."""
         del input_shape
-        tasks = load_dataset(config.dataset, None, **config.data)
-        return cls(tasks.environment, **config.learner)
+        return cls(Navigation2D(**config.data), **config.learner)
 
     @classmethod
     def check_input_kind(cls, kind, dataset):
