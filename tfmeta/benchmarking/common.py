@@ -73,6 +73,29 @@ def time_config_training(algo: str, steps: int, dataset_name: str = "omniglot",
     return result, learner, dataset
 
 
+def alternate_steps(sides: dict, batches: list) -> dict:
+    """Runs each side's step on every batch, the sides in turn within a round, so that a
+    machine whose speed drifts (a shared VM) slows every side alike.
+
+    `sides`: name -> (step(batch), convert(batch) -> that side's form of it). Round 0 warms
+    up (traces, compiles, allocates) and is not timed. Returns name -> seconds per round.
+    """
+    times = {name: [] for name in sides}
+    for round_, batch in enumerate(batches):
+        for name, (step, convert) in sides.items():
+            converted = convert(batch)
+            start = time.perf_counter()
+            step(converted)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(times: dict, side: str, reference: str) -> float:
+    """The median over rounds of `side`'s time over `reference`'s in the same round."""
+    return statistics.median(a / b for a, b in zip(times[side], times[reference]))
+
+
 def time_function(fn, args, repeats: int) -> dict:
     """First call (trace) and the median of `repeats` further calls of a tf.function."""
     start = time.perf_counter()

@@ -5,7 +5,17 @@ pass, under XLA); plus the episode sampler's rate on those episodes."""
 
 from __future__ import annotations
 
-from tfmeta.benchmarking.common import build_config_case, sampler_rate, time_train_steps
+import statistics
+
+from tfmeta.benchmarking.common import (
+    _block,
+    alternate_steps,
+    build_config_case,
+    paired_ratio,
+    peak_memory_mb,
+    sampler_rate,
+    time_train_steps,
+)
 from tfmeta.episode_spec import DataSpec
 
 
@@ -24,12 +34,35 @@ def _maml_case(*overrides):
     return run
 
 
+def _xla_paired(steps: int) -> dict:
+    """Second-order MAML with and without XLA in one process, a step of each in turn on the
+    same batches (`alternate_steps`): the XLA/plain ratio with the machine's drift paired
+    out, which separate processes at separate times do not give on a shared VM."""
+    sides, learners = {}, {}
+    for name, jit in (("plain", "False"), ("xla", "True")):
+        config, dataset, learner = build_config_case(
+            "maml", overrides=("learner.task_parallel=loop", f"jit_compile={jit}"))
+        learner.make_train_function()
+        learners[name] = learner
+        sides[name] = (lambda b, f=learner.train_function: _block(f(iter([b]))), lambda b: b)
+    episodes, _ = learners["plain"].training_episodes(dataset, DataSpec.from_config(config))
+    times = alternate_steps(sides, list(episodes.take(steps + 1)))
+    result = {f"{name}_median_ms_per_step": 1000 * statistics.median(t)
+              for name, t in times.items()}
+    result.update(median_ratio_xla_over_plain=paired_ratio(times, "xla", "plain"),
+                  rounds=steps, peak_memory_mb=peak_memory_mb(),
+                  task_loop_xla=learners["xla"].task_loop_form())
+    return result
+
+
 CASES = {
     "maml_second_order": _maml_case("learner.task_parallel=loop"),
     "maml_first_order": _maml_case("learner.task_parallel=loop", "learner.first_order=True"),
     "maml_second_order_vectorized": _maml_case("learner.task_parallel=vectorized"),
     # The task loop unrolled and compiled by XLA (a while_loop would be 33x slower).
     "maml_second_order_xla": _maml_case("learner.task_parallel=loop", "jit_compile=True"),
+    # Both of the above in one process, alternated (the fair XLA/plain ratio).
+    "maml_second_order_paired_xla": _xla_paired,
     # Every task in one pass under XLA: XLA's CPU backend runs grouped convolutions ~100x
     # slower than TensorFlow's kernels (about 50 s a step here); for GPUs.
     "maml_second_order_vectorized_xla": _maml_case("learner.task_parallel=vectorized",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 
 from absl import app, flags
 
@@ -120,7 +119,7 @@ def main(argv):
                              "benchmark-only extra).") from None
     import tensorflow as tf
 
-    from tfmeta.benchmarking.common import _block, build_config_case
+    from tfmeta.benchmarking.common import _block, alternate_steps, build_config_case
 
     if FLAGS.threads:
         torch.set_num_threads(FLAGS.threads)
@@ -133,14 +132,7 @@ def main(argv):
     sides = {"tfmeta": (lambda b: _block(learner.train_function(iter([b]))), lambda b: b)}
     for kind in FLAGS.peers:
         sides[f"torch_{kind}"] = torch_peer(kind, config, FLAGS.first_order)
-    times = {name: [] for name in sides}
-    for round_ in range(FLAGS.rounds + 1):  # round 0 warms up (traces, allocates)
-        for name, (step, convert) in sides.items():
-            batch = convert(batches[round_])
-            start = time.perf_counter()
-            step(batch)
-            if round_:
-                times[name].append(time.perf_counter() - start)
+    times = alternate_steps(sides, batches)  # round 0 warms up
     medians = {name: 1000 * statistics.median(t) for name, t in times.items()}
     print(f"MAML {'first' if FLAGS.first_order else 'second'} order, Omniglot "
           f"{config.ways}-way {config.shots}-shot, meta-batch {config.meta_batch_size}, "
