@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 
 from absl import app, flags
 
@@ -112,6 +113,10 @@ def main(argv):
         raise app.UsageError(f"Unknown peers {unknown}; choose from {list(PEERS)}.")
     if FLAGS.threads:
         os.environ["OMP_NUM_THREADS"] = str(FLAGS.threads)
+    # PyTorch's default Linux wheels bring Triton, which torch imports lazily (its first
+    # optimizer does) and which crashes a process that has loaded TensorFlow (torch
+    # 2.14.1+cu130, TensorFlow 2.21: a segmentation fault). The CPU peer needs no Triton.
+    sys.modules.setdefault("triton", None)
     try:
         import torch
     except ImportError:
@@ -146,8 +151,6 @@ def main(argv):
 
 def run():
     """The entry point of bin/compare_torch.py."""
-    import sys
-
     sys.modules["__main__"].__doc__ = __doc__
     app.run(main)
 
