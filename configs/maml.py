@@ -14,8 +14,9 @@ from .datasets import natural_images
 def get_config(dataset: str = "omniglot", setting: str | None = None):
     setting = setting or ("1w10s" if dataset == "sinusoid" else "5w1s")
     config = base.get_config("maml", dataset, setting)
+    # recompute=True trades compute for memory in second-order runs (docs/performance.md).
     config.learner.update(inner_lr=0.4, inner_steps=1, inner_steps_test=3, first_order=False,
-                          batch_norm="batch_stats")
+                          batch_norm="batch_stats", recompute=False)
     config.model.update(downsample="max_pool")
     config.meta_batch_size = 32
     config.queries = config.shots  # the reference code samples K queries per class

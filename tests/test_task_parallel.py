@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import task_batch
+from tfmeta import task_batch, weights
 from tfmeta.algorithms import task_loop
 from tfmeta.algorithms.anil import ANIL
 from tfmeta.algorithms.lstm_meta import LSTMMetaLearner
@@ -89,6 +89,43 @@ def test_vectorized_equals_the_loop(case, episodes):
     # is the computation, not two ways of getting nothing).
     assert max(float(np.abs(g).max()) for g in reference[0]) > 1e-3
     assert_same_run(run(vectorized, episodes), reference)
+
+
+@pytest.mark.parametrize("case", ["maml_second_order", "proto_maml", "metasgd", "anil",
+                                  "maml_plusplus"])
+def test_recomputed_inner_steps_give_the_same_meta_gradients(case, episodes, monkeypatch):
+    """`recompute=True` (each inner step's activations computed again in the backward pass)
+    changes memory, not numbers: second order, through Meta-SGD's and MAML++'s variables
+    read inside the recomputed step, and on the vectorized pass."""
+    cls, kwargs = CASES[case]
+
+    def build_apart(task_parallel, **extra):
+        """The learner with every variable moved by the same noise: MAML++'s per-step copies
+        and rates start equal, which would hide a step recomputed with another's."""
+        learner = build(cls, kwargs, task_parallel, **extra)
+        rng = np.random.default_rng(2)
+        for variable in learner.trainable_variables:
+            variable.assign(variable + 0.1 * rng.normal(size=variable.shape))
+        return learner
+
+    want = run(build_apart("loop"), episodes)
+    recomputed = []
+    real = weights.recomputed_in_backward
+    monkeypatch.setattr(weights, "recomputed_in_backward",
+                        lambda fn, tensors: recomputed.append(1) or real(fn, tensors))
+    assert_same_run(run(build_apart("loop", recompute=True), episodes), want)
+    assert recomputed, "recompute=True did not take the recomputed path"
+    if case == "maml_second_order":
+        assert_same_run(run(build_apart("vectorized", recompute=True), episodes), want)
+
+
+def test_recompute_is_refused_where_there_is_nothing_to_recompute_or_it_would_count_twice():
+    model = conv4((28, 28, 1), filters=4, num_classes=WAYS)
+    with pytest.raises(ValueError, match=r"recompute=True .*first_order=True"):
+        MAML(model, first_order=True, recompute=True)
+    with pytest.raises(ValueError, match=r"moving averages twice; use "
+                                         r"learner.batch_norm=batch_stats"):
+        MAML(model, batch_norm="running_stats", recompute=True)
 
 
 def test_unrolled_loop_equals_the_while_loop(episodes):

@@ -146,7 +146,8 @@ def test_workdir_of_another_experiment_is_refused(tmp_path):
         trainer._check_workdir_config(saved("learner.inner_lr=0.1"), workdir)
     # How a step runs is not the experiment: these resume.
     trainer._check_workdir_config(saved(
-        "learner.task_parallel=vectorized", "learner.parallel_tasks=2"), workdir)
+        "learner.task_parallel=vectorized", "learner.parallel_tasks=2",
+        "learner.recompute=True"), workdir)
 
 
 def test_learner_sections_recorded_by_earlier_versions_are_the_same_experiment():

@@ -71,3 +71,35 @@ def unflatten(vector, like) -> list:
     shapes = [tuple(t.shape) for t in like]
     sizes = [int(tf.TensorShape(s).num_elements()) for s in shapes]
     return [tf.reshape(part, shape) for part, shape in zip(tf.split(vector, sizes), shapes)]
+
+
+def recomputed_in_backward(fn, tensors) -> list:
+    """`fn(tensors)` (a list of tensors in, a list out) whose intermediate activations are
+    not kept for the backward pass but computed again there from `tensors`: memory for
+    compute (Chen et al. 2016, "Training deep nets with sublinear memory cost"), here one
+    MAML inner step at a time. The gradient is exact, second-order terms included (`fn`
+    may hold its own tape); variables `fn` reads get theirs too.
+
+    The recomputation waits for the upstream gradients (a control dependency), so it
+    neither runs early nor merges with the forward pass it repeats.
+    """
+    tensors = list(tensors)
+
+    @tf.custom_gradient
+    def run(*inputs):
+        def grad(*upstream, variables=None):
+            with tf.control_dependencies([u for u in upstream if u is not None]):
+                again = [tf.identity(x) for x in inputs]
+            watched = list(variables or [])
+            with tf.GradientTape() as tape:
+                tape.watch(again)
+                outputs = fn(again)
+            grads = tape.gradient(outputs, again + watched, output_gradients=list(upstream),
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            if variables is None:
+                return grads
+            return grads[:len(again)], grads[len(again):]
+
+        return list(fn(list(inputs))), grad
+
+    return run(*tensors)

@@ -80,6 +80,10 @@ class MAML(TaskLoopLearner):
       head: "learned" (the model's own head), "prototypes" or "zeros" (a fast `[D, N]`
         head started per task; the model then outputs features).
       max_head_ways: with a "prototypes"/"zeros" head, the most ways served (None: any).
+      recompute: keep no inner step's activations for the meta-gradient, recompute each
+        step's in the backward pass instead (`weights.recomputed_in_backward`): less
+        memory for second-order MAML with many inner steps or a large backbone, for more
+        compute (docs/performance.md has both). The meta-gradient is the same.
     """
 
     input_kinds = ("images",)
@@ -92,15 +96,25 @@ class MAML(TaskLoopLearner):
     def __init__(self, model: keras.Model, inner_lr: float = 0.4, inner_steps: int = 1,
                  inner_steps_test: int = 3, first_order: bool = False,
                  batch_norm: str = "batch_stats", parallel_tasks: int = 10,
-                 head: str = "learned", max_head_ways: int | None = None, **kwargs):
+                 head: str = "learned", max_head_ways: int | None = None,
+                 recompute: bool = False, **kwargs):
         super().__init__(model, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
                          batch_norm=batch_norm, parallel_tasks=parallel_tasks, **kwargs)
         self.check_arguments({"inner_lr": inner_lr, "head": head, "max_head_ways": max_head_ways})
         if head in FAST_HEADS and self.fast_head_refusal:
             raise ValueError(f"{self.fast_head_refusal}; head={head!r} makes a head of N ways "
                              "per task. Use head='learned'.")
+        if recompute and first_order:
+            raise ValueError("learner.recompute=True recomputes the second-order inner loop; "
+                             "with learner.first_order=True the meta-gradient keeps no inner "
+                             "step's activations to recompute. Drop one of the two.")
+        if recompute and batch_norm == "running_stats":
+            raise ValueError("learner.recompute=True runs each inner step twice, which would "
+                             "update the batch-norm moving averages twice; use "
+                             "learner.batch_norm=batch_stats, or no recompute.")
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
+        self.recompute = bool(recompute)
         self.head_mode = head
         self.max_head_ways = max_head_ways
 
@@ -231,19 +245,31 @@ class MAML(TaskLoopLearner):
             indices = indices + [len(params) - 2, len(params) - 1]
         trajectory = [params]
         for step in range(steps):
-            adapted = [params[i] for i in indices]
-            with tf.GradientTape() as tape:
-                tape.watch(adapted)
-                outputs, new_state = self.forward_at(params, state, support_images, True, step)
-                loss = self.loss_fn(support_labels, outputs)
-            if training:
-                state = new_state
-            grads = tape.gradient(loss, adapted)
-            if first_order:
-                grads = [None if g is None else tf.stop_gradient(g) for g in grads]
-            params = list(params)
-            for i, value in zip(indices, self.inner_update(adapted, grads, step)):
-                params[i] = value
+            def inner_step(params, step=step, state=state):
+                """(params after inner step `step`, the backbone's state after its pass)."""
+                adapted = [params[i] for i in indices]
+                with tf.GradientTape() as tape:
+                    tape.watch(adapted)
+                    outputs, new_state = self.forward_at(params, state, support_images, True,
+                                                         step)
+                    loss = self.loss_fn(support_labels, outputs)
+                grads = tape.gradient(loss, adapted)
+                if first_order:
+                    grads = [None if g is None else tf.stop_gradient(g) for g in grads]
+                params = list(params)
+                for i, value in zip(indices, self.inner_update(adapted, grads, step)):
+                    params[i] = value
+                return params, new_state
+
+            if self.recompute and not first_order:
+                # (The state stays as given: batch_stats, the only mode recompute takes,
+                # never reads the moving averages in a support pass.)
+                # (inner_step bound now: the backward pass calls it after the loop has moved on)
+                params = weights.recomputed_in_backward(lambda p, f=inner_step: f(p)[0], params)
+            else:
+                params, new_state = inner_step(params)
+                if training:
+                    state = new_state
             trajectory.append(params)
         return trajectory, state
 

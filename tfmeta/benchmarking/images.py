@@ -6,6 +6,9 @@ config at the mini-ImageNet settings, on synthetic data:
                             the exported `adapt_and_predict` on one 5-way 5-shot episode
                             with 75 queries.
   maml_conv4_5w1s           MAML's mini-ImageNet model (configs/maml.py, 5w1s): meta-step.
+  maml_{conv4,resnet12}_5w5s[_recompute]  the same at 5w5s (5 inner steps, second
+                            order; Conv4, or ResNet-12 64-160-320-640), without and with
+                            `learner.recompute`: meta-step and peak memory.
   pretrain_resnet12         supervised pre-training (configs/pretrain.py): training images
                             per second (batch 64, ResNet-12 with DropBlock).
 
@@ -86,6 +89,19 @@ def maml_conv4(steps: int) -> dict:
     return result
 
 
+def maml_5w5s(recompute: bool, overrides=()):
+    """Second-order MAML at its mini-ImageNet 5-shot settings (5 inner steps), each inner
+    step's activations kept for the meta-gradient or recomputed (`learner.recompute`)."""
+    def run(steps: int) -> dict:
+        config, _, _, result = _train_timing(
+            "maml", "5w5s", [f"learner.recompute={recompute}", *overrides], steps)
+        result.update(meta_batch_size=config.meta_batch_size,
+                      inner_steps=config.learner.get("inner_steps"), recompute=recompute)
+        return result
+
+    return run
+
+
 def pretrain_resnet12(steps: int) -> dict:
     config, _, _, result = _train_timing("pretrain", "5w1s", [], steps)
     result["images_per_s"] = config.batch_size / (result["median_ms_per_step"] / 1000)
@@ -94,4 +110,10 @@ def pretrain_resnet12(steps: int) -> dict:
 
 
 CASES = {"protonet_resnet12_5w5s": protonet_resnet12, "maml_conv4_5w1s": maml_conv4,
+         "maml_conv4_5w5s": maml_5w5s(False),
+         "maml_conv4_5w5s_recompute": maml_5w5s(True),
+         # ResNet-12 (64-160-320-640): over 24 GB without recompute (see docs/performance.md)
+         "maml_resnet12_5w5s": maml_5w5s(False, ["model.name=resnet12", "model.filters=64"]),
+         "maml_resnet12_5w5s_recompute": maml_5w5s(True, ["model.name=resnet12",
+                                                          "model.filters=64"]),
          "pretrain_resnet12": pretrain_resnet12}

@@ -46,7 +46,10 @@ def main(argv):
                                f"--run_case={name}", f"--steps={FLAGS.steps}"],
                               capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
+        if proc.returncode < 0:  # a signal: SIGKILL is most often the kernel's OOM killer
+            results[name] = {"error": f"killed by signal {-proc.returncode}"
+                                      + (" (out of memory?)" if proc.returncode == -9 else "")}
+        elif proc.returncode or not lines:
             results[name] = {"error": proc.stderr.strip().splitlines()[-1:]}
         else:
             results[name] = json.loads(lines[-1][len("RESULT "):])

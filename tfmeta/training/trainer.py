@@ -62,7 +62,7 @@ IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "epis
                    "variable_episodes", "data_source")
 # Learner options that change how a meta-step runs, not what it computes: a run may resume
 # with others (e.g. on a machine with a GPU, where task_parallel="auto" vectorizes).
-EXECUTION_OPTIONS = ("task_parallel", "parallel_tasks")
+EXECUTION_OPTIONS = ("task_parallel", "parallel_tasks", "recompute")
 
 
 def learner_identity(algo, learner) -> dict:
