@@ -30,6 +30,8 @@ from tfmeta.data import ClassImages, FewShotDataset
 from tfmeta.episode_spec import DataSpec
 
 SHAPE = (84, 84, 3)
+# The paper-width ResNet-12 (64-160-320-640).
+RESNET12 = ("model.name=resnet12", "model.filters=64")
 
 
 def synthetic_dataset(classes: int = 64, per_class: int = 20) -> FewShotDataset:
@@ -65,7 +67,7 @@ def _train_timing(algo, setting, overrides, steps):
 
 def protonet_resnet12(steps: int) -> dict:
     config, learner, dataset, result = _train_timing(
-        "protonet", "5w5s", ["model.name=resnet12", "model.filters=64"], steps)
+        "protonet", "5w5s", RESNET12, steps)
     result.update(train_ways=config.ways, train_queries=config.queries)
     rng = np.random.default_rng(0)
     args = dict(support_images=tf.constant(rng.uniform(size=(25, *SHAPE)), tf.float32),
@@ -112,8 +114,7 @@ def pretrain_resnet12(steps: int) -> dict:
 CASES = {"protonet_resnet12_5w5s": protonet_resnet12, "maml_conv4_5w1s": maml_conv4,
          "maml_conv4_5w5s": maml_5w5s(False),
          "maml_conv4_5w5s_recompute": maml_5w5s(True),
-         # ResNet-12 (64-160-320-640): over 24 GB without recompute (see docs/performance.md)
-         "maml_resnet12_5w5s": maml_5w5s(False, ["model.name=resnet12", "model.filters=64"]),
-         "maml_resnet12_5w5s_recompute": maml_5w5s(True, ["model.name=resnet12",
-                                                          "model.filters=64"]),
+         # Over 24 GB without recompute (docs/performance.md).
+         "maml_resnet12_5w5s": maml_5w5s(False, RESNET12),
+         "maml_resnet12_5w5s_recompute": maml_5w5s(True, RESNET12),
          "pretrain_resnet12": pretrain_resnet12}

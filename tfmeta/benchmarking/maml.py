@@ -12,7 +12,6 @@ from tfmeta.benchmarking.common import (
     alternate_steps,
     build_config_case,
     paired_ratio,
-    peak_memory_mb,
     sampler_rate,
     time_train_steps,
 )
@@ -50,7 +49,7 @@ def _xla_paired(steps: int) -> dict:
     result = {f"{name}_median_ms_per_step": 1000 * statistics.median(t)
               for name, t in times.items()}
     result.update(median_ratio_xla_over_plain=paired_ratio(times, "xla", "plain"),
-                  rounds=steps, peak_memory_mb=peak_memory_mb(),
+                  rounds=steps,
                   task_loop_xla=learners["xla"].task_loop_form())
     return result
 
