@@ -73,6 +73,10 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.cluster_join_timeout = 300
     config.jit_compile = "auto"  # Keras resolves "auto" to False on CPU-only machines
     config.mixed_precision = False
+    # How TensorFlow spends a CPU's cores: "ops" (each op on every core, TensorFlow's
+    # default), "tasks" (each op on one core, a meta-batch's tasks side by side) or "auto"
+    # (the learner's choice, logged; tfmeta.training.cpu_threads).
+    config.cpu_threads = "auto"
     # Filled in by the trainer: where the data came from (resolved folder, None for the
     # loader's default), a fingerprint of its files and, where the loader chose the split
     # (a user's own data), the classes of each split; evaluation and export use it.

@@ -31,6 +31,7 @@ from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their 
 from tfmeta.files import atomic_write
 from tfmeta.models import NO_BACKBONE
 from tfmeta.ranges import (
+    CPU_THREADS,
     EVAL_EPISODES,
     FRACTION,
     IMAGE_SIZE,
@@ -62,7 +63,7 @@ FIELD_RANGES = {
     "val_episodes": Range(1, 10 ** 5, integer=True), "num_steps": STEPS,
     "checkpoint_every": STEPS, "log_every": STEPS, "keep_checkpoints": Range(1, 1000, integer=True),
     "batch_size": Range(1, 65536, integer=True),
-    "cluster_join_timeout": Range(1, 86400, integer=True),
+    "cluster_join_timeout": Range(1, 86400, integer=True), "cpu_threads": CPU_THREADS,
 }
 # Loader options that are numbers, where a loader takes them (`data.*`; `channels`, a
 # choice, is the own-data loaders' to check).

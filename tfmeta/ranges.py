@@ -104,3 +104,5 @@ EVAL_EPISODES = Range(2, 10 ** 6, integer=True, why="a confidence interval needs
 # tf.distribute strategies a run may ask for (tfmeta.training.strategy builds them); here,
 # below every layer, so that validating a config does not import the trainer.
 STRATEGY = Choice(("default", "one_device", "mirrored", "multi_worker", "tpu"))
+# How TensorFlow spends a CPU's cores (`config.cpu_threads`, tfmeta.training.cpu_threads).
+CPU_THREADS = Choice(("auto", "ops", "tasks"))

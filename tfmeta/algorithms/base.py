@@ -104,6 +104,14 @@ class MetaLearner(keras.Model):
 
     # ------------------------------------------------------------ construction
     @classmethod
+    def cpu_threads_auto(cls, config, cores: int, jit_compile) -> tuple[str, str]:
+        """What `config.cpu_threads="auto"` takes for this learner's `config` on `cores`
+        cores, `jit_compile` being the run's ("auto", True or False): ("ops" or "tasks",
+        why) (tfmeta.training.cpu_threads). Each op on every core, unless a learner knows
+        better."""
+        return "ops", f"{cls.__name__}'s ops are split over the cores"
+
+    @classmethod
     def check_arguments(cls, arguments, prefix: str = "") -> None:
         """Raises a ValueError naming the first argument outside its `argument_ranges`."""
         ranges = {}

@@ -6,7 +6,7 @@ LSTM meta-learner). A subclass writes only its inner loop:
 
 and this base runs it for every task of a meta-batch:
 
-    for task in meta_batch:                       # a tf.while_loop, one task alive at a time
+    for task in meta_batch:                       # a tf.while_loop (parallel_tasks at once)
         fast = adapt(params, state, task.support, inner_steps)
         meta_loss += loss_fn(task.query_labels, forward(fast, task.query_images)) / B
     params = optimizer.apply(grad(meta_loss, params), params)
@@ -15,7 +15,8 @@ Fast weights are plain tensors run through Keras 3 `stateless_call`; the backbon
 variables are never assigned inside the inner loop.
 
 The loop's forms (`task_parallel=`, the same numbers in each, tests/test_task_parallel.py):
-  "loop": a `tf.while_loop`, one task's activations alive at a time; under XLA
+  "loop": a `tf.while_loop`, up to `parallel_tasks` tasks alive at once (on a CPU a task
+      per core, each op on one: `config.cpu_threads`, tfmeta.training.cpu_threads); under XLA
       (`jit_compile`) unrolled in Python over the static meta-batch, because XLA compiles a
       gradient tape inside a while_loop into a program 33x slower.
   "vectorized": the whole meta-batch in one pass: the subclass's hooks get tensors with a
@@ -48,6 +49,8 @@ meta-batch's ways (`ABSENT_LOGIT` for classes the task lacks), one shape for eve
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import tensorflow as tf
 
@@ -77,7 +80,7 @@ class TaskLoopLearner(EpisodicClassifier):
       inner_steps_test: inner steps when evaluating or serving.
       batch_norm: "batch_stats" or "running_stats".
       parallel_tasks: tasks of a meta-batch that may run concurrently in the loop.
-      task_parallel: "loop" (one task at a time), "vectorized" (every task of a meta-batch
+      task_parallel: "loop" (task by task), "vectorized" (every task of a meta-batch
         in one pass, `tfmeta.task_batch`) or "auto" (vectorized where the learner, its
         model and its settings allow it; `vectorized_refusal` says why not).
     """
@@ -114,6 +117,28 @@ class TaskLoopLearner(EpisodicClassifier):
         self._input_rank = len(model.input_shape)
         self.vectorized  # noqa: B018 (refuses task_parallel="vectorized" where it cannot be)
 
+    @classmethod
+    def cpu_threads_auto(cls, config, cores: int, jit_compile) -> tuple[str, str]:
+        """A task per core where the task loop keeps at least two tasks per core running on
+        a CPU: small ops split over the cores left them waiting (Omniglot 5-way 1-shot, meta-
+        batch 32, second order: 336 against 622 ms a step); with a task per core or fewer
+        (mini-ImageNet 5-shot, meta-batch 2, on 2 cores) the two were even, and the ops
+        keep every core (docs/performance.md)."""
+        learner = config.learner
+        default = inspect.signature(TaskLoopLearner.__init__).parameters["parallel_tasks"]
+        side_by_side = min(learner.get("parallel_tasks", default.default), config.meta_batch_size)
+        if tf.config.list_physical_devices("GPU"):
+            return "ops", "a GPU runs the task loop"
+        if jit_compile is True:
+            return "ops", "XLA runs the unrolled tasks' ops one after another"
+        if learner.get("task_parallel") == "vectorized":
+            return "ops", "the vectorized pass runs every task in each op"
+        if side_by_side < 2 * cores:
+            return "ops", (f"the task loop runs {side_by_side} task(s) at once, fewer than two "
+                           f"per core ({cores} cores)")
+        return "tasks", (f"{cls.__name__}'s task loop runs {side_by_side} tasks at once, at "
+                         f"least two per core ({cores} cores)")
+
     @property
     def vectorized(self) -> bool:
         """Whether the meta-batch's tasks run side by side in one pass (`task_parallel`)."""
@@ -131,7 +156,7 @@ class TaskLoopLearner(EpisodicClassifier):
             return "every task of a meta-batch in one pass (vectorized)"
         refusal = None if self.task_parallel == "loop" else self.vectorized_refusal()
         how = ("unrolled, one task after another (XLA)" if getattr(self, "jit_compile", False)
-               is True else "one task at a time in a tf.while_loop")
+               is True else f"in a tf.while_loop, up to {self.parallel_tasks} tasks at once")
         if refusal:
             return f"{how}, as {refusal}"
         if self.task_parallel == "auto":

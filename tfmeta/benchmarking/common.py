@@ -41,17 +41,22 @@ def time_train_steps(learner, dataset, steps: int) -> dict:
 
 
 def build_config_case(algo: str, dataset_name: str = "omniglot", setting: str = "5w1s",
-                      overrides=()):
+                      overrides=(), set_threads: bool = True):
     """(config, dataset, compiled learner) as `bin/train.py --algo --dataset --setting --set`
-    would build them: the config's data options, backbone, optimizer and schedule."""
+    would build them: the config's data options, backbone, optimizer and schedule; and,
+    with `set_threads`, TensorFlow's CPU threads as `config.cpu_threads` asks (the first
+    case a process builds sets them; see tfmeta.training.cpu_threads)."""
     import keras
 
     from tfmeta.config import apply_overrides, get_config, validate_config
     from tfmeta.data import load_dataset
+    from tfmeta.training import cpu_threads
     from tfmeta.training.run import build_compiled_learner
 
     config = apply_overrides(get_config(algo, dataset_name, setting), list(overrides))
     validate_config(config)
+    if set_threads:
+        cpu_threads.configure(config)
     dataset = load_dataset(dataset_name, **config.data)
     keras.utils.set_random_seed(0)
     learner = build_compiled_learner(config, dataset.input_shape)

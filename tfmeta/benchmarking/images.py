@@ -49,11 +49,13 @@ def synthetic_dataset(classes: int = 64, per_class: int = 20) -> FewShotDataset:
 
 def build_case(algo: str, setting: str, overrides=()):
     """(config, learner) of `configs/<algo>.py` at its mini-ImageNet settings with
-    `overrides`, built for 84x84x3 inputs as the trainer builds it."""
+    `overrides`, built for 84x84x3 inputs as the trainer builds it (with its CPU threads)."""
     from tfmeta.config import apply_overrides, get_config
+    from tfmeta.training import cpu_threads
     from tfmeta.training.run import build_compiled_learner
 
     config = apply_overrides(get_config(algo, "mini_imagenet", setting), list(overrides))
+    cpu_threads.configure(config)
     keras.utils.set_random_seed(0)
     return config, build_compiled_learner(config, SHAPE)
 
@@ -114,6 +116,8 @@ def pretrain_resnet12(steps: int) -> dict:
 CASES = {"protonet_resnet12_5w5s": protonet_resnet12, "maml_conv4_5w1s": maml_conv4,
          "maml_conv4_5w5s": maml_5w5s(False),
          "maml_conv4_5w5s_recompute": maml_5w5s(True),
+         # A task per core, which cpu_threads="auto" does not take for a meta-batch of 2.
+         "maml_conv4_5w5s_tasks_threads": maml_5w5s(False, ("cpu_threads=tasks",)),
          # Over 24 GB without recompute (docs/performance.md).
          "maml_resnet12_5w5s": maml_5w5s(False, RESNET12),
          "maml_resnet12_5w5s_recompute": maml_5w5s(True, RESNET12),

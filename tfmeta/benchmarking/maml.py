@@ -1,7 +1,7 @@
 """MAML at `configs/maml.py`'s Omniglot 5-way 1-shot settings (the paper's: meta-batch 32,
 one inner step, inner rate 0.4, one query per class, Conv4 with 64 filters, Adam 1e-3),
 second and first order, in each form of the task loop (the tf.while_loop, every task in one
-pass, under XLA); plus the episode sampler's rate on those episodes."""
+pass, under XLA) and of the CPU threads; plus the episode sampler's rate on those episodes."""
 
 from __future__ import annotations
 
@@ -39,8 +39,11 @@ def _xla_paired(steps: int) -> dict:
     out, which separate processes at separate times do not give on a shared VM."""
     sides, learners = {}, {}
     for name, jit in (("plain", "False"), ("xla", "True")):
+        # One process has one set of thread pools: each op on every core for both, which
+        # XLA needs (cpu_threads="tasks" would leave it one core).
         config, dataset, learner = build_config_case(
-            "maml", overrides=("learner.task_parallel=loop", f"jit_compile={jit}"))
+            "maml", overrides=("learner.task_parallel=loop", f"jit_compile={jit}",
+                               "cpu_threads=ops"))
         learner.make_train_function()
         learners[name] = learner
         sides[name] = (lambda b, f=learner.train_function: _block(f(iter([b]))), lambda b: b)
@@ -56,6 +59,9 @@ def _xla_paired(steps: int) -> dict:
 
 CASES = {
     "maml_second_order": _maml_case("learner.task_parallel=loop"),
+    # The same with each op split over every core (TensorFlow's default), not a task per
+    # core (what cpu_threads="auto" takes for the loop on a CPU).
+    "maml_second_order_ops_threads": _maml_case("learner.task_parallel=loop", "cpu_threads=ops"),
     "maml_first_order": _maml_case("learner.task_parallel=loop", "learner.first_order=True"),
     "maml_second_order_vectorized": _maml_case("learner.task_parallel=vectorized"),
     # The task loop unrolled and compiled by XLA (a while_loop would be 33x slower).

@@ -34,8 +34,9 @@ flags.DEFINE_integer("rounds", 20, "Alternated rounds (one step of each side per
 flags.DEFINE_list("peers", ["func_vmap", "loop"], "PyTorch peers: func_vmap, loop.")
 flags.DEFINE_list("set", [], "tfmeta config overrides for its side (as bin/train.py --set).")
 flags.DEFINE_boolean("first_order", False, "First-order MAML on both sides.")
-flags.DEFINE_integer("threads", 0, "Threads for each framework (0: TensorFlow's and "
-                     "PyTorch's defaults, the machine's cores).", lower_bound=0)
+flags.DEFINE_integer("threads", 0, "Threads for each framework: PyTorch's, and both of "
+                     "TensorFlow's pools (0: PyTorch's default, the machine's cores, and "
+                     "tfmeta's config.cpu_threads).", lower_bound=0)
 FLAGS = flags.FLAGS
 
 PEERS = ("func_vmap", "loop")
@@ -126,11 +127,13 @@ def main(argv):
 
     from tfmeta.benchmarking.common import _block, alternate_steps, build_config_case
 
-    if FLAGS.threads:
+    if FLAGS.threads:  # both sides' ops on this many threads, instead of config.cpu_threads
         torch.set_num_threads(FLAGS.threads)
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     overrides = list(FLAGS.set) + (["learner.first_order=True"] if FLAGS.first_order else [])
-    config, dataset, learner = build_config_case("maml", overrides=overrides)
+    config, dataset, learner = build_config_case("maml", overrides=overrides,
+                                                 set_threads=not FLAGS.threads)
     episodes, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
     batches = list(episodes.take(FLAGS.rounds + 1))
     learner.make_train_function()
@@ -143,7 +146,10 @@ def main(argv):
           f"{config.ways}-way {config.shots}-shot, meta-batch {config.meta_batch_size}, "
           f"{FLAGS.rounds} alternated rounds, torch {torch.__version__}, tensorflow "
           f"{tf.__version__}; tfmeta: {learner.task_loop_form()}, XLA "
-          f"{'on' if learner.jit_compile else 'off'}")
+          f"{'on' if learner.jit_compile else 'off'}, TensorFlow threads intra-op "
+          f"{tf.config.threading.get_intra_op_parallelism_threads()} inter-op "
+          f"{tf.config.threading.get_inter_op_parallelism_threads()} (0: every core), "
+          f"PyTorch threads {torch.get_num_threads()}")
     for name, median in medians.items():
         ratio = "" if name == "tfmeta" else f"  tfmeta/peer {medians['tfmeta'] / median:.2f}x"
         print(f"  {name:16s} median {median:9.1f} ms/step{ratio}")

@@ -25,6 +25,7 @@ from tfmeta.algorithms import build_learner
 from tfmeta.config import jit_compile_flag, load_config
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
+from tfmeta.training import cpu_threads
 from tfmeta.training.checkpoints import restore_latest
 from tfmeta.training.optimizer import make_optimizer
 
@@ -151,6 +152,7 @@ class Run:
 def open_run(workdir: str, data_dir: str | None = None, strategy=None) -> Run:
     """Loads a run's config and data, builds its learner and restores the newest checkpoint."""
     config = load_config(os.path.join(workdir, CONFIG_FILE))
+    cpu_threads.configure(config)  # first, where this process has run no TensorFlow op yet
     dataset = load_run_dataset(config, data_dir)
     learner = build_compiled_learner(config, dataset.input_shape, strategy)
     step = restore_latest(learner, workdir, require=True)

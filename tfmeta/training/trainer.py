@@ -36,6 +36,7 @@ from tfmeta.config import apply_overrides, get_config, save_config, validate_con
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
 from tfmeta.errors import Terminated
+from tfmeta.training import cpu_threads
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
 from tfmeta.training.checkpoints import (
     CHECKPOINTS,
@@ -123,8 +124,9 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
     """
     validate_config(config)
     role = worker_role("multi_worker" if _is_multi_worker(strategy) else config.strategy)
-    # Before anything else runs TensorFlow ops: the multi-worker strategy configures the
-    # collective ops of this process's runtime, which is fixed once it starts.
+    # Before anything else runs TensorFlow ops: the thread pools and the multi-worker
+    # strategy's collective ops are fixed once this process's runtime starts.
+    cpu_threads.configure(config)
     strategy = strategy or make_strategy(
         config.strategy, config.get("cluster_join_timeout") or DEFAULT_JOIN_TIMEOUT_S)
     scratch = workdir if role.is_chief else os.path.join(workdir, f"workertemp_{role.task}")
