@@ -11,7 +11,8 @@
       (`MetaLearner.cpu_threads_auto`), said in the log.
 
 TensorFlow fixes its thread pools when its runtime starts (the first op a process runs),
-so `configure` must come first: `tfmeta.training.train` calls it before anything else.
+so `configure` must come first: `tfmeta.training.trainer.train` and `open_run` (evaluation,
+export) call it before anything else.
 Called later, it leaves the threads as they are and says so. Where a GPU runs the ops,
 this only touches the ops left on the CPU.
 """
