@@ -46,7 +46,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.task_loop import TaskLoopLearner
+from tfmeta.algorithms.task_loop import PARALLEL_TASKS, TaskLoopLearner
 from tfmeta.data import input_kind
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE, Choice, Range
@@ -95,7 +95,7 @@ class MAML(TaskLoopLearner):
 
     def __init__(self, model: keras.Model, inner_lr: float = 0.4, inner_steps: int = 1,
                  inner_steps_test: int = 3, first_order: bool = False,
-                 batch_norm: str = "batch_stats", parallel_tasks: int = 10,
+                 batch_norm: str = "batch_stats", parallel_tasks: int = PARALLEL_TASKS,
                  head: str = "learned", max_head_ways: int | None = None,
                  recompute: bool = False, **kwargs):
         super().__init__(model, inner_steps=inner_steps, inner_steps_test=inner_steps_test,

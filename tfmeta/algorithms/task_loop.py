@@ -49,8 +49,6 @@ meta-batch's ways (`ABSENT_LOGIT` for classes the task lacks), one shape for eve
 
 from __future__ import annotations
 
-import inspect
-
 import keras
 import tensorflow as tf
 
@@ -62,6 +60,8 @@ from tfmeta.tensors import absent_logit, num_ways, real_positions, scatter_rows
 
 BATCH_NORM_MODES = ("batch_stats", "running_stats")
 TASK_PARALLEL = ("auto", "loop", "vectorized")
+# Tasks of a meta-batch the loop may run at once, unless `parallel_tasks` says otherwise.
+PARALLEL_TASKS = 10
 
 
 def vectorize_by_default() -> bool:
@@ -98,7 +98,7 @@ class TaskLoopLearner(EpisodicClassifier):
     vectorizable = True
 
     def __init__(self, model: keras.Model, inner_steps: int = 1, inner_steps_test: int = 3,
-                 batch_norm: str = "batch_stats", parallel_tasks: int = 10,
+                 batch_norm: str = "batch_stats", parallel_tasks: int = PARALLEL_TASKS,
                  task_parallel: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.check_arguments({"inner_steps": inner_steps, "inner_steps_test": inner_steps_test,
@@ -125,8 +125,7 @@ class TaskLoopLearner(EpisodicClassifier):
         (mini-ImageNet 5-shot, meta-batch 2, on 2 cores) the two were even, and the ops
         keep every core (docs/performance.md)."""
         learner = config.learner
-        default = inspect.signature(TaskLoopLearner.__init__).parameters["parallel_tasks"]
-        side_by_side = min(learner.get("parallel_tasks", default.default), config.meta_batch_size)
+        side_by_side = min(learner.get("parallel_tasks", PARALLEL_TASKS), config.meta_batch_size)
         if tf.config.list_physical_devices("GPU"):
             return "ops", "a GPU runs the task loop"
         if jit_compile is True:
