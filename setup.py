@@ -32,6 +32,9 @@ setuptools.setup(
             ("benchmark", "benchmark"), ("report", "report"), ("embed", "embed"),
             ("convert", "convert"))]},
     # bench: the PyTorch peer of bin/compare_torch.py, never a runtime dependency.
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow"],
-                    "bench": ["torch>=2.3"]},
+    # hub: KerasHub, for --set=model.name=keras_hub:<preset> (imported only then); the tests
+    # build small presets with it.
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow", "keras-hub"],
+                    "bench": ["torch>=2.3"],
+                    "hub": ["keras-hub"]},
 )

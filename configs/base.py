@@ -53,6 +53,12 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     # within these bounds, its published defaults; see tfmeta.data.variable_episodes), for
     # the learners that take them; ways, shots, queries and their eval_* are then unused.
     config.episode_sampler = "fixed"
+    # "any": each training episode's classes are drawn from the whole split. "within": from
+    # one group of classes (Omniglot's alphabets, data.class_depth=2 folders), drawn
+    # uniformly among the groups with at least `ways` classes: harder, finer episodes
+    # (tfmeta.data.episodes). Validation and meta-test stay "any" (bin/evaluate.py
+    # --within_group asks for "within").
+    config.episode_grouping = "any"
     config.variable_episodes = ml_collections.ConfigDict(
         {"min_ways": 5, "max_ways": 50, "max_queries": 10, "max_support": 500,
          "max_support_per_class": 100, "min_log_weight": math.log(0.5),
@@ -79,8 +85,11 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.cpu_threads = "auto"
     # Filled in by the trainer: where the data came from (resolved folder, None for the
     # loader's default), a fingerprint of its files and, where the loader chose the split
-    # (a user's own data), the classes of each split; evaluation and export use it.
+    # (a user's own data), the classes of each split, and with a frozen backbone
+    # (model.trainable=none) a fingerprint of its weights, which the checkpoint does not
+    # hold (tfmeta.training.features); evaluation and export use it.
     config.data_source = ml_collections.ConfigDict(
         {"data_dir": config_dict.placeholder(str), "fingerprint": config_dict.placeholder(str),
-         "class_split": config_dict.placeholder(dict)})
+         "class_split": config_dict.placeholder(dict),
+         "backbone": config_dict.placeholder(str)})
     return config

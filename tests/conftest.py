@@ -12,6 +12,17 @@ sys.path.insert(0, ROOT)  # `configs` and `tests` importable
 import pytest  # noqa: E402
 
 
+def docs_script(name: str):
+    """The module `docs/scripts/<name>.py` (scripts the docs run, which tests use too)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "docs", "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def omniglot():
     """The bundled Omniglot minimal sets at 28x28 (cached for the whole session)."""

@@ -41,10 +41,11 @@ def test_variable_episodes_and_a_fixed_setting_asked_of_them():
     assert spec.train.sampler == spec.test.sampler == "variable"
     assert isinstance(spec.test.variable, VariableEpisodes)
     assert spec.test.variable.max_ways == 6
-    assert spec.test.options() == {"sampler": "variable", "variable": spec.test.variable}
+    assert spec.test.options() == {"sampler": "variable", "variable": spec.test.variable,
+                                   "grouping": "any"}
     fixed = spec.test.fixed(ways=3)
     assert fixed == EpisodeShape(3, spec.test.shots, spec.test.queries)
-    assert fixed.options() == {"sampler": "fixed", "variable": None}
+    assert fixed.options() == {"sampler": "fixed", "variable": None, "grouping": "any"}
 
 
 def test_reptile_gan_gets_its_generation_protocol():

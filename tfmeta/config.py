@@ -27,9 +27,10 @@ import sys
 import ml_collections
 from absl import logging
 
+from tfmeta.data.folder import CLASS_DEPTH
 from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their old home)
 from tfmeta.files import atomic_write
-from tfmeta.models import NO_BACKBONE
+from tfmeta.models import COMMON_FIELDS, NO_BACKBONE, external
 from tfmeta.ranges import (
     CPU_THREADS,
     EVAL_EPISODES,
@@ -37,6 +38,7 @@ from tfmeta.ranges import (
     IMAGE_SIZE,
     POSITIVE,
     STRATEGY,
+    Choice,
     Range,
     check_all,
 )
@@ -69,7 +71,7 @@ FIELD_RANGES = {
 # choice, is the own-data loaders' to check).
 DATA_RANGES = {
     "image_size": IMAGE_SIZE, "max_per_class": OPTIONAL_POSITIVE_INT,
-    "split_seed": Range(0, 2 ** 31 - 1, integer=True),
+    "split_seed": Range(0, 2 ** 31 - 1, integer=True), "class_depth": CLASS_DEPTH,
 }
 OPTIMIZER_RANGES = {
     "learning_rate": POSITIVE, "clipnorm": Range(0, low_open=True, optional=True),
@@ -184,8 +186,9 @@ def section_schema(config, section: str) -> dict:
         name = config.model.get("name", NO_BACKBONE)
         schema = {} if name == NO_BACKBONE else _keyword_arguments(backbone_function(name))
         schema = {k: v for k, v in schema.items() if k not in SUPPLIED["model"]}
-        # init_from: a workdir whose backbone weights the learner's backbone starts from.
-        return {"name": name, "init_from": None, **schema}
+        # init_from: a workdir whose backbone weights the learner's backbone starts from;
+        # trainable: all, none or last:K (tfmeta.models.blocks).
+        return {"name": name, **COMMON_FIELDS, **schema}
     if section == "data":
         from tfmeta.data import loader_function
 
@@ -244,6 +247,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
             raise ValueError(f"Bad value for {key}: {text!r} ({error}).") from None
         if parents == ["model"] and leaf == "name":
             _drop_other_backbone_fields(config)
+            _raw_images_for_external_backbone(config)
     return config
 
 
@@ -260,20 +264,34 @@ def _drop_other_backbone_fields(config) -> None:
                 del config.model[k]
 
 
+def _raw_images_for_external_backbone(config) -> None:
+    """After `--set=model.name=` names a backbone from outside (which normalizes images in
+    [0, 1] itself, `tfmeta.models.external`), the loader's own normalization is turned off
+    where it has one (`data.normalize=False`)."""
+    if external.split_name(config.model.name)[0] is None:
+        return
+    if "normalize" in section_schema(config, "data") and config.data.get("normalize", True):
+        logging.info("model.name=%s normalizes the images itself: data.normalize=False.",
+                     config.model.name)
+        with config.data.unlocked():
+            config.data["normalize"] = False
+
+
 # ------------------------------------------------------------------------ validation
 def validate_config(config) -> None:
     """Raises a ValueError naming the field and its allowed values unless `config` is
     runnable: known sections and arguments, known names, numbers in range."""
     from tfmeta.algorithms import learner_class
     from tfmeta.data import input_kind
-    from tfmeta.data.episodes import EPISODE_SAMPLERS
+    from tfmeta.data.episodes import EPISODE_GROUPINGS, EPISODE_SAMPLERS
     from tfmeta.data.variable_episodes import check_variable_fields
-    from tfmeta.models import BACKBONES
+    from tfmeta.models import blocks, check_backbone_name
 
     name = config.model.get("name", NO_BACKBONE)
-    if name != NO_BACKBONE and name not in BACKBONES:
-        raise ValueError(f"Unknown model.name {name!r}; valid backbones: {sorted(BACKBONES)} "
-                         f"or {NO_BACKBONE!r} (no backbone).")
+    try:
+        check_backbone_name(name)
+    except ValueError as error:
+        raise ValueError(f"model.name: {error}") from None
     learner = learner_class(config.algo)
     data_options = section_schema(config, "data")
     learner.check_input_kind(input_kind(config.dataset, {
@@ -295,6 +313,11 @@ def validate_config(config) -> None:
                     f"{field}={config[field]}: a {config[field]}-way episode has nothing to tell "
                     f"apart (its loss is 0 and its accuracy 1 whatever the model); "
                     f"{learner.__name__} needs {field} >= {learner.min_ways}.")
+    blocks.parse_trainable(config.model.get("trainable"))
+    if external.split_name(name)[0] is not None and "normalize" in data_options and \
+            config.data.get("normalize", data_options["normalize"]):
+        raise ValueError(f"model.name={name} normalizes images in [0, 1] itself, so the "
+                         "loader must not: set data.normalize=False.")
     check_all(OPTIMIZER_RANGES, config.optimizer, "optimizer.")
     check_all(AUGMENT_RANGES, config.augment, "augment.")
     learner.check_arguments(config.learner, "learner.")
@@ -304,6 +327,7 @@ def validate_config(config) -> None:
                          f"{sampler!r}.")
     if "variable_episodes" in config:
         check_variable_fields(config.variable_episodes, "variable_episodes.")
+    Choice(EPISODE_GROUPINGS).check("episode_grouping", config.get("episode_grouping", "any"))
     STRATEGY.check("strategy", config.strategy)
     jit_compile_flag(config.jit_compile)
 

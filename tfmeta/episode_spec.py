@@ -11,26 +11,32 @@ from __future__ import annotations
 
 import dataclasses
 
+from tfmeta.models import is_frozen
+
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeShape:
     """N-way K-shot episodes with `queries` queries per class; `sampler` "fixed" (or another
     `tfmeta.data.episodes.EPISODE_SAMPLERS` name), or "variable" with `variable` a
-    `tfmeta.data.variable_episodes.VariableEpisodes` (padded episodes of their own sizes)."""
+    `tfmeta.data.variable_episodes.VariableEpisodes` (padded episodes of their own sizes);
+    `grouping` "any" (classes from the whole split) or "within" (from one group of classes,
+    `tfmeta.data.episodes.EPISODE_GROUPINGS`)."""
 
     ways: int
     shots: int
     queries: int
     sampler: str = "fixed"
     variable: object = None
+    grouping: str = "any"
 
     def options(self) -> dict:
-        """`episode_dataset`'s `sampler` and `variable` arguments."""
-        return {"sampler": self.sampler, "variable": self.variable}
+        """`episode_dataset`'s `sampler`, `variable` and `grouping` arguments."""
+        return {"sampler": self.sampler, "variable": self.variable, "grouping": self.grouping}
 
     def fixed(self, ways: int | None = None, shots: int | None = None) -> EpisodeShape:
-        """Fixed episodes of this setting, with `ways`/`shots` where given."""
-        return EpisodeShape(ways or self.ways, shots or self.shots, self.queries)
+        """Fixed episodes of this setting (and grouping), with `ways`/`shots` where given."""
+        return EpisodeShape(ways or self.ways, shots or self.shots, self.queries,
+                            grouping=self.grouping)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +53,10 @@ class GenerationProtocol:
 class DataSpec:
     """A run's episodes and evaluation protocol (see the module docstring).
 
-    train: meta-training episodes (`train_shots`, else `shots`).
-    test: meta-validation and meta-test episodes (the `eval_*` fields, else training's).
+    train: meta-training episodes (`train_shots`, else `shots`), drawn within one group of
+      classes where the config's `episode_grouping` is "within".
+    test: meta-validation and meta-test episodes (the `eval_*` fields, else training's),
+      from any classes (`bin/evaluate.py --within_group` asks for "within").
     eval_queries: the config's own `eval_queries` (None: the learner's default, e.g. LEO's
       every remaining example).
     meta_batch_size, eval_meta_batch_size: episodes per training and evaluation meta-batch.
@@ -86,14 +94,17 @@ class DataSpec:
         optimizer = config.get("optimizer")
         return cls(
             train=EpisodeShape(config.ways, config.get("train_shots") or config.shots,
-                               config.queries, **options),
+                               config.queries, **options,
+                               grouping=config.get("episode_grouping") or "any"),
             test=EpisodeShape(ways, shots, queries, **options),
             meta_batch_size=config.meta_batch_size,
             eval_meta_batch_size=config.eval_meta_batch_size,
             val_episodes=config.val_episodes, eval_episodes=config.eval_episodes,
             seed=config.seed, eval_queries=config.get("eval_queries"),
             batch_size=config.get("batch_size"),
-            augment=RandomAffine.from_config(config.get("augment")),
+            # (none on a frozen backbone's cached features: tfmeta.training.features)
+            augment=None if is_frozen(config.get("model")) else RandomAffine.from_config(
+                config.get("augment")),
             num_steps=config.num_steps,
             learning_rate=optimizer.get("learning_rate") if optimizer else None,
             generation=GenerationProtocol(**dict(generation)) if generation else None)

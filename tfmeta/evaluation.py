@@ -57,7 +57,7 @@ def summary(values) -> dict:
 
 def scored_episodes(learner, classes, ways, shots, queries, num_episodes=600,
                     meta_batch_size=20, seed=1234, split="test", sampler="fixed",
-                    variable=None) -> tuple:
+                    variable=None, grouping="any") -> tuple:
     """(per-episode query accuracy `[num_episodes]`, `episode_sizes` of those episodes) of
     `learner` on fresh episodes (`episode_dataset`'s arguments)."""
     EVAL_EPISODES.check("num_episodes", num_episodes)
@@ -65,7 +65,7 @@ def scored_episodes(learner, classes, ways, shots, queries, num_episodes=600,
     batches = math.ceil(num_episodes / meta_batch_size)
     episodes = episode_dataset(classes, ways, shots, queries, meta_batch_size, seed=seed,
                                num_episodes=batches * meta_batch_size, split=split,
-                               sampler=sampler, variable=variable)
+                               sampler=sampler, variable=variable, grouping=grouping)
 
     @tf.function
     def batch_accuracy(batch):
@@ -83,23 +83,25 @@ def scored_episodes(learner, classes, ways, shots, queries, num_episodes=600,
 
 def episode_accuracies(learner, classes, ways, shots, queries, num_episodes=600,
                        meta_batch_size=20, seed=1234, split="test", sampler="fixed",
-                       variable=None) -> np.ndarray:
+                       variable=None, grouping="any") -> np.ndarray:
     """Per-episode query accuracy of `learner` on `num_episodes` fresh episodes."""
     return scored_episodes(learner, classes, ways, shots, queries, num_episodes,
-                           meta_batch_size, seed, split, sampler, variable)[0]
+                           meta_batch_size, seed, split, sampler, variable, grouping)[0]
 
 
 def evaluate(learner, classes, ways, shots, queries, num_episodes=600, meta_batch_size=20,
-             seed=1234, split="test", sampler="fixed", variable=None) -> dict:
+             seed=1234, split="test", sampler="fixed", variable=None,
+             grouping="any") -> dict:
     """Returns {"accuracy", "ci95", "episodes", "ways", "shots", "queries", "sampler",
-    "drawn"}: `drawn` is {"ways", "shots", "queries": {"min", "mean", "max"}} of the
-    episodes evaluated (shots and queries per class), and with variable episodes (`sampler`
-    "variable", parameters `variable`) `ways`, `shots` and `queries` are None."""
+    "grouping", "drawn"}: `drawn` is {"ways", "shots", "queries": {"min", "mean", "max"}} of
+    the episodes evaluated (shots and queries per class), and with variable episodes
+    (`sampler` "variable", parameters `variable`) `ways`, `shots` and `queries` are None;
+    `grouping` "within" draws each episode's classes within one group."""
     values, sizes = scored_episodes(learner, classes, ways, shots, queries, num_episodes,
-                                    meta_batch_size, seed, split, sampler, variable)
+                                    meta_batch_size, seed, split, sampler, variable, grouping)
     mean, ci95 = mean_and_ci95(values)
     fixed = sampler == "fixed"
     return {"accuracy": mean, "ci95": ci95, "episodes": int(values.size),
             "ways": ways if fixed else None, "shots": shots if fixed else None,
-            "queries": queries if fixed else None, "sampler": sampler,
+            "queries": queries if fixed else None, "sampler": sampler, "grouping": grouping,
             "drawn": {name: summary(v) for name, v in sizes.items()}}

@@ -36,6 +36,13 @@ SMALL = ["--set=data.image_size=14", "--set=model.filters=16", "--set=model.num_
          "--set=meta_batch_size=8", "--set=val_episodes=20"]
 
 
+# The P>M>F rows' ProtoNet: the protonet row's settings, the validation alphabet held out.
+PMF_PROTONET = ("--set=queries=1", "--set=optimizer.learning_rate=0.003",
+                "--set=optimizer.decay_steps=350", "--set=val_episodes=20",
+                "--set=data.train_on_val=False")
+WITHIN_20 = ("--within_group", "--ways=20")
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One documented result: `bin/train.py <train>` then `bin/evaluate.py <evaluate>`."""
@@ -47,25 +54,30 @@ class Entry:
     evaluate: tuple = ()
     steps: int = 0  # for the table; the command's --num_steps
     reuse: str | None = None  # evaluate that entry's run instead of training again
+    init_from: str | None = None  # an earlier entry whose run's backbone this one starts from
 
     def workdir(self, runs_dir: str) -> str:
         return os.path.join(runs_dir, self.reuse or self.name)
 
-    def commands(self, workdir: str) -> list:
+    def commands(self, runs_dir: str) -> list:
+        workdir = self.workdir(runs_dir)
         evaluate = ["python", "bin/evaluate.py", f"--workdir={workdir}", *self.evaluate]
         if self.reuse:
             return [evaluate]
+        start = ([f"--set=model.init_from={os.path.join(runs_dir, self.init_from)}"]
+                 if self.init_from else [])
         return [["python", "bin/train.py", f"--algo={self.algo}", f"--workdir={workdir}",
-                 *self.train], evaluate]
+                 *self.train, *start], evaluate]
 
-    def command_line(self, workdir: str) -> str:
-        return " && ".join(shlex.join(c) for c in self.commands(workdir))
+    def command_line(self, runs_dir: str) -> str:
+        return " && ".join(shlex.join(c) for c in self.commands(runs_dir))
 
 
-def _entry(name, algo, description, steps, *flags, evaluate=(), dataset="omniglot", reuse=None):
+def _entry(name, algo, description, steps, *flags, evaluate=(), dataset="omniglot", reuse=None,
+           init_from=None):
     return Entry(name, algo, description,
                  (f"--dataset={dataset}", f"--num_steps={steps}", *flags), tuple(evaluate), steps,
-                 reuse)
+                 reuse, init_from)
 
 
 ENTRIES = [
@@ -99,6 +111,36 @@ ENTRIES = [
            "--set=val_episodes=20"),
     _entry("protonet_20way", "protonet", "the protonet run, evaluated 20-way 1-shot", 500,
            evaluate=["--ways=20"], reuse="protonet"),
+    # P>M>F on the bundled Omniglot (issue 31, docs/pretrained.md): ProtoNet from scratch,
+    # pre-training alone, ProtoNet from the pre-trained backbone, and that with test-time
+    # fine-tuning (its rate chosen on the validation alphabet); each on the test alphabets
+    # 5-way 1-shot and 20-way 1-shot within one alphabet (Sanskrit: the one test alphabet
+    # with 20 characters). Validation is held out (train_on_val=False) for the choice.
+    _entry("pmf_scratch", "protonet", "P>M>F stage M alone: ProtoNet from scratch, the "
+           "protonet row's settings without training on the validation alphabet", 500,
+           *PMF_PROTONET),
+    _entry("pmf_scratch_20way_within", "protonet", "the pmf_scratch run, 20-way within one "
+           "alphabet", 500, evaluate=WITHIN_20, reuse="pmf_scratch"),
+    _entry("pmf_pretrain", "pretrain", "P>M>F stage P alone: supervised pre-training (Conv4, "
+           "all 644 training classes), nearest-centroid episodes", 2000, "--set=val_episodes=20"),
+    _entry("pmf_pretrain_20way_within", "pretrain", "the pmf_pretrain run, 20-way within one "
+           "alphabet", 2000, evaluate=WITHIN_20, reuse="pmf_pretrain"),
+    _entry("pmf_protonet", "protonet", "P>M: ProtoNet from the pmf_pretrain backbone", 500,
+           *PMF_PROTONET, evaluate=["--finetune_steps=0"], init_from="pmf_pretrain"),
+    _entry("pmf_protonet_20way_within", "protonet", "the pmf_protonet run, 20-way within one "
+           "alphabet", 500, evaluate=[*WITHIN_20, "--finetune_steps=0"], reuse="pmf_protonet"),
+    _entry("pmf_protonet_gentle", "protonet", "P>M with the rate lowered as for a pretrained "
+           "backbone: ProtoNet from pmf_pretrain at 3e-4, no decay", 500,
+           *PMF_PROTONET[:1], "--set=optimizer.learning_rate=0.0003", *PMF_PROTONET[3:],
+           evaluate=["--finetune_steps=0"], init_from="pmf_pretrain"),
+    _entry("pmf_protonet_gentle_20way_within", "protonet", "the pmf_protonet_gentle run, "
+           "20-way within one alphabet", 500, evaluate=[*WITHIN_20, "--finetune_steps=0"],
+           reuse="pmf_protonet_gentle"),
+    _entry("pmf_finetune", "protonet", "P>M>F: the pmf_protonet run fine-tuned on each test "
+           "episode's support set (20 steps, Adam, the rate chosen on 50 validation episodes)",
+           500, evaluate=["--finetune_steps=20", "--select_finetune_lr"], reuse="pmf_protonet"),
+    _entry("pmf_finetune_20way_within", "protonet", "the pmf_finetune setting, 20-way within "
+           "one alphabet", 500, evaluate=WITHIN_20, reuse="pmf_protonet"),
     _entry("matching", "matching", "Matching Networks", 200, "--set=meta_batch_size=4",
            "--set=val_episodes=20"),
     _entry("relation", "relation", "Relation Networks, 32 filters", 300, "--set=queries=5",
@@ -121,7 +163,7 @@ def run_entry(entry: Entry, runs_dir: str, log=print) -> dict:
         shutil.rmtree(os.path.join(ROOT, workdir), ignore_errors=True)
     start = time.time()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    for command in entry.commands(workdir):
+    for command in entry.commands(runs_dir):
         log(f"$ {shlex.join(command)}")
         proc = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=env,
                               capture_output=True, text=True)
@@ -130,7 +172,7 @@ def run_entry(entry: Entry, runs_dir: str, log=print) -> dict:
                                f"{proc.returncode}):\n{proc.stderr[-3000:]}")
     with open(os.path.join(ROOT, workdir, "eval.json")) as f:
         result = json.load(f)
-    return {"result": result, "command": entry.command_line(workdir),
+    return {"result": result, "command": entry.command_line(runs_dir),
             "wall_time_s": round(time.time() - start), "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
 
@@ -142,7 +184,11 @@ def percent(value: float) -> str:
 def summary(measured: dict) -> str:
     result = measured["result"]
     text = f"{percent(result['accuracy'])} ± {100 * result['ci95']:.1f}"
-    return text + f" ({result['ways']}-way {result['shots']}-shot, {result['episodes']} episodes)"
+    within = " within one alphabet" if result.get("grouping") == "within" else ""
+    tuned = (f", fine-tuned {result['finetune_steps']} steps at lr {result['finetune_lr']:g}"
+             if result.get("finetune_steps") and result.get("finetune_lr") else "")
+    return text + (f" ({result['ways']}-way {result['shots']}-shot{within}, "
+                   f"{result['episodes']} episodes{tuned})")
 
 
 def readme_table(measurements: dict) -> str:

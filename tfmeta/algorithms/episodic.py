@@ -23,6 +23,9 @@ overrides to the largest:
                                        that, not `meta_loss`
   data and evaluation
     training_episodes, validation_episodes    N-way K-shot episodes of the spec
+    test_logits(episodes)              query logits at meta-test time and in serving:
+                                       `query_logits`, unless a learner does more there
+                                       (fine-tuning, `tfmeta.algorithms.finetune`)
     meta_test(dataset, spec, split, ...)      accuracy with its 95% interval
   serving
     max_ways                           the most ways served (None: any number)
@@ -101,6 +104,13 @@ class EpisodicClassifier(MetaLearner):
     def predict_step(self, data):
         return self.query_logits(self.check_batch(data, labelled=False), training=False)
 
+    def test_logits(self, episodes):
+        """Query logits `[B, M, N]` at meta-test time and in serving (`meta_test`,
+        `adapt_and_predict`), not in the meta-validation `fit` runs after each epoch:
+        `query_logits(episodes, training=False)`. A learner that adapts further at test
+        time, at a cost no epoch should pay (fine-tuning its backbone), overrides it."""
+        return self.query_logits(episodes, training=False)
+
     def update_metrics(self, episodes, loss, logits):
         """Tracks the mean meta-loss and the mean per-episode accuracy over real queries."""
         self.accuracy_tracker.update_state(accuracy(episodes["query_labels"], logits))
@@ -171,8 +181,9 @@ class EpisodicClassifier(MetaLearner):
                              f"but variable episodes have up to variable_episodes.max_ways="
                              f"{variable.max_ways}; use --set=variable_episodes.max_ways="
                              f"{self.max_ways}.")
-        return evaluation.evaluate(self, dataset.split(split), episodes.ways, episodes.shots,
-                                   episodes.queries, num_episodes or spec.eval_episodes,
+        return evaluation.evaluate(AtTestTime(self), dataset.split(split), episodes.ways,
+                                   episodes.shots, episodes.queries,
+                                   num_episodes or spec.eval_episodes,
                                    spec.eval_meta_batch_size, seed, split, **episodes.options())
 
     # ----------------------------------------------------------------- serving
@@ -226,8 +237,20 @@ class EpisodicClassifier(MetaLearner):
             episodes = {"support_images": tf.identity(support_images)[None],
                         "support_labels": tf.identity(support_labels)[None],
                         "query_images": tf.identity(query_images)[None]}
-        logits = self.query_logits(episodes, training=False)[0]
+        logits = self.test_logits(episodes)[0]
         return logits[:, :ways]
 
     def serving_module(self, dataset) -> tf.Module:
         return AdaptAndPredict(self, dataset)
+
+
+class AtTestTime:
+    """A classifier as `tfmeta.evaluation` scores it at meta-test time: its `query_logits`
+    are the learner's `test_logits` (fine-tuning included, where it fine-tunes)."""
+
+    def __init__(self, learner: EpisodicClassifier):
+        self.learner = learner
+
+    def query_logits(self, episodes, training=False):
+        del training  # always False at meta-test time
+        return self.learner.test_logits(episodes)

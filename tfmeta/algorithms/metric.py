@@ -1,10 +1,12 @@
 """What the metric-based learners share: one embedding pass per meta-batch and class pooling.
 
 Prototypical, Matching, Relation and Siamese networks all classify a query by
-comparing its embedding with the embeddings of the support set. None of them
-adapts weights at test time: "adaptation" is embedding the support set (and, for
+comparing its embedding with the embeddings of the support set. As trained, none of
+them adapts weights at test time: "adaptation" is embedding the support set (and, for
 Prototypical and Relation networks, pooling it per class), so they serve any
-number of ways N, read from the labels as `max(support_labels) + 1`.
+number of ways N, read from the labels as `max(support_labels) + 1`. With
+`finetune_steps > 0` each fine-tunes a copy of its encoder on every test episode's support
+set first (P>M>F, `tfmeta.algorithms.finetune`), with `compare` as the head.
 
 `EmbeddingLearner.query_logits` embeds the support and query images of the whole
 meta-batch in one backbone call (the meta-batch folded into the batch axis), then
@@ -23,24 +25,23 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.algorithms.finetune import FineTuningClassifier
 from tfmeta.tensors import embed_support_and_query
 
 
-class EmbeddingLearner(EpisodicClassifier):
+class EmbeddingLearner(FineTuningClassifier):
     """A learner that scores queries against the support set in a learned embedding space.
 
     Args:
       encoder: a built Keras model mapping images `[n, H, W, C]` to features `[n, *F]`
         (a vector `[n, D]` or a feature map `[n, h, w, c]`).
+      finetune_steps, finetune_lr, finetune_augment, finetune_optimizer: fine-tuning the
+        encoder on each test episode's support set (`tfmeta.algorithms.finetune`; off with
+        the default `finetune_steps=0`).
     """
 
     def __init__(self, encoder: keras.Model, **kwargs):
-        super().__init__(**kwargs)
-        if not encoder.built:
-            raise ValueError(f"{type(self).__name__} needs a built encoder; build "
-                             f"{encoder.name!r} with an input shape.")
-        self.encoder = encoder
+        super().__init__(encoder, **kwargs)
         self.feature_shape = tuple(encoder.output_shape[1:])
 
     def compare(self, support_features, support_labels, query_features, training):

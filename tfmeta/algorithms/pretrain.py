@@ -30,10 +30,14 @@ A few-shot episode is solved in the graph on L2-normalized features
         logits = q @ W + b
 
 Either way N comes from the labels, so the export serves `adapt_and_predict` for any
-number of ways. On padded variable episodes (labels -1 in the padding) both classifiers
-fit the real support examples only (N*K above is their count), over the episode's own
-classes: the others, in a meta-batch of wider episodes, get logit -1e9. `feature_model()` is the backbone without its head: what
-`bin/write_embeddings.py` embeds with and what `--set=model.init_from=<this run>` copies.
+number of ways. With `finetune_steps > 0` a copy of the backbone is first fine-tuned on each
+test episode's support set, the nearest-centroid classifier as its head (P>M>F,
+`tfmeta.algorithms.finetune`), whichever `classifier` then scores the queries. On padded
+variable episodes (labels -1 in the padding) both classifiers fit the real support examples
+only (N*K above is their count), over the episode's own classes: the others, in a
+meta-batch of wider episodes, get logit -1e9. `feature_model()` is the backbone without its
+head: what `bin/write_embeddings.py` embeds with and what `--set=model.init_from=<this run>`
+copies.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta.algorithms.base import batch_dict
-from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.algorithms.finetune import FineTuningClassifier, flip, translate
 from tfmeta.data.episodes import stored_tensor, unsharded
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
 from tfmeta.tensors import (
@@ -94,7 +98,7 @@ def logistic_regression_logits(support, labels, queries, steps, learning_rate, l
     return mask_absent_classes(queries @ weights + bias, labels)
 
 
-class Pretrain(EpisodicClassifier):
+class Pretrain(FineTuningClassifier):
     """A backbone trained as a classifier over all training classes (see the module docstring).
 
     Example:
@@ -115,6 +119,9 @@ class Pretrain(EpisodicClassifier):
       scale: the cosine logits' scale (nearest centroid).
       logistic_steps, logistic_lr, logistic_l2: gradient steps, step size and L2 weight
         of the logistic regression.
+      finetune_steps, finetune_lr, finetune_augment, finetune_optimizer: fine-tuning the
+        backbone on each test episode's support set (`tfmeta.algorithms.finetune`; off with
+        the default `finetune_steps=0`).
     """
 
     input_kinds = ("images",)
@@ -129,18 +136,17 @@ class Pretrain(EpisodicClassifier):
                  classifier: str = "nearest_centroid", weight_decay: float = 5e-4,
                  scale: float = 10.0, logistic_steps: int = 100, logistic_lr: float = 1.0,
                  logistic_l2: float = 0.1, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(encoder, **kwargs)
         self.check_arguments(locals())
         if num_classes is None:
             raise ValueError("Pretrain needs num_classes, the training head's size (at least "
                              "the training split's class count).")
         if classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}.")
-        if not encoder.built or len(encoder.output_shape) != 2:
+        if len(encoder.output_shape) != 2:
             raise ValueError(f"Pretrain needs a built encoder of images to feature vectors "
                              f"[n, D]; {encoder.name!r} returns {encoder.output_shape}. Use a "
                              "backbone with flatten=True or pooling='avg' and no head.")
-        self.encoder = encoder
         self.num_classes = int(num_classes)
         self.head = keras.layers.Dense(self.num_classes, name="head")
         self.head.build(encoder.output_shape)
@@ -209,10 +215,26 @@ class Pretrain(EpisodicClassifier):
             self.encoder, episodes["support_images"], episodes["query_images"], training,
             episodes["support_labels"], episodes.get("query_labels"))
         labels = tf.cast(episodes["support_labels"], tf.int32)
+        return self.compare(support, labels, queries, training)
+
+    def compare(self, support_features, support_labels, query_features, training):
+        """The few-shot classifier on features: `[B, S, D]`, `[B, S]`, `[B, M, D]` ->
+        `[B, M, N]`."""
+        del training
         if self.classifier == "logistic":
-            return logistic_regression_logits(support, labels, queries, self.logistic_steps,
-                                              self.logistic_lr, self.logistic_l2)
-        return nearest_centroid_logits(support, labels, queries, self.scale)
+            return logistic_regression_logits(support_features, support_labels, query_features,
+                                              self.logistic_steps, self.logistic_lr,
+                                              self.logistic_l2)
+        return nearest_centroid_logits(support_features, support_labels, query_features,
+                                       self.scale)
+
+    def finetune_loss(self, support_features, support_labels, pseudo_query_features):
+        """Cross-entropy `[B]` of the nearest-centroid classifier on the pseudo-queries, with
+        either `classifier` (logistic regression's fitting loop is not differentiated
+        through)."""
+        logits = nearest_centroid_logits(support_features, support_labels,
+                                         pseudo_query_features, self.scale)
+        return cross_entropy(support_labels, logits)
 
     def feature_model(self) -> keras.Model:
         return self.encoder
@@ -245,18 +267,8 @@ class Pretrain(EpisodicClassifier):
 
 def crop_and_flip(images, seed):
     """Random crop of the zero-padded images (pad max(4, side // 10)) and horizontal flip."""
-    height, width = images.shape[1], images.shape[2]
-    pad = max(4, min(height, width) // 10)
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    count = tf.shape(images)[0]
-    offsets = tf.random.stateless_uniform([count, 2], seed, 0, 2 * pad + 1, tf.int32)
-    rows = offsets[:, :1] + tf.range(height)[None]                         # [n, H]
-    cols = offsets[:, 1:] + tf.range(width)[None]                          # [n, W]
-    crops = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2,
-                      batch_dims=1)
-    flip = tf.random.stateless_uniform([count], tf.random.experimental.stateless_fold_in(
-        seed, 1)) < 0.5
-    return tf.where(flip[:, None, None, None], tf.reverse(crops, [2]), crops)
+    pad = max(4, min(images.shape[1], images.shape[2]) // 10)
+    return flip(translate(images, pad, seed), tf.random.experimental.stateless_fold_in(seed, 1))
 
 
 def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0,

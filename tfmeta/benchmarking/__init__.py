@@ -19,6 +19,7 @@ BENCHMARK_MODULES = [
     "tfmeta.benchmarking.images",
     "tfmeta.benchmarking.distributed",
     "tfmeta.benchmarking.records",
+    "tfmeta.benchmarking.pretrained",
 ]
 
 

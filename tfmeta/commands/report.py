@@ -26,7 +26,7 @@ def main(argv):
             "it in a clone of the repository (pip install -e .).")
     if FLAGS.list:
         for entry in report.ENTRIES:
-            print(f"{entry.name}: {entry.command_line(entry.workdir(FLAGS.runs_dir))}")
+            print(f"{entry.name}: {entry.command_line(FLAGS.runs_dir)}")
         return
     report.report(FLAGS.only, FLAGS.runs_dir, log=lambda line: print(line, flush=True))
 

@@ -15,6 +15,16 @@ no Python generator per episode, and a seed makes the stream reproducible.
 
 `episode_dataset(..., sampler="variable")` samples Meta-Dataset's variable-way,
 variable-shot episodes instead, padded to static shapes (`tfmeta.data.variable_episodes`).
+
+`episode_dataset(..., grouping="within")` draws each episode within one group of classes
+(`ClassImages.class_groups`: Omniglot's alphabets, a folder's `group/class` folders):
+
+    eligible = groups with at least N classes
+    group = uniform(eligible)                          # every eligible group equally likely
+    classes = N classes of `group`, uniformly without replacement, in random order
+
+Harder episodes than drawing from every class (`grouping="any"`): an episode's classes
+are as alike as the hierarchy makes them.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ EPISODE_KEYS = ("support_images", "support_labels", "query_images", "query_label
 # The kinds of episode `episode_dataset` samples: N-way K-shot, or Meta-Dataset's variable
 # ways and shots (`tfmeta.data.variable_episodes`).
 EPISODE_SAMPLERS = ("fixed", "variable")
+# Which classes an episode draws from: any of the split's, or those of one group
+# (`ClassImages.class_groups`).
+EPISODE_GROUPINGS = ("any", "within")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +61,8 @@ class ClassImages:
       drop_small_classes: what episodes do with a class that has fewer examples than an
         episode takes of each: leave it out with a warning naming it (a user's own data,
         where some classes are small), or refuse (False: a benchmark's classes are fixed).
+      class_groups: `C` group names, one per class (Omniglot's alphabet of each character), or
+        None when the classes have no groups; what `grouping="within"` episodes draw in.
     """
 
     images: np.ndarray
@@ -56,10 +71,20 @@ class ClassImages:
     class_names: tuple
     transform: Callable | None = None
     drop_small_classes: bool = False
+    class_groups: tuple | None = None
+
+    def __post_init__(self):
+        if self.class_groups is not None:
+            groups = tuple(str(g) for g in self.class_groups)
+            if len(groups) != len(self.class_counts):
+                raise ValueError(f"class_groups has {len(groups)} group names for "
+                                 f"{len(self.class_counts)} classes; give one per class, or "
+                                 "None for classes without groups.")
+            object.__setattr__(self, "class_groups", groups)  # (frozen) as a tuple of str
 
     @classmethod
     def from_lists(cls, per_class: list, class_names=None, transform=None,
-                   drop_small_classes: bool = False) -> ClassImages:
+                   drop_small_classes: bool = False, class_groups=None) -> ClassImages:
         """Builds from a list with one `[count_c, *example_shape]` array per class."""
         if not per_class:
             raise ValueError("ClassImages needs at least one class; got an empty list.")
@@ -75,12 +100,13 @@ class ClassImages:
         names = tuple(class_names) if class_names is not None else tuple(
             str(i) for i in range(len(per_class)))
         return cls(np.concatenate(per_class, axis=0), offsets, counts, names, transform,
-                   drop_small_classes)
+                   drop_small_classes, class_groups)
 
     @classmethod
-    def from_dense(cls, images: np.ndarray, class_names=None, transform=None) -> ClassImages:
+    def from_dense(cls, images: np.ndarray, class_names=None, transform=None,
+                   class_groups=None) -> ClassImages:
         """Builds from a dense `[C, M, *example_shape]` array (M examples per class)."""
-        return cls.from_lists(list(images), class_names, transform)
+        return cls.from_lists(list(images), class_names, transform, class_groups=class_groups)
 
     @property
     def num_classes(self) -> int:
@@ -105,7 +131,8 @@ class ClassImages:
         return ClassImages.from_lists(
             [self.stored_examples(i) for i in class_indices],
             [self.class_names[i] for i in class_indices], self.transform,
-            self.drop_small_classes)
+            self.drop_small_classes, None if self.class_groups is None else
+            [self.class_groups[i] for i in class_indices])
 
     def stored_examples(self, index: int) -> np.ndarray:
         """Class `index`'s examples as stored."""
@@ -122,13 +149,16 @@ class ClassImages:
 
 
 def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int,
-                       split="") -> ClassImages:
+                       split="", grouping: str = "any") -> ClassImages:
     """The classes episodes of this spec are drawn from; raises a ValueError naming the value
     and the fix if the spec can't be sampled.
 
     A class with fewer than `shots + queries` examples is refused, or, where the classes
     allow it (`drop_small_classes`: a user's own data), left out with a warning naming it.
+    With `grouping="within"`, some group must keep at least `ways` classes after that
+    (`eligible_groups`).
     """
+    check_grouping(grouping)
     where = f" in the {split!r} split" if split else ""
     for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
         if int(value) != value or value < 1:
@@ -160,7 +190,76 @@ def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int
             f"shots + queries = {shots} + {queries} = {needed} is more than the "
             f"{classes.class_counts[smallest]} examples of class {classes.class_names[smallest]!r}"
             f"{where}; use shots + queries <= {classes.class_counts[smallest]}.")
+    if grouping == "within":
+        group_of, eligible = eligible_groups(classes, ways, split)
+        if len(eligible) < group_of.max() + 1:
+            names = sorted(set(classes.class_groups))
+            logging.info("Episodes within one group%s draw from the %d of its %d groups that "
+                         "have at least ways=%d classes; not from %s.", where, len(eligible),
+                         len(names), ways, ", ".join(np.delete(names, eligible)[:10]))
     return classes
+
+
+# ----------------------------------------------------------- episodes within a group
+def check_grouping(grouping: str, sampler: str = "fixed") -> None:
+    """Raises a ValueError unless `grouping` is one of EPISODE_GROUPINGS that `sampler`'s
+    episodes can be drawn with."""
+    if grouping not in EPISODE_GROUPINGS:
+        raise ValueError(f"grouping (episode_grouping) must be one of "
+                         f"{list(EPISODE_GROUPINGS)}; got {grouping!r}.")
+    if grouping == "within" and sampler == "variable":
+        raise ValueError(
+            "episode_grouping=within draws N-way K-shot episodes within one group, but "
+            "episode_sampler=variable draws its ways from every class; use "
+            "episode_grouping=any with variable episodes, or fixed ones (bin/evaluate.py "
+            "--within_group with --ways and --shots).")
+
+
+def eligible_groups(classes, ways: int, split: str = "") -> tuple:
+    """What `grouping="within"` episodes draw from: (int64 `[C]`, the index of each class's
+    group among the sorted group names; int64 `[G']`, the groups that have at least `ways`
+    classes). A ValueError naming the value and the fix when `classes` (a `ClassImages` or
+    `RecordClasses`) have no groups, or no group has `ways` classes."""
+    where = f"the {split!r} split" if split else "these classes"
+    if classes.class_groups is None:
+        raise ValueError(
+            f"episode_grouping=within (bin/evaluate.py --within_group) needs classes with "
+            f"groups, but those of {where} have none: use --dataset=omniglot (its alphabets), "
+            "or --dataset=folder with --set=data.class_depth=2 (DIR/<group>/<class>/...); or "
+            "episode_grouping=any.")
+    names, class_group = np.unique(np.asarray(classes.class_groups), return_inverse=True)
+    sizes = np.bincount(class_group, minlength=len(names))
+    eligible = np.flatnonzero(sizes >= ways)
+    if not len(eligible):
+        largest = int(np.argmax(sizes))
+        raise ValueError(
+            f"ways={ways} is more classes than any one group of {where} has, but "
+            f"episode_grouping=within draws every episode's classes from one group: the "
+            f"largest group, {str(names[largest])!r}, has {sizes[largest]} classes; use ways "
+            f"<= {sizes[largest]}, or episode_grouping=any.")
+    return class_group.astype(np.int64), eligible.astype(np.int64)
+
+
+def choose_classes(seed, num_classes: int, ways: int, within: tuple | None = None):
+    """An episode's `ways` classes, int64 `[ways]` indices, a pure function of the `[2]`
+    `seed`: uniformly without replacement, in random order (so labels are permuted); with
+    `within` (`eligible_groups`' pair), from one eligible group drawn uniformly:
+
+        group = eligible[uniform_int(0, len(eligible))]
+        score[c] = uniform(0, 1) if group_of[c] == group else -1
+        classes = top_k(score, ways)          # the group has >= ways classes, all >= 0
+    """
+    # top_k of i.i.d. uniforms: a uniformly random ordered subset, i.e. sampling
+    # without replacement with the label order permuted at the same time.
+    scores = tf.random.stateless_uniform([num_classes], seed)
+    if within is not None:
+        class_group, eligible = within
+        which = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1),
+                                            0, len(eligible), tf.int64)
+        group = tf.gather(tf.constant(eligible, tf.int64), which)
+        scores = tf.where(tf.constant(class_group, tf.int64) == group, scores, -1.0)
+    _, chosen = tf.math.top_k(scores, ways)
+    return tf.cast(chosen, tf.int64)
 
 
 # A tf.data function's graph holds its constants and must stay under protobuf's 2 GB.
@@ -177,12 +276,15 @@ def stored_tensor(array: np.ndarray):
 
 
 def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: int,
-                         augment=None):
+                         augment=None, grouping: str = "any"):
     """Returns `sample(seed) -> episode dict`, a pure TF function of a `[2]` int seed.
 
     `augment(images [n, *example_shape], seed) -> images` (e.g. `augment.RandomAffine`)
     transforms every example of the episode, support and query, with its own draw.
+    `grouping="within"` draws each episode's classes within one group (`choose_classes`).
     """
+    check_grouping(grouping)
+    within = eligible_groups(classes, ways) if grouping == "within" else None
     images = stored_tensor(classes.images)
     offsets = tf.constant(classes.class_offsets, tf.int64)
     counts = tf.constant(classes.class_counts, tf.int64)
@@ -193,10 +295,7 @@ def make_episode_sampler(classes: ClassImages, ways: int, shots: int, queries: i
 
     def sample(seed):
         class_seed, example_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        # top_k of i.i.d. uniforms: a uniformly random ordered subset, i.e. sampling
-        # without replacement with the label order permuted at the same time.
-        _, chosen = tf.math.top_k(tf.random.stateless_uniform([num_classes], class_seed), ways)
-        chosen = tf.cast(chosen, tf.int64)
+        chosen = choose_classes(class_seed, num_classes, ways, within)
         chosen_counts = tf.gather(counts, chosen)
         scores = tf.random.stateless_uniform([ways, max_count], example_seed)
         valid = tf.range(max_count, dtype=tf.int64)[None, :] < chosen_counts[:, None]
@@ -275,12 +374,14 @@ def _split_of(data, split: str) -> tuple:
 
 
 def episode_sampler(classes: ClassImages, split: str, ways: int, shots: int, queries: int,
-                    sampler: str = "fixed", variable=None, augment=None):
+                    sampler: str = "fixed", variable=None, augment=None,
+                    grouping: str = "any"):
     """`sample(seed) -> episode` of the kind `sampler` names, after checking that `classes`
     can give it (see `episode_dataset`)."""
+    check_grouping(grouping, sampler)
     if sampler == "fixed":
-        classes = check_episode_spec(classes, ways, shots, queries, split)
-        return make_episode_sampler(classes, ways, shots, queries, augment)
+        classes = check_episode_spec(classes, ways, shots, queries, split, grouping)
+        return make_episode_sampler(classes, ways, shots, queries, augment, grouping)
     if sampler == "variable":
         from tfmeta.data import variable_episodes  # which imports this module
 
@@ -305,6 +406,7 @@ def episode_dataset(
     workers: int = 1,
     sampler: str = "fixed",
     variable=None,
+    grouping: str = "any",
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of episodes, batched into meta-batches if `meta_batch_size`.
 
@@ -330,6 +432,9 @@ def episode_dataset(
         and shots, padded to static shapes: `tfmeta.data.variable_episodes`, whose
         parameters `variable` gives, default its published ones; `ways`, `shots` and
         `queries` are then not used).
+      grouping: "any" (each episode's classes drawn from the whole split) or "within" (from
+        one group of `classes.class_groups`, drawn uniformly among the groups with at least
+        `ways` classes; fixed episodes only).
     """
     classes, split = _split_of(classes, split)
     if hasattr(classes, "class_stream"):  # held as records: streamed (tfmeta.data.records)
@@ -337,8 +442,9 @@ def episode_dataset(
 
         return records.stream_episodes(classes, ways, shots, queries, meta_batch_size, seed,
                                        num_episodes, split, augment, start_step, worker,
-                                       workers, sampler, variable)
-    sample = episode_sampler(classes, split, ways, shots, queries, sampler, variable, augment)
+                                       workers, sampler, variable, grouping)
+    sample = episode_sampler(classes, split, ways, shots, queries, sampler, variable, augment,
+                             grouping)
     base_seed = tf.constant([seed, 0], tf.int64)
     ds = episode_numbers(meta_batch_size, start_step, num_episodes, worker, workers).map(
         lambda e: sample(tf.random.experimental.stateless_fold_in(base_seed, e)),

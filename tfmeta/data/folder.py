@@ -5,12 +5,20 @@ convention; the folder name is the class name.
       <class>/*.jpg                     DIR/test/<class>/...   (the split, fixed)
       <class>/any/nested/*.png
 
+Classes in groups (`class_depth=2`: the folder two levels down names a class, the level
+above it its group; 3: three levels, the two above the group, and so on):
+
+    DIR/<group>/<class>/**/*.jpg        class "group/class", group "group"
+    DIR/train/<group>/<class>/...       the same under fixed split folders
+
 Without `train/`, `val/`, `test/` the classes are split by seeded fractions
-(`tfmeta.data.own_data`); a missing `val/` or `test/` is cut from `train/`'s classes by
-the same fractions. JPEG, PNG, BMP and GIF (first frame) of any size and mode are read,
-in nested folders too; other files (a README, `.DS_Store`, `Thumbs.db`, hidden files) are
-skipped and counted in the log. A corrupt image is an error naming the file, or with
-`skip_corrupt=True` is skipped and listed in the log.
+(`tfmeta.data.own_data`), or with `class_depth > 1` their groups are (whole groups, so the
+test classes are of groups unseen in training, as Omniglot's test alphabets); a missing
+`val/` or `test/` is cut from `train/`'s classes (groups) by the same fractions. JPEG,
+PNG, BMP and GIF (first frame) of any size and mode are read, in nested folders too;
+other files (a README, `.DS_Store`, `Thumbs.db`, hidden files) and images above the class
+level are skipped and counted in the log. A corrupt image is an error naming the file, or
+with `skip_corrupt=True` is skipped and listed in the log.
 
 Images are decoded and resized to `image_size` with `channels` once
 (`tfmeta.data.images.decode_image`, batched) and cached under `$TFMETA_CACHE`, keyed on
@@ -28,10 +36,13 @@ import numpy as np
 from tfmeta.data import images as image_utils
 from tfmeta.data import own_data
 from tfmeta.data.base import load_cached_arrays, source_fingerprint
+from tfmeta.ranges import Range
 
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 IGNORED_NAMES = ("Thumbs.db", "desktop.ini", "__MACOSX")
 CACHE_VERSION = "v1"
+# The folder level that names a class (`data.class_depth`; tfmeta.config checks it too).
+CLASS_DEPTH = Range(1, 100, integer=True)
 
 
 def is_image_file(name: str) -> bool:
@@ -53,45 +64,103 @@ def list_images(folder: str) -> tuple:
     return found, others
 
 
-def class_folders(folder: str) -> tuple:
-    """({class name: [image files]} of the subfolders of `folder`, files outside any class
-    folder or not images). A class folder without images is left out with a warning."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"No folder {os.path.abspath(folder)}; --data_dir must be a "
-                                "folder with one subfolder of images per class.")
-    classes, skipped = {}, []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if _hidden(entry.name):
+def check_class_depth(class_depth) -> None:
+    """`class_depth` in `CLASS_DEPTH`, or a ValueError saying what it means."""
+    if not CLASS_DEPTH.contains(class_depth):
+        raise ValueError(f"data.class_depth must be {CLASS_DEPTH.describe()}: the folder "
+                         f"level that names a class (1: DIR/<class>/, 2: DIR/<group>/<class>/); "
+                         f"got {class_depth!r}.")
+
+
+def _subfolders(folder: str) -> list:
+    """The entries of `folder` that are not hidden, by name."""
+    return [e for e in sorted(os.scandir(folder), key=lambda e: e.name) if not _hidden(e.name)]
+
+
+def _gather_classes(folder: str, parts: tuple, class_depth: int, classes: dict,
+                    skipped: list) -> tuple:
+    """Fills `classes` ({"a/b/class": [image files]}) with the folders `class_depth` levels
+    below `folder` (`parts` levels down already) and `skipped` with the files above them or
+    not images; returns (the deepest level of folders found, one folder that deep)."""
+    deepest, example = len(parts), folder
+    for entry in _subfolders(folder):
+        if not entry.is_dir():
+            skipped.append(entry.path)  # not an image, or an image above the class level
             continue
-        if entry.is_dir():
-            files, others = list_images(entry.path)
-            skipped += others
-            if files:
-                classes[entry.name] = files
-            else:
-                logging.warning("Class folder %s holds no JPEG, PNG, BMP or GIF images; "
-                                "leaving it out.", entry.path)
+        path = (*parts, entry.name)
+        if len(path) < class_depth:
+            level, there = _gather_classes(entry.path, path, class_depth, classes, skipped)
+            if level > deepest:
+                deepest, example = level, there
+            continue
+        deepest, example = class_depth, entry.path
+        files, others = list_images(entry.path)
+        skipped += others
+        if files:
+            classes["/".join(path)] = files
         else:
-            skipped.append(entry.path)
+            logging.warning("Class folder %s holds no JPEG, PNG, BMP or GIF images; "
+                            "leaving it out.", entry.path)
+    return deepest, example
+
+
+def class_folders(folder: str, class_depth: int = 1) -> tuple:
+    """({class name: [image files]} of the folders `class_depth` levels below `folder`,
+    named by their path below it ("group/class"); files outside any class folder or not
+    images). A class folder without images is left out with a warning."""
+    _require_folder(folder)
+    classes, skipped = {}, []
+    deepest, example = _gather_classes(folder, (), class_depth, classes, skipped)
+    if deepest < class_depth and class_depth > 1:
+        found = (f"its deepest folders are {deepest} level(s) down (e.g. {example}); use "
+                 f"data.class_depth={deepest}" if deepest else
+                 "it has no subfolders; put the images in class folders")
+        raise ValueError(f"data.class_depth={class_depth} reads class folders {class_depth} "
+                         f"levels below {folder} (DIR/{'<group>/' * (class_depth - 1)}<class>/),"
+                         f" but {found}.")
     return classes, skipped
 
 
-def find_classes(data_dir: str) -> tuple:
+def _require_folder(folder: str) -> None:
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"No folder {os.path.abspath(folder)}; --data_dir must be a "
+                                "folder with one subfolder of images per class.")
+
+
+def _holds_images(folder: str) -> bool:
+    """Whether any image file lies below `folder` (hidden ones aside); stops at the first."""
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not _hidden(d)]
+        if any(is_image_file(f) and not _hidden(f) for f in files):
+            return True
+    return False
+
+
+def find_classes(data_dir: str, class_depth: int = 1) -> tuple:
     """({class name: [files]}, {split: [class names]} fixed by train/ val/ test/ folders (only
-    the splits present), [skipped files])."""
+    the splits present), [skipped files]); classes are the folders `class_depth` levels
+    below `data_dir`, or below its split folders (`class_folders`)."""
     if data_dir is None:
         raise ValueError("--dataset=folder needs --data_dir=<a folder with one subfolder of "
                          "images per class, or train/, val/, test/ folders of them>.")
-    top, skipped = class_folders(data_dir)
+    _require_folder(data_dir)
     aliases = {alias: split for split, names in SPLIT_FOLDERS.items() for alias in names}
+    entries = _subfolders(data_dir)
+    top = [e.name for e in entries if e.is_dir() and _holds_images(e.path)]
     if "train" in top and set(top) <= set(aliases):
         classes, fixed = {}, {}
-        for alias in sorted(top):
+        skipped = [e.path for e in entries if not e.is_dir()]
+        for entry in entries:
+            if entry.is_dir() and entry.name not in top:
+                logging.warning("Folder %s holds no JPEG, PNG, BMP or GIF images; leaving it "
+                                "out.", entry.path)
+        for alias in top:
             split = aliases[alias]
             if split in fixed:
                 raise ValueError(f"{data_dir} has both {SPLIT_FOLDERS[split][0]}/ and "
                                  f"{alias}/; keep one folder per split.")
-            split_classes, split_skipped = class_folders(os.path.join(data_dir, alias))
+            split_classes, split_skipped = class_folders(os.path.join(data_dir, alias),
+                                                         class_depth)
             skipped += split_skipped
             for name, files in split_classes.items():
                 if name in classes:
@@ -102,26 +171,37 @@ def find_classes(data_dir: str) -> tuple:
                 classes[name] = files
             fixed[split] = sorted(split_classes)
         return classes, fixed, skipped
-    if not top:
+    classes, skipped = class_folders(data_dir, class_depth)
+    if not classes:
         raise FileNotFoundError(
             f"{os.path.abspath(data_dir)} has no class folders with images (JPEG, PNG, BMP or "
             "GIF); --data_dir must hold one subfolder per class (the folder name is the class "
             "name), or train/, val/, test/ folders of them.")
-    return top, {}, skipped
+    return classes, {}, skipped
 
 
-def complete_split(fixed: dict, fractions, seed: int) -> dict:
+def group_of(name: str, class_depth: int) -> str | None:
+    """The group of class `name` ("a/b/class" -> "a/b"), None with `class_depth` 1."""
+    return name.rsplit("/", 1)[0] if class_depth > 1 else None
+
+
+def complete_split(fixed: dict, fractions, seed: int, class_depth: int = 1) -> dict:
     """The split with `val`/`test` cut from `train`'s classes where no folder gave them, in
-    the proportions of `fractions` among train and the missing splits."""
+    the proportions of `fractions` among train and the missing splits; with `class_depth >
+    1`, whole groups of them (`own_data.split_groups`)."""
     fractions = dict(zip(own_data.SPLITS, own_data.check_fractions(fractions)))
     missing = [s for s in own_data.SPLITS if s not in fixed]
     if not missing:
         return dict(fixed)
     shares = {s: fractions[s] for s in ("train", *missing)}
+    if class_depth > 1:
+        groups = {name: group_of(name, class_depth) for name in fixed["train"]}
+        return {**fixed, **own_data.split_groups(groups, shares, seed)}
     return {**fixed, **own_data.cut_classes(fixed["train"], shares, seed)}
 
 
-def decode_classes(classes: dict, image_size: int, channels: int, crop_to_aspect_ratio: bool):
+def decode_classes(classes: dict, image_size: int, channels: int, crop_to_aspect_ratio: bool,
+                   class_depth: int = 1):
     """Decodes every listed file once (cached): {"pixels" uint8 [n, s, s, c], "labels"
     int64 [n] (index into the sorted class names), "bad" int64 (indices into the
     flattened file list of the files that did not decode)}."""
@@ -135,15 +215,18 @@ def decode_classes(classes: dict, image_size: int, channels: int, crop_to_aspect
             crop_to_aspect_ratio=crop_to_aspect_ratio)
         return {"pixels": pixels, "labels": np.delete(labels, bad), "bad": bad}
 
+    # The class level decides the labels and the files' order. Level 1 adds nothing to the
+    # key, so the caches written before `class_depth` existed stay valid.
+    depth = () if class_depth == 1 else (f"class_depth={class_depth}",)
     key = "folder-" + source_fingerprint(files, image_size, channels, crop_to_aspect_ratio,
-                                         CACHE_VERSION)
+                                         CACHE_VERSION, *depth)
     return names, files, load_cached_arrays(key, build)
 
 
 def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
          crop_to_aspect_ratio: bool = False, split_fractions=own_data.DEFAULT_FRACTIONS,
          split_seed: int = 0, class_split: dict | None = None, skip_corrupt: bool = False,
-         train_on_val: bool = False, normalize: bool = True):
+         train_on_val: bool = False, normalize: bool = True, class_depth: int = 1):
     """Loads a folder of class folders (see the module docstring).
 
     Args:
@@ -151,21 +234,34 @@ def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
       image_size: side of the stored images and the model's inputs (resized, default 84).
       channels: 1 (grey) or 3 (RGB); other modes are converted.
       crop_to_aspect_ratio: cut the centred square before resizing (else squash).
-      split_fractions: (train, val, test) fractions of the classes, when no train/, val/,
-        test/ folders fix the split.
+      split_fractions: (train, val, test) fractions of the classes (of the groups, with
+        `class_depth > 1`), when no train/, val/, test/ folders fix the split.
       split_seed: the seed of that split (independent of the training seed).
       class_split: {"train", "val", "test": class names}: the split, as config.json records.
       skip_corrupt: skip images that do not decode (listed in the log) instead of failing.
       train_on_val: train on the validation classes too.
       normalize: per-channel mean/std normalization with the training classes' statistics.
+      class_depth: the folder level that names a class (1: `DIR/<class>/`); the levels
+        above it are its group (2: `DIR/<group>/<class>/`, class "group/class"), and the
+        split is then by group.
     """
     own_data.check_image_options(image_size, channels)
     own_data.check_fractions(split_fractions)
-    classes, fixed, skipped = find_classes(data_dir)
-    if skipped:
+    check_class_depth(class_depth)
+    class_depth = int(class_depth)
+    classes, fixed, skipped = find_classes(data_dir, class_depth)
+    is_above = [is_image_file(f) and not _hidden(os.path.basename(f)) for f in skipped]
+    above = [f for f, image in zip(skipped, is_above) if image]
+    others = [f for f, image in zip(skipped, is_above) if not image]
+    if others:
         logging.info("Skipped %d files that are not JPEG, PNG, BMP or GIF images: %s%s",
-                     len(skipped), ", ".join(skipped[:5]), " ..." if len(skipped) > 5 else "")
-    names, files, arrays = decode_classes(classes, image_size, channels, crop_to_aspect_ratio)
+                     len(others), ", ".join(others[:5]), " ..." if len(others) > 5 else "")
+    if above:
+        logging.info("Skipped %d images above the class folders (data.class_depth=%d): %s%s",
+                     len(above), class_depth, ", ".join(above[:5]),
+                     " ..." if len(above) > 5 else "")
+    names, files, arrays = decode_classes(classes, image_size, channels, crop_to_aspect_ratio,
+                                          class_depth)
     bad = arrays["bad"]
     if len(bad):
         if not skip_corrupt:
@@ -173,7 +269,7 @@ def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
         logging.warning("Skipped %d image(s) that do not decode (data.skip_corrupt=True): %s",
                         len(bad), ", ".join(files[i] for i in bad))
     if class_split is None and fixed:
-        class_split = complete_split(fixed, split_fractions, split_seed)
+        class_split = complete_split(fixed, split_fractions, split_seed, class_depth)
     present = {names[i] for i in np.unique(arrays["labels"])}
     lost = sorted(set(names) - present)
     if lost:
@@ -182,8 +278,11 @@ def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
             class_split = {s: [n for n in listed if n not in lost]
                            for s, listed in dict(class_split).items()}
     layout = "train/ val/ test/ folders" if fixed else "class folders"
+    if class_depth > 1:
+        layout += f", <group>/<class> {class_depth} levels down"
     return own_data.build_dataset(
         "folder", arrays["pixels"], arrays["labels"], names, class_split=class_split,
+        class_groups=None if class_depth == 1 else [group_of(n, class_depth) for n in names],
         split_fractions=split_fractions, split_seed=split_seed, train_on_val=train_on_val,
         normalize=normalize, source=f"Images from {os.path.abspath(data_dir)} ({layout})",
         data_dir=os.path.abspath(data_dir),

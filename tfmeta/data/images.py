@@ -223,15 +223,18 @@ def group_by_class(labels: np.ndarray) -> tuple:
     return order, classes, counts
 
 
-def class_images(images: np.ndarray, counts, names, transform=None) -> ClassImages:
+def class_images(images: np.ndarray, counts, names, transform=None,
+                 groups=None) -> ClassImages:
     """`ClassImages` over `images` already stored class after class (no copy, which matters
-    for tieredImageNet's 9.5 GB training split); `counts[c]` examples of class `names[c]`."""
+    for tieredImageNet's 9.5 GB training split); `counts[c]` examples of class `names[c]`,
+    of group `groups[c]` (None: the classes have no groups)."""
     counts = np.asarray(counts, np.int64)
     if counts.sum() != len(images) or len(counts) != len(names) or not len(counts):
         raise ValueError(f"{len(names)} class names and counts summing to {counts.sum()} do "
                          f"not describe {len(images)} images.")
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    return ClassImages(images, offsets, counts, tuple(str(n) for n in names), transform)
+    return ClassImages(images, offsets, counts, tuple(str(n) for n in names), transform,
+                       class_groups=groups)
 
 
 def check_disjoint_classes(split_classes: dict, where: str,
@@ -249,10 +252,13 @@ def check_disjoint_classes(split_classes: dict, where: str,
 
 
 def merge_splits(first: ClassImages, second: ClassImages) -> ClassImages:
-    """The classes of `first` then those of `second` (train + val for `train_on_val`)."""
+    """The classes of `first` then those of `second` (train + val for `train_on_val`), with
+    their groups where both have groups."""
+    grouped = first.class_groups is not None and second.class_groups is not None
     return class_images(np.concatenate([first.images, second.images]),
                         np.concatenate([first.class_counts, second.class_counts]),
-                        first.class_names + second.class_names, first.transform)
+                        first.class_names + second.class_names, first.transform,
+                        first.class_groups + second.class_groups if grouped else None)
 
 
 def image_dataset(name: str, title: str, splits: dict, train_on_val: bool, data_dir: str,

@@ -17,6 +17,9 @@ Splits:
   Training characters rotated by 90, 180 and 270 degrees are new classes, as in
   both papers (so the full train split has 4400 classes).
 
+Groups: each character's alphabet (`ClassImages.class_groups`; a rotated character stays in
+its alphabet), so `episode_grouping=within` draws an episode's characters from one alphabet.
+
 Preprocessing (also inside exported models): area-resize to `image_size`
 (28 by default) and invert, so strokes are 1 and background 0.
 """
@@ -164,6 +167,11 @@ def read_characters(sources: list) -> tuple:
     return names, np.stack([np.stack(per_character[n]) for n in names])
 
 
+def alphabet_of(name: str) -> str:
+    """The alphabet of a class name `alphabet/character[/rotN]`: its group."""
+    return name.split("/")[0]
+
+
 def _split_names(names: list, full: bool) -> dict:
     if full:
         order = np.random.RandomState(FULL_SPLIT_SEED).permutation(len(names))
@@ -172,11 +180,11 @@ def _split_names(names: list, full: bool) -> dict:
         return {"train": sorted(shuffled[:n_train]),
                 "val": sorted(shuffled[n_train:n_train + n_val]),
                 "test": sorted(shuffled[n_train + n_val:])}
-    split = {split: [n for n in names if n.split("/")[0] in alphabets]
+    split = {split: [n for n in names if alphabet_of(n) in alphabets]
              for split, alphabets in MINIMAL_SPLIT.items()}
     empty = [s for s, members in split.items() if not members]
     if empty:
-        found = sorted({n.split("/")[0] for n in names})
+        found = sorted({alphabet_of(n) for n in names})
         raise ValueError(
             f"These Omniglot minimal sets hold the alphabets {found}, but the minimal-set split "
             f"takes its {', '.join(empty)} split from "
@@ -187,12 +195,15 @@ def _split_names(names: list, full: bool) -> dict:
 
 
 def _with_rotations(classes: ClassImages) -> ClassImages:
-    per_class, names = [], []
+    """The classes and their rotations by 90, 180 and 270 degrees, new classes of the same
+    alphabet (`alphabet/character/rot90`)."""
+    per_class, names, groups = [], [], []
     for k, suffix in enumerate(("", "/rot90", "/rot180", "/rot270")):
         for i, name in enumerate(classes.class_names):
             per_class.append(np.rot90(classes.stored_examples(i), k, axes=(1, 2)))
             names.append(name + suffix)
-    return ClassImages.from_lists(per_class, names)
+            groups.append(classes.class_groups[i])
+    return ClassImages.from_lists(per_class, names, class_groups=groups)
 
 
 def not_found_message(data_dir: str) -> str:
@@ -256,7 +267,8 @@ def load(data_dir: str | None = None, image_size: int = 28, rotate_train: bool =
     arrays = load_cached_arrays(
         "omniglot-" + source_fingerprint(files, image_size, "v1"), build)
     names = [str(n) for n in arrays["names"]]
-    all_classes = ClassImages.from_dense(arrays["images"], names)
+    all_classes = ClassImages.from_dense(arrays["images"], names,
+                                         class_groups=[alphabet_of(n) for n in names])
     index = {n: i for i, n in enumerate(names)}
     splits = {}
     names_by_split = _split_names(names, full)
@@ -268,7 +280,8 @@ def load(data_dir: str | None = None, image_size: int = 28, rotate_train: bool =
     kind = "full (MAML split)" if full else "minimal sets (split by alphabet)"
     kind += ", training on train + val" if train_on_val else ""
     description = f"Omniglot {kind} from {data_dir}: " + ", ".join(
-        f"{s} {c.num_classes} classes" for s, c in splits.items())
+        f"{s} {c.num_classes} classes in {len(set(c.class_groups))} "
+        f"alphabet{'s' if len(set(c.class_groups)) > 1 else ''}" for s, c in splits.items())
     return FewShotDataset("omniglot", splits, RAW_SHAPE, preprocess, description,
                           data_dir=os.path.abspath(requested_dir) if requested_dir else None,
                           source_files=tuple(files))

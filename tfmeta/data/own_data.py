@@ -7,9 +7,11 @@ and the Python constructors (`FewShotDataset.from_arrays`, `.from_tf_dataset`,
 
 Few-shot splits are by class: the classes (not the images) are split into train, val and
 test by seeded fractions (`split_fractions`, default 0.64 / 0.16 / 0.20, mini-ImageNet's
-64 / 16 / 20), or as `class_split` names them. The trainer records the split in
-`config.json`, so evaluation and export use the same classes even if the seed's
-defaults change.
+64 / 16 / 20), or as `class_split` names them. Classes with groups (`class_groups`: a
+folder's `group/class` folders, `tfmeta.data.folder`'s `class_depth`) are split by whole
+groups (`split_groups`), so the test classes come from groups never seen in training. The
+trainer records the split in `config.json`, so evaluation and export use the same classes
+even if the seed's defaults change.
 
 Pixels are stored as uint8, like the image benchmarks', and preprocessed per episode:
 
@@ -26,6 +28,7 @@ episodes with a warning naming it (`ClassImages.drop_small_classes`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import tensorflow as tf
@@ -64,14 +67,15 @@ def split_classes(names, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> dict:
     return cut_classes(names, dict(zip(SPLITS, check_fractions(fractions))), seed)
 
 
-def cut_classes(names, weights: dict, seed: int = 0) -> dict:
+def cut_classes(names, weights: dict, seed: int = 0, what: str = "classes") -> dict:
     """{split: sorted class names}: `names` shuffled by `seed` and cut in the proportions
-    `weights` ({split: weight > 0}, in order), each split getting at least one class."""
+    `weights` ({split: weight > 0}, in order), each split getting at least one class (or
+    group: `what` names them in the error)."""
     names = sorted(set(names))
     splits = list(weights)
     if len(names) < len(splits):
-        raise ValueError(f"Splitting classes into {', '.join(splits)} needs at least "
-                         f"{len(splits)} classes; got {len(names)} ({names}). Add classes, or "
+        raise ValueError(f"Splitting {what} into {', '.join(splits)} needs at least "
+                         f"{len(splits)} {what}; got {len(names)} ({names}). Add {what}, or "
                          "give the split as folders train/, val/, test/.")
     total = sum(weights.values())
     counts = [max(1, round(weights[s] / total * len(names))) for s in splits[:-1]]
@@ -81,6 +85,15 @@ def cut_classes(names, weights: dict, seed: int = 0) -> dict:
     cuts = np.cumsum([0, *counts, len(names) - sum(counts)])
     return {split: sorted(names[i] for i in order[cuts[k]:cuts[k + 1]])
             for k, split in enumerate(splits)}
+
+
+def split_groups(class_groups: dict, weights: dict, seed: int = 0) -> dict:
+    """{split: sorted class names}: whole groups (`class_groups`: {class name: group}) cut
+    by `cut_classes` in the proportions `weights`, so no two splits share a group; the
+    fractions are of groups, not of classes."""
+    by_group = cut_classes(class_groups.values(), weights, seed, what="groups")
+    return {split: sorted(name for name, group in class_groups.items() if group in groups)
+            for split, groups in by_group.items()}
 
 
 def check_class_split(class_split, names) -> dict:
@@ -128,9 +141,11 @@ def build_dataset(name: str, pixels: np.ndarray, labels: np.ndarray, class_names
                   class_split=None, split_fractions=DEFAULT_FRACTIONS, split_seed: int = 0,
                   train_on_val: bool = False, normalize: bool = True,
                   image_size: int | None = None, source: str = "", data_dir=None,
-                  source_files=(), decoding=None):
+                  source_files=(), decoding=None, class_groups=None):
     """The `FewShotDataset` of uint8 `pixels [n, H, W, C]` whose image `i` is of class
-    `class_names[labels[i]]`, split by class (see the module docstring)."""
+    `class_names[labels[i]]`, split by class (see the module docstring); `class_groups`,
+    one group name per class (or None), are split by group when no `class_split` is given
+    and become the splits' `ClassImages.class_groups`."""
     from tfmeta.data.base import FewShotDataset
 
     names = [str(n) for n in class_names]
@@ -138,8 +153,12 @@ def build_dataset(name: str, pixels: np.ndarray, labels: np.ndarray, class_names
         raise ValueError(f"Class names must be distinct; got {names}.")
     labels = np.asarray(labels, np.int64)
     present = np.unique(labels)
+    group_of = None if class_groups is None else dict(zip(names, map(str, class_groups)))
     if class_split is not None:
         split = check_class_split(class_split, [names[i] for i in present])
+    elif group_of is not None:
+        split = split_groups({names[i]: group_of[names[i]] for i in present},
+                             dict(zip(SPLITS, check_fractions(split_fractions))), split_seed)
     else:
         split = split_classes([names[i] for i in present], split_fractions, split_seed)
     index = {n: i for i, n in enumerate(names)}
@@ -159,15 +178,26 @@ def build_dataset(name: str, pixels: np.ndarray, labels: np.ndarray, class_names
     for split_name, split_names in split.items():
         chosen = split_indices(split_names)
         splits[split_name] = image_utils.class_images(
-            pixels[chosen], [sizes[index[n]] for n in split_names], split_names, transform)
+            pixels[chosen], [sizes[index[n]] for n in split_names], split_names, transform,
+            None if group_of is None else [group_of[n] for n in split_names])
         splits[split_name] = _droppable(splits[split_name])
     if train_on_val:
         splits["train"] = _droppable(image_utils.merge_splits(splits["train"], splits["val"]))
+    by_group = group_of is not None and class_split is None
+    if by_group:
+        logging.info("%s: split by group, whole groups of classes into train, val and test, "
+                     "so the test classes are of groups unseen in training.", source)
+
+    def size_of(classes):
+        count = len(set(classes.class_groups or ()))
+        groups = f" in {count} group{'s' if count > 1 else ''}" if count else ""
+        return f"{classes.num_classes} classes{groups} / {len(classes.images)} images"
+
     description = (f"{source}: {len(pixels)} images of {len(present)} classes at "
                    f"{'x'.join(map(str, pixels.shape[1:]))}"
+                   f"{', split by group (test groups unseen in training)' if by_group else ''}"
                    f"{', training on train + val' if train_on_val else ''}; " + ", ".join(
-                       f"{s} {c.num_classes} classes / {len(c.images)} images"
-                       for s, c in splits.items()))
+                       f"{s} {size_of(c)}" for s, c in splits.items()))
     return FewShotDataset(name, splits, tuple(pixels.shape[1:]), preprocess, description,
                           data_dir=data_dir, source_files=tuple(source_files),
                           chosen_split=split, decoding=decoding)

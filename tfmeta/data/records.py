@@ -3,7 +3,8 @@
 The layout (Meta-Dataset's, Triantafillou et al. 2020): one TFRecord file per class, each
 record a `tf.train.Example` with the encoded example (`image`: PNG for uint8 images,
 `tf.io.serialize_tensor` for anything else, so the round trip is exact) and its class
-(`label`), plus `dataset_spec.json`: the classes (name, split, count, file), the stored
+(`label`), plus `dataset_spec.json`: the classes (name, split, count, file, and the group
+where the dataset's classes have groups: `ClassImages.class_groups`), the stored
 example's shape and dtype, how stored examples become model inputs (`transform`), and the
 source's fingerprint. `convert` writes it from any `FewShotDataset`; `load` reads it back
 (`--dataset=records --data_dir=DIR[,DIR2,...]`).
@@ -42,7 +43,15 @@ import tensorflow as tf
 
 from tfmeta import files
 from tfmeta.data.base import FewShotDataset
-from tfmeta.data.episodes import check_episode_spec, episode_numbers, split_episode, unsharded
+from tfmeta.data.episodes import (
+    check_episode_spec,
+    check_grouping,
+    choose_classes,
+    eligible_groups,
+    episode_numbers,
+    split_episode,
+    unsharded,
+)
 
 SPEC_FILE = "dataset_spec.json"
 FORMAT = "tfmeta-records"
@@ -99,8 +108,10 @@ def _class_plan(dataset: FewShotDataset) -> list:
             set(dataset.splits) - set(SPLITS)):
         classes = dataset.splits[split]
         for i in range(classes.num_classes):
+            group = ({} if getattr(classes, "class_groups", None) is None else
+                     {"group": str(classes.class_groups[i])})
             plan.append({"name": str(classes.class_names[i]), "split": split,
-                         "count": int(classes.class_counts[i]),
+                         "count": int(classes.class_counts[i]), **group,
                          "file": f"{split}/class_{len(plan):05d}.tfrecord", "index": i})
     return plan
 
@@ -265,8 +276,9 @@ class RecordClasses:
       stored_shape, stored_dtype: one decoded record.
       transforms: per source, stored examples -> model inputs (None: they are the inputs).
       shuffle_buffer: records each class stream shuffles over.
-      seed_salt: mixed into the shuffle seeds (the spec's `shuffle_seed`).
       drop_small_classes: as `ClassImages`'s.
+      class_groups: `C` group names (records of a dataset whose classes have groups), or
+        None; as `ClassImages`'s.
     """
 
     files: tuple
@@ -280,6 +292,7 @@ class RecordClasses:
     transforms: tuple
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     drop_small_classes: bool = False
+    class_groups: tuple | None = None
 
     @property
     def num_classes(self) -> int:
@@ -301,7 +314,9 @@ class RecordClasses:
         return dataclasses.replace(
             self, files=tuple(self.files[i] for i in index), class_counts=self.class_counts[index],
             class_names=tuple(self.class_names[i] for i in index),
-            class_sources=self.class_sources[index])
+            class_sources=self.class_sources[index],
+            class_groups=None if self.class_groups is None else tuple(
+                self.class_groups[i] for i in index))
 
     def decode(self, serialized):
         """One serialized record -> the stored example (uint8 pixels or the tensor)."""
@@ -450,8 +465,8 @@ def _stream_examples(classes: RecordClasses, shape_of: Callable, episodes: tf.da
 # ---------------------------------------------------------------------- episode shapes
 def _per_source(classes: RecordClasses, shape_in_source: Callable):
     """`shape_of(seed) -> (classes [W] int64, support [W] int32, queries [W] int32)`: the
-    episode's source drawn by `source_weights`, then `shape_in_source(seed, counts of that
-    source's classes)` (class indices within the source), mapped to the split's indices."""
+    episode's source drawn by `source_weights`, then `shape_in_source(seed, that source's
+    classes)` (a `RecordClasses`; class indices within it), mapped to the split's indices."""
     sources = sorted(set(int(s) for s in classes.class_sources))
     members = [np.flatnonzero(classes.class_sources == s) for s in sources]
     logits = tf.math.log(tf.constant([[classes.source_weights[s] for s in sources]], tf.float32))
@@ -461,8 +476,7 @@ def _per_source(classes: RecordClasses, shape_in_source: Callable):
 
         def branch(index):
             def draw():
-                chosen, support, queries = shape_in_source(class_seed,
-                                                           classes.class_counts[index])
+                chosen, support, queries = shape_in_source(class_seed, classes.select(index))
                 return tf.gather(tf.constant(index, tf.int64), chosen), support, queries
             return draw
 
@@ -474,11 +488,13 @@ def _per_source(classes: RecordClasses, shape_in_source: Callable):
     return shape_of
 
 
-def fixed_shape(ways: int, shots: int, queries: int) -> Callable:
-    """N classes uniformly without replacement (in random order), K + Q examples of each."""
-    def shape(seed, counts):
-        _, chosen = tf.math.top_k(tf.random.stateless_uniform([len(counts)], seed), ways)
-        return (tf.cast(chosen, tf.int64), tf.fill([ways], tf.constant(shots, tf.int32)),
+def fixed_shape(ways: int, shots: int, queries: int, grouping: str = "any") -> Callable:
+    """N classes uniformly without replacement (in random order; with `grouping="within"`,
+    of one group: `choose_classes`), K + Q examples of each."""
+    def shape(seed, source_classes):
+        within = eligible_groups(source_classes, ways) if grouping == "within" else None
+        chosen = choose_classes(seed, source_classes.num_classes, ways, within)
+        return (chosen, tf.fill([ways], tf.constant(shots, tf.int32)),
                 tf.fill([ways], tf.constant(queries, tf.int32)))
     return shape
 
@@ -487,16 +503,21 @@ def variable_shape(spec) -> Callable:
     """Meta-Dataset's variable ways and shots (`tfmeta.data.variable_episodes`)."""
     from tfmeta.data import variable_episodes
 
-    def shape(seed, counts):
-        drawn = variable_episodes.sample_episode_shape(seed, tf.constant(counts, tf.int64), spec)
+    def shape(seed, source_classes):
+        counts = tf.constant(source_classes.class_counts, tf.int64)
+        drawn = variable_episodes.sample_episode_shape(seed, counts, spec)
         return (tf.cast(drawn["classes"], tf.int64), tf.cast(drawn["support"], tf.int32),
                 tf.cast(drawn["queries"], tf.int32))
     return shape
 
 
-def _check_sources(classes: RecordClasses, ways: int, needed: int, split: str) -> None:
+def _check_sources(classes: RecordClasses, ways: int, needed: int, split: str,
+                   grouping: str = "any") -> None:
     for source in sorted(set(int(s) for s in classes.class_sources)):
-        counts = classes.class_counts[classes.class_sources == source]
+        members = np.flatnonzero(classes.class_sources == source)
+        if grouping == "within":  # an episode's group is one of its source's
+            eligible_groups(classes.select(members), ways, split)
+        counts = classes.class_counts[members]
         if len(counts) < ways:
             raise ValueError(f"ways={ways} is more than the {len(counts)} classes of records "
                              f"source {source} in the {split!r} split (an episode draws its "
@@ -522,11 +543,13 @@ def _inputs(classes: RecordClasses, stored, source):
 
 def stream_episodes(classes: RecordClasses, ways, shots, queries, meta_batch_size=None,
                     seed=0, num_episodes=None, split="", augment=None, start_step=0, worker=0,
-                    workers=1, sampler="fixed", variable=None) -> tf.data.Dataset:
+                    workers=1, sampler="fixed", variable=None,
+                    grouping="any") -> tf.data.Dataset:
     """`episode_dataset` for a split held as records (its arguments; see the module
     docstring for how the stream is made)."""
     batch = meta_batch_size or 1
     episode_numbers(meta_batch_size, start_step, num_episodes, worker, workers)  # validates
+    check_grouping(grouping, sampler)
     share = batch // workers
     if sampler == "variable":
         from tfmeta.data import variable_episodes
@@ -536,9 +559,9 @@ def stream_episodes(classes: RecordClasses, ways, shots, queries, meta_batch_siz
         _check_sources(classes, variable.min_ways, 2, split)
         in_source = variable_shape(variable)
     else:
-        classes = check_episode_spec(classes, ways, shots, queries, split)
-        _check_sources(classes, ways, shots + queries, split)
-        in_source = fixed_shape(ways, shots, queries)
+        classes = check_episode_spec(classes, ways, shots, queries, split, grouping)
+        _check_sources(classes, ways, shots + queries, split, grouping)
+        in_source = fixed_shape(ways, shots, queries, grouping)
     shape_from_seed = _per_source(classes, in_source)
     base_seed = tf.constant([seed, 0], tf.int64)
 
@@ -640,6 +663,10 @@ def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFF
                                  f"{folders[0]} {first[key]!r}; convert every source with the "
                                  "same --set=data.image_size and data.channels.")
     transforms = tuple(_transform(spec, normalize) for spec in specs)
+
+    def qualified(name, folder):  # several sources: each one's classes and groups apart
+        return name if len(folders) == 1 else f"{os.path.basename(folder)}/{name}"
+
     splits = {}
     for split in SPLITS + tuple(sorted({e["split"] for s in specs for e in s["classes"]}
                                        - set(SPLITS))):
@@ -647,8 +674,8 @@ def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFF
                    for e in spec["classes"] if e["split"] == split]
         if not entries:
             continue
-        names = tuple(e["name"] if len(folders) == 1 else f"{os.path.basename(folder)}/{e['name']}"
-                      for _, folder, e in entries)
+        names = tuple(qualified(e["name"], folder) for _, folder, e in entries)
+        grouped = all("group" in e for _, _, e in entries)
         splits[split] = RecordClasses(
             files=tuple(folder.rstrip("/") + "/" + e["file"] for _, folder, e in entries),
             class_counts=np.array([e["count"] for _, _, e in entries], np.int64),
@@ -656,7 +683,9 @@ def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFF
             class_sources=np.array([source for source, _, _ in entries], np.int64),
             source_weights=tuple(float(w) for w in weights), encoding=first["encoding"],
             stored_shape=tuple(first["stored_shape"]), stored_dtype=first["stored_dtype"],
-            transforms=transforms, shuffle_buffer=int(shuffle_buffer))
+            transforms=transforms, shuffle_buffer=int(shuffle_buffer),
+            class_groups=tuple(qualified(e["group"], folder) for _, folder, e in entries)
+            if grouped else None)
     shapes = {split: classes.example_shape for split, classes in splits.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"The records' sources give model inputs of different shapes {shapes}; "

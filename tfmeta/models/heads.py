@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 from keras import layers
 
 POOLINGS = ("avg", "flatten", "none")
@@ -24,3 +25,14 @@ def pool_and_head(x, pooling: str, num_classes=None):
     if num_classes:
         x = layers.Dense(num_classes, name="head")(x)
     return x
+
+
+def on_features(input_shape, num_classes=None, name: str = "on_features"):
+    """The backbone of a learner whose inputs are features already (a frozen backbone's,
+    computed once: `tfmeta.training.features`): the features as they are `[n, *F]`, or a
+    linear head named `head` with `num_classes` outputs (MAML's and ANIL's head)."""
+    inputs = keras.Input(tuple(input_shape), name="features")
+    outputs = layers.Identity(name="features_out")(inputs)
+    if num_classes:
+        outputs = layers.Dense(num_classes, name="head")(outputs)
+    return keras.Model(inputs, outputs, name=name)

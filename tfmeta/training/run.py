@@ -22,11 +22,13 @@ import os
 import tensorflow as tf
 
 from tfmeta.algorithms import build_learner
-from tfmeta.config import jit_compile_flag, load_config
+from tfmeta.config import apply_overrides, jit_compile_flag, load_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
+from tfmeta.models import copy_backbone_weights, is_frozen
 from tfmeta.training import cpu_threads
 from tfmeta.training.checkpoints import restore_latest
+from tfmeta.training.features import frozen_features, learner_config
 from tfmeta.training.optimizer import make_optimizer
 
 CONFIG_FILE = "config.json"
@@ -41,9 +43,11 @@ def build_compiled_learner(config, input_shape, strategy=None, init_from: str | 
     `init_from` (a run's workdir, the trainer passes `config.model.init_from` to a fresh
     run), its backbone starts from that run's backbone weights."""
     strategy = strategy or tf.distribute.get_strategy()
-    source = open_run(init_from).learner.feature_model() if init_from else None
+    if is_frozen(config.model):
+        init_from = None  # applied to the frozen backbone (tfmeta.training.features)
+    source = init_source(init_from)
     with strategy.scope():
-        learner = build_learner(config, input_shape)
+        learner = build_learner(learner_config(config), input_shape)
         if source is not None:
             copy_backbone_weights(source, learner.feature_model(), init_from)
         requested = jit_compile_flag(config.jit_compile)
@@ -58,28 +62,6 @@ def build_compiled_learner(config, input_shape, strategy=None, init_from: str | 
     if hasattr(learner, "task_parallel"):
         logging.info("task_parallel=%s: %s.", learner.task_parallel, learner.task_loop_form())
     return learner
-
-
-def copy_backbone_weights(source, target, where: str = "the source run") -> list:
-    """Copies `source`'s layer weights into `target`'s, layer by layer (matched by name and
-    shape; a classification head of another size keeps its own). Returns the layers copied;
-    raises a ValueError if none match."""
-    by_name = {layer.name: layer for layer in source.layers}
-    copied = []
-    for layer in target.layers:
-        match = by_name.get(layer.name)
-        if match is None or not layer.weights:
-            continue
-        values = match.get_weights()
-        if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
-            layer.set_weights(values)
-            copied.append(layer.name)
-    if not copied:
-        raise ValueError(f"model.init_from={where!r}: no layer of its backbone ({source.name}) "
-                         f"matches this one ({target.name}) by name and shape; use the same "
-                         "model.name and sizes as that run.")
-    logging.info("Initialized %d backbone layers from %s: %s", len(copied), where, copied)
-    return copied
 
 
 # ------------------------------------------------------------------------------ data
@@ -149,11 +131,31 @@ class Run:
         return DataSpec.from_config(self.config)
 
 
-def open_run(workdir: str, data_dir: str | None = None, strategy=None) -> Run:
-    """Loads a run's config and data, builds its learner and restores the newest checkpoint."""
+def init_source(init_from: str | None):
+    """The backbone of the run `init_from` (a workdir) names, to start from; or None."""
+    return open_run(init_from).learner.feature_model() if init_from else None
+
+
+def learner_dataset(config, dataset):
+    """`dataset` as the learner of `config` sees it: itself, or with a frozen backbone
+    (`model.trainable=none`) its features, computed once (`tfmeta.training.features`)."""
+    if not is_frozen(config.model):
+        return dataset
+    return frozen_features(config, dataset, init_source(config.model.get("init_from")))
+
+
+def open_run(workdir: str, data_dir: str | None = None, strategy=None, overrides=()) -> Run:
+    """Loads a run's config and data, builds its learner and restores the newest checkpoint.
+
+    `overrides`: `key=value` strings, as `--set` takes them, applied to the config before
+    anything is built and validated with it (e.g. `learner.finetune_steps=50`, a test-time
+    option of the learner); config.json is left as it is.
+    """
     config = load_config(os.path.join(workdir, CONFIG_FILE))
+    if overrides:
+        validate_config(apply_overrides(config, overrides))
     cpu_threads.configure(config)  # first, where this process has run no TensorFlow op yet
-    dataset = load_run_dataset(config, data_dir)
+    dataset = learner_dataset(config, load_run_dataset(config, data_dir))
     learner = build_compiled_learner(config, dataset.input_shape, strategy)
     step = restore_latest(learner, workdir, require=True)
     return Run(workdir, config, dataset, learner, step)

@@ -36,6 +36,7 @@ from tfmeta.config import apply_overrides, get_config, save_config, validate_con
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
 from tfmeta.errors import Terminated
+from tfmeta.models import resolved_fields
 from tfmeta.training import cpu_threads
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
 from tfmeta.training.checkpoints import (
@@ -48,7 +49,13 @@ from tfmeta.training.checkpoints import (
 )
 from tfmeta.training.export import export_workdir
 from tfmeta.training.lock import WorkdirLock
-from tfmeta.training.run import CONFIG_FILE, LOGS, build_compiled_learner, data_source
+from tfmeta.training.run import (
+    CONFIG_FILE,
+    LOGS,
+    build_compiled_learner,
+    data_source,
+    learner_dataset,
+)
 from tfmeta.training.strategy import (
     DEFAULT_JOIN_TIMEOUT_S,
     SHUTDOWN_BARRIER_MS,
@@ -60,25 +67,36 @@ from tfmeta.training.strategy import (
 
 # Changing these in a workdir that already holds a run would mix two experiments.
 IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "episode_sampler",
-                   "variable_episodes", "data_source")
-# Learner options that change how a meta-step runs, not what it computes: a run may resume
-# with others (e.g. on a machine with a GPU, where task_parallel="auto" vectorizes).
-EXECUTION_OPTIONS = ("task_parallel", "parallel_tasks", "recompute")
+                   "variable_episodes", "episode_grouping", "data_source")
+# What a run recorded before a field existed meant (a missing field is otherwise not
+# compared): episodes from any classes.
+RECORDED_DEFAULTS = {"episode_grouping": "any"}
+# Learner options of what happens at test time only (fine-tuning, tfmeta.algorithms.finetune,
+# whose learning rate bin/evaluate.py --select_finetune_lr records in config.json): kept from
+# a run's config.json when it resumes.
+TEST_TIME_OPTIONS = ("finetune_steps", "finetune_lr", "finetune_augment", "finetune_optimizer")
+# Learner options that do not change what training computes, so a run may resume with
+# others: how a meta-step runs (e.g. on a machine with a GPU, where task_parallel="auto"
+# vectorizes), and the test-time ones.
+NOT_TRAINING_OPTIONS = ("task_parallel", "parallel_tasks", "recompute", *TEST_TIME_OPTIONS)
 
 
 def learner_identity(algo, learner) -> dict:
     """A config's `learner` section as the experiment it names: as the learner's class reads
     it (`learner_arguments`, where a run's config.json recorded an older form) and without
-    `EXECUTION_OPTIONS`."""
+    `NOT_TRAINING_OPTIONS`."""
     arguments = dict(learner or {})
     if algo in ALGORITHMS:
         arguments = learner_class(algo).learner_arguments(arguments)
-    return {k: v for k, v in arguments.items() if k not in EXECUTION_OPTIONS}
+    return {k: v for k, v in arguments.items() if k not in NOT_TRAINING_OPTIONS}
 
 
 def _check_workdir_config(config, workdir, dataset=None):
     """Refuses to resume a run that is a different experiment (once it has a checkpoint;
-    a config.json without one is from a run that never trained, and is replaced)."""
+    a config.json without one is from a run that never trained, and is replaced), and
+    keeps the test-time options config.json recorded (`TEST_TIME_OPTIONS`: a fine-tuning
+    rate bin/evaluate.py --select_finetune_lr chose), which the training command does not
+    say."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path) or not has_checkpoint(workdir):
         return
@@ -86,14 +104,14 @@ def _check_workdir_config(config, workdir, dataset=None):
 
     previous = load_config(path)
     for field in IDENTITY_FIELDS:
-        old, new = previous.get(field), config.get(field)
+        old, new = previous.get(field, RECORDED_DEFAULTS.get(field)), config.get(field)
         old = old.to_dict() if hasattr(old, "to_dict") else old
         new = new.to_dict() if hasattr(new, "to_dict") else new
         if field == "learner" and old is not None:
             old, new = (learner_identity(config.get("algo"), old),
                         learner_identity(config.get("algo"), new))
         if field == "data_source" and old:
-            keys = ("fingerprint", "class_split")
+            keys = ("fingerprint", "class_split", "backbone")
             old, new = ({k: old.get(k) for k in keys if old.get(k) is not None},
                         {k: (new or {}).get(k) for k in keys if old.get(k) is not None})
             recorded = old.get("fingerprint", "")
@@ -104,6 +122,10 @@ def _check_workdir_config(config, workdir, dataset=None):
             raise ValueError(
                 f"{workdir} holds a run with {field}={old!r}, but this run has {field}={new!r}. "
                 "Use a new --workdir, or the original settings to resume.")
+    kept = {k: previous.learner[k] for k in TEST_TIME_OPTIONS if k in previous.get("learner", {})}
+    if kept:
+        with config.learner.unlocked():
+            config.learner.update(kept)
 
 
 def train(config, workdir: str, data_dir: str | None = None, strategy=None,
@@ -189,6 +211,9 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     dataset = load_dataset(config.dataset, data_dir, download=download, **config.data)
     logging.info("%s", dataset.description)
     config.data_source.update(data_source(dataset))
+    with config.model.unlocked():  # an external backbone's input size and normalization
+        config.model.update(resolved_fields(config.model, dataset.input_shape))
+    dataset = learner_dataset(config, dataset)  # a frozen backbone's features, once
     config.learner.update(learner_class(config.algo).arguments_from_data(config.learner,
                                                                          dataset))
     _check_workdir_config(config, workdir, dataset)
@@ -208,6 +233,13 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
         _check_same_step(strategy, step, workdir)
     if role.is_chief:
         save_config(config, os.path.join(workdir, CONFIG_FILE))
+    if not learner.trainable_variables:
+        logging.info("%s has no weights to train (the backbone is frozen: model.trainable=none"
+                     "); it classifies with the frozen features as they are. Saved as step %d "
+                     "for evaluation and export.", type(learner).__name__, step)
+        if role.is_chief and not has_checkpoint(workdir):
+            manager.save(checkpoint_number=step)
+        return learner
     if step >= config.num_steps:
         logging.info("%s already trained for %d >= %d steps.", workdir, step, config.num_steps)
         return learner
