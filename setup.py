@@ -30,11 +30,16 @@ setuptools.setup(
         f"tfmeta-{name}=tfmeta.commands.{module}:run" for name, module in (
             ("train", "train"), ("evaluate", "evaluate"), ("predict", "predict"),
             ("benchmark", "benchmark"), ("report", "report"), ("embed", "embed"),
-            ("convert", "convert"))]},
+            ("convert", "convert"), ("export", "export"))]},
     # bench: the PyTorch peer of bin/compare_torch.py, never a runtime dependency.
     # hub: KerasHub, for --set=model.name=keras_hub:<preset> (imported only then); the tests
     # build small presets with it.
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow", "keras-hub"],
+    # litert, onnx: bin/export.py's converters' runtimes (tf2onnx converts; tfmeta.lite serves
+    # with the interpreter or onnxruntime); the tests convert and serve with both.
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff", "pillow", "keras-hub",
+                             "ai-edge-litert", "tf2onnx", "onnxruntime"],
                     "bench": ["torch>=2.3"],
-                    "hub": ["keras-hub"]},
+                    "hub": ["keras-hub"],
+                    "litert": ["ai-edge-litert"],
+                    "onnx": ["tf2onnx", "onnxruntime"]},
 )

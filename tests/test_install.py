@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-COMMANDS = ("train", "evaluate", "predict", "benchmark", "report", "embed", "convert")
+COMMANDS = ("train", "evaluate", "predict", "benchmark", "report", "embed", "convert", "export")
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfmeta import lite
 from tfmeta.algorithms import any_ways_algorithms, prototype_head_algorithms
 from tfmeta.data import folder
 from tfmeta.data import images as image_utils
@@ -62,6 +63,8 @@ def export_path(workdir: str | None = None, export: str | None = None) -> str:
         raise ValueError("Give exactly one of --workdir=<a run folder> and --export=<a "
                          "SavedModel folder>.")
     path = export if export is not None else os.path.join(workdir, "export")
+    if lite.is_portable(path):
+        return path  # (`lite.load` says where the file is missing)
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
         hint = (f"{workdir} has no export/: rerun its bin/train.py command (a finished run "
                 "only exports)" if workdir is not None and os.path.isdir(workdir) else
@@ -72,7 +75,11 @@ def export_path(workdir: str | None = None, export: str | None = None) -> str:
 
 def open_export(path: str) -> Export:
     """Loads the export and its metadata (for an export without `tfmeta.json`, what its
-    signature says: the raw image shape, decoded without cropping)."""
+    signature says: the raw image shape, decoded without cropping); a `.tflite` or `.onnx`
+    file through `tfmeta.lite`."""
+    if lite.is_portable(path):
+        portable = lite.load(path)
+        return _images_export(Export(path, portable, portable.metadata))
     module = tf.saved_model.load(path)
     if SIGNATURE not in getattr(module, "signatures", {}):
         served = sorted(getattr(module, "signatures", {}))
@@ -89,10 +96,31 @@ def open_export(path: str) -> Export:
         metadata = {"raw_shape": shape, "max_ways": None, "decoding": {
             "image_size": shape[0], "channels": shape[2], "crop_to_aspect_ratio": False}
             if square else None}
-    if not metadata.get("decoding"):
-        raise ValueError(f"The export at {path} takes inputs of shape {metadata['raw_shape']} "
-                         "(e.g. embeddings), not images; bin/predict.py classifies image files.")
-    return Export(path, module, metadata)
+    return _images_export(Export(path, module, metadata))
+
+
+def _images_export(export: Export) -> Export:
+    if not export.metadata.get("decoding"):
+        raise ValueError(f"The export at {export.path} takes inputs of shape "
+                         f"{export.metadata['raw_shape']} (e.g. embeddings), not images; "
+                         "bin/predict.py classifies image files.")
+    return export
+
+
+def export_logits(export: Export, support, labels, queries) -> np.ndarray:
+    """The export's logits for one request, or a ValueError with its refusal."""
+    if isinstance(export.module, lite.PortableExport):
+        try:
+            return export.module.adapt_and_predict(support, labels, queries)["logits"]
+        except lite.RequestError as error:
+            raise ValueError(f"The export refused the request: {error}") from None
+    try:
+        return export.module.adapt_and_predict(
+            support_images=tf.constant(support), support_labels=tf.constant(labels),
+            query_images=tf.constant(queries))["logits"].numpy()
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(f"The export refused the request: "
+                         f"{error.message.strip().splitlines()[0]}") from None
 
 
 def support_classes(support_dir: str) -> dict:
@@ -157,13 +185,7 @@ def predict(export: Export, support_dir: str, query_dir: str,
     probabilities = []
     for start in range(0, len(queries), batch_size):
         chunk = read_images(queries[start:start + batch_size], export.metadata["decoding"])
-        try:
-            logits = export.module.adapt_and_predict(
-                support_images=tf.constant(support), support_labels=tf.constant(labels),
-                query_images=tf.constant(chunk))["logits"]
-        except tf.errors.InvalidArgumentError as error:
-            raise ValueError(f"The export refused the request: "
-                             f"{error.message.strip().splitlines()[0]}") from None
+        logits = export_logits(export, support, labels, chunk)
         probabilities.append(tf.nn.softmax(logits, axis=-1).numpy())
     probabilities = np.concatenate(probabilities)
     chosen = probabilities.argmax(-1)

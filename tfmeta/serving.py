@@ -17,6 +17,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+# The most values one request may send (shared with the LiteRT and ONNX runtime helper).
+from tfmeta.lite import MAX_REQUEST_VALUES
+
 
 def range_checks(inputs, value_range, name, raw_shape=None):
     """Assertions that `inputs` are `[n, *raw_shape]` (when given), finite, and inside
@@ -41,9 +44,6 @@ def range_checks(inputs, value_range, name, raw_shape=None):
     return checks
 
 
-# The most values (examples x pixels) one request may send: 1 GiB of float32. A larger
-# request is refused in one line (send the queries in chunks) instead of exhausting memory.
-MAX_REQUEST_VALUES = 1 << 28
 
 
 def int32_check(labels):

@@ -153,6 +153,22 @@ def scatter_rows(rows, positions, count):
     return scattered
 
 
+def linear_head_gradients(features, labels, kernel, bias):
+    """The gradients of `cross_entropy(labels, features @ kernel + bias)` (the mean over the
+    examples) with respect to `[kernel, bias]`, written out instead of taped:
+
+        p = softmax(features @ kernel + bias)                  # [n, C]
+        e = (p - one_hot(labels, C)) / n
+        grads = [features^T e, sum(e over the examples)]
+
+    features `[n, D]`, int labels `[n]` (all real), kernel `[D, C]`, bias `[C]`. An export
+    that adapts a linear head this way needs no gradient ops (LiteRT, ONNX)."""
+    probabilities = tf.nn.softmax(tf.matmul(features, kernel) + bias)
+    targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(kernel)[1], dtype=features.dtype)
+    error = (probabilities - targets) / tf.cast(tf.shape(features)[0], features.dtype)
+    return [tf.matmul(features, error, transpose_a=True), tf.reduce_sum(error, axis=0)]
+
+
 def squared_euclidean(queries, centers):
     """`||q - c||^2` for every pair: `[B, M, D]`, `[B, N, D]` -> `[B, M, N]`."""
     difference = queries[:, :, None, :] - centers[:, None, :, :]

@@ -18,8 +18,11 @@ meta-gradient, through the query loss and (second order) through the head's step
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
+from tfmeta import weights
 from tfmeta.algorithms.maml import HEADS, MAML
+from tfmeta.tensors import linear_head_gradients, num_ways
 
 
 class ANIL(MAML):
@@ -61,6 +64,39 @@ class ANIL(MAML):
         if arguments.get("head") not in (None, *HEADS):
             arguments["head_layer"] = arguments.pop("head")
         return arguments
+
+    # ---------------------------------------- exports beyond TensorFlow (bin/export.py)
+    def portable_refusal(self) -> str | None:
+        """None where the head is the model's last layer, a linear `Dense`: its inner steps
+        are then written without a tape (`portable_logits`)."""
+        head = self.model.get_layer(self.head_layer)
+        if not self.inner_steps_test or (
+                self.model.layers[-1] is head and isinstance(head, keras.layers.Dense)
+                and head.activation in (None, keras.activations.linear)):
+            return None
+        return (f"ANIL's head_layer={self.head_layer!r} is not the model's last layer, a "
+                "linear Dense, so its inner steps need gradient ops")
+
+    def portable_logits(self, support_images, support_labels, query_images):
+        """The inner loop on the head alone, its gradient written out
+        (`tensors.linear_head_gradients`), the body's features computed once per set:
+        the body is not adapted, so each inner step would compute the same ones."""
+        if not self.inner_steps_test:
+            return super().portable_logits(support_images, support_labels, query_images)
+        head = self.model.get_layer(self.head_layer)
+        body = keras.Model(self.model.inputs, head.input)
+        trainable, state = (weights.values(body.trainable_variables),
+                            weights.values(body.non_trainable_variables))
+        support, _ = body.stateless_call(trainable, state, support_images, training=True)
+        queries, _ = body.stateless_call(trainable, state, query_images,
+                                         training=self.bn_training(False))
+        support, queries = tf.cast(support, tf.float32), tf.cast(queries, tf.float32)
+        fast = weights.values([head.kernel, head.bias])
+        for step in range(self.inner_steps_test):
+            grads = linear_head_gradients(support, support_labels, *fast)
+            fast = self.inner_update(fast, grads, step)
+        logits = tf.matmul(queries, fast[0]) + fast[1]
+        return logits[:, :num_ways(support_labels)]
 
     @property
     def adapted_indices(self):

@@ -243,6 +243,22 @@ class EpisodicClassifier(MetaLearner):
     def serving_module(self, dataset) -> tf.Module:
         return AdaptAndPredict(self, dataset)
 
+    # ---------------------------------------- exports beyond TensorFlow (bin/export.py)
+    def portable_refusal(self) -> str | None:
+        """Why this learner's adaptation cannot run in LiteRT and ONNX (no gradient ops, no
+        TensorFlow-only ops), or None where `portable_logits` can
+        (`tfmeta.training.portable`)."""
+        return (f"{type(self).__name__} adapts with ops that only TensorFlow runs (a state "
+                "updated per example, or gradient steps on the whole network)")
+
+    def portable_logits(self, support_images, support_labels, query_images):
+        """One episode's query logits `[m, N]` on model inputs, written in ops LiteRT and
+        ONNX share (no request checks: the runtime makes them, `tfmeta.lite`):
+        `query_logits` of a meta-batch of one, N = max(support_labels) + 1 wide."""
+        episodes = {"support_images": support_images[None],
+                    "support_labels": support_labels[None], "query_images": query_images[None]}
+        return self.query_logits(episodes, training=False)[0][:, :num_ways(support_labels)]
+
 
 class AtTestTime:
     """A classifier as `tfmeta.evaluation` scores it at meta-test time: its `query_logits`

@@ -220,6 +220,13 @@ class FineTuningClassifier(EpisodicClassifier):
         return self.finetuned_query_logits(episodes)
 
     # ------------------------------------------------------------ the method
+    def portable_refusal(self) -> str | None:
+        """None (the learner's classifier converts), unless it fine-tunes at test time."""
+        if self.finetune_steps and self.finetune_lr:
+            return (f"learner.finetune_steps={self.finetune_steps} fine-tunes the backbone "
+                    "with gradient steps on each support set")
+        return None
+
     def backbone_features(self, fast, state, images):
         """Features `[n, *F]` float32 of images `[n, ...]` under fast weights `fast` (one
         tensor per trainable variable of the encoder), batch norm in inference mode."""

@@ -201,7 +201,9 @@ class MAML(TaskLoopLearner):
             return super().forward(params, state, inputs, training)
         features, new_state = super().forward(params[:count], state, inputs, training)
         kernel, bias = params[count:]
-        return tf.matmul(features, kernel) + bias[..., None, :], new_state
+        # (expand_dims, not `[..., None, :]`: tf2onnx writes an invalid Slice for an ellipsis
+        # with a new axis)
+        return tf.matmul(features, kernel) + tf.expand_dims(bias, -2), new_state
 
     def forward_at(self, params, state, inputs, training, step):
         """The forward pass of fast weights after `step` inner steps (MAML: any step alike)."""

@@ -31,8 +31,10 @@ ABSENT = -1e9  # logit of a class with no support example (labels with gaps)
 
 def best_shot_logits(pair_logits, support_labels):
     """Per class, the highest pair logit over its shots: `[B, M, N*K]` -> `[B, M, N]`."""
-    in_class = one_hot_classes(support_labels)[:, None] > 0  # [B, 1, N*K, N]
-    masked = tf.where(in_class, pair_logits[..., None], ABSENT)
+    # (expand_dims, not `[..., None]`: LiteRT has no strided slice with an ellipsis and a
+    # new axis)
+    in_class = tf.expand_dims(one_hot_classes(support_labels), 1) > 0  # [B, 1, N*K, N]
+    masked = tf.where(in_class, tf.expand_dims(pair_logits, -1), ABSENT)
     return tf.reduce_max(masked, axis=2)
 
 

@@ -303,6 +303,22 @@ class TaskLoopLearner(EpisodicClassifier):
                          fn_output_signature=self.output_signature(),
                          parallel_iterations=self.parallel_tasks)
 
+    def portable_refusal(self) -> str | None:
+        """None where serving takes no inner step (`inner_steps_test=0`), else why not."""
+        if self.inner_steps_test:
+            return (f"learner.inner_steps_test={self.inner_steps_test} adapts the network with "
+                    "gradient steps on each support set")
+        return None
+
+    def portable_logits(self, support_images, support_labels, query_images):
+        """One task through `task_query_logits` (not the meta-batch's loop), N ways wide."""
+        task = {"support_images": support_images, "support_labels": support_labels,
+                "query_images": query_images}
+        logits, _ = self.task_query_logits(weights.values(self.params),
+                                           weights.values(self.loop_state_variables), task,
+                                           training=False)
+        return logits[:, :num_ways(support_labels)]
+
     def task_params(self, params, episodes):
         """Every task's own copy of `params`: each `[B, *shape]` (differentiable)."""
         batch = tf.shape(episodes[self.batch_keys[1]])[:1]

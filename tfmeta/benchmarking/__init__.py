@@ -20,6 +20,7 @@ BENCHMARK_MODULES = [
     "tfmeta.benchmarking.distributed",
     "tfmeta.benchmarking.records",
     "tfmeta.benchmarking.pretrained",
+    "tfmeta.benchmarking.deploy",
 ]
 
 

@@ -2,6 +2,7 @@
 
     python bin/predict.py --workdir=runs/protonet --support_dir=support --query_dir=queries \
         [--output=predictions.csv]
+    python bin/predict.py --export=protonet.tflite --support_dir=support --query_dir=queries
 
 `--support_dir` holds one folder per class (the folder name is the class name) with its
 few examples; `--query_dir` the images to classify (nested folders allowed). Prints a
@@ -18,8 +19,8 @@ from tfmeta import (
 )
 
 flags.DEFINE_string("workdir", None, "Run folder written by bin/train.py (its export/ is used).")
-flags.DEFINE_string("export", None, "A SavedModel folder written by tfmeta (instead of "
-                    "--workdir).")
+flags.DEFINE_string("export", None, "A SavedModel folder, or a .tflite or .onnx file, written "
+                    "by tfmeta (instead of --workdir).")
 flags.DEFINE_string("support_dir", None, "One folder of example images per class.",
                     required=True)
 flags.DEFINE_string("query_dir", None, "The images to classify (nested folders allowed).",

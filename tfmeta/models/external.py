@@ -10,7 +10,7 @@ logits with a head named `head`, for the learners that want one):
 
     x = images                                      # [n, h, w, c] in [0, 1]
     x = grey_to_rgb(x) or rgb_to_grey(x)            # only where the channels differ
-    x = resize(x, image_size)                       # bilinear, antialiased
+    x = resize(x, image_size)                       # bilinear, antialiased (as matrices)
     x = (255 * x[..., order] - mean) / std          # the backbone's own normalization
     f = pool(backbone(x))                           # "avg" of a CNN's feature map, a ViT's
                                                     # class token ("cls") or token "mean"
@@ -39,6 +39,8 @@ import re
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tfmeta.linear_images import matrix_resize
 
 KINDS = ("keras_hub", "keras_applications", "file")
 POOLINGS = ("auto", "avg", "cls", "mean", "none")
@@ -106,7 +108,11 @@ class ImagePreprocessing(keras.layers.Layer):
         elif present == 3 and self.channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
             x = tf.reduce_sum(x * tf.constant([0.299, 0.587, 0.114]), -1, keepdims=True)
         if self.image_size is not None and tuple(x.shape[1:3]) != (self.image_size,) * 2:
-            x = tf.image.resize(x, (self.image_size, self.image_size), antialias=True)
+            size = (self.image_size, self.image_size)
+            # As matrix products where the input's size is known: the same numbers, in ops
+            # LiteRT and ONNX have (`tfmeta.linear_images`; bin/export.py).
+            x = (matrix_resize(x, size, antialias=True) if None not in x.shape[1:3] else
+                 tf.image.resize(x, size, antialias=True))
         if self.channel_order == "bgr":
             x = x[..., ::-1]
         return (255.0 * x - tf.constant(self.mean)) / tf.constant(self.std)
