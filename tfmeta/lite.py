@@ -90,8 +90,7 @@ class PortableExport:
                                "in int32")
         for images, name in ((support, "support_images"), (queries, "query_images")):
             self._check_images(images, name)
-        ways = self._check_episode(support, labels.reshape(-1), queries)
-        del ways
+        self._check_episode(support, labels.reshape(-1), queries)
         return support, labels.reshape(-1).astype(np.int32), queries
 
     def _check_images(self, images, name):
@@ -109,7 +108,7 @@ class PortableExport:
                     message += " (divide uint8 images by 255)"
                 raise RequestError(message)
 
-    def _check_episode(self, support, labels, queries) -> int:
+    def _check_episode(self, support, labels, queries) -> None:
         if not len(support):
             raise RequestError("support_images is empty: an episode needs at least one support "
                                "example of each class")
@@ -131,7 +130,6 @@ class PortableExport:
             raise RequestError(f"This {self.metadata.get('learner')} learner has "
                                f"{self.max_ways} outputs, so it serves at most {self.max_ways} "
                                f"ways; support_labels must be in 0..{self.max_ways - 1}")
-        return ways
 
 
 def _images(values, name) -> np.ndarray:
