@@ -7,6 +7,7 @@ a folder; predict's errors."""
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,53 @@ def test_predict_refuses_bad_requests_in_one_line(trained, tmp_path):
                    f"--query_dir={queries}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: No support folder")
+
+
+@pytest.mark.slow
+def test_predict_skips_pipes_writes_formula_names_as_text_and_refuses_one_class(trained,
+                                                                               tmp_path):
+    """Issue 34: a named pipe with an image's name in the query folder hung predict; class
+    and file names that begin like a spreadsheet formula were written as they are; one
+    support class was answered for every query with probability 1; `--output=` wrote
+    nothing and succeeded."""
+    import signal
+
+    export = predict.open_export(predict.export_path(workdir=trained))
+    script = folders_script()
+    support, queries = tmp_path / "support", tmp_path / "queries"
+    names = script.write_folders(str(support), [UNSEEN], range(0, 1), strays=False)
+    for name in names[2:]:
+        shutil.rmtree(support / name)
+    os.rename(support / names[0], support / "=SUM(1,2)")
+    os.rename(support / names[1], support / "@two")
+    queries.mkdir()
+    for i, image in enumerate(sorted((support / "@two").glob("[!p]*"))):
+        shutil.copy(image, queries / f"-query{i}{image.suffix}")
+    os.mkfifo(queries / "pipe.png")
+    os.mkfifo(support / "@two" / "pipe.png")  # in a class folder: training read it too
+    from tfmeta.data import folder
+
+    classes, skipped = folder.class_folders(str(support))
+    assert str(support / "@two" / "pipe.png") in skipped and len(classes["@two"]) == 1
+    signal.alarm(120)  # a hang fails the test instead of the suite
+    try:
+        predictions, classes = predict.predict(export, str(support), str(queries))
+    finally:
+        signal.alarm(0)
+    assert classes == ["=SUM(1,2)", "@two"] and [p.file[0] for p in predictions] == ["-"]
+    output = tmp_path / "predictions.csv"
+    predict.write_csv(predictions, str(output))
+    with open(output, newline="") as f:
+        row = list(csv.reader(f))[1]
+    assert row[0].startswith("'-query0") and row[1] == "'@two", row  # (its own image)
+    shutil.rmtree(support / "@two")
+    with pytest.raises(ValueError, match=r"has one class folder \(=SUM\(1,2\)\), so every "
+                                         "query would be given it"):
+        predict.predict(export, str(support), str(queries))
+    for path, message in (("", "--output is empty"), (str(tmp_path), "is a folder"),
+                          (str(output / "x.csv"), f"{output} is a file, not a folder")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            predict.check_output(path)
 
 
 @pytest.mark.slow

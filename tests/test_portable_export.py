@@ -307,6 +307,21 @@ def test_a_trained_run_answers_the_same_test_episodes_alike_in_each_format(train
 
 
 @pytest.mark.slow
+def test_flag_errors_are_one_line_with_status_2(tmp_path):
+    """Issue 34: an unknown flag, or a required one missing, was absl's two-line FATAL with
+    status 1."""
+    for script, args, message in (
+            ("predict.py", ["--support_dir=s", "--query_dir=q", "--bogus=1"],
+             "Unknown command line flag 'bogus'"),
+            ("export.py", ["--format=onnx"], "--workdir")):
+        proc = run_cli(script, *args)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+        assert message in errors[0] and errors[0].endswith(f"run {script} --help for the flags.")
+        assert "FATAL" not in proc.stderr
+
+
+@pytest.mark.slow
 def test_export_refusals_are_one_line(trained, tmp_path):
     proc = run_cli("export.py", f"--workdir={trained}", "--format=onnx",
                    f"--output={tmp_path}")

@@ -154,6 +154,8 @@ EPISODES_RANGE = "episodes must be an integer in [2, 1000000] (a confidence inte
     ("--episodes=-5", f"{EPISODES_RANGE}; got -5."),                         # never stopped
     ("--episodes=0", f"{EPISODES_RANGE}; got 0."),                           # became 600
     ("--ways=6", "serves at most 5 ways; got ways=6"),                       # label-range error
+    ("--ways=1", "--ways must be an integer >= 2 or None (with one way every query is right "
+                 "whatever the learner); got 1."),                           # scored 100%
 ])
 def test_evaluate_flags_are_checked_with_one_line_errors(trained_workdir, flag, message):
     proc = run_cli("evaluate.py", f"--workdir={trained_workdir}", flag, timeout=300)

@@ -11,6 +11,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -50,4 +51,15 @@ def run(main, usage: str | None = None) -> None:
             print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse_flags)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad or missing flag as one `error:` line and status 2
+    (absl's own prints two lines and exits 1)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {one_line(error)}; run {os.path.basename(argv[0])} --help for the flags.",
+              file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)

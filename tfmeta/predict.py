@@ -139,6 +139,11 @@ def support_classes(support_dir: str) -> dict:
         raise ValueError(f"{os.path.abspath(support_dir)} has no class folders; --support_dir "
                          "must hold one folder of example images per class (the folder name "
                          "is the class name).")
+    if len(classes) == 1:
+        raise ValueError(f"{os.path.abspath(support_dir)} has one class folder "
+                         f"({next(iter(classes))}), so every query would be given it with "
+                         "probability 1; add a folder of examples for each other class the "
+                         "queries may belong to.")
     return classes
 
 
@@ -203,14 +208,44 @@ def folder_accuracy(predictions: list, class_names) -> float | None:
     return float(np.mean([t == p.predicted_class for t, p in zip(truths, predictions)]))
 
 
+# A cell that begins with one of these is a formula to a spreadsheet program (OWASP, "CSV
+# Injection"): it is written after a single quote, which shows as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """`text` as a CSV cell no spreadsheet program runs as a formula."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def check_output(path: str) -> None:
+    """A ValueError unless a file can be written at `path`: not empty, not a folder, and
+    no file where one of its parent folders would be."""
+    if not path:
+        raise ValueError("--output is empty; give the CSV file to write (or leave the flag "
+                         "out to print the table only).")
+    if os.path.isdir(path):
+        raise ValueError(f"--output={path} is a folder; name the CSV file to write, e.g. "
+                         f"{os.path.join(path, 'predictions.csv')}.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"--output={path} cannot be written: {parent} is a file, not a "
+                         "folder; choose another path.")
+
+
 def write_csv(predictions: list, path: str) -> str:
-    """Writes `file,predicted_class,probability` rows to `path` (atomically)."""
+    """Writes `file,predicted_class,probability` rows to `path` (atomically); names and
+    classes that begin like a formula are written as text (`csv_cell`)."""
+    check_output(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "predicted_class", "probability"])
         for p in predictions:
-            writer.writerow([p.file, p.predicted_class, f"{p.probability:.6f}"])
+            writer.writerow([csv_cell(p.file), csv_cell(p.predicted_class),
+                             f"{p.probability:.6f}"])
     return path
 
 

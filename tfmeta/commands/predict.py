@@ -32,6 +32,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if FLAGS.output is not None:
+        predict.check_output(FLAGS.output)  # before anything is loaded or scored
     export = predict.open_export(predict.export_path(FLAGS.workdir, FLAGS.export))
     predictions, class_names = predict.predict(export, FLAGS.support_dir, FLAGS.query_dir,
                                                FLAGS.batch_size)
@@ -40,7 +42,7 @@ def main(argv):
     if accuracy is not None:
         print(f"accuracy against the query folders' names: {100 * accuracy:.1f}% "
               f"({len(predictions)} queries)")
-    if FLAGS.output:
+    if FLAGS.output is not None:
         print(f"wrote {len(predictions)} predictions to "
               f"{predict.write_csv(predictions, FLAGS.output)}")
 

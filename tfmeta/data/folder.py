@@ -54,13 +54,18 @@ def _hidden(name: str) -> bool:
 
 
 def list_images(folder: str) -> tuple:
-    """(image files under `folder`, sorted, nested folders included; the other files)."""
+    """(image files under `folder`, sorted, nested folders included; the other files).
+
+    Only regular files (or links to them) count as images: a named pipe, socket or device
+    with an image's name is one of the other files, never opened (reading a pipe would
+    wait forever)."""
     found, others = [], []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
         for name in sorted(files):
             path = os.path.join(root, name)
-            (found if is_image_file(name) and not _hidden(name) else others).append(path)
+            image = is_image_file(name) and not _hidden(name) and os.path.isfile(path)
+            (found if image else others).append(path)
     return found, others
 
 

@@ -25,7 +25,9 @@ from tfmeta.training.lock import WorkdirLock
 from tfmeta.training.run import CONFIG_FILE, EVAL_FILE, EXPORT, LOGS, open_run
 from tfmeta.training.trainer import check_episode_sampler
 
-WAYS_OR_SHOTS = Range(1, integer=True, optional=True)
+WAYS = Range(2, integer=True, optional=True,
+             why="with one way every query is right whatever the learner")
+SHOTS = Range(1, integer=True, optional=True)
 # Validation episodes per candidate learning rate of `select_finetune_lr` (the paper's code
 # scores 5 per domain; more give a steadier choice for little cost at these sizes).
 SELECT_EPISODES = 50
@@ -54,8 +56,8 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
     """
     if num_episodes is not None:  # None: the config's eval_episodes
         EVAL_EPISODES.check("episodes", num_episodes)
-    WAYS_OR_SHOTS.check("ways", ways)
-    WAYS_OR_SHOTS.check("shots", shots)
+    WAYS.check("--ways", ways)
+    SHOTS.check("--shots", shots)
     overrides = finetune_overrides(workdir, finetune_steps, finetune_lr, select_finetune_lr,
                                    select_episodes)
     run = open_run(workdir, data_dir, overrides=overrides)
