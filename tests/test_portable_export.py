@@ -16,6 +16,7 @@ does, in the real interpreters, or are refused in one line.
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -322,12 +323,22 @@ def test_flag_errors_are_one_line_with_status_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_refusals_are_one_line(trained, tmp_path):
+def test_export_refusals_are_one_line(trained, exported, tmp_path):
     proc = run_cli("export.py", f"--workdir={trained}", "--format=onnx",
                    f"--output={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --output=") and "is a folder" in last, last
+    with pytest.raises(ValueError, match=r"is a file, not a folder"):  # before loading
+        export_workdir(trained, export_format="onnx",
+                       output=os.path.join(trained, "config.json", "x.onnx"))
+    # A damaged file is one line too: junk, an empty file, a truncated export.
+    real = open(exported["litert"], "rb").read()
+    for name, content in (("junk.tflite", b"junk"), ("empty.tflite", b""),
+                          ("cut.tflite", real[:len(real) // 3]), ("junk.onnx", b"junk")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / name))):
+            lite.load(str(tmp_path / name))
     with pytest.raises(ValueError, match=r"learner.finetune_steps=5 fine-tunes .* These "
                                          r"convert: .*protonet"):
         export_workdir(trained, export_format="litert", output=str(tmp_path / "x.tflite"),

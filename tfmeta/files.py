@@ -49,3 +49,28 @@ def atomic_write(path: str, mode: str = "w", suffix: str = ".part", **open_kwarg
     """
     with atomic_path(path, suffix) as partial, open(partial, mode, **open_kwargs) as f:
         yield f
+
+
+def check_output_file(path: str, example: str) -> None:
+    """A ValueError naming `--output` unless a file can be written at `path`: not empty, not
+    a folder, and no file where one of its parent folders would be (`example`: a file name
+    to suggest inside a folder)."""
+    if not path:
+        raise ValueError("--output is empty; give the file to write (or leave the flag out).")
+    if os.path.isdir(path):
+        raise ValueError(f"--output={path} is a folder; name the file to write, e.g. "
+                         f"{os.path.join(path, example)}.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"--output={path} cannot be written: {parent} is a file, not a "
+                         "folder; choose another path.")
+
+
+def disk_size(path: str) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+               for f in files)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
 import numpy as np
 
@@ -148,6 +149,9 @@ def _litert_runner(content: bytes, path: str, num_threads):
     except ImportError:
         raise ValueError(f"{path} needs the LiteRT interpreter: pip install ai-edge-litert "
                          '(or ".[litert]")') from None
+    if content[4:8] != b"TFL3":  # the LiteRT flatbuffer's file identifier
+        raise ValueError(f"{path} is not a LiteRT model (no TFL3 identifier); write it with "
+                         "bin/export.py --format=litert.")
     metadata = _metadata(tflite_metadata(content, METADATA_KEY), path)
     interpreter = Interpreter(model_content=content, num_threads=num_threads)
     if SIGNATURE not in interpreter.get_signature_list():
@@ -225,6 +229,6 @@ def tflite_metadata(content: bytes, name: str) -> str | None:
             buffer = entry(buffers[0], index)
             start, length = vector(buffer, 0)                    # Buffer.data
             return bytes(data[start:start + length]).decode()
-    except (IndexError, TypeError, UnicodeDecodeError, AttributeError):
-        return None
+    except (IndexError, TypeError, UnicodeDecodeError, AttributeError, struct.error):
+        return None  # (a damaged file: "carries no tfmeta metadata")
     return None

@@ -31,7 +31,7 @@ from tfmeta import lite
 from tfmeta.algorithms import any_ways_algorithms, prototype_head_algorithms
 from tfmeta.data import folder
 from tfmeta.data import images as image_utils
-from tfmeta.files import atomic_write
+from tfmeta.files import atomic_write, check_output_file
 from tfmeta.training.export import METADATA_FILE
 
 SIGNATURE = "adapt_and_predict"
@@ -219,20 +219,8 @@ def csv_cell(text: str) -> str:
 
 
 def check_output(path: str) -> None:
-    """A ValueError unless a file can be written at `path`: not empty, not a folder, and
-    no file where one of its parent folders would be."""
-    if not path:
-        raise ValueError("--output is empty; give the CSV file to write (or leave the flag "
-                         "out to print the table only).")
-    if os.path.isdir(path):
-        raise ValueError(f"--output={path} is a folder; name the CSV file to write, e.g. "
-                         f"{os.path.join(path, 'predictions.csv')}.")
-    parent = os.path.dirname(os.path.abspath(path))
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
-        raise ValueError(f"--output={path} cannot be written: {parent} is a file, not a "
-                         "folder; choose another path.")
+    """A ValueError unless the CSV can be written at `path` (`files.check_output_file`)."""
+    check_output_file(path, "predictions.csv")
 
 
 def write_csv(predictions: list, path: str) -> str:

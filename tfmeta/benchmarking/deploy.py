@@ -16,16 +16,10 @@ import tensorflow as tf
 
 from tfmeta import lite
 from tfmeta.benchmarking.common import build_config_case, time_function
+from tfmeta.files import disk_size
 from tfmeta.training.export import export_learner, export_metadata, export_portable
 
 EPISODES = {"5way": (5, 1, 75), "20way": (20, 1, 100)}
-
-
-def _size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
-               for f in files)
 
 
 def _requests(raw_shape, max_ways):
@@ -44,7 +38,7 @@ def _case(algo: str, overrides=()):
         result, repeats = {"algo": algo, "overrides": list(overrides)}, max(steps, 10)
         with tempfile.TemporaryDirectory() as folder:
             saved = export_learner(learner, dataset, os.path.join(folder, "export"))
-            result["saved_model_kb"] = _size(saved) / 1024
+            result["saved_model_kb"] = disk_size(saved) / 1024
             serve = tf.saved_model.load(saved).signatures["adapt_and_predict"]
             runtimes = {"saved_model": lambda s, y, q: serve(
                 support_images=tf.constant(s), support_labels=tf.constant(y),
@@ -52,7 +46,7 @@ def _case(algo: str, overrides=()):
             for name, suffix in (("litert", ".tflite"), ("onnx", ".onnx")):
                 path = export_portable(learner, dataset, os.path.join(folder, "model" + suffix),
                                        name, export_metadata(learner, dataset))
-                result[f"{name}_kb"] = _size(path) / 1024
+                result[f"{name}_kb"] = disk_size(path) / 1024
                 runtimes[name] = lite.load(path).adapt_and_predict
             for episode, request in _requests(tuple(dataset.raw_shape), learner.max_ways):
                 for name, call in runtimes.items():

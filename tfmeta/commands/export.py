@@ -12,11 +12,10 @@ adapt with gradient steps on the whole network are refused, with what converts i
 LiteRT needs `pip install ".[litert]"`, ONNX `pip install ".[onnx]"`.
 """
 
-import os
-
 from absl import flags
 
 from tfmeta import cli
+from tfmeta.files import disk_size
 from tfmeta.training.export import export_workdir
 from tfmeta.training.portable import FORMATS
 
@@ -35,9 +34,7 @@ def main(argv):
     del argv
     path = export_workdir(FLAGS.workdir, FLAGS.data_dir, FLAGS.format, FLAGS.output,
                           tuple(FLAGS.set))
-    size = (os.path.getsize(path) if os.path.isfile(path) else
-            sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs))
-    print(f"wrote {FLAGS.format} export {path} ({size / 1024:.0f} KB)")
+    print(f"wrote {FLAGS.format} export {path} ({disk_size(path) / 1024:.0f} KB)")
 
 
 def run():

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import lite
-from tfmeta.files import atomic_path, atomic_write
+from tfmeta.files import atomic_path, atomic_write, check_output_file
 from tfmeta.training import portable
 from tfmeta.training.run import EXPORT, open_run
 
@@ -97,6 +97,8 @@ def export_workdir(workdir: str, data_dir: str | None = None, export_format: str
     if export_format not in portable.FORMATS:
         raise ValueError(f"--format must be one of {list(portable.FORMATS)}; got "
                          f"{export_format!r}.")
+    if output is not None and export_format != "saved_model":
+        check_output_file(output, "model" + portable.SUFFIXES[export_format])  # before loading
     run = open_run(workdir, data_dir, overrides=overrides)
     path = output or run.path(EXPORT) + portable.SUFFIXES[export_format]
     backbone = backbone_metadata(run.config)
@@ -113,9 +115,7 @@ def export_portable(learner, dataset, path: str, export_format: str, metadata: d
     """Converts `learner` (`portable.PortableClassifier`), checks the file against the
     SavedModel's module (`check_parity`; `reference`, or `learner.serving_module(dataset)`)
     and writes it to `path` atomically."""
-    if os.path.isdir(path):
-        raise ValueError(f"--output={path} is a folder; name the {export_format} file to "
-                         f"write, e.g. {os.path.join(path, 'model' + portable.SUFFIXES[export_format])}.")
+    check_output_file(path, "model" + portable.SUFFIXES[export_format])
     module = portable.PortableClassifier(learner, dataset)
     convert = portable.to_litert if export_format == "litert" else portable.to_onnx
     content = convert(module, metadata)
