@@ -233,22 +233,25 @@ def test_an_interrupted_write_keeps_the_old_file_and_leaves_no_part(tmp_path):
 
 def test_a_folder_is_replaced_whole_and_a_stale_part_is_cleared(tmp_path):
     """`atomic_path` (exports, record files, downloads, caches): a folder at the path is
-    replaced only when the new one is complete; a part a killed writer left is removed
-    before the next write, and a failed write removes its own."""
+    replaced only when the new one is complete; a part a killed writer left (named as
+    `files.temporary_name` names them, by a process no longer running) is removed before
+    the next write, and a failed write removes its own."""
     from tfmeta.files import atomic_path
 
     path = str(tmp_path / "export")
     os.makedirs(path)
     (tmp_path / "export" / "old.txt").write_text("old")
-    os.makedirs(path + ".part")
-    (tmp_path / "export.part" / "stale.txt").write_text("killed writer")
+    stale = tmp_path / ".export.99999999.0123abcd.tfmeta-part"  # (above any pid_max)
+    os.makedirs(stale)
+    (stale / "stale.txt").write_text("killed writer")
     with pytest.raises(OSError, match="disk full"):
         with atomic_path(path) as partial:
-            assert not os.path.exists(partial)  # the stale part was cleared
+            assert not os.path.exists(partial) and not stale.exists()  # cleared
             os.makedirs(partial)
             raise OSError(errno.ENOSPC, "disk full")
     assert sorted(os.listdir(tmp_path)) == ["export"] and os.listdir(path) == ["old.txt"]
     with atomic_path(path) as partial:
         os.makedirs(partial)
-        (tmp_path / "export.part" / "new.txt").write_text("new")
+        with open(os.path.join(partial, "new.txt"), "w") as f:
+            f.write("new")
     assert sorted(os.listdir(tmp_path)) == ["export"] and os.listdir(path) == ["new.txt"]

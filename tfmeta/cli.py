@@ -4,9 +4,10 @@
         tfmeta.cli.run(main)
 
 A user error (a bad flag or config value, missing or corrupt data, a workdir in use, a
-diverged run) prints `error: <what was wrong and what to do>` on one line and exits
-with status 2; `--verbose_errors` shows the traceback instead. Anything else is a bug
-and keeps its traceback.
+diverged run, a corrupt record found by a data pipeline: `tfmeta.errors.in_pipeline`)
+prints `error: <what was wrong and what to do>` on one line and exits with status 2;
+`--verbose_errors` shows the traceback instead. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from tfmeta.errors import Terminated, WorkdirLocked
+from tfmeta.errors import Terminated, WorkdirLocked, in_pipeline
 
 flags.DEFINE_bool("verbose_errors", False, "Show the Python traceback of an error.")
 
@@ -35,6 +36,16 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def user_message(error: BaseException) -> str | None:
+    """The one line a user error prints (`USER_ERRORS`, or a TensorFlow error carrying a
+    user message from a data pipeline: `tfmeta.errors.in_pipeline`); None for anything
+    else, a bug, which keeps its traceback."""
+    message = in_pipeline(error)
+    if message is not None:
+        return one_line(message)
+    return one_line(error) if isinstance(error, USER_ERRORS) else None
+
+
 def run(main, usage: str | None = None) -> None:
     """`absl.app.run(main)`, printing user errors as one line; `usage` (the command module's
     docstring) is what `--help` shows, however the command was started (bin/ wrapper or
@@ -45,10 +56,11 @@ def run(main, usage: str | None = None) -> None:
     def guarded(argv):
         try:
             return main(argv)
-        except USER_ERRORS as error:
-            if flags.FLAGS.verbose_errors:
+        except BaseException as error:  # noqa: BLE001 - a bug is raised again, whole
+            message = user_message(error)
+            if message is None or flags.FLAGS.verbose_errors:
                 raise
-            print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+            print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
     app.run(guarded, flags_parser=parse_flags)

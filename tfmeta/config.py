@@ -28,6 +28,7 @@ import ml_collections
 from absl import logging
 
 from tfmeta.data.folder import CLASS_DEPTH
+from tfmeta.data.images import IMAGE_PIXELS
 from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their old home)
 from tfmeta.files import atomic_write
 from tfmeta.models import COMMON_FIELDS, NO_BACKBONE, external
@@ -72,6 +73,7 @@ FIELD_RANGES = {
 DATA_RANGES = {
     "image_size": IMAGE_SIZE, "max_per_class": OPTIONAL_POSITIVE_INT,
     "split_seed": Range(0, 2 ** 31 - 1, integer=True), "class_depth": CLASS_DEPTH,
+    "max_image_pixels": IMAGE_PIXELS,
 }
 OPTIMIZER_RANGES = {
     "learning_rate": POSITIVE, "clipnorm": Range(0, low_open=True, optional=True),

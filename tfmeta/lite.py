@@ -34,6 +34,9 @@ SUFFIXES = (".tflite", ".onnx")
 MAX_REQUEST_VALUES = 1 << 28
 IMAGE_DTYPES = (np.float32, np.float64)
 LABEL_DTYPES = (np.int32, np.int64)
+# What every export's metadata holds (`tfmeta.training.export.export_metadata`; a value may
+# be null, except raw_shape's): what serving an export reads of it.
+REQUIRED_METADATA = ("raw_shape", "max_ways", "decoding")
 
 
 class RequestError(ValueError):
@@ -194,11 +197,50 @@ def _metadata(text, path) -> dict:
     if text is None:
         raise ValueError(f"{path} carries no tfmeta metadata; it was not written by "
                          "bin/export.py (rerun bin/export.py --format=litert|onnx).")
+    return parse_metadata(text, f"The tfmeta metadata inside {path}",
+                          "export the run again: bin/export.py --workdir=<the run> "
+                          "--format=litert|onnx")
+
+
+def parse_metadata(text, where: str, again: str) -> dict:
+    """An export's metadata (`tfmeta.json`, `export_metadata`) from its JSON `text` (str or
+    bytes), or a one-line ValueError that names `where` it was read and says how to export
+    `again`: for text that is not JSON, JSON that is not an object, or an object without
+    REQUIRED_METADATA (or with a value of the wrong kind there)."""
     try:
-        return json.loads(text)
-    except ValueError:
-        raise ValueError(f"{path}'s tfmeta metadata is not JSON; rewrite the file with "
-                         "bin/export.py.") from None
+        metadata = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not valid JSON ({error.msg}, line {error.lineno} column "
+                         f"{error.colno}): the export is damaged; {again}.") from None
+    except ValueError:  # (bytes that are not UTF-8)
+        raise ValueError(f"{where} is not UTF-8 text: the export is damaged; {again}.") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where} holds a JSON {type(metadata).__name__}, not the object of "
+                         f"export metadata: the export is damaged; {again}.")
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)} (an export's metadata has "
+                         f"{', '.join(REQUIRED_METADATA)}): the export is damaged; {again}.")
+    wrong = _wrong_metadata(metadata)
+    if wrong:
+        raise ValueError(f"{where} has {wrong}: the export is damaged; {again}.")
+    return metadata
+
+
+def _wrong_metadata(metadata: dict) -> str | None:
+    """What of REQUIRED_METADATA is of the wrong kind, or None."""
+    def size(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    shape, ways, decoding = (metadata[key] for key in REQUIRED_METADATA)
+    if not isinstance(shape, list) or not all(size(d) for d in shape):
+        return f"raw_shape={shape!r}, not a list of positive sizes"
+    if ways is not None and not size(ways):
+        return f"max_ways={ways!r}, not a positive number or null"
+    if decoding is not None and not (isinstance(decoding, dict) and size(
+            decoding.get("image_size")) and size(decoding.get("channels"))):
+        return f"decoding={decoding!r}, not null or an object with image_size and channels"
+    return None
 
 
 def tflite_metadata(content: bytes, name: str) -> str | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -80,16 +79,13 @@ def open_export(path: str) -> Export:
     if lite.is_portable(path):
         portable = lite.load(path)
         return _images_export(Export(path, portable, portable.metadata))
+    metadata = read_metadata(path)  # (before the load: a damaged export is told at once)
     module = tf.saved_model.load(path)
     if SIGNATURE not in getattr(module, "signatures", {}):
         served = sorted(getattr(module, "signatures", {}))
         raise ValueError(f"The export at {path} serves {served}, not {SIGNATURE}: it is not a "
                          "classifier (a generator or a regression or RL policy).")
-    metadata_file = os.path.join(path, METADATA_FILE)
-    if os.path.isfile(metadata_file):
-        with open(metadata_file) as f:
-            metadata = json.load(f)
-    else:
+    if metadata is None:
         spec = module.signatures[SIGNATURE].structured_input_signature[1]["support_images"]
         shape = [int(d) for d in spec.shape[1:]]
         square = len(shape) == 3 and shape[0] == shape[1] and shape[2] in (1, 3)
@@ -97,6 +93,19 @@ def open_export(path: str) -> Export:
             "image_size": shape[0], "channels": shape[2], "crop_to_aspect_ratio": False}
             if square else None}
     return _images_export(Export(path, module, metadata))
+
+
+def read_metadata(path: str) -> dict | None:
+    """The `tfmeta.json` of the SavedModel folder `path` (None where it has none), or a
+    one-line ValueError naming the file when it is damaged (`lite.parse_metadata`)."""
+    metadata_file = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(metadata_file):
+        return None
+    with open(metadata_file, "rb") as f:
+        return lite.parse_metadata(
+            f.read(), os.path.abspath(metadata_file),
+            f"export the run again: bin/export.py --workdir=<the run> --output={path} "
+            "(bin/train.py writes <workdir>/export when training ends)")
 
 
 def _images_export(export: Export) -> Export:

@@ -18,12 +18,24 @@ task loop for such a model (`tfmeta.algorithms.task_loop`).
 Batch norm normalizes with the batch's statistics when `training`, else with the moving
 averages in `state`; the moving averages are never updated here (the vectorized task loop
 runs only with `batch_norm="batch_stats"`, which does not use them while training).
+
+The grouped convolution's gradients need cuDNN or oneDNN kernels: TensorFlow's own CPU
+kernels, which run wherever oneDNN is off (`TF_ENABLE_ONEDNN_OPTS=0`, or a CPU on which
+TensorFlow does not turn it on), refuse them ("Gradients for grouped convolutions are not
+supported on CPU", or Conv2DBackpropFilter's "filter_size does not have enough elements").
+There (`grouped_convolution_gradients`) each task's convolution runs apart instead, with the
+same numbers:
+
+    y = concat([conv(x_t, kernel[t]) for t in tasks], channels)   # x_t: task t's channels
 """
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
+from absl import logging
 
 # Layers that act on each channel (the last axis) alone, run as they are on folded tensors.
 CHANNELWISE = (keras.layers.InputLayer, keras.layers.ReLU, keras.layers.LeakyReLU,
@@ -70,6 +82,36 @@ def unsupported_layers(model: keras.Model) -> list[str]:
     return problems
 
 
+@functools.cache
+def grouped_convolution_gradients() -> bool:
+    """Whether TensorFlow's kernels on the default device differentiate a grouped convolution
+    (cuDNN's and oneDNN's do; TensorFlow's own CPU kernels do not). Tried once, eagerly: the
+    two backward kernels of a two-group convolution of ones; where they fail, `call` runs each
+    task's convolution apart and says so once in the log."""
+    images, kernel = [1, 3, 3, 2], [3, 3, 1, 2]  # two groups of one channel
+    options = {"strides": [1, 1, 1, 1], "padding": "SAME"}
+    with tf.init_scope():  # (eagerly, also while a tf.function traces)
+        try:
+            tf.raw_ops.Conv2DBackpropInput(input_sizes=images, filter=tf.ones(kernel),
+                                           out_backprop=tf.ones(images), **options)
+            tf.raw_ops.Conv2DBackpropFilter(input=tf.ones(images), filter_sizes=kernel,
+                                            out_backprop=tf.ones(images), **options)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            reason = error.message.split("}}")[-1].split(".")[0].strip()  # its first sentence
+            logging.warning("This device's kernels cannot differentiate a grouped convolution "
+                            "(%s); the vectorized task loop runs each task's convolutions "
+                            "apart, with the same numbers.", reason)
+            return False
+    return True
+
+
+def convolutions_task_by_task(model: keras.Model) -> bool:
+    """Whether `call` runs `model`'s convolutions one task at a time (a model with a Conv2D,
+    on a device without `grouped_convolution_gradients`)."""
+    return (any(type(layer) is keras.layers.Conv2D for layer in model.layers)
+            and not grouped_convolution_gradients())
+
+
 def fold(inputs):
     """`[T, n, *dims, C]` -> `[n, *dims, T*C]`."""
     rank = inputs.shape.rank
@@ -98,7 +140,7 @@ def call(model: keras.Model, params, state, inputs, training: bool):
       inputs: `[T, n, ...]`, the same n for every task.
       training: batch statistics and dropout on.
     """
-    tasks = tf.shape(inputs)[0]
+    tasks, static_tasks = tf.shape(inputs)[0], inputs.shape[0]
     values = {id(v): p for v, p in zip(model.trainable_variables, params, strict=True)}
     values.update({id(v): s for v, s in zip(model.non_trainable_variables, state, strict=True)})
 
@@ -117,11 +159,19 @@ def call(model: keras.Model, params, state, inputs, training: bool):
         def conv(x):
             x = tf.cast(x, layer.compute_dtype)
             kernel = per_task(layer.kernel, x.dtype)                      # [T, kh, kw, C, O]
-            kh, kw, channels, filters = layer.kernel.shape
-            kernel = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, channels, -1])
-            y = tf.nn.convolution(x, kernel, strides=layer.strides,
-                                  padding=layer.padding.upper(), dilations=layer.dilation_rate,
-                                  data_format="NHWC")  # (eager second order reads it back)
+
+            def convolve(x, kernel):
+                # (data_format given: eager second order reads it back)
+                return tf.nn.convolution(x, kernel, strides=layer.strides,
+                                         padding=layer.padding.upper(),
+                                         dilations=layer.dilation_rate, data_format="NHWC")
+
+            if grouped_convolution_gradients():
+                kh, kw, channels, _ = layer.kernel.shape
+                y = convolve(x, tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]),
+                                           [kh, kw, channels, -1]))
+            else:
+                y = convolve_task_by_task(convolve, x, kernel, static_tasks, tasks)
             if layer.use_bias:
                 y = y + folded_vector(layer.bias, y.dtype)
             return layer.activation(y)
@@ -172,3 +222,15 @@ def call(model: keras.Model, params, state, inputs, training: bool):
 
     outputs = _graph(model)._run_through_graph(fold(inputs), operation_fn=run)
     return unfold(outputs, tasks)
+
+
+def convolve_task_by_task(convolve, inputs, kernel, static_tasks, tasks):
+    """The grouped convolution of folded `inputs [n, H, W, T*C]` with `kernel [T, kh, kw, C,
+    O]` as T plain convolutions `convolve(x_t [n, H, W, C], kernel[t])`, folded back to
+    `[n, H', W', T*O]`: written out over a static T, else a `tf.map_fn` over the tasks."""
+    if static_tasks is not None:
+        return tf.concat([convolve(x, kernel[t]) for t, x in
+                          enumerate(tf.split(inputs, static_tasks, axis=-1))], axis=-1)
+    outputs = tf.map_fn(lambda task: convolve(*task), (unfold(inputs, tasks), kernel),
+                        fn_output_signature=inputs.dtype)
+    return fold(outputs)

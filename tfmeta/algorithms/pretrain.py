@@ -283,7 +283,7 @@ def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0
                          f"has learner.num_classes={num_classes} outputs; "
                          f"--set=learner.num_classes={classes.num_classes}.")
     colour = len(classes.example_shape) == 3 and classes.example_shape[-1] == 3
-    if hasattr(classes, "class_stream"):  # records: streamed (tfmeta.data.records)
+    if getattr(classes, "streamed", False):  # records: streamed (tfmeta.data.records)
         from tfmeta.data import records
 
         def augmented(step, batch):

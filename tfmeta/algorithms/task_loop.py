@@ -21,8 +21,9 @@ The loop's forms (`task_parallel=`, the same numbers in each, tests/test_task_pa
       gradient tape inside a while_loop into a program 33x slower.
   "vectorized": the whole meta-batch in one pass: the subclass's hooks get tensors with a
       leading task axis and parameters `[B, *shape]`, and the backbone runs every task with
-      its own weights as one grouped convolution per layer (`tfmeta.task_batch`). Holds
-      every task's activations at once.
+      its own weights as one grouped convolution per layer (`tfmeta.task_batch`; a
+      convolution per task where the device's kernels cannot differentiate a grouped one:
+      TensorFlow's CPU kernels with oneDNN off). Holds every task's activations at once.
   "auto" (the default): vectorized with a GPU, the loop on CPUs (where it was measured
       faster), and the loop wherever vectorizing is refused (`vectorized_refusal`).
 
@@ -152,6 +153,10 @@ class TaskLoopLearner(EpisodicClassifier):
     def task_loop_form(self) -> str:
         """How the meta-batch's tasks run, and why, in words (the trainer logs it)."""
         if self.vectorized:
+            if task_batch.convolutions_task_by_task(self.model):
+                return ("every task of a meta-batch in one pass (vectorized), each task's "
+                        "convolutions apart: this device's kernels cannot differentiate a "
+                        "grouped convolution")
             return "every task of a meta-batch in one pass (vectorized)"
         refusal = None if self.task_parallel == "loop" else self.vectorized_refusal()
         how = ("unrolled, one task after another (XLA)" if getattr(self, "jit_compile", False)

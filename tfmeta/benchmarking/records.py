@@ -9,6 +9,10 @@
                           steps on records whose decoded size is 3 GB (224x224x3 images),
                           beside that decoded size.
 
+  records_rss_by_classes  the same peak for 50, 150 and 450 classes of 260 84x84 noise PNGs
+                          at the default shuffle buffer: flat, since the stream holds record
+                          numbers and reads records on demand.
+
 The images are synthetic (noise at 84x84, smooth gradients at 224x224): rates do not depend
 on the pixels, except through the PNG decoder's work, which noise makes the largest.
 """
@@ -22,7 +26,6 @@ import sys
 import tempfile
 
 import numpy as np
-import tensorflow as tf
 
 from tfmeta.benchmarking.common import sampler_rate
 from tfmeta.benchmarking.images import synthetic_dataset
@@ -46,10 +49,11 @@ def records_vs_memory(steps: int) -> dict:
 
 
 def write_synthetic_records(folder: str, classes: int, per_class: int, size: int,
-                            variants: int = 4) -> int:
-    """Writes `classes` classes of `per_class` smooth `size`x`size` RGB images straight to
-    records (each class cycles through `variants` encoded images, so writing is fast) with
-    their spec, all as the train split; returns the decoded size in bytes."""
+                            variants: int = 4, noise: bool = False) -> int:
+    """Writes `classes` classes of `per_class` smooth (or, with `noise`, random: the largest
+    PNGs) `size`x`size` RGB images straight to records (each class cycles through `variants`
+    encoded images, so writing is fast) with their spec; returns the decoded size in
+    bytes."""
     os.makedirs(os.path.join(folder, "train"), exist_ok=True)
     ramp = np.linspace(0, 1, size, dtype=np.float32)
     entries = []
@@ -60,15 +64,13 @@ def write_synthetic_records(folder: str, classes: int, per_class: int, size: int
             image = np.stack([np.add.outer(ramp * np.cos(angle), ramp * np.sin(angle)),
                               np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp)], -1)
             image = (255 * (image - image.min()) / (np.ptp(image) + 1e-6)).astype(np.uint8)
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[tf.io.encode_png(image).numpy()])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[c]))}))
-            encoded.append(example.SerializeToString())
+            if noise:
+                image = np.random.RandomState(c * variants + v).randint(
+                    0, 256, image.shape).astype(np.uint8)
+            encoded.append(records.record_bytes(image, c, "png"))
         name = f"train/class_{c:05d}.tfrecord"
-        with tf.io.TFRecordWriter(os.path.join(folder, name)) as writer:
-            for i in range(per_class):
-                writer.write(encoded[i % variants])
+        records.write_records(os.path.join(folder, name),
+                              (encoded[i % variants] for i in range(per_class)))
         entries.append({"name": f"c{c}", "split": split_of(c, classes), "count": per_class,
                         "file": name})
     spec = {"format": records.FORMAT, "version": records.VERSION, "name": "synthetic",
@@ -88,14 +90,14 @@ def split_of(c: int, classes: int) -> str:
     return "train" if c < 0.8 * classes else "val" if c < 0.9 * classes else "test"
 
 
-def train_streamed(folder: str, workdir: str, steps: int) -> float:
+def train_streamed(folder: str, workdir: str, steps: int, buffer: int = 64) -> float:
     """Peak resident memory (MB) of `bin/train.py` training ProtoNet on records in
     `folder` for `steps` steps, in a child process."""
     command = [sys.executable, "-m", "tfmeta.commands.train", "--algo=protonet",
                "--dataset=records", f"--data_dir={folder}", f"--workdir={workdir}",
                f"--num_steps={steps}", "--export=false", "--set=model.filters=8",
                f"--set=log_every={steps}", "--set=val_episodes=4", "--set=meta_batch_size=1",
-               "--set=ways=5", "--set=queries=2", "--set=data.shuffle_buffer=64"]
+               "--set=ways=5", "--set=queries=2", f"--set=data.shuffle_buffer={buffer}"]
     # A parent of its own, whose only child is the trainer: RUSAGE_CHILDREN is then its peak.
     measure = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
                "capture_output=True); "
@@ -115,4 +117,22 @@ def records_rss(steps: int) -> dict:
             "peak_over_decoded": peak * 2 ** 20 / decoded}
 
 
-CASES = {"records_vs_memory_84": records_vs_memory, "records_rss_3gb": records_rss}
+def records_rss_by_classes(steps: int) -> dict:
+    """Peak resident memory of training on records against the number of classes: 84x84
+    noise PNGs (about 21 KB a record), 260 a class (more than a window), the default shuffle
+    buffer (256); 80% of the classes train."""
+    peaks = {}
+    for classes in (50, 150, 450):
+        with tempfile.TemporaryDirectory() as folder:
+            write_synthetic_records(os.path.join(folder, "records"), classes=classes,
+                                    per_class=260, size=84, noise=True)
+            record_kb = os.path.getsize(os.path.join(
+                folder, "records", "train", "class_00000.tfrecord")) / 260 / 1024
+            peaks[f"peak_rss_mb_{classes}_classes"] = train_streamed(
+                os.path.join(folder, "records"), os.path.join(folder, "run"), max(steps, 5),
+                buffer=records.DEFAULT_SHUFFLE_BUFFER)
+    return {**peaks, "record_kb": record_kb, "records_per_class": 260}
+
+
+CASES = {"records_vs_memory_84": records_vs_memory, "records_rss_3gb": records_rss,
+         "records_rss_by_classes": records_rss_by_classes}

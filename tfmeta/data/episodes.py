@@ -43,6 +43,11 @@ EPISODE_SAMPLERS = ("fixed", "variable")
 # Which classes an episode draws from: any of the split's, or those of one group
 # (`ClassImages.class_groups`).
 EPISODE_GROUPINGS = ("any", "within")
+# The fewest classes an episode tells apart (`EpisodicClassifier.min_ways`; ways >= 2): what a
+# split needs whatever `ways` asks, and what to do about one with fewer (a user's own data).
+MIN_CLASSES = 2
+MORE_CLASSES = ("give the split more classes: more classes in the data, or a data.class_split "
+                "or data.split_fractions that puts 2 or more in it")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,18 +173,32 @@ def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int
     if classes.drop_small_classes and len(small):
         kept = np.flatnonzero(classes.class_counts >= needed)
         if len(kept) < ways:
+            largest = int(classes.class_counts.max())
+            few = (f"Only {len(kept)} of the {classes.num_classes} classes{where} have at least "
+                   f"shots + queries = {shots} + {queries} = {needed} images")
+            if len(kept) < MIN_CLASSES:
+                least = min(ways, MIN_CLASSES)
+                raise ValueError(
+                    f"{few}, and an episode needs at least {least} class"
+                    f"{'es' if least > 1 else ''}; use fewer shots or queries (the largest class "
+                    f"has {largest} images), add images to the small classes, or "
+                    f"{MORE_CLASSES}.")
             raise ValueError(
-                f"Only {len(kept)} of the {classes.num_classes} classes{where} have at least "
-                f"shots + queries = {shots} + {queries} = {needed} images, fewer than "
-                f"ways={ways}; {f'use ways <= {len(kept)}, ' if len(kept) else ''}fewer shots "
-                f"or queries (the largest class has {int(classes.class_counts.max())} images), "
-                "or add images to the small classes.")
+                f"{few}, fewer than ways={ways}; use ways <= {len(kept)}, fewer shots or "
+                f"queries (the largest class has {largest} images), or add images to the small "
+                "classes.")
         names = [f"{classes.class_names[i]!r} ({classes.class_counts[i]})" for i in small]
         logging.warning(
             "Leaving %d class(es)%s out of %d-shot %d-query episodes, which take %d images "
             "of each: %s%s.", len(small), where, shots, queries, needed, ", ".join(names[:10]),
             f" and {len(names) - 10} more" if len(names) > 10 else "")
         classes = classes.select(kept)
+    if ways > classes.num_classes and classes.num_classes < MIN_CLASSES:
+        least = min(ways, MIN_CLASSES)
+        raise ValueError(
+            f"ways={ways} is larger than the {classes.num_classes} "
+            f"class{'' if classes.num_classes == 1 else 'es'} available{where}, and an episode "
+            f"needs at least {least} class{'es' if least > 1 else ''}; {MORE_CLASSES}.")
     if ways > classes.num_classes:
         raise ValueError(
             f"ways={ways} is larger than the {classes.num_classes} classes available{where}; "
@@ -232,11 +251,15 @@ def eligible_groups(classes, ways: int, split: str = "") -> tuple:
     eligible = np.flatnonzero(sizes >= ways)
     if not len(eligible):
         largest = int(np.argmax(sizes))
+        advice = (f"; use ways <= {sizes[largest]}, or episode_grouping=any" if
+                  sizes[largest] >= MIN_CLASSES else f", and an episode needs at least "
+                  f"{MIN_CLASSES} classes; use episode_grouping=any, or groups of "
+                  f"{MIN_CLASSES} or more classes")
         raise ValueError(
             f"ways={ways} is more classes than any one group of {where} has, but "
             f"episode_grouping=within draws every episode's classes from one group: the "
-            f"largest group, {str(names[largest])!r}, has {sizes[largest]} classes; use ways "
-            f"<= {sizes[largest]}, or episode_grouping=any.")
+            f"largest group, {str(names[largest])!r}, has {sizes[largest]} "
+            f"class{'es' if sizes[largest] > 1 else ''}{advice}.")
     return class_group.astype(np.int64), eligible.astype(np.int64)
 
 
@@ -365,7 +388,7 @@ def episode_numbers(meta_batch_size: int | None = None, start_step: int = 0,
 def _split_of(data, split: str) -> tuple:
     """(`data` itself, a `ClassImages`, or its split `split` (default "train") when it is a
     whole `FewShotDataset`; the split's name)."""
-    if isinstance(data, ClassImages) or hasattr(data, "class_stream"):  # or RecordClasses
+    if isinstance(data, ClassImages) or getattr(data, "streamed", False):  # or RecordClasses
         return data, split
     if hasattr(data, "split") and hasattr(data, "splits"):
         return data.split(split or "train"), split or "train"
@@ -437,7 +460,7 @@ def episode_dataset(
         `ways` classes; fixed episodes only).
     """
     classes, split = _split_of(classes, split)
-    if hasattr(classes, "class_stream"):  # held as records: streamed (tfmeta.data.records)
+    if getattr(classes, "streamed", False):  # held as records: streamed (tfmeta.data.records)
         from tfmeta.data import records
 
         return records.stream_episodes(classes, ways, shots, queries, meta_batch_size, seed,

@@ -18,7 +18,17 @@ test classes are of groups unseen in training, as Omniglot's test alphabets); a 
 PNG, BMP and GIF (first frame) of any size and mode are read, in nested folders too;
 other files (a README, `.DS_Store`, `Thumbs.db`, hidden files) and images above the class
 level are skipped and counted in the log. A corrupt image is an error naming the file, or
-with `skip_corrupt=True` is skipped and listed in the log.
+with `skip_corrupt=True` is skipped and listed in the log. An image whose header declares
+more than `max_image_pixels` pixels (Pillow's limit by default) is refused before it is
+decoded (`tfmeta.data.images.refuse_oversized`), skipped or not.
+
+Everything read from the folder is untrusted, links included (`check_links`): after
+resolving links every class folder and every image lies inside DIR, no class folder is DIR
+itself, lies above its own place, or holds (or sits in) another class folder, and no image
+file belongs to two classes; a link that breaks a rule is an error naming it and where it
+points. A link that breaks none keeps working: a class folder that links to a folder of
+DIR no other class uses, an image that links to a file of its own class or to one of DIR
+outside every class. A file that a class reaches twice (a link to a sibling) counts once.
 
 Images are decoded and resized to `image_size` with `channels` once
 (`tfmeta.data.images.decode_image`, batched) and cached under `$TFMETA_CACHE`, keyed on
@@ -83,10 +93,11 @@ def _subfolders(folder: str) -> list:
 
 
 def _gather_classes(folder: str, parts: tuple, class_depth: int, classes: dict,
-                    skipped: list) -> tuple:
+                    skipped: list, places: dict) -> tuple:
     """Fills `classes` ({"a/b/class": [image files]}) with the folders `class_depth` levels
-    below `folder` (`parts` levels down already) and `skipped` with the files above them or
-    not images; returns (the deepest level of folders found, one folder that deep)."""
+    below `folder` (`parts` levels down already), `places` with their paths and `skipped`
+    with the files above them or not images; returns (the deepest level of folders found,
+    one folder that deep)."""
     deepest, example = len(parts), folder
     for entry in _subfolders(folder):
         if not entry.is_dir():
@@ -94,7 +105,8 @@ def _gather_classes(folder: str, parts: tuple, class_depth: int, classes: dict,
             continue
         path = (*parts, entry.name)
         if len(path) < class_depth:
-            level, there = _gather_classes(entry.path, path, class_depth, classes, skipped)
+            level, there = _gather_classes(entry.path, path, class_depth, classes, skipped,
+                                           places)
             if level > deepest:
                 deepest, example = level, there
             continue
@@ -103,6 +115,7 @@ def _gather_classes(folder: str, parts: tuple, class_depth: int, classes: dict,
         skipped += others
         if files:
             classes["/".join(path)] = files
+            places["/".join(path)] = entry.path
         else:
             logging.warning("Class folder %s holds no JPEG, PNG, BMP or GIF images; "
                             "leaving it out.", entry.path)
@@ -112,10 +125,17 @@ def _gather_classes(folder: str, parts: tuple, class_depth: int, classes: dict,
 def class_folders(folder: str, class_depth: int = 1) -> tuple:
     """({class name: [image files]} of the folders `class_depth` levels below `folder`,
     named by their path below it ("group/class"); files outside any class folder or not
-    images). A class folder without images is left out with a warning."""
+    images). A class folder without images is left out with a warning. Links are checked
+    against `folder` (`check_links`)."""
+    classes, places, skipped = _class_places(folder, class_depth)
+    return check_links(folder, classes, places), skipped
+
+
+def _class_places(folder: str, class_depth: int) -> tuple:
+    """`class_folders` before `check_links`: (classes, {class name: its folder}, skipped)."""
     _require_folder(folder)
-    classes, skipped = {}, []
-    deepest, example = _gather_classes(folder, (), class_depth, classes, skipped)
+    classes, places, skipped = {}, {}, []
+    deepest, example = _gather_classes(folder, (), class_depth, classes, skipped, places)
     if deepest < class_depth and class_depth > 1:
         found = (f"its deepest folders are {deepest} level(s) down (e.g. {example}); use "
                  f"data.class_depth={deepest}" if deepest else
@@ -123,7 +143,127 @@ def class_folders(folder: str, class_depth: int = 1) -> tuple:
         raise ValueError(f"data.class_depth={class_depth} reads class folders {class_depth} "
                          f"levels below {folder} (DIR/{'<group>/' * (class_depth - 1)}<class>/),"
                          f" but {found}.")
-    return classes, skipped
+    return classes, places, skipped
+
+
+# ---------------------------------------------------------------------- links
+REPLACE_LINK = "replace the link by a copy or remove it"
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether resolved `path` is `folder` or below it (both resolved)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _link_on(path: str, top: str) -> str | None:
+    """The outermost link on `path` below `top` (`path` itself or a folder above it)."""
+    found, current = None, path
+    while _inside(os.path.abspath(current), os.path.abspath(top)) and \
+            os.path.abspath(current) != os.path.abspath(top):
+        if os.path.islink(current):
+            found = current
+        current = os.path.dirname(current)
+    return found
+
+
+def _as_link(path: str, top: str, real: str) -> str:
+    """"{path} is a link to {real}" (or names the link above it that takes it there)."""
+    link = _link_on(path, top)
+    if link is None or link == path:
+        return f"{path} is a link to {real}"
+    return f"{path} (through the link {link}) resolves to {real}"
+
+
+def check_links(data_dir: str, classes: dict, places: dict) -> dict:
+    """`classes` ({name: [image files]}, their folders `places`) checked against the links
+    under `data_dir`, every path resolved (`os.path.realpath`):
+
+    - a class folder lies inside `data_dir`, and is neither `data_dir` nor a folder above
+      its own place (a link back up: the class would hold other classes' images);
+    - no class folder is, holds or sits in another one (a class would hold another's
+      images, possibly across splits: a leak of test classes into training);
+    - an image lies inside `data_dir`, and in no class folder but its own;
+    - no file is an image of two classes (links or hard links to one file).
+
+    Each violation is a ValueError naming the link, where it points and what to do. A file
+    its class reaches twice (an image and a link to it) is kept once, logged. Returns
+    `classes` with those repeats dropped."""
+    root = os.path.realpath(data_dir)
+    real = {name: os.path.realpath(place) for name, place in places.items()}
+    linked = {name: _link_on(place, data_dir) is not None for name, place in places.items()}
+    for name in sorted(places):
+        place, where = places[name], real[name]
+        if not _inside(where, root):
+            raise ValueError(f"Class folder {_as_link(place, data_dir, where)}, outside the data "
+                             f"folder {root}; every class must lie inside it: {REPLACE_LINK}.")
+        if _inside(os.path.realpath(os.path.dirname(place)), where):
+            above = "the data folder itself" if where == root else "a folder above it"
+            raise ValueError(f"Class folder {_as_link(place, data_dir, where)}, {above}, so the "
+                             f"class would hold other classes' images: remove the link.")
+    owner = {}  # resolved class folder -> class; classes that are not links first
+    for name in sorted(places, key=lambda n: (linked[n], n)):
+        if real[name] in owner:
+            _refuse_overlap(data_dir, places, real, name, owner[real[name]], "is also")
+        owner[real[name]] = name
+    for name in sorted(places):
+        folder = os.path.dirname(real[name])
+        while folder != root and _inside(folder, root):
+            if folder in owner:
+                inner, outer = name, owner[folder]
+                if linked[outer] and not linked[inner]:
+                    _refuse_overlap(data_dir, places, real, outer, inner, "holds")
+                _refuse_overlap(data_dir, places, real, inner, outer, "is inside")
+            folder = os.path.dirname(folder)
+    return _check_image_links(root, classes, owner)
+
+
+def _refuse_overlap(data_dir, places, real, name, other, relation):
+    resolved = f" ({real[other]})" if real[other] != os.path.abspath(places[other]) else ""
+    raise ValueError(f"Class folder {_as_link(places[name], data_dir, real[name])}, which "
+                     f"{relation} class folder {places[other]}{resolved}; an image may belong "
+                     f"to one class only: {REPLACE_LINK}.")
+
+
+def _check_image_links(root: str, classes: dict, owner: dict) -> dict:
+    """The image rules of `check_links` (`owner`: {resolved class folder: class}); returns
+    the classes without repeated files."""
+    seen, kept, repeats = {}, {}, 0
+    for name in sorted(classes):
+        kept[name] = []
+        for path in classes[name]:
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if not _inside(target, root):
+                    raise ValueError(f"Image {path} is a link to {target}, outside the data "
+                                     f"folder {root}; every image must lie inside it: "
+                                     f"{REPLACE_LINK}.")
+                folder = os.path.dirname(target)
+                while folder not in owner and folder != root and _inside(folder, root):
+                    folder = os.path.dirname(folder)
+                if owner.get(folder, name) != name:
+                    raise ValueError(f"Image {path} of class {name!r} is a link to {target}, in "
+                                     f"the folder of class {owner[folder]!r}; an image may "
+                                     f"belong to one class only: {REPLACE_LINK}.")
+            status = os.stat(path)
+            key = (status.st_dev, status.st_ino)
+            if key in seen and seen[key][0] != name:
+                (other, first), this = seen[key], (name, path)
+                if os.path.islink(first) and not os.path.islink(path):
+                    (other, first), this = this, (other, first)
+                what = (f"a link to {os.path.realpath(this[1])}" if os.path.islink(this[1])
+                        else "a hard link")
+                raise ValueError(f"Image {this[1]} of class {this[0]!r} is {what}, the same file "
+                                 f"as image {first} of class {other!r}; an image may belong to "
+                                 f"one class only: {REPLACE_LINK}.")
+            if key in seen:
+                repeats += 1
+                continue
+            seen[key] = (name, path)
+            kept[name].append(path)
+    if repeats:
+        logging.info("%d image file(s) reached twice within their class (a link to a sibling) "
+                     "count once.", repeats)
+    return kept
 
 
 def _require_folder(folder: str) -> None:
@@ -144,7 +284,8 @@ def _holds_images(folder: str) -> bool:
 def find_classes(data_dir: str, class_depth: int = 1) -> tuple:
     """({class name: [files]}, {split: [class names]} fixed by train/ val/ test/ folders (only
     the splits present), [skipped files]); classes are the folders `class_depth` levels
-    below `data_dir`, or below its split folders (`class_folders`)."""
+    below `data_dir`, or below its split folders (`class_folders`), their links checked
+    against `data_dir` across all splits (`check_links`)."""
     if data_dir is None:
         raise ValueError("--dataset=folder needs --data_dir=<a folder with one subfolder of "
                          "images per class, or train/, val/, test/ folders of them>.")
@@ -153,7 +294,7 @@ def find_classes(data_dir: str, class_depth: int = 1) -> tuple:
     entries = _subfolders(data_dir)
     top = [e.name for e in entries if e.is_dir() and _holds_images(e.path)]
     if "train" in top and set(top) <= set(aliases):
-        classes, fixed = {}, {}
+        classes, places, fixed = {}, {}, {}
         skipped = [e.path for e in entries if not e.is_dir()]
         for entry in entries:
             if entry.is_dir() and entry.name not in top:
@@ -164,8 +305,8 @@ def find_classes(data_dir: str, class_depth: int = 1) -> tuple:
             if split in fixed:
                 raise ValueError(f"{data_dir} has both {SPLIT_FOLDERS[split][0]}/ and "
                                  f"{alias}/; keep one folder per split.")
-            split_classes, split_skipped = class_folders(os.path.join(data_dir, alias),
-                                                         class_depth)
+            split_classes, split_places, split_skipped = _class_places(
+                os.path.join(data_dir, alias), class_depth)
             skipped += split_skipped
             for name, files in split_classes.items():
                 if name in classes:
@@ -173,9 +314,9 @@ def find_classes(data_dir: str, class_depth: int = 1) -> tuple:
                     raise ValueError(f"Class {name!r} is in both {other}/ and {alias}/ of "
                                      f"{data_dir}; few-shot splits are by class, so each class "
                                      "may be in one split only.")
-                classes[name] = files
+                classes[name], places[name] = files, split_places[name]
             fixed[split] = sorted(split_classes)
-        return classes, fixed, skipped
+        return check_links(data_dir, classes, places), fixed, skipped
     classes, skipped = class_folders(data_dir, class_depth)
     if not classes:
         raise FileNotFoundError(
@@ -206,10 +347,13 @@ def complete_split(fixed: dict, fractions, seed: int, class_depth: int = 1) -> d
 
 
 def decode_classes(classes: dict, image_size: int, channels: int, crop_to_aspect_ratio: bool,
-                   class_depth: int = 1):
+                   class_depth: int = 1,
+                   max_image_pixels: int = image_utils.MAX_IMAGE_PIXELS):
     """Decodes every listed file once (cached): {"pixels" uint8 [n, s, s, c], "labels"
     int64 [n] (index into the sorted class names), "bad" int64 (indices into the
-    flattened file list of the files that did not decode)}."""
+    flattened file list of the files that did not decode)}. Each file's header is read
+    before decoding (`images.refuse_oversized`); a cached decode is not read again, so the
+    limit is not part of the cache's key."""
     names = sorted(classes)
     files = [f for n in names for f in classes[n]]
     labels = np.repeat(np.arange(len(names)), [len(classes[n]) for n in names])
@@ -217,7 +361,7 @@ def decode_classes(classes: dict, image_size: int, channels: int, crop_to_aspect
     def build():
         pixels, bad = image_utils.decode_images_skipping(
             files, image_size, from_files=True, channels=channels,
-            crop_to_aspect_ratio=crop_to_aspect_ratio)
+            crop_to_aspect_ratio=crop_to_aspect_ratio, max_image_pixels=max_image_pixels)
         return {"pixels": pixels, "labels": np.delete(labels, bad), "bad": bad}
 
     # The class level decides the labels and the files' order. Level 1 adds nothing to the
@@ -231,7 +375,8 @@ def decode_classes(classes: dict, image_size: int, channels: int, crop_to_aspect
 def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
          crop_to_aspect_ratio: bool = False, split_fractions=own_data.DEFAULT_FRACTIONS,
          split_seed: int = 0, class_split: dict | None = None, skip_corrupt: bool = False,
-         train_on_val: bool = False, normalize: bool = True, class_depth: int = 1):
+         train_on_val: bool = False, normalize: bool = True, class_depth: int = 1,
+         max_image_pixels: int = image_utils.MAX_IMAGE_PIXELS):
     """Loads a folder of class folders (see the module docstring).
 
     Args:
@@ -249,8 +394,12 @@ def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
       class_depth: the folder level that names a class (1: `DIR/<class>/`); the levels
         above it are its group (2: `DIR/<group>/<class>/`, class "group/class"), and the
         split is then by group.
+      max_image_pixels: the most pixels an image file may declare in its header (every
+        frame's, for a GIF): a file that declares more is refused before it is decoded.
+        Default: Pillow's `MAX_IMAGE_PIXELS`, 1024 * 1024 * 1024 // 4 // 3 = 89478485.
     """
     own_data.check_image_options(image_size, channels)
+    image_utils.check_max_image_pixels(max_image_pixels)
     own_data.check_fractions(split_fractions)
     check_class_depth(class_depth)
     class_depth = int(class_depth)
@@ -266,7 +415,7 @@ def load(data_dir: str | None = None, image_size: int = 84, channels: int = 3,
                      len(above), class_depth, ", ".join(above[:5]),
                      " ..." if len(above) > 5 else "")
     names, files, arrays = decode_classes(classes, image_size, channels, crop_to_aspect_ratio,
-                                          class_depth)
+                                          class_depth, int(max_image_pixels))
     bad = arrays["bad"]
     if len(bad):
         if not skip_corrupt:

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.data import image_headers
 from tfmeta.data.episodes import ClassImages
+from tfmeta.ranges import Range
 
 # Per-channel pixel mean and standard deviation (of 0..255 values) the field normalizes
 # with, from MetaOptNet (Lee et al. 2019, github.com/kjunelee/MetaOptNet, data/*.py):
@@ -81,12 +84,145 @@ def _as_bytes(item) -> bytes:
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what tf.io.decode_image reads
 
+# The most pixels an image file may declare before it is decoded (`data.max_image_pixels`
+# of `--dataset=folder`): Pillow's default `PIL.Image.MAX_IMAGE_PIXELS`, 1024 * 1024 * 1024
+# // 4 // 3 = 89478485 (a 1 GB RGBA image, / 3), its guard against decompression bombs.
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+IMAGE_PIXELS = Range(1, integer=True)
+
+
+def check_max_image_pixels(max_image_pixels) -> None:
+    if not IMAGE_PIXELS.contains(max_image_pixels):
+        raise ValueError(f"data.max_image_pixels must be {IMAGE_PIXELS.describe()}: the most "
+                         f"pixels an image file may declare (default {MAX_IMAGE_PIXELS}, "
+                         f"Pillow's); got {max_image_pixels!r}.")
+
+
+def refuse_oversized(encoded: Sequence, describe: Callable[[int], str],
+                     from_files: bool = False, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Reads the header of every image (`image_headers.read_header`: its first bytes, no
+    decoding) and raises a ValueError naming the first that declares more than
+    `max_image_pixels` pixels (every frame's, for a GIF), its size and how to raise the
+    limit. A header that does not parse is left to the decoder's corrupt-image errors."""
+    check_max_image_pixels(max_image_pixels)
+    for i, item in enumerate(encoded):
+        header = image_headers.read_header(item if from_files else _as_bytes(item))
+        if header is not None and header.pixels > max_image_pixels:
+            raise ValueError(
+                f"Image {describe(i)} declares {header.describe()} pixels ({header.pixels:,}), "
+                f"more than the {max_image_pixels:,} an image may have (data.max_image_pixels, "
+                "Pillow's guard against decompression bombs); shrink or remove it, or if it "
+                f"is genuine raise the limit, e.g. --set=data.max_image_pixels={header.pixels}.")
+
 
 def decode_image(data, size: int, channels: int = 3, crop_to_aspect_ratio: bool = False):
     """One encoded JPEG, PNG, BMP or GIF (its first frame), any mode, -> uint8
-    `[size, size, channels]` (see `conform_image`)."""
-    image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    `[size, size, channels]` (see `conform_image`).
+
+    TensorFlow decodes them but for what `_decoded_in_numpy` tells by the first bytes: a
+    paletted BMP (1, 2, 4 or 8 bits per pixel, which `tf.io.decode_bmp` refuses or, at 8
+    bits, reads as grey without its palette) is decoded by `decode_paletted_bmp`; an
+    animated WebP (whatever its name says) is refused as corrupt, since TensorFlow 2.21's
+    decoder corrupts memory on one (the process aborts).
+    """
+    data = tf.convert_to_tensor(data, tf.string)
+    image = tf.cond(_decoded_in_numpy(data), lambda: _numpy_decoded(data),
+                    lambda: tf.io.decode_image(data, channels=0, expand_animations=False))
     return conform_image(image, size, channels, crop_to_aspect_ratio)
+
+
+def _decoded_in_numpy(data):
+    """Whether encoded `data` is a BMP that is paletted (or has an OS/2 header, which
+    `tf.io.decode_bmp` misreads) or an animated WebP, from its first 32 bytes."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 32), "\0" * 32]), 0, 32)
+    head = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int32)
+
+    def starts(offset, text):
+        return tf.reduce_all(tf.equal(head[offset:offset + len(text)], list(text.encode())))
+
+    info_size = head[14] + head[15] * 256
+    bits = head[28] + head[29] * 256
+    paletted_bmp = starts(0, "BM") & ((info_size < 40) | (bits <= 8))
+    animated_webp = (starts(0, "RIFF") & starts(8, "WEBPVP8X") &
+                     (tf.bitwise.bitwise_and(head[20], image_headers.WEBP_ANIMATION_FLAG) > 0))
+    return paletted_bmp | animated_webp
+
+
+def _numpy_decoded(data):
+    """`_decode_in_numpy` in the graph; its refusal fails the op (an assertion, which
+    prints no Python traceback where a dataset skips the image)."""
+    image, reason = tf.numpy_function(_decode_in_numpy, [data], (tf.uint8, tf.string),
+                                      stateful=False)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(reason, ""), [reason])]):
+        return tf.identity(image)
+
+
+def _decode_in_numpy(data) -> tuple:
+    """(pixels, b"") of what `_decoded_in_numpy` names, or (no pixels, why not); `data` as
+    `tf.numpy_function` gives a string tensor (a 0-d object array) or as bytes."""
+    data = data.item() if isinstance(data, np.ndarray) else bytes(data)
+    try:
+        header = image_headers.read_header(data)
+        if header is not None and header.animated:
+            raise ValueError("an animated WebP, which TensorFlow cannot decode safely; save "
+                             "its first frame as PNG")
+        return decode_paletted_bmp(data), b""
+    except ValueError as error:
+        return np.zeros((0, 0, 1), np.uint8), str(error).encode()
+
+
+BMP_COMPRESSIONS = {1: "RLE8", 2: "RLE4", 3: "BITFIELDS", 4: "JPEG", 5: "PNG"}
+
+
+def decode_paletted_bmp(data: bytes) -> np.ndarray:
+    """An uncompressed (BI_RGB) paletted BMP, 1, 2, 4 or 8 bits per pixel -> uint8
+    `[H, W, 3]` of its palette's colours, `[H, W, 1]` when every palette colour is grey
+    (as `tf.io.decode_image` gives grey images).
+
+    Rows are stored bottom-up (top-down where the height is negative), each padded to a
+    multiple of 4 bytes; an index past the palette is black. A compressed (RLE) BMP, one
+    cut short, or any other is a ValueError saying what it is.
+    """
+    if len(data) < 26 or data[:2] != b"BM":
+        raise ValueError("not a BMP file")
+    pixels_at, info_size = struct.unpack_from("<II", data, 10)
+    if info_size == 12:  # OS/2 BITMAPCOREHEADER: uint16 sides, palette of RGB triples
+        width, height, _, bits = struct.unpack_from("<HHHH", data, 18)
+        compression, colours, entry = 0, 0, 3
+    elif info_size >= 40 and len(data) >= 50:
+        width, height, _, bits, compression = struct.unpack_from("<iiHHI", data, 18)
+        colours, entry = struct.unpack_from("<I", data, 46)[0], 4
+    else:
+        raise ValueError(f"a BMP with an info header of {info_size} bytes, which tfmeta does "
+                         "not read; save it as PNG")
+    if compression:
+        raise ValueError(f"a BMP compressed with {BMP_COMPRESSIONS.get(compression, compression)}"
+                         ", which tfmeta does not decode; save it uncompressed or as PNG")
+    if bits not in (1, 2, 4, 8):
+        header = " with an OS/2 header" if info_size == 12 else ""
+        raise ValueError(f"a {bits}-bit BMP{header}, which tfmeta does not read; save it as PNG")
+    if width <= 0 or height == 0:
+        raise ValueError(f"a BMP of {width}x{height} pixels")
+    top_down, height = height < 0, abs(height)
+    count = min(colours or 1 << bits, 1 << bits)
+    palette_at = 14 + info_size
+    row_bytes = (width * bits + 31) // 32 * 4
+    need = max(palette_at + count * entry, pixels_at + row_bytes * height)
+    if len(data) < need:
+        raise ValueError(f"a BMP cut short: its {width}x{height} pixels and {count} colours "
+                         f"need {need} bytes, it has {len(data)}")
+    palette = np.frombuffer(data, np.uint8, count * entry, palette_at).reshape(count, entry)
+    palette = palette[:, 2::-1]  # stored blue, green, red (, reserved)
+    grey = bool(np.all(palette == palette[:, :1]))
+    palette = np.concatenate([palette, np.zeros((256 - count, 3), np.uint8)])
+    rows = np.frombuffer(data, np.uint8, row_bytes * height, pixels_at).reshape(height,
+                                                                                 row_bytes)
+    if bits < 8:  # the leftmost pixel in the high bits
+        rows = np.unpackbits(rows, axis=1).reshape(height, -1, bits) @ (
+            1 << np.arange(bits - 1, -1, -1))
+    indices = rows[:, :width] if top_down else rows[::-1, :width]
+    image = palette[indices]
+    return np.ascontiguousarray(image[..., :1] if grey else image)
 
 
 def conform_image(image, size: int, channels: int = 3, crop_to_aspect_ratio: bool = False):
@@ -151,9 +287,10 @@ def _decoded(encoded, size, channels, crop_to_aspect_ratio, from_files, batch_si
 
 def decode_images(encoded: Sequence, size: int, describe: Callable[[int], str],
                   from_files: bool = False, batch_size: int = 256, channels: int = 3,
-                  crop_to_aspect_ratio: bool = False) -> np.ndarray:
+                  crop_to_aspect_ratio: bool = False,
+                  max_image_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decodes JPEG, PNG, BMP or GIF images with TensorFlow, in parallel batches (see
-    `decode_image`).
+    `decode_image`), each header read first (`refuse_oversized`).
 
     Args:
       encoded: one item per image: its encoded bytes (or uint8 array of them), or with
@@ -163,13 +300,14 @@ def decode_images(encoded: Sequence, size: int, describe: Callable[[int], str],
       from_files: read each item's file.
       batch_size: images decoded per step.
       channels, crop_to_aspect_ratio: see `decode_image`.
+      max_image_pixels: the most pixels an image may declare (`refuse_oversized`).
 
     Returns uint8 `[len(encoded), size, size, channels]`, in the order of `encoded`. Raises
-    a ValueError naming the first image that does not decode (FileNotFoundError: that is
-    missing).
+    a ValueError naming the first image that declares too many pixels, or else the first
+    that does not decode (FileNotFoundError: that is missing).
     """
     pixels, bad = decode_images_skipping(encoded, size, from_files, batch_size, channels,
-                                         crop_to_aspect_ratio)
+                                         crop_to_aspect_ratio, max_image_pixels, describe)
     if len(bad):
         raise_for_bad_image(encoded, bad, describe, from_files)
     return pixels
@@ -177,11 +315,19 @@ def decode_images(encoded: Sequence, size: int, describe: Callable[[int], str],
 
 def decode_images_skipping(encoded: Sequence, size: int, from_files: bool = False,
                            batch_size: int = 256, channels: int = 3,
-                           crop_to_aspect_ratio: bool = False) -> tuple:
+                           crop_to_aspect_ratio: bool = False,
+                           max_image_pixels: int = MAX_IMAGE_PIXELS,
+                           describe: Callable[[int], str] | None = None) -> tuple:
     """`decode_images` that skips what does not decode: (uint8 pixels of the images that
-    decoded, in order; the indices of the others)."""
+    decoded, in order; the indices of the others). An image that declares more than
+    `max_image_pixels` pixels is not skipped: it is refused (`refuse_oversized`), since it
+    is no corrupt file but the limit's to judge. `describe` names image `i` in that error
+    (default: its file, or "number i")."""
     if not len(encoded):
         return np.empty((0, size, size, channels), np.uint8), np.zeros(0, np.int64)
+    if describe is None:
+        describe = (lambda i: os.fspath(encoded[i])) if from_files else (lambda i: f"number {i}")
+    refuse_oversized(encoded, describe, from_files, max_image_pixels)
     return _decoded(encoded, size, channels, crop_to_aspect_ratio, from_files, batch_size)
 
 
@@ -189,6 +335,8 @@ def decode_failure(item, from_files: bool = False) -> str | None:
     """Why one image does not decode (the decoder's first line), or None if it does."""
     try:
         data = tf.io.read_file(os.fspath(item)) if from_files else _as_bytes(item)
+        if _decoded_in_numpy(data):
+            return _decode_in_numpy(tf.convert_to_tensor(data).numpy())[1].decode() or None
         decode_image(data, 8)
     except (tf.errors.OpError, TypeError) as error:
         reason = error.message if isinstance(error, tf.errors.OpError) else str(error)

@@ -218,18 +218,32 @@ def as_pixels(images, what: str = "images") -> np.ndarray:
                          f"1 or 3; got shape {images.shape}.")
     if images.dtype == np.uint8:
         return images
-    if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype,
-                                                                          np.integer):
-        raise ValueError(f"{what} must be uint8 (0..255) or float (0..1); got {images.dtype}.")
-    if np.issubdtype(images.dtype, np.integer):
-        low, high, scale = 0, 255, 1.0
-    else:
-        low, high, scale = 0.0, 1.0, 255.0
-    if not np.all(np.isfinite(images)) or images.min() < low or images.max() > high:
-        raise ValueError(f"{what} of dtype {images.dtype} must be in [{low}, {high}] "
-                         f"({'0..255 integers' if scale == 1 else 'floats in 0..1'}); got "
-                         f"values in [{images.min()}, {images.max()}].")
+    scale = pixel_scale(images.dtype, what)
+    check_pixel_values(images.dtype, np.all(np.isfinite(images)), images.min(), images.max(),
+                       what)
     return np.round(images.astype(np.float64) * scale).astype(np.uint8)
+
+
+def pixel_scale(dtype, what: str = "images") -> float:
+    """What images of `dtype` are multiplied by to be 0..255: 1 for integers (0..255),
+    255 for floats (0..1); a ValueError for any other dtype."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        return 1.0
+    if np.issubdtype(dtype, np.floating):
+        return 255.0
+    raise ValueError(f"{what} must be uint8 (0..255) or float (0..1); got {dtype}.")
+
+
+def check_pixel_values(dtype, finite: bool, low_seen, high_seen, what: str = "images") -> None:
+    """A ValueError unless images of `dtype`, all finite and with values in [`low_seen`,
+    `high_seen`], are in range: integers in [0, 255], floats in [0, 1]."""
+    integer = pixel_scale(dtype, what) == 1.0
+    low, high = (0, 255) if integer else (0.0, 1.0)
+    if not finite or low_seen < low or high_seen > high:
+        raise ValueError(f"{what} of dtype {np.dtype(dtype)} must be in [{low}, {high}] "
+                         f"({'0..255 integers' if integer else 'floats in 0..1'}); got "
+                         f"values in [{low_seen}, {high_seen}].")
 
 
 def label_indices(labels, class_names=None) -> tuple:
@@ -291,38 +305,71 @@ def from_tf_dataset(dataset: tf.data.Dataset, image_size: int | None = None,
     float in [0, 1], `[H, W(, C)]`; labels integers or strings), read once into memory.
 
     Images of different sizes need `image_size`: each is then brought to
-    `[image_size, image_size, channels]` as image files are (`images.decode_image`).
-    `options` are `from_arrays`'s.
+    `[image_size, image_size, channels]` as image files are (`images.decode_image`), its
+    values checked first as `as_pixels` checks them (integers in 0..255, floats in 0..1,
+    no NaN: the same error), never clipped into range. `options` are `from_arrays`'s.
     """
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2:
         raise ValueError(f"from_tf_dataset takes a dataset of (image, label) pairs; its "
                          f"elements are {spec}.")
-    if image_size is not None:
+    dtype = getattr(spec[0], "dtype", None)
+    conformed = image_size is not None
+    if conformed:
         check_image_options(image_size, channels)
-
-        def conform(image, label):
-            image = tf.convert_to_tensor(image)
-            if image.dtype != tf.uint8:
-                image = tf.cast(tf.round(tf.clip_by_value(tf.cast(image, tf.float32), 0.0,
-                                                          1.0) * 255.0), tf.uint8)
-            if image.shape.rank == 2:
-                image = image[..., None]
-            return image_utils.conform_image(image, image_size, channels or 3), label
-
-        dataset = dataset.map(conform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    images, labels = [], []
+        if dtype != tf.uint8:
+            pixel_scale(getattr(dtype, "as_numpy_dtype", object))  # refuses other dtypes
+        dataset = dataset.map(_conform_checked(image_size, channels or 3),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images, labels, lows, highs, finite = [], [], [], [], []
     try:
-        for image_batch, label_batch in dataset.batch(batch_size).as_numpy_iterator():
-            images.append(image_batch)
-            labels.append(label_batch)
+        for batch in dataset.batch(batch_size).as_numpy_iterator():
+            images.append(batch[0])
+            labels.append(batch[1])
+            if conformed:
+                lows.append(batch[2])
+                highs.append(batch[3])
+                finite.append(batch[4])
     except (tf.errors.InvalidArgumentError, ValueError) as error:
         raise ValueError(f"The dataset's images could not be batched ({str(error).splitlines()[0]}"
                          "); images of different sizes need image_size=...") from None
     if not images:
         raise ValueError("The tf.data.Dataset is empty; it must yield (image, label) pairs.")
+    if conformed and dtype != tf.uint8:  # as `as_pixels` checks them without image_size
+        lows, highs = np.concatenate(lows), np.concatenate(highs)
+        check_pixel_values(dtype.as_numpy_dtype, bool(np.concatenate(finite).all()),
+                           lows.min(), highs.max())
     labels = np.concatenate(labels)
     if labels.dtype == object:
         labels = np.array([v.decode() if isinstance(v, bytes) else v for v in labels])
     return from_arrays(np.concatenate(images), labels, class_names, **options)
 
+
+def _conform_checked(image_size: int, channels: int):
+    """`(image, label) -> (conformed image, label, its lowest and highest value, whether all
+    are finite)`: the values are those before any scaling, for `check_pixel_values`
+    (NaN is reported as the lowest and highest, as NumPy's min and max do)."""
+
+    def conform(image, label):
+        image = tf.convert_to_tensor(image)
+        if image.shape.rank == 2:
+            image = image[..., None]
+        if image.dtype == tf.uint8:
+            pixels, low, high, finite = image, tf.constant(0, tf.uint8), \
+                tf.constant(255, tf.uint8), tf.constant(True)
+        else:
+            low, high = tf.reduce_min(image), tf.reduce_max(image)
+            if image.dtype.is_floating:
+                finite = tf.reduce_all(tf.math.is_finite(image))
+                nan = tf.reduce_any(tf.math.is_nan(image))
+                low = tf.where(nan, tf.constant(np.nan, image.dtype), low)
+                high = tf.where(nan, tf.constant(np.nan, image.dtype), high)
+            else:
+                finite = tf.constant(True)
+            scale = pixel_scale(image.dtype.as_numpy_dtype)
+            values = tf.cast(image, tf.float64) * scale
+            pixels = tf.cast(tf.round(tf.clip_by_value(values, 0.0, 255.0)), tf.uint8)
+        return (image_utils.conform_image(pixels, image_size, channels), label, low, high,
+                finite)
+
+    return conform

@@ -3,13 +3,20 @@
 The layout (Meta-Dataset's, Triantafillou et al. 2020): one TFRecord file per class, each
 record a `tf.train.Example` with the encoded example (`image`: PNG for uint8 images,
 `tf.io.serialize_tensor` for anything else, so the round trip is exact) and its class
-(`label`), plus `dataset_spec.json`: the classes (name, split, count, file, and the group
-where the dataset's classes have groups: `ClassImages.class_groups`), the stored
-example's shape and dtype, how stored examples become model inputs (`transform`), and the
-source's fingerprint. `convert` writes it from any `FewShotDataset`; `load` reads it back
+(`label`), serialized deterministically (a conversion is byte for byte reproducible); beside
+each file its index (`<file>.index`: offset, length and CRC-32 of every record); and
+`dataset_spec.json`: the classes (name, split, count, file, and the group where the
+dataset's classes have groups: `ClassImages.class_groups`), the stored example's shape and
+dtype, how stored examples become model inputs (`transform`), and the source's fingerprint.
+`convert` writes it from any `FewShotDataset`; `load` reads it back
 (`--dataset=records --data_dir=DIR[,DIR2,...]`).
 
-Streaming. Each class is a stream of its records, shuffled within a buffer
+Untrusted input. Everything read from a records folder is checked at the boundary
+(`check_spec`, `read_index`, `RecordReader`): each spec field has its type, class files stay
+inside the folder after resolving links, each index matches its file's size and the spec's
+count, and each record read matches its CRC. A failure is one line naming the file.
+
+Streaming. Each class is a stream of its records, permuted within windows
 (`shuffle_buffer`), epoch after epoch; an episode takes the next examples of the classes
 it chooses. Which classes (and, for variable episodes, how many examples of each) is a pure
 function of (seed, episode number), so the whole stream is too:
@@ -19,11 +26,13 @@ function of (seed, episode number), so the whole stream is too:
     episode e = next counts[c] records of class c's stream, from position(c, e)
     class c's stream = epoch k: shuffle(records of c, seed(c, k)), k = 0, 1, ...
 
-A run resumed at step s recomputes the positions at episode s * B and skips there (at most
-one class file's worth of records per class), so it continues exactly as a run that never
-stopped. Worker w of W reads the whole stream's records but decodes only its share of each
-meta-batch, so the workers' episodes are disjoint and together the single-process stream.
-Memory is the shuffle buffers (classes x buffer x record size), not the dataset.
+A run resumed at step s recomputes the positions at episode s * B (from the shapes alone,
+reading nothing), so it continues exactly as a run that never stopped. Worker w of W
+computes the whole stream's positions but reads only its share of each meta-batch, so the
+workers' episodes are disjoint and together the single-process stream. The stream holds
+record numbers, not records: an episode's records are read on demand by their index, so
+memory is the index (24 bytes a record) and the episodes in flight, whatever the number of
+classes, the buffer or the record size (`bin/benchmark.py --cases=records_rss_by_classes`).
 
 Several sources (`--data_dir=A,B`): every episode draws its classes from one source, chosen
 uniformly (as Meta-Dataset trains) or by `source_weights`.
@@ -33,9 +42,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import json
 import logging
 import os
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -44,6 +55,7 @@ import tensorflow as tf
 from tfmeta import files
 from tfmeta.data.base import FewShotDataset
 from tfmeta.data.episodes import (
+    MIN_CLASSES,
     check_episode_spec,
     check_grouping,
     choose_classes,
@@ -52,10 +64,13 @@ from tfmeta.data.episodes import (
     split_episode,
     unsharded,
 )
+from tfmeta.errors import PIPELINE_END, PIPELINE_MARK, in_pipeline, pipeline_message
 
 SPEC_FILE = "dataset_spec.json"
 FORMAT = "tfmeta-records"
-VERSION = 1
+VERSION = 2  # 2: each record file has an index (`write_records`)
+INDEX_SUFFIX = ".index"
+RECORD_HEADER, RECORD_FRAMING = 12, 16  # a TFRecord: length, its CRC, the data, its CRC
 DEFAULT_SHUFFLE_BUFFER = 256
 SPLITS = ("train", "val", "test")
 
@@ -122,21 +137,49 @@ def _encode(example: np.ndarray, encoding: str) -> bytes:
     return tf.io.serialize_tensor(tf.constant(example)).numpy()
 
 
+def record_bytes(example: np.ndarray, label: int, encoding: str) -> bytes:
+    """One record: a `tf.train.Example` of the encoded example and its class, serialized
+    deterministically (a protobuf map's order otherwise varies from process to process, and
+    two conversions of the same data would differ in bytes)."""
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_encode(example,
+                                                                            encoding)])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
+
+
+def index_path(file: str) -> str:
+    """The index of a class's record file: `<file>.index`."""
+    return file + INDEX_SUFFIX
+
+
+def write_records(path: str, serialized) -> int:
+    """Writes the records `serialized` (bytes) as a TFRecord file at `path` and beside it
+    their index (`index_path`): a `.npy` of int64 rows (offset of the record's data in the
+    file, its length, its CRC-32), with which a reader reads any record on demand and checks
+    it. Both are written to temporary names and renamed, the index first, so a record file
+    that exists is complete and indexed. Returns the number of records."""
+    rows, offset = [], 0
+    with files.atomic_path(path, ".partial") as partial:
+        with tf.io.TFRecordWriter(partial) as writer:
+            for data in serialized:
+                writer.write(data)
+                rows.append((offset + RECORD_HEADER, len(data), zlib.crc32(data)))
+                offset += len(data) + RECORD_FRAMING
+        with files.atomic_path(index_path(path), ".partial") as partial_index, \
+                open(partial_index, "wb") as f:
+            np.save(f, np.array(rows, np.int64).reshape(-1, 3), allow_pickle=False)
+    return len(rows)
+
+
 def _write_class(classes, entry: dict, label: int, encoding: str, path: str, seed: int):
     """One class's file, its records in a seeded random order (so that a shuffle buffer
-    smaller than the class still mixes the whole class over epochs), written to a temporary
-    name and renamed: a file that exists is complete."""
+    smaller than the class still mixes the whole class over epochs)."""
     examples = classes.stored_examples(entry["index"])
     order = np.random.RandomState([seed, label]).permutation(len(examples))
-    with files.atomic_path(path, ".partial") as partial, tf.io.TFRecordWriter(partial) as writer:
-        for i in order:
-            feature = {
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[_encode(examples[i], encoding)])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-            }
-            writer.write(tf.train.Example(features=tf.train.Features(
-                feature=feature)).SerializeToString())
+    write_records(path, (record_bytes(examples[i], label, encoding) for i in order))
 
 
 def convert(dataset: FewShotDataset, output_dir: str, threads: int | None = None,
@@ -181,23 +224,34 @@ def convert(dataset: FewShotDataset, output_dir: str, threads: int | None = None
     if not os.path.exists(partial) and any(not name.startswith(".")
                                            for name in os.listdir(output_dir)):
         raise ValueError(f"--output_dir={output_dir} is not empty; convert into a new folder.")
-    with files.atomic_write(partial) as f:
-        json.dump(spec, f, indent=1)
+    try:
+        with files.atomic_write(partial) as f:
+            json.dump(spec, f, indent=1)
+    except OSError as error:
+        raise OSError(f"Cannot write {partial} ({error.strerror or error}); free space in "
+                      f"{output_dir} (or fix the cause) and rerun bin/convert.py.") from None
     for split in {entry["split"] for entry in plan}:
         os.makedirs(os.path.join(output_dir, split), exist_ok=True)
     todo = [(label, entry) for label, entry in enumerate(plan)
             if not os.path.exists(os.path.join(output_dir, entry["file"]))]
     done = len(plan) - len(todo)
-    with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-        jobs = [pool.submit(_write_class, dataset.splits[entry["split"]], entry, label, encoding,
-                            os.path.join(output_dir, entry["file"]), seed)
-                for label, entry in todo]
-        for job in concurrent.futures.as_completed(jobs):
-            job.result()
-            done += 1
-            if progress is not None:
-                progress(done, len(plan))
-    os.replace(partial, final)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+            jobs = [pool.submit(_write_class, dataset.splits[entry["split"]], entry, label,
+                                encoding, os.path.join(output_dir, entry["file"]), seed)
+                    for label, entry in todo]
+            for job in concurrent.futures.as_completed(jobs):
+                job.result()
+                done += 1
+                if progress is not None:
+                    progress(done, len(plan))
+        os.replace(partial, final)
+    except (OSError, tf.errors.OpError) as error:  # a full disk, a quota, a lost mount
+        reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        raise OSError(f"Writing records to {output_dir} failed after {done} of {len(plan)} "
+                      f"classes ({reason.splitlines()[0] if reason else type(error).__name__}); "
+                      "free space there (or fix the cause) and rerun the same bin/convert.py "
+                      "command: it keeps the classes written and writes the rest.") from None
     return spec
 
 
@@ -226,17 +280,192 @@ def read_spec(data_dir: str) -> dict:
     except (OSError, ValueError, tf.errors.OpError) as error:
         raise ValueError(f"{path} is not readable JSON ({error}); convert the data again.") \
             from None
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT or \
-            spec.get("version") != VERSION:
-        raise ValueError(f"{path} is not a {FORMAT} v{VERSION} spec; convert the data again "
-                         "with this tfmeta's bin/convert.py.")
-    present = set() if is_url(data_dir) else None
-    for entry in spec["classes"]:
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} spec; convert the data with bin/convert.py.")
+    if spec.get("version") != VERSION:
+        raise ValueError(f"{path} is {FORMAT} version {spec.get('version')!r}, not {VERSION} "
+                         "(version 2 indexes every record file, to read records on demand and "
+                         "check them); convert the data again with this tfmeta's "
+                         "bin/convert.py.")
+    check_spec(spec, path, data_dir)
+    return spec
+
+
+def _spec_error(path: str, what: str) -> ValueError:
+    return ValueError(f"{path}: {what}; the spec is damaged or was edited: convert the data "
+                      "again with bin/convert.py.")
+
+
+def _positive_ints(value, length=None) -> bool:
+    return isinstance(value, list) and bool(value) and (length is None or len(value) ==
+                                                        length) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+
+
+def _inside(data_dir: str, file: str) -> bool:
+    """Whether relative `file` stays inside `data_dir`: no absolute path, no `..`, and, on a
+    local disk, inside it after resolving links."""
+    if not file or file.startswith(("/", "\\")) or "\\" in file or ":" in file or any(
+            part in ("", ".", "..") for part in file.split("/")):
+        return False
+    if is_url(data_dir):
+        return True
+    root = os.path.realpath(data_dir)
+    return os.path.realpath(os.path.join(data_dir, file)).startswith(root + os.sep)
+
+
+def check_spec(spec: dict, path: str, data_dir: str) -> None:
+    """A spec read from disk is untrusted input: every field `load` uses has its type, every
+    class file stays inside the folder (after resolving links) and exists, no two classes
+    share a file; a ValueError naming the spec and the entry otherwise."""
+    encoding = spec.get("encoding")
+    if encoding not in ("png", "tensor"):
+        raise _spec_error(path, f"encoding {encoding!r} is not 'png' or 'tensor'")
+    if not _positive_ints(spec.get("stored_shape")):
+        raise _spec_error(path, f"stored_shape {spec.get('stored_shape')!r} is not a list of "
+                                "positive integers")
+    try:
+        dtype = np.dtype(spec.get("stored_dtype"))
+    except TypeError:
+        dtype = None
+    if dtype is None or not isinstance(spec.get("stored_dtype"), str) or dtype.kind not in "uif":
+        raise _spec_error(path, f"stored_dtype {spec.get('stored_dtype')!r} is not a numeric "
+                                "dtype")
+    if encoding == "png" and (dtype != np.uint8 or len(spec["stored_shape"]) != 3 or
+                              spec["stored_shape"][-1] not in (1, 3)):
+        raise _spec_error(path, f"PNG records hold uint8 [H, W, 1 or 3] images, not "
+                                f"{spec['stored_dtype']} {spec['stored_shape']}")
+    transform = spec.get("transform")
+    channels = spec["stored_shape"][-1]
+    if transform is not None and not (
+            isinstance(transform, dict) and _positive_ints(transform.get("size"), 2) and all(
+                isinstance(transform.get(k), list) and len(transform[k]) == channels and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                    for v in transform[k]) for k in ("scale", "offset"))):
+        raise _spec_error(path, f"transform {transform!r} is not null or {{size: [h, w], "
+                                f"scale: [{channels} numbers], offset: [{channels} numbers]}}")
+    classes = spec.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise _spec_error(path, "'classes' is not a non-empty list")
+    seen = {}
+    for i, entry in enumerate(classes):
+        where = f"class entry {i}"
+        if not isinstance(entry, dict):
+            raise _spec_error(path, f"{where} is not an object")
+        for key in ("name", "split", "file"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise _spec_error(path, f"{where} has no {key!r} text")
+        count = entry.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise _spec_error(path, f"{where} ({entry['name']!r}) has count {count!r}, not a "
+                                    "positive integer")
+        if "group" in entry and not isinstance(entry["group"], str):
+            raise _spec_error(path, f"{where} ({entry['name']!r}) has a group that is not text")
+        if not _inside(data_dir, entry["file"]):
+            raise _spec_error(path, f"{where} ({entry['name']!r}) names the file "
+                                    f"{entry['file']!r}, which is not a relative path inside "
+                                    f"{data_dir}")
+        if entry["file"] in seen:
+            raise _spec_error(path, f"{where} ({entry['name']!r}) and class entry "
+                                    f"{seen[entry['file']]} name the same file "
+                                    f"{entry['file']!r}")
+        seen[entry["file"]] = i
         file = data_dir.rstrip("/") + "/" + entry["file"]
-        if present is None and not os.path.isfile(file):
+        if not is_url(data_dir) and not os.path.isfile(file):
             raise FileNotFoundError(f"{file} (class {entry['name']!r}) is missing; copy the "
                                     "whole records folder, or convert again.")
-    return spec
+
+
+# ------------------------------------------------------------------------------ index
+def read_index(file: str, count: int) -> np.ndarray:
+    """The index of record file `file` (`write_records`), `[count, 3]` int64 (offset,
+    length, CRC-32 of each record's data), checked against the file: as many records as the
+    spec counts, each where the last one ends, the last ending where the file does. A
+    truncated or extended file, a count that is not the file's, or a damaged index is a
+    ValueError naming the file."""
+    path = index_path(file)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            index = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        size = tf.io.gfile.stat(file).length
+    except (OSError, ValueError, EOFError, tf.errors.OpError) as error:
+        reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        raise ValueError(f"Cannot read the index {path} ({reason.splitlines()[0]}); copy the "
+                         "whole records folder, or convert the data again.") from None
+    if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 3:
+        raise ValueError(f"{path} is not a records index (int64 rows of offset, length, "
+                         "CRC); convert the data again.")
+    if len(index) != count:
+        raise ValueError(f"The spec counts {count} records of {file} but the file holds "
+                         f"{len(index)}; the spec was changed: convert the data again.")
+    lengths = index[:, 1]
+    ends = np.cumsum(lengths + RECORD_FRAMING)
+    starts = RECORD_HEADER + np.concatenate([[0], ends[:-1]])
+    if (lengths < 0).any() or not np.array_equal(index[:, 0], starts) or \
+            (index[:, 2] < 0).any() or (index[:, 2] >= 2 ** 32).any():
+        raise ValueError(f"{path} is damaged (its offsets do not follow each other); convert "
+                         "the data again.")
+    if size != ends[-1]:
+        raise ValueError(f"{file} holds {size} bytes but its {count} records take "
+                         f"{int(ends[-1])}: it was {'truncated' if size < ends[-1] else 'changed'}"
+                         " since conversion; copy it again, or convert the data again.")
+    return index
+
+
+class RecordReader:
+    """Reads records of a split's files by (class, record number), checking each against
+    the CRC-32 written at conversion: memory is the index (24 bytes a record), never the
+    records. In a pipeline (`read`), a corrupt record stops it with a message that
+    `tfmeta.cli` prints as one line."""
+
+    def __init__(self, files: tuple, indexes: tuple):
+        self.files, self.indexes = files, indexes
+
+    def _read(self, file: str, rows: np.ndarray) -> list:
+        if is_url(file):
+            with tf.io.gfile.GFile(file, "rb") as f:
+                out = []
+                for offset, length, _ in rows:
+                    f.seek(int(offset))
+                    out.append(f.read(int(length)))
+                return out
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            return [os.pread(fd, int(length), int(offset)) for offset, length, _ in rows]
+        finally:
+            os.close(fd)
+
+    def __call__(self, classes: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """The records (bytes) `numbers` of classes `classes`; a ValueError naming the file
+        when one is not what was written."""
+        out = np.empty(len(classes), object)
+        for c in np.unique(classes):
+            at = np.flatnonzero(classes == c)
+            rows = self.indexes[c][numbers[at]]
+            for k, data, (_, length, crc) in zip(at, self._read(self.files[c], rows), rows):
+                if len(data) != length or zlib.crc32(data) != crc:
+                    raise ValueError(
+                        f"Record {int(numbers[k])} of {self.files[c]} is corrupt (it differs "
+                        "from what was written at conversion: a damaged disk or copy); copy "
+                        "the file again, or convert the data again.")
+                out[k] = data
+        return out
+
+    def _in_pipeline(self, classes, numbers):
+        try:
+            return self(classes, numbers), np.bytes_(b"")
+        except (ValueError, OSError) as error:  # (raised here, TF would log its traceback)
+            return np.full(len(classes), b"", object), np.bytes_(
+                pipeline_message(" ".join(str(error).split())).encode())
+
+    def read(self, classes, numbers):
+        """`tf.string [n]`: the records `numbers` of classes `classes` (int64 `[n]`)."""
+        records, problem = tf.numpy_function(self._in_pipeline, [classes, numbers],
+                                             [tf.string, tf.string], stateful=False)
+        with tf.control_dependencies([tf.debugging.Assert(tf.equal(problem, ""), [problem])]):
+            records = tf.identity(records)
+        records.set_shape([None])
+        return records
 
 
 def _transform(spec: dict, normalize: bool = True):
@@ -279,7 +508,10 @@ class RecordClasses:
       drop_small_classes: as `ClassImages`'s.
       class_groups: `C` group names (records of a dataset whose classes have groups), or
         None; as `ClassImages`'s.
+      indexes: per class, its file's index (`read_index`).
     """
+
+    streamed = True  # episodes are streamed (`stream_episodes`), not sampled from memory
 
     files: tuple
     class_counts: np.ndarray
@@ -293,6 +525,7 @@ class RecordClasses:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     drop_small_classes: bool = False
     class_groups: tuple | None = None
+    indexes: tuple = ()
 
     @property
     def num_classes(self) -> int:
@@ -315,16 +548,19 @@ class RecordClasses:
             self, files=tuple(self.files[i] for i in index), class_counts=self.class_counts[index],
             class_names=tuple(self.class_names[i] for i in index),
             class_sources=self.class_sources[index],
+            indexes=tuple(self.indexes[i] for i in index),
             class_groups=None if self.class_groups is None else tuple(
                 self.class_groups[i] for i in index))
 
-    def decode(self, serialized):
-        """One serialized record -> the stored example (uint8 pixels or the tensor)."""
-        return self.decode_batch(serialized[None])[0]
+    @property
+    def reader(self) -> RecordReader:
+        return RecordReader(self.files, self.indexes)
 
-    def decode_batch(self, serialized):
+    def decode_batch(self, serialized, classes=None):
         """Serialized records `[n]` -> stored examples `[n, *stored_shape]`: one parse op
-        for the batch, then the images one by one (PNG decoding is per image)."""
+        for the batch, then the images one by one (PNG decoding is per image). With the
+        records' `classes` `[n]`, an example of another shape than the spec's is an error
+        naming its file (`tfmeta.errors.pipeline_message`)."""
         encoded = tf.io.parse_example(serialized, {
             "image": tf.io.FixedLenFeature([], tf.string)})["image"]
         if self.encoding == "png":
@@ -333,14 +569,38 @@ class RecordClasses:
         else:
             def one(data):
                 return tf.io.parse_tensor(data, tf.as_dtype(self.stored_dtype))
-        examples = tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec(
-            self.stored_shape, tf.as_dtype(self.stored_dtype)))
+        files = tf.constant(self.files)
+        expected = tf.constant(self.stored_shape, tf.int32)
+
+        def checked(item):
+            data, c = item
+            example = one(data)
+            if classes is None:
+                return example
+            shape, rank = tf.shape(example, out_type=tf.int32), len(self.stored_shape)
+            fits = tf.equal(tf.size(shape), rank) & tf.reduce_all(
+                tf.equal(tf.pad(shape, [[0, rank]])[:rank], expected))
+            message = tf.strings.join([
+                PIPELINE_MARK, "A record of ", tf.gather(files, c), " holds an example of shape ",
+                tf.strings.reduce_join(tf.strings.as_string(shape), separator="x"),
+                f", not the spec's stored_shape {'x'.join(map(str, self.stored_shape))}; the "
+                "spec or the file was changed: convert the data again.", PIPELINE_END])
+            with tf.control_dependencies([tf.debugging.Assert(fits, [message])]):
+                return tf.identity(example)
+
+        examples = tf.map_fn(checked, (encoded, tf.zeros_like(encoded, tf.int64)
+                                       if classes is None else tf.cast(classes, tf.int64)),
+                             fn_output_signature=tf.TensorSpec(None, tf.as_dtype(
+                                 self.stored_dtype)))
         return tf.ensure_shape(examples, [None, *self.stored_shape])
 
     def stored_examples(self, index: int) -> np.ndarray:
         """Class `index`'s records, decoded (one class is read into memory)."""
-        records = tf.data.TFRecordDataset(self.files[index]).map(self.decode)
-        return np.stack([x.numpy() for x in records])
+        count = int(self.class_counts[index])
+        classes = np.full([count], index, np.int64)
+        serialized = self.reader(classes, np.arange(count))
+        return self.decode_batch(tf.constant(serialized.tolist(), tf.string),
+                                 tf.constant(classes)).numpy()
 
     def inputs(self, stored, source: int = 0) -> np.ndarray:
         transform = self.transforms[source]
@@ -358,44 +618,47 @@ class RecordClasses:
                          "subset of its classes).")
 
     # ------------------------------------------------------------------ streams
-    def class_stream(self, index: int, position, seed: int) -> tf.data.Dataset:
-        """Class `index`'s serialized records from `position` (a count of records already
-        taken from the start of the stream) on, epoch after epoch. Epoch k reads the file
-        from a random record r on (wrapping around) and permutes each window of
+    def record_numbers(self, classes, positions, seed: int):
+        """Which record of its file (int64 `[n]`) is at position `positions[i]` of the
+        stream of class `classes[i]`. Class c's stream is its file epoch after epoch; epoch
+        k starts at a random record r(k) (wrapping around) and permutes each window of
         `shuffle_buffer` records:
 
-            order(k) = concat(permute(window) for window in chunks(rotate(file, r(k)), buffer))
+            stream(c) = concat(order(k) for k = 0, 1, ...)
+            order(k) = concat(permute(w) for w in windows(rotate(file, r(k)), buffer))
 
-        Statelessly seeded by (seed, class, k, window), so any epoch is reached without
-        reading the ones before; the file itself is in a random order (`convert`), and the
-        rotation moves the window boundaries every epoch."""
-        count = int(self.class_counts[index])
-        buffer = max(1, min(self.shuffle_buffer, count))
-        file = self.files[index]
-        class_seed = tf.constant([int(seed), index], tf.int64)
+        statelessly seeded by (seed, c, k, window), so any position is computed without the
+        ones before; the file itself is in a random order (`convert`), and the rotation moves
+        the window boundaries every epoch. Only record numbers are permuted: the records are
+        read on demand (`RecordReader`), so the buffer costs no memory."""
+        counts = tf.constant(self.class_counts, tf.int64)
+        buffer = tf.constant(self.shuffle_buffer, tf.int64)
 
-        def epoch(k):
-            epoch_seed = tf.random.experimental.stateless_fold_in(class_seed, k)
+        def one(item):
+            c, position = item
+            count = tf.gather(counts, c)
+            window = tf.maximum(tf.constant(1, tf.int64), tf.minimum(buffer, count))
+            epoch_seed = tf.random.experimental.stateless_fold_in(
+                tf.stack([tf.constant(int(seed), tf.int64), c]), position // count)
             start = tf.random.stateless_uniform([], epoch_seed, 0, count, tf.int64)
-            records = tf.data.TFRecordDataset(file)
-            rotated = records.skip(start).concatenate(records.take(start))
+            within = position % count
+            w = within // window
+            size = tf.minimum(window, count - w * window)
+            seed_w = tf.random.experimental.stateless_fold_in(epoch_seed, w + 1)
+            order = tf.argsort(tf.random.stateless_uniform(tf.reshape(size, [1]), seed_w))
+            return (start + w * window + tf.cast(tf.gather(order, within % window), tf.int64)
+                    ) % count
 
-            def permute(window_index, window):
-                seed_w = tf.random.experimental.stateless_fold_in(epoch_seed, window_index + 1)
-                order = tf.argsort(tf.random.stateless_uniform(tf.shape(window), seed_w))
-                return tf.gather(window, order)
-
-            return rotated.batch(buffer).enumerate().map(permute).unbatch()
-
-        position = tf.cast(position, tf.int64)
-        return tf.data.Dataset.counter(position // count).flat_map(epoch).skip(position % count)
+        return tf.map_fn(one, (tf.cast(classes, tf.int64), tf.cast(positions, tf.int64)),
+                         fn_output_signature=tf.int64)
 
 
 def _taking(classes: RecordClasses, shape_of: Callable):
-    """`step(positions [C], episode) -> (positions after it, (episode, classes [W], skip [W],
-    take [W]))`: an episode takes `take[j] = support + queries` records of class
-    `classes[j]` from its stream; a take that would run past the end of the class's epoch
-    first skips the rest of the epoch, so no episode holds one record twice."""
+    """`step(positions [C], episode) -> (positions after it, (episode, classes [W], start
+    [W], take [W]))`: an episode takes `take[j] = support + queries` records of class
+    `classes[j]` from its stream, from position `start[j]`; a take that would run past the
+    end of the class's epoch first skips the rest of the epoch, so no episode holds one
+    record twice."""
     counts = tf.constant(classes.class_counts, tf.int64)
 
     def step(positions, episode):
@@ -404,12 +667,12 @@ def _taking(classes: RecordClasses, shape_of: Callable):
         at = tf.gather(positions, chosen)
         size = tf.gather(counts, chosen)
         offset = at % size
-        skip = tf.where((offset > 0) & (offset + take > size), size - offset, 0)
+        start = at + tf.where((offset > 0) & (offset + take > size), size - offset, 0)
         used = take > 0  # (variable episodes pad `chosen` with class 0, taking nothing)
         positions = tf.tensor_scatter_nd_update(
             positions, tf.boolean_mask(chosen, used)[:, None],
-            tf.boolean_mask(at + skip + take, used))
-        return positions, (episode, chosen, skip, take)
+            tf.boolean_mask(start + take, used))
+        return positions, (episode, chosen, start, take)
 
     return step
 
@@ -428,38 +691,21 @@ def _stream_examples(classes: RecordClasses, shape_of: Callable, episodes: tf.da
                      positions, seed: int, keep: Callable) -> tf.data.Dataset:
     """`(episode, stored examples [T, ...])` for each episode of `episodes` that `keep`
     accepts: its examples class by class, `support + queries` of class `classes[j]` where
-    `(classes, support, queries) = shape_of(episode)`. Every episode's records are read (so
-    the class streams advance as in the single-process stream); only kept ones decode."""
-    def picks_of(episode, chosen, skip, take):
-        block = skip + take
-        picks = tf.repeat(chosen, block)
-        within = tf.range(tf.reduce_sum(block)) - tf.repeat(tf.cumsum(block, exclusive=True),
-                                                             block)
-        used = (within >= tf.repeat(skip, block)) & keep(episode)
-        return tf.data.Dataset.from_tensor_slices(
-            (picks, tf.fill(tf.shape(picks), episode), used))
+    `(classes, support, queries) = shape_of(episode)`. Every episode advances the class
+    streams (as in the single-process stream); only kept ones are read, on demand."""
+    reader = classes.reader
+
+    def read(episode, chosen, start, take):
+        record_classes = tf.repeat(chosen, take)
+        within = tf.range(tf.reduce_sum(take)) - tf.repeat(tf.cumsum(take, exclusive=True),
+                                                           take)
+        numbers = classes.record_numbers(record_classes, tf.repeat(start, take) + within, seed)
+        return episode, classes.decode_batch(reader.read(record_classes, numbers),
+                                             record_classes)
 
     taken = episodes.scan(positions, _taking(classes, shape_of))
-    picks = taken.flat_map(picks_of)
-    streams = [classes.class_stream(c, positions[c], seed) for c in range(classes.num_classes)]
-    records = tf.data.Dataset.choose_from_datasets(streams, picks.map(lambda c, e, u: c),
-                                                   stop_on_empty_dataset=False)
-    kept = tf.data.Dataset.zip((records, picks)).filter(lambda record, pick: pick[2])
-
-    def size_of(episode):
-        _, support, queries = shape_of(episode)
-        return tf.reduce_sum(tf.cast(support + queries, tf.int64))
-
-    # An episode's records are consecutive and exactly size_of(e) many, so each window
-    # fills, and is emitted, in stream order; each is then decoded as one batch.
-    grouped = kept.group_by_window(
-        key_func=lambda record, pick: pick[1],
-        reduce_func=lambda episode, window: tf.data.Dataset.zip(
-            (tf.data.Dataset.from_tensors(episode),
-             window.map(lambda record, pick: record).batch(size_of(episode)))),
-        window_size_func=size_of)
-    return grouped.map(lambda episode, serialized: (episode, classes.decode_batch(serialized)),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return taken.filter(lambda episode, *_: keep(episode)).map(
+        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 # ---------------------------------------------------------------------- episode shapes
@@ -518,6 +764,14 @@ def _check_sources(classes: RecordClasses, ways: int, needed: int, split: str,
         if grouping == "within":  # an episode's group is one of its source's
             eligible_groups(classes.select(members), ways, split)
         counts = classes.class_counts[members]
+        if len(counts) < min(ways, MIN_CLASSES):
+            raise ValueError(
+                f"Records source {source} has {len(counts)} "
+                f"class{'es' if len(counts) != 1 else ''} in the {split!r} split, but an episode "
+                f"draws all its classes from one source and needs at least {MIN_CLASSES}; give "
+                "that source more classes in the split (more classes in its data, or a "
+                "data.class_split or data.split_fractions that puts 2 or more of them there), "
+                "then convert the records again.")
         if len(counts) < ways:
             raise ValueError(f"ways={ways} is more than the {len(counts)} classes of records "
                              f"source {source} in the {split!r} split (an episode draws its "
@@ -630,6 +884,26 @@ def stream_examples(classes: RecordClasses, batch_size: int, seed: int = 0, star
 
 
 # ------------------------------------------------------------------------------ loading
+def check_first_record(classes: RecordClasses) -> None:
+    """Decodes the first record of the split's first class, so that records that are not
+    what the spec says (another stored shape or dtype, not PNG) are a ValueError naming the
+    file when they load, not an error of the pipeline later (which checks every record's
+    CRC and shape too)."""
+    first = np.zeros([1], np.int64)
+    try:
+        classes.decode_batch(tf.constant(classes.reader(first, first).tolist(), tf.string),
+                             tf.constant(first)).numpy()
+    except (tf.errors.OpError, ValueError) as error:
+        message = in_pipeline(error)
+        if message is None:
+            reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+            message = (f"The first record of {classes.files[0]} does not decode as the spec's "
+                       f"{classes.encoding} {classes.stored_dtype} "
+                       f"{'x'.join(map(str, classes.stored_shape))} examples "
+                       f"({reason.strip().splitlines()[0]}); convert the data again.")
+        raise ValueError(message) from None
+
+
 def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
          source_weights=None, normalize: bool = True) -> FewShotDataset:
     """Records written by `convert` (bin/convert.py), from one folder or several
@@ -637,8 +911,8 @@ def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFF
 
     Args:
       data_dir: the records folder(s), comma-separated.
-      shuffle_buffer: records each class stream shuffles over (memory: classes x buffer x
-        record size).
+      shuffle_buffer: records each class stream permutes together (their numbers only:
+        records are read on demand, so memory does not grow with it).
       source_weights: one weight per folder (None: equal).
       normalize: False leaves pixels in [0, 1] (Reptile-GAN), else the spec's normalization.
     """
@@ -676,8 +950,11 @@ def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFF
             continue
         names = tuple(qualified(e["name"], folder) for _, folder, e in entries)
         grouped = all("group" in e for _, _, e in entries)
+        paths = tuple(folder.rstrip("/") + "/" + e["file"] for _, folder, e in entries)
         splits[split] = RecordClasses(
-            files=tuple(folder.rstrip("/") + "/" + e["file"] for _, folder, e in entries),
+            files=paths,
+            indexes=tuple(read_index(path, e["count"]) for path, (_, _, e) in
+                          zip(paths, entries)),
             class_counts=np.array([e["count"] for _, _, e in entries], np.int64),
             class_names=names,
             class_sources=np.array([source for source, _, _ in entries], np.int64),
@@ -686,6 +963,8 @@ def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFF
             transforms=transforms, shuffle_buffer=int(shuffle_buffer),
             class_groups=tuple(qualified(e["group"], folder) for _, folder, e in entries)
             if grouped else None)
+    for classes in splits.values():
+        check_first_record(classes)
     shapes = {split: classes.example_shape for split, classes in splits.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"The records' sources give model inputs of different shapes {shapes}; "

@@ -41,7 +41,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.data.episodes import ClassImages, stored_tensor
+from tfmeta.data.episodes import MIN_CLASSES, MORE_CLASSES, ClassImages, stored_tensor
 from tfmeta.ranges import Range, check_all
 
 # Meta-Dataset's class weights: a class's share of the support set is scaled by a factor
@@ -263,11 +263,14 @@ def check_variable_spec(classes: ClassImages, spec: VariableEpisodes, split="") 
                         f" and {len(names) - 10} more" if len(names) > 10 else "")
         classes = classes.select(np.flatnonzero(classes.class_counts >= 2))
     if classes.num_classes < spec.min_ways:
-        raise ValueError(
-            f"Variable episodes take at least min_ways={spec.min_ways} classes, but only "
-            f"{classes.num_classes} classes{where} have 2 or more examples; set "
-            f"variable_episodes.min_ways <= {classes.num_classes} (and max_ways) or use a "
-            "dataset with more classes.")
+        few = (f"Variable episodes take at least min_ways={spec.min_ways} classes, but only "
+               f"{classes.num_classes} class{'es' if classes.num_classes != 1 else ''}{where} "
+               f"{'have' if classes.num_classes != 1 else 'has'} 2 or more examples")
+        if classes.num_classes < MIN_CLASSES:
+            raise ValueError(f"{few}, and an episode needs at least {MIN_CLASSES} classes; add "
+                             f"examples to the small classes, or {MORE_CLASSES}.")
+        raise ValueError(f"{few}; set variable_episodes.min_ways <= {classes.num_classes} (and "
+                         "max_ways) or use a dataset with more classes.")
     return classes
 
 
