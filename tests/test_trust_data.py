@@ -266,6 +266,23 @@ def test_links_across_fixed_splits_are_refused_and_harmless_links_kept(tmp_path)
                                                        "e": 3, "f": 2, "g": 2}
 
 
+def test_a_support_folder_of_links_to_photos_elsewhere_is_kept(tmp_path):
+    """bin/predict.py's support set (`links_out`) has no splits to leak across: a folder of
+    links to photos kept elsewhere is a support set; an image in two classes is not."""
+    photos, support = tmp_path / "photos", tmp_path / "support"
+    classes_of_pngs(photos, "ab")
+    for name in "ab":
+        (support / name).mkdir(parents=True)
+        os.symlink(photos / name / "0.png", support / name / "0.png")
+    with pytest.raises(ValueError, match="outside the data folder"):
+        folder.class_folders(str(support))
+    classes, _ = folder.class_folders(str(support), links_out=True)
+    assert {n: len(f) for n, f in classes.items()} == {"a": 1, "b": 1}
+    os.symlink(photos / "a" / "0.png", support / "b" / "1.png")
+    with pytest.raises(ValueError, match="the same file as image"):
+        folder.class_folders(str(support), links_out=True)
+
+
 # ------------------------------------------------- 4: from_tf_dataset(image_size=)
 @pytest.mark.parametrize("bad", [np.nan, 300.0, -5.0])
 def test_from_tf_dataset_with_image_size_refuses_pixels_out_of_range(bad):

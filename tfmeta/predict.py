@@ -30,6 +30,7 @@ from tfmeta import lite
 from tfmeta.algorithms import any_ways_algorithms, prototype_head_algorithms
 from tfmeta.data import folder
 from tfmeta.data import images as image_utils
+from tfmeta.errors import UserError
 from tfmeta.files import atomic_write, check_output_file
 from tfmeta.training.export import METADATA_FILE
 
@@ -59,8 +60,8 @@ class Export:
 def export_path(workdir: str | None = None, export: str | None = None) -> str:
     """The export folder: `--export`, or `<workdir>/export`; exactly one must be given."""
     if (workdir is None) == (export is None):
-        raise ValueError("Give exactly one of --workdir=<a run folder> and --export=<a "
-                         "SavedModel folder>.")
+        raise UserError("Give exactly one of --workdir=<a run folder> and --export=<a "
+                        "SavedModel folder>.")
     path = export if export is not None else os.path.join(workdir, "export")
     if lite.is_portable(path):
         return path  # (`lite.load` says where the file is missing)
@@ -83,8 +84,8 @@ def open_export(path: str) -> Export:
     module = tf.saved_model.load(path)
     if SIGNATURE not in getattr(module, "signatures", {}):
         served = sorted(getattr(module, "signatures", {}))
-        raise ValueError(f"The export at {path} serves {served}, not {SIGNATURE}: it is not a "
-                         "classifier (a generator or a regression or RL policy).")
+        raise UserError(f"The export at {path} serves {served}, not {SIGNATURE}: it is not a "
+                        "classifier (a generator or a regression or RL policy).")
     if metadata is None:
         spec = module.signatures[SIGNATURE].structured_input_signature[1]["support_images"]
         shape = [int(d) for d in spec.shape[1:]]
@@ -110,9 +111,9 @@ def read_metadata(path: str) -> dict | None:
 
 def _images_export(export: Export) -> Export:
     if not export.metadata.get("decoding"):
-        raise ValueError(f"The export at {export.path} takes inputs of shape "
-                         f"{export.metadata['raw_shape']} (e.g. embeddings), not images; "
-                         "bin/predict.py classifies image files.")
+        raise UserError(f"The export at {export.path} takes inputs of shape "
+                        f"{export.metadata['raw_shape']} (e.g. embeddings), not images; "
+                        "bin/predict.py classifies image files.")
     return export
 
 
@@ -122,14 +123,14 @@ def export_logits(export: Export, support, labels, queries) -> np.ndarray:
         try:
             return export.module.adapt_and_predict(support, labels, queries)["logits"]
         except lite.RequestError as error:
-            raise ValueError(f"The export refused the request: {error}") from None
+            raise UserError(f"The export refused the request: {error}") from None
     try:
         return export.module.adapt_and_predict(
             support_images=tf.constant(support), support_labels=tf.constant(labels),
             query_images=tf.constant(queries))["logits"].numpy()
     except tf.errors.InvalidArgumentError as error:
-        raise ValueError(f"The export refused the request: "
-                         f"{error.message.strip().splitlines()[0]}") from None
+        raise UserError(f"The export refused the request: "
+                        f"{error.message.strip().splitlines()[0]}") from None
 
 
 def support_classes(support_dir: str) -> dict:
@@ -138,21 +139,21 @@ def support_classes(support_dir: str) -> dict:
         raise FileNotFoundError(f"No support folder {os.path.abspath(support_dir)}; "
                                 "--support_dir must hold one folder of example images per "
                                 "class.")
-    classes, _ = folder.class_folders(support_dir)
+    classes, _ = folder.class_folders(support_dir, links_out=True)
     empty = [e.name for e in os.scandir(support_dir) if e.is_dir() and
              not e.name.startswith(".") and e.name not in classes]
     if empty:
-        raise ValueError(f"Class folder {os.path.join(support_dir, sorted(empty)[0])} has no "
-                         "JPEG, PNG, BMP or GIF image; every class needs at least one example.")
+        raise UserError(f"Class folder {os.path.join(support_dir, sorted(empty)[0])} has no "
+                        "JPEG, PNG, BMP or GIF image; every class needs at least one example.")
     if not classes:
-        raise ValueError(f"{os.path.abspath(support_dir)} has no class folders; --support_dir "
-                         "must hold one folder of example images per class (the folder name "
-                         "is the class name).")
+        raise UserError(f"{os.path.abspath(support_dir)} has no class folders; --support_dir "
+                        "must hold one folder of example images per class (the folder name "
+                        "is the class name).")
     if len(classes) == 1:
-        raise ValueError(f"{os.path.abspath(support_dir)} has one class folder "
-                         f"({next(iter(classes))}), so every query would be given it with "
-                         "probability 1; add a folder of examples for each other class the "
-                         "queries may belong to.")
+        raise UserError(f"{os.path.abspath(support_dir)} has one class folder "
+                        f"({next(iter(classes))}), so every query would be given it with "
+                        "probability 1; add a folder of examples for each other class the "
+                        "queries may belong to.")
     return classes
 
 
@@ -163,8 +164,8 @@ def query_files(query_dir: str) -> list:
                                 "must be a folder of images to classify.")
     files, _ = folder.list_images(query_dir)
     if not files:
-        raise ValueError(f"{os.path.abspath(query_dir)} holds no JPEG, PNG, BMP or GIF images "
-                         "to classify.")
+        raise UserError(f"{os.path.abspath(query_dir)} holds no JPEG, PNG, BMP or GIF images "
+                        "to classify.")
     return files
 
 
@@ -183,11 +184,11 @@ def predict(export: Export, support_dir: str, query_dir: str,
     """Adapts `export` to the classes of `support_dir` and classifies every image of
     `query_dir`: (a `Prediction` per query file, in file order; the class names)."""
     if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"--batch_size must be a positive integer; got {batch_size!r}.")
+        raise UserError(f"--batch_size must be a positive integer; got {batch_size!r}.")
     classes = support_classes(support_dir)
     names = sorted(classes)
     if export.max_ways is not None and len(names) > export.max_ways:
-        raise ValueError(
+        raise UserError(
             f"{support_dir} has {len(names)} classes, but this {export.metadata.get('learner')} "
             f"export serves at most {export.max_ways}. Use at most {export.max_ways} classes, "
             f"or train a learner that serves any number: {', '.join(any_ways_algorithms())}, or "

@@ -46,6 +46,7 @@ import numpy as np
 from tfmeta.data import images as image_utils
 from tfmeta.data import own_data
 from tfmeta.data.base import load_cached_arrays, source_fingerprint
+from tfmeta.errors import UserError
 from tfmeta.ranges import Range
 
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
@@ -82,9 +83,9 @@ def list_images(folder: str) -> tuple:
 def check_class_depth(class_depth) -> None:
     """`class_depth` in `CLASS_DEPTH`, or a ValueError saying what it means."""
     if not CLASS_DEPTH.contains(class_depth):
-        raise ValueError(f"data.class_depth must be {CLASS_DEPTH.describe()}: the folder "
-                         f"level that names a class (1: DIR/<class>/, 2: DIR/<group>/<class>/); "
-                         f"got {class_depth!r}.")
+        raise UserError(f"data.class_depth must be {CLASS_DEPTH.describe()}: the folder "
+                        f"level that names a class (1: DIR/<class>/, 2: DIR/<group>/<class>/); "
+                        f"got {class_depth!r}.")
 
 
 def _subfolders(folder: str) -> list:
@@ -122,13 +123,15 @@ def _gather_classes(folder: str, parts: tuple, class_depth: int, classes: dict,
     return deepest, example
 
 
-def class_folders(folder: str, class_depth: int = 1) -> tuple:
+def class_folders(folder: str, class_depth: int = 1, links_out: bool = False) -> tuple:
     """({class name: [image files]} of the folders `class_depth` levels below `folder`,
     named by their path below it ("group/class"); files outside any class folder or not
     images). A class folder without images is left out with a warning. Links are checked
-    against `folder` (`check_links`)."""
+    against `folder` (`check_links`; `links_out`: links may point outside it, as in
+    bin/predict.py's support set, a folder of links to photos kept elsewhere, which has no
+    splits to leak across)."""
     classes, places, skipped = _class_places(folder, class_depth)
-    return check_links(folder, classes, places), skipped
+    return check_links(folder, classes, places, links_out), skipped
 
 
 def _class_places(folder: str, class_depth: int) -> tuple:
@@ -140,9 +143,9 @@ def _class_places(folder: str, class_depth: int) -> tuple:
         found = (f"its deepest folders are {deepest} level(s) down (e.g. {example}); use "
                  f"data.class_depth={deepest}" if deepest else
                  "it has no subfolders; put the images in class folders")
-        raise ValueError(f"data.class_depth={class_depth} reads class folders {class_depth} "
-                         f"levels below {folder} (DIR/{'<group>/' * (class_depth - 1)}<class>/),"
-                         f" but {found}.")
+        raise UserError(f"data.class_depth={class_depth} reads class folders {class_depth} "
+                        f"levels below {folder} (DIR/{'<group>/' * (class_depth - 1)}<class>/),"
+                        f" but {found}.")
     return classes, places, skipped
 
 
@@ -174,7 +177,7 @@ def _as_link(path: str, top: str, real: str) -> str:
     return f"{path} (through the link {link}) resolves to {real}"
 
 
-def check_links(data_dir: str, classes: dict, places: dict) -> dict:
+def check_links(data_dir: str, classes: dict, places: dict, links_out: bool = False) -> dict:
     """`classes` ({name: [image files]}, their folders `places`) checked against the links
     under `data_dir`, every path resolved (`os.path.realpath`):
 
@@ -187,19 +190,20 @@ def check_links(data_dir: str, classes: dict, places: dict) -> dict:
 
     Each violation is a ValueError naming the link, where it points and what to do. A file
     its class reaches twice (an image and a link to it) is kept once, logged. Returns
-    `classes` with those repeats dropped."""
+    `classes` with those repeats dropped. With `links_out`, class folders and images may
+    lie outside `data_dir` (the other rules hold)."""
     root = os.path.realpath(data_dir)
     real = {name: os.path.realpath(place) for name, place in places.items()}
     linked = {name: _link_on(place, data_dir) is not None for name, place in places.items()}
     for name in sorted(places):
         place, where = places[name], real[name]
-        if not _inside(where, root):
-            raise ValueError(f"Class folder {_as_link(place, data_dir, where)}, outside the data "
-                             f"folder {root}; every class must lie inside it: {REPLACE_LINK}.")
+        if not _inside(where, root) and not links_out:
+            raise UserError(f"Class folder {_as_link(place, data_dir, where)}, outside the data "
+                            f"folder {root}; every class must lie inside it: {REPLACE_LINK}.")
         if _inside(os.path.realpath(os.path.dirname(place)), where):
             above = "the data folder itself" if where == root else "a folder above it"
-            raise ValueError(f"Class folder {_as_link(place, data_dir, where)}, {above}, so the "
-                             f"class would hold other classes' images: remove the link.")
+            raise UserError(f"Class folder {_as_link(place, data_dir, where)}, {above}, so the "
+                            f"class would hold other classes' images: remove the link.")
     owner = {}  # resolved class folder -> class; classes that are not links first
     for name in sorted(places, key=lambda n: (linked[n], n)):
         if real[name] in owner:
@@ -214,17 +218,17 @@ def check_links(data_dir: str, classes: dict, places: dict) -> dict:
                     _refuse_overlap(data_dir, places, real, outer, inner, "holds")
                 _refuse_overlap(data_dir, places, real, inner, outer, "is inside")
             folder = os.path.dirname(folder)
-    return _check_image_links(root, classes, owner)
+    return _check_image_links(root, classes, owner, links_out)
 
 
 def _refuse_overlap(data_dir, places, real, name, other, relation):
     resolved = f" ({real[other]})" if real[other] != os.path.abspath(places[other]) else ""
-    raise ValueError(f"Class folder {_as_link(places[name], data_dir, real[name])}, which "
-                     f"{relation} class folder {places[other]}{resolved}; an image may belong "
-                     f"to one class only: {REPLACE_LINK}.")
+    raise UserError(f"Class folder {_as_link(places[name], data_dir, real[name])}, which "
+                    f"{relation} class folder {places[other]}{resolved}; an image may belong "
+                    f"to one class only: {REPLACE_LINK}.")
 
 
-def _check_image_links(root: str, classes: dict, owner: dict) -> dict:
+def _check_image_links(root: str, classes: dict, owner: dict, links_out: bool) -> dict:
     """The image rules of `check_links` (`owner`: {resolved class folder: class}); returns
     the classes without repeated files."""
     seen, kept, repeats = {}, {}, 0
@@ -233,17 +237,17 @@ def _check_image_links(root: str, classes: dict, owner: dict) -> dict:
         for path in classes[name]:
             if os.path.islink(path):
                 target = os.path.realpath(path)
-                if not _inside(target, root):
-                    raise ValueError(f"Image {path} is a link to {target}, outside the data "
-                                     f"folder {root}; every image must lie inside it: "
-                                     f"{REPLACE_LINK}.")
+                if not _inside(target, root) and not links_out:
+                    raise UserError(f"Image {path} is a link to {target}, outside the data "
+                                    f"folder {root}; every image must lie inside it: "
+                                    f"{REPLACE_LINK}.")
                 folder = os.path.dirname(target)
                 while folder not in owner and folder != root and _inside(folder, root):
                     folder = os.path.dirname(folder)
                 if owner.get(folder, name) != name:
-                    raise ValueError(f"Image {path} of class {name!r} is a link to {target}, in "
-                                     f"the folder of class {owner[folder]!r}; an image may "
-                                     f"belong to one class only: {REPLACE_LINK}.")
+                    raise UserError(f"Image {path} of class {name!r} is a link to {target}, in "
+                                    f"the folder of class {owner[folder]!r}; an image may "
+                                    f"belong to one class only: {REPLACE_LINK}.")
             status = os.stat(path)
             key = (status.st_dev, status.st_ino)
             if key in seen and seen[key][0] != name:
@@ -252,9 +256,9 @@ def _check_image_links(root: str, classes: dict, owner: dict) -> dict:
                     (other, first), this = this, (other, first)
                 what = (f"a link to {os.path.realpath(this[1])}" if os.path.islink(this[1])
                         else "a hard link")
-                raise ValueError(f"Image {this[1]} of class {this[0]!r} is {what}, the same file "
-                                 f"as image {first} of class {other!r}; an image may belong to "
-                                 f"one class only: {REPLACE_LINK}.")
+                raise UserError(f"Image {this[1]} of class {this[0]!r} is {what}, the same file "
+                                f"as image {first} of class {other!r}; an image may belong to "
+                                f"one class only: {REPLACE_LINK}.")
             if key in seen:
                 repeats += 1
                 continue
@@ -287,8 +291,8 @@ def find_classes(data_dir: str, class_depth: int = 1) -> tuple:
     below `data_dir`, or below its split folders (`class_folders`), their links checked
     against `data_dir` across all splits (`check_links`)."""
     if data_dir is None:
-        raise ValueError("--dataset=folder needs --data_dir=<a folder with one subfolder of "
-                         "images per class, or train/, val/, test/ folders of them>.")
+        raise UserError("--dataset=folder needs --data_dir=<a folder with one subfolder of "
+                        "images per class, or train/, val/, test/ folders of them>.")
     _require_folder(data_dir)
     aliases = {alias: split for split, names in SPLIT_FOLDERS.items() for alias in names}
     entries = _subfolders(data_dir)
@@ -303,17 +307,17 @@ def find_classes(data_dir: str, class_depth: int = 1) -> tuple:
         for alias in top:
             split = aliases[alias]
             if split in fixed:
-                raise ValueError(f"{data_dir} has both {SPLIT_FOLDERS[split][0]}/ and "
-                                 f"{alias}/; keep one folder per split.")
+                raise UserError(f"{data_dir} has both {SPLIT_FOLDERS[split][0]}/ and "
+                                f"{alias}/; keep one folder per split.")
             split_classes, split_places, split_skipped = _class_places(
                 os.path.join(data_dir, alias), class_depth)
             skipped += split_skipped
             for name, files in split_classes.items():
                 if name in classes:
                     other = next(s for s, names in fixed.items() if name in names)
-                    raise ValueError(f"Class {name!r} is in both {other}/ and {alias}/ of "
-                                     f"{data_dir}; few-shot splits are by class, so each class "
-                                     "may be in one split only.")
+                    raise UserError(f"Class {name!r} is in both {other}/ and {alias}/ of "
+                                    f"{data_dir}; few-shot splits are by class, so each class "
+                                    "may be in one split only.")
                 classes[name], places[name] = files, split_places[name]
             fixed[split] = sorted(split_classes)
         return check_links(data_dir, classes, places), fixed, skipped
