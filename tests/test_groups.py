@@ -15,6 +15,7 @@ from PIL import Image
 from tfmeta import config as config_lib
 from tfmeta.data import ClassImages, FewShotDataset, episode_dataset, load_dataset, records
 from tfmeta.episode_spec import DataSpec
+from tfmeta.migrate import migrate
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -268,7 +269,8 @@ def test_episode_grouping_validates_and_reaches_the_training_episodes():
             config, ["episode_grouping=any", "data.class_depth=0"]))
     recorded = config_lib.get_config("protonet", "omniglot").to_dict()
     del recorded["episode_grouping"]  # a run recorded before the field existed
-    assert DataSpec.from_config(ml_collections.ConfigDict(recorded)).train.grouping == "any"
+    assert DataSpec.from_config(ml_collections.ConfigDict(migrate(recorded))).train.grouping \
+        == "any"
 
 
 def test_a_learner_draws_its_training_episodes_within_groups():

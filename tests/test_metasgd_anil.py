@@ -1,6 +1,7 @@
 """Meta-SGD and ANIL: hand-computed inner steps and the learner contract."""
 
 import keras
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,10 +90,11 @@ def test_anil_config_names_its_layer_head_layer():
     config = config_lib.get_config("anil", "omniglot")
     config_lib.validate_config(config)
     assert config.learner.head_layer == "head" and "head" not in config.learner
-    with config.learner.unlocked():
-        config.learner.head = "head"
-        del config.learner["head_layer"]
-    learner = build_learner(config, (28, 28, 1))
+    from tfmeta.migrate import migrate
+
+    recorded = config.to_dict()
+    recorded["learner"]["head"] = recorded["learner"].pop("head_layer")
+    learner = build_learner(ml_collections.ConfigDict(migrate(recorded)), (28, 28, 1))
     assert (learner.head_layer, learner.head_mode) == ("head", "learned")
 
 

@@ -114,7 +114,7 @@ def make_learner(name):
     algo, arguments = LEARNERS[name]
     keras.utils.set_random_seed(0)
     cls = learner_class(algo)
-    learner = cls(encoder(), **cls.learner_arguments(learner_config(algo, arguments).learner))
+    learner = cls(encoder(), **learner_config(algo, arguments).learner)
     learner.compile(optimizer=keras.optimizers.SGD(0.1))
     return learner
 

@@ -7,6 +7,7 @@ import json
 import os
 
 import keras
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +16,7 @@ from tfmeta import config as config_lib
 from tfmeta.algorithms import MAML, build_learner, maml_regression
 from tfmeta.algorithms.maml_regression import MAMLRegression
 from tfmeta.data import input_kind, load_dataset
+from tfmeta.migrate import migrate
 from tfmeta.models import mlp
 
 
@@ -87,10 +89,10 @@ def test_regression_is_a_learner_type_not_a_mode():
     assert type(learner) is MAMLRegression and learner.num_outputs == 1
     assert type(build_learner(config_lib.get_config("maml", "omniglot"), (28, 28, 1))) is MAML
     # A config.json of a run recorded before MAMLRegression (learner.loss="mse") still builds.
-    recorded = config_lib.get_config("maml", "sinusoid")
-    with recorded.learner.unlocked():
-        recorded.learner.loss = "mse"
-    assert type(build_learner(recorded, (1,))) is MAMLRegression
+    recorded = config_lib.get_config("maml", "sinusoid").to_dict()
+    recorded["learner"]["loss"] = "mse"
+    assert type(build_learner(ml_collections.ConfigDict(migrate(recorded)),
+                              (1,))) is MAMLRegression
     # MAML has no regression mode, and no learner shadows keras.Model.loss (Keras's compiled
     # loss: None, since learners compile without one).
     with pytest.raises(ValueError, match="Unrecognized keyword arguments .*loss"):

@@ -3,6 +3,7 @@ the NaN guard, TensorBoard logs, and the command-line tools (train, evaluate and
 export end to end: tests/test_own_data_integration.py)."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -150,14 +151,31 @@ def test_workdir_of_another_experiment_is_refused(tmp_path):
         "learner.recompute=True"), workdir)
 
 
-def test_learner_sections_recorded_by_earlier_versions_are_the_same_experiment():
-    """A run's config.json from before regression was its own learner (loss="mse") and
-    before ANIL's layer was `head_layer` (head="head") resumes under the current names."""
+def test_configs_recorded_by_earlier_versions_are_read_in_the_current_form(tmp_path):
+    """A run's config.json from before regression was its own learner (loss="mse"), before
+    ANIL's layer was `head_layer` (head="head") and before episode_sampler and
+    episode_grouping existed is read (`load_config`, through `tfmeta.migrate`) as this
+    version writes it, so it builds and resumes as the same experiment."""
+    from tfmeta.migrate import migrate
+
+    def recorded(algo, **learner):
+        return {"algo": algo, "dataset": "omniglot", "learner": learner}
+
+    assert migrate(recorded("maml", loss="mse", inner_lr=0.01))["learner"] == {"inner_lr": 0.01}
+    assert migrate(recorded("anil", head="head"))["learner"] == {"head_layer": "head"}
+    assert migrate(recorded("anil", head="zeros"))["learner"] == {"head": "zeros"}  # a mode
+    assert migrate(recorded("protonet", loss="x"))["learner"] == {"loss": "x"}  # not MAML's
+    old = recorded("maml", loss="mse")
+    assert (migrate(old)["episode_sampler"], migrate(old)["episode_grouping"]) == ("fixed",
+                                                                                  "any")
+    assert old == recorded("maml", loss="mse")  # (the recorded dict is left as it was)
+    current = config_lib.get_config("anil", "omniglot").to_dict()
+    assert migrate(current) == current
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(recorded("anil", head="head")))
+    assert config_lib.load_config(str(path)).learner.to_dict() == {"head_layer": "head"}
     identity = trainer.learner_identity
-    assert identity("maml", {"loss": "mse", "inner_lr": 0.01}) == identity("maml",
-                                                                          {"inner_lr": 0.01})
-    assert identity("anil", {"head": "head"}) == identity("anil", {"head_layer": "head"})
-    assert identity("maml", {"inner_lr": 0.01}) != identity("maml", {"inner_lr": 0.02})
+    assert identity({"inner_lr": 0.01, "task_parallel": "loop"}) == {"inner_lr": 0.01}
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):

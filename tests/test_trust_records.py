@@ -215,4 +215,32 @@ def test_a_pipeline_message_is_found_in_a_tensorflow_error_and_nothing_else_is()
     assert cli.user_message(marked) == "Record 3 of x is corrupt; convert the data again."
     assert cli.user_message(tf.errors.InvalidArgumentError(None, None, "a bug")) is None
     assert cli.user_message(RuntimeError("a bug")) is None
-    assert cli.user_message(ValueError("--ways=0 is not\n allowed")) == "--ways=0 is not allowed"
+
+
+# ------------------------------------------------------- user errors by type (issue 35)
+INTERNAL_BUG = """
+import sys
+from tfmeta.commands import train
+from tfmeta.training import trainer
+
+def broken(*args, **kwargs):
+    raise ValueError("an internal bug")  # as a ValueError inside TensorFlow or Keras would be
+
+trainer.train = broken
+sys.argv = ["bin/train.py", "--algo=protonet", "--workdir=" + sys.argv[1]]
+train.run()
+"""
+
+
+def test_a_bugs_valueerror_keeps_its_traceback_and_a_user_error_is_one_line(tmp_path):
+    """Before: cli.py printed every ValueError as one line, a bug's included, losing its
+    traceback. Now only `UserError` (a ValueError) and OSErrors are a user's."""
+    bug = subprocess.run([sys.executable, "-c", INTERNAL_BUG, str(tmp_path / "run")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bug.returncode == 1 and "Traceback (most recent call last)" in bug.stderr
+    assert "ValueError: an internal bug" in bug.stderr and "error: an internal" not in bug.stderr
+    assert cli.user_message(ValueError("a bug")) is None
+    assert cli.user_message(errors.UserError("--ways=0 is\n not allowed")) == \
+        "--ways=0 is not allowed"
+    with pytest.raises(errors.UserError, match="needs --data_dir"):
+        records.load(None)  # what tfmeta raises for a user is a UserError

@@ -17,12 +17,14 @@ import sys
 
 from absl import app, flags
 
-from tfmeta.errors import Terminated, WorkdirLocked, in_pipeline
+from tfmeta.errors import Terminated, UserError, WorkdirLocked, in_pipeline
 
 flags.DEFINE_bool("verbose_errors", False, "Show the Python traceback of an error.")
 
-# Errors whose message is written for the user (tfmeta raises these with the value and the fix).
-USER_ERRORS = (ValueError, OSError, FloatingPointError, WorkdirLocked, KeyboardInterrupt)
+# Errors whose message is written for the user (tfmeta raises these with the value and the
+# fix; OSErrors name a file). A plain ValueError is not one of them: raised by a bug (in
+# tfmeta, TensorFlow or Keras), it keeps its traceback.
+USER_ERRORS = (UserError, OSError, FloatingPointError, WorkdirLocked, KeyboardInterrupt)
 EXIT_USER_ERROR = 2
 
 

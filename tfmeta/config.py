@@ -30,7 +30,9 @@ from absl import logging
 from tfmeta.data.folder import CLASS_DEPTH
 from tfmeta.data.images import IMAGE_PIXELS
 from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their old home)
+from tfmeta.errors import UserError
 from tfmeta.files import atomic_write
+from tfmeta.migrate import migrate
 from tfmeta.models import COMMON_FIELDS, NO_BACKBONE, external
 from tfmeta.ranges import (
     CPU_THREADS,
@@ -116,8 +118,8 @@ def get_config(algo: str, dataset: str, setting: str | None = None,
 
         dataset_name(dataset)
     elif dataset not in DATASETS:
-        raise ValueError(f"Unknown --dataset {dataset!r}; valid datasets: {sorted(DATASETS)}, "
-                         f"or {TFDS_PREFIX}NAME for a TFDS dataset (e.g. tfds:cifar100).")
+        raise UserError(f"Unknown --dataset {dataset!r}; valid datasets: {sorted(DATASETS)}, "
+                        f"or {TFDS_PREFIX}NAME for a TFDS dataset (e.g. tfds:cifar100).")
     config = module.get_config(dataset, setting) if setting else module.get_config(dataset)
     config.lock()
     return config
@@ -143,7 +145,7 @@ def config_module(algo: str, configs_dir: str | None = None):
     from tfmeta.algorithms import ALGORITHMS
 
     if algo not in ALGORITHMS:
-        raise ValueError(f"Unknown --algo {algo!r}; valid algorithms: {sorted(ALGORITHMS)}.")
+        raise UserError(f"Unknown --algo {algo!r}; valid algorithms: {sorted(ALGORITHMS)}.")
     package = configs_package(configs_dir)
     try:
         return importlib.import_module(f"{package}.{algo}")
@@ -196,7 +198,7 @@ def section_schema(config, section: str) -> dict:
 
         schema = _keyword_arguments(loader_function(config.dataset))
         return {k: v for k, v in schema.items() if k not in SUPPLIED["data"]}
-    raise ValueError(f"Unknown config section {section!r}; sections: {list(SECTIONS)}.")
+    raise UserError(f"Unknown config section {section!r}; sections: {list(SECTIONS)}.")
 
 
 # ------------------------------------------------------------------------ overrides
@@ -217,27 +219,27 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     """
     for item in overrides or ():
         if "=" not in item:
-            raise ValueError(f"An override is key=value, e.g. --set=ways=20; got {item!r}.")
+            raise UserError(f"An override is key=value, e.g. --set=ways=20; got {item!r}.")
         key, text = item.split("=", 1)
         *parents, leaf = key.strip().split(".")
         node = config
         for part in parents:
             if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-                raise ValueError(f"Unknown config section {part!r} in {key!r}; valid fields: "
-                                 f"{sorted(node.keys())}.")
+                raise UserError(f"Unknown config section {part!r} in {key!r}; valid fields: "
+                                f"{sorted(node.keys())}.")
             node = node[part]
         value = _parse_value(text)
         if leaf not in node:
             if len(parents) == 1 and parents[0] in SECTIONS:
                 schema = section_schema(config, parents[0])
                 if leaf not in schema:
-                    raise ValueError(f"Unknown config field {key!r}; valid fields of "
-                                     f"{parents[0]}: {sorted(schema)}.")
+                    raise UserError(f"Unknown config field {key!r}; valid fields of "
+                                    f"{parents[0]}: {sorted(schema)}.")
                 with node.unlocked():
                     node[leaf] = value
                 continue
-            raise ValueError(f"Unknown config field {key!r}; valid fields here: "
-                             f"{sorted(node.keys())}.")
+            raise UserError(f"Unknown config field {key!r}; valid fields here: "
+                            f"{sorted(node.keys())}.")
         if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value,
                                                                                        bool):
             value = float(value)
@@ -246,7 +248,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
         try:
             node[leaf] = value
         except TypeError as error:
-            raise ValueError(f"Bad value for {key}: {text!r} ({error}).") from None
+            raise UserError(f"Bad value for {key}: {text!r} ({error}).") from None
         if parents == ["model"] and leaf == "name":
             _drop_other_backbone_fields(config)
             _raw_images_for_external_backbone(config)
@@ -293,7 +295,7 @@ def validate_config(config) -> None:
     try:
         check_backbone_name(name)
     except ValueError as error:
-        raise ValueError(f"model.name: {error}") from None
+        raise UserError(f"model.name: {error}") from None
     learner = learner_class(config.algo)
     data_options = section_schema(config, "data")
     learner.check_input_kind(input_kind(config.dataset, {
@@ -302,34 +304,34 @@ def validate_config(config) -> None:
         schema = section_schema(config, section)
         unknown = sorted(set(config[section]) - set(schema))
         if unknown:
-            raise ValueError(f"Unknown config field{'s' if len(unknown) > 1 else ''} "
-                             f"{', '.join(f'{section}.{k}' for k in unknown)}; valid fields of "
-                             f"{section}: {sorted(schema)}.")
+            raise UserError(f"Unknown config field{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(f'{section}.{k}' for k in unknown)}; valid fields of "
+                            f"{section}: {sorted(schema)}.")
     check_all(FIELD_RANGES, config)
     check_all(DATA_RANGES, config.data, "data.")
     kind = input_kind(config.dataset, {k: v for k, v in config.data.items() if k in data_options})
     if kind in ("images", "embeddings"):
         for field in ("ways", "eval_ways"):
             if config.get(field) is not None and config[field] < learner.min_ways:
-                raise ValueError(
+                raise UserError(
                     f"{field}={config[field]}: a {config[field]}-way episode has nothing to tell "
                     f"apart (its loss is 0 and its accuracy 1 whatever the model); "
                     f"{learner.__name__} needs {field} >= {learner.min_ways}.")
     blocks.parse_trainable(config.model.get("trainable"))
     if external.split_name(name)[0] is not None and "normalize" in data_options and \
             config.data.get("normalize", data_options["normalize"]):
-        raise ValueError(f"model.name={name} normalizes images in [0, 1] itself, so the "
-                         "loader must not: set data.normalize=False.")
+        raise UserError(f"model.name={name} normalizes images in [0, 1] itself, so the "
+                        "loader must not: set data.normalize=False.")
     check_all(OPTIMIZER_RANGES, config.optimizer, "optimizer.")
     check_all(AUGMENT_RANGES, config.augment, "augment.")
     learner.check_arguments(config.learner, "learner.")
-    sampler = config.get("episode_sampler", "fixed")
+    sampler = config.episode_sampler
     if sampler not in EPISODE_SAMPLERS:
-        raise ValueError(f"episode_sampler must be one of {list(EPISODE_SAMPLERS)}; got "
-                         f"{sampler!r}.")
+        raise UserError(f"episode_sampler must be one of {list(EPISODE_SAMPLERS)}; got "
+                        f"{sampler!r}.")
     if "variable_episodes" in config:
         check_variable_fields(config.variable_episodes, "variable_episodes.")
-    Choice(EPISODE_GROUPINGS).check("episode_grouping", config.get("episode_grouping", "any"))
+    Choice(EPISODE_GROUPINGS).check("episode_grouping", config.episode_grouping)
     STRATEGY.check("strategy", config.strategy)
     jit_compile_flag(config.jit_compile)
 
@@ -338,7 +340,7 @@ def jit_compile_flag(value):
     """`config.jit_compile` ("auto", "true" or "false", any case; or a bool) for compile()."""
     key = str(value).strip().lower()
     if key not in JIT_COMPILE:
-        raise ValueError(f"jit_compile must be auto, true or false; got {value!r}.")
+        raise UserError(f"jit_compile must be auto, true or false; got {value!r}.")
     return JIT_COMPILE[key]
 
 
@@ -357,10 +359,10 @@ def load_config(path: str) -> ml_collections.ConfigDict:
         with open(path) as f:
             data = json.load(f)
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not readable JSON ({error}); it is the run's config, "
-                         "written by bin/train.py: restore it from a backup, or rerun the "
-                         "run's bin/train.py command, which writes it again.") from None
+        raise UserError(f"{path} is not readable JSON ({error}); it is the run's config, "
+                        "written by bin/train.py: restore it from a backup, or rerun the "
+                        "run's bin/train.py command, which writes it again.") from None
     if not isinstance(data, dict) or "algo" not in data or "dataset" not in data:
-        raise ValueError(f"{path} is not a tfmeta run config (no 'algo' and 'dataset'); "
-                         "restore it, or rerun the run's bin/train.py command.")
-    return ml_collections.ConfigDict(data)
+        raise UserError(f"{path} is not a tfmeta run config (no 'algo' and 'dataset'); "
+                        "restore it, or rerun the run's bin/train.py command.")
+    return ml_collections.ConfigDict(migrate(data))  # (a run an earlier version recorded)

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 
 from tfmeta.data.leo_embeddings import pickle_path
+from tfmeta.errors import UserError
 from tfmeta.files import atomic_write
 from tfmeta.training.run import open_run
 
@@ -54,8 +55,8 @@ def write_pickle(path: str, keys, embeddings) -> str:
     arrays, which tfmeta reads first (an .npz without pickles cannot carry code)."""
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or len(keys) != len(embeddings):
-        raise ValueError(f"Need one [dim] embedding per key; got {len(keys)} keys and "
-                         f"embeddings of shape {embeddings.shape}.")
+        raise UserError(f"Need one [dim] embedding per key; got {len(keys)} keys and "
+                        f"embeddings of shape {embeddings.shape}.")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "wb") as f:
         pickle.dump({"keys": np.array(keys), "embeddings": embeddings}, f, protocol=2)
@@ -75,7 +76,7 @@ def feature_extractor(backbone: keras.Model, layer: str | None = None) -> keras.
     if layer is not None:
         names = [x.name for x in backbone.layers]
         if layer not in names:
-            raise ValueError(f"{backbone.name!r} has no layer {layer!r}; its layers: {names}.")
+            raise UserError(f"{backbone.name!r} has no layer {layer!r}; its layers: {names}.")
         output = keras.layers.Flatten(name="features")(backbone.get_layer(layer).output)
         return keras.Model(backbone.inputs, output, name=f"{backbone.name}_{layer}")
     if isinstance(backbone.layers[-1], keras.layers.Dense) and len(backbone.layers) > 1:
@@ -119,8 +120,8 @@ def multiview_crops(images: np.ndarray) -> list:
 def embed_multiview(features: keras.Model, images: np.ndarray, batch_size: int = 256):
     """The mean embedding `[n, dim]` of the ten views of each image."""
     if images.ndim != 4:
-        raise ValueError(f"multiview embeddings need images [n, H, W, C]; got examples of shape "
-                         f"{images.shape[1:]}. Write only the center embeddings.")
+        raise UserError(f"multiview embeddings need images [n, H, W, C]; got examples of shape "
+                        f"{images.shape[1:]}. Write only the center embeddings.")
     views = [embed(features, view, batch_size) for view in multiview_crops(images)]
     return np.mean(views, axis=0).astype(np.float32)
 
@@ -142,10 +143,10 @@ def write_embeddings(features: keras.Model, dataset, output_dir: str, name: str,
       crops: "center" (each example as it is) and/or "multiview" (the mean of ten views).
     """
     if not name or any(c in name for c in "/\\"):
-        raise ValueError(f"name is a folder name such as 'Omniglot'; got {name!r}.")
+        raise UserError(f"name is a folder name such as 'Omniglot'; got {name!r}.")
     unknown = [c for c in crops if c not in CROPS]
     if unknown or not crops:
-        raise ValueError(f"crops must be some of {CROPS}; got {list(crops)}.")
+        raise UserError(f"crops must be some of {CROPS}; got {list(crops)}.")
     paths, class_names = {}, {}
     for split in splits:
         classes = dataset.split(split)

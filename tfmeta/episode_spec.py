@@ -95,7 +95,7 @@ class DataSpec:
         return cls(
             train=EpisodeShape(config.ways, config.get("train_shots") or config.shots,
                                config.queries, **options,
-                               grouping=config.get("episode_grouping") or "any"),
+                               grouping=config.episode_grouping),
             test=EpisodeShape(ways, shots, queries, **options),
             meta_batch_size=config.meta_batch_size,
             eval_meta_batch_size=config.eval_meta_batch_size,
@@ -118,8 +118,8 @@ def eval_spec(config):
 
 def sampler_options(config) -> dict:
     """`episode_dataset`'s `sampler` and `variable` arguments for the episodes `config` asks
-    for (a run recorded before `episode_sampler` existed: fixed episodes)."""
-    sampler = config.get("episode_sampler") or "fixed"
+    for."""
+    sampler = config.episode_sampler
     if sampler != "variable":
         return {"sampler": sampler, "variable": None}
     from tfmeta.data.variable_episodes import VariableEpisodes

@@ -1,8 +1,16 @@
-"""The errors tfmeta raises for a user to act on, beside the ValueErrors and OSErrors that
-name a bad value or file. Light on purpose: `tfmeta.cli` prints every one of them as one
-line (`error: ...`, status 2) without importing TensorFlow or the trainer to know them."""
+"""The errors tfmeta raises for a user to act on. Light on purpose: `tfmeta.cli` prints
+every one of them as one line (`error: ...`, status 2) without importing TensorFlow or the
+trainer to know them; any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A bad value a user gave (a flag, a setting, an argument of the Python API, data that
+    is not what it should be), with a message that names it and says what to do. A
+    ValueError, so code that catches ValueError still catches it; the CLI prints only
+    these (and OSErrors such as a missing file) as one line, so a ValueError raised by a bug
+    inside tfmeta, TensorFlow or Keras keeps its traceback."""
 
 
 class WorkdirLocked(RuntimeError):

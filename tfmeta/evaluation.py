@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data import episode_dataset
+from tfmeta.errors import UserError
 from tfmeta.ranges import EVAL_EPISODES
 from tfmeta.tensors import accuracy
 
@@ -24,7 +25,7 @@ def mean_and_ci95(values) -> tuple:
     """Mean and the half-width of its normal 95% interval, 1.96 * std / sqrt(n)."""
     values = np.asarray(values, np.float64)
     if values.size < 2:
-        raise ValueError(f"A confidence interval needs at least 2 episodes; got {values.size}.")
+        raise UserError(f"A confidence interval needs at least 2 episodes; got {values.size}.")
     return float(values.mean()), float(Z_95 * values.std(ddof=1) / math.sqrt(values.size))
 
 

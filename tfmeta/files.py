@@ -36,6 +36,8 @@ import secrets
 import shutil
 import sys
 
+from tfmeta.errors import UserError
+
 # The end of every temporary name (`temporary_name`).
 PART = ".tfmeta-part"
 # The longest target name, in bytes, kept whole in a temporary name (a file name has at
@@ -192,16 +194,16 @@ def check_output_file(path: str, example: str) -> None:
     a folder, and no file where one of its parent folders would be (`example`: a file name
     to suggest inside a folder)."""
     if not path:
-        raise ValueError("--output is empty; give the file to write (or leave the flag out).")
+        raise UserError("--output is empty; give the file to write (or leave the flag out).")
     if os.path.isdir(path):
-        raise ValueError(f"--output={path} is a folder; name the file to write, e.g. "
-                         f"{os.path.join(path, example)}.")
+        raise UserError(f"--output={path} is a folder; name the file to write, e.g. "
+                        f"{os.path.join(path, example)}.")
     parent = os.path.dirname(os.path.abspath(path))
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
-        raise ValueError(f"--output={path} cannot be written: {parent} is a file, not a "
-                         "folder; choose another path.")
+        raise UserError(f"--output={path} cannot be written: {parent} is a file, not a "
+                        "folder; choose another path.")
 
 
 def disk_size(path: str) -> int:

@@ -26,6 +26,8 @@ import struct
 
 import numpy as np
 
+from tfmeta.errors import UserError
+
 SIGNATURE = "adapt_and_predict"
 METADATA_KEY = "tfmeta"
 SUFFIXES = (".tflite", ".onnx")
@@ -39,7 +41,7 @@ LABEL_DTYPES = (np.int32, np.int64)
 REQUIRED_METADATA = ("raw_shape", "max_ways", "decoding")
 
 
-class RequestError(ValueError):
+class RequestError(UserError):
     """A request the export refuses (what the SavedModel raises InvalidArgumentError for)."""
 
 
@@ -52,8 +54,8 @@ def load(path: str, num_threads: int | None = None) -> PortableExport:
     """A `.tflite` or `.onnx` export, ready to serve (`num_threads`: the runtime's threads,
     default its own)."""
     if not is_portable(path):
-        raise ValueError(f"{path} is neither a .tflite nor an .onnx file; bin/export.py "
-                         "--format=litert|onnx writes those.")
+        raise UserError(f"{path} is neither a .tflite nor an .onnx file; bin/export.py "
+                        "--format=litert|onnx writes those.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No export file {os.path.abspath(path)}; write one with "
                                 "bin/export.py --workdir=<run> --format=litert|onnx.")
@@ -150,16 +152,16 @@ def _litert_runner(content: bytes, path: str, num_threads):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        raise ValueError(f"{path} needs the LiteRT interpreter: pip install ai-edge-litert "
-                         '(or ".[litert]")') from None
+        raise UserError(f"{path} needs the LiteRT interpreter: pip install ai-edge-litert "
+                        '(or ".[litert]")') from None
     if content[4:8] != b"TFL3":  # the LiteRT flatbuffer's file identifier
-        raise ValueError(f"{path} is not a LiteRT model (no TFL3 identifier); write it with "
-                         "bin/export.py --format=litert.")
+        raise UserError(f"{path} is not a LiteRT model (no TFL3 identifier); write it with "
+                        "bin/export.py --format=litert.")
     metadata = _metadata(tflite_metadata(content, METADATA_KEY), path)
     interpreter = Interpreter(model_content=content, num_threads=num_threads)
     if SIGNATURE not in interpreter.get_signature_list():
-        raise ValueError(f"{path} serves {sorted(interpreter.get_signature_list())}, not "
-                         f"{SIGNATURE}; it was not written by bin/export.py.")
+        raise UserError(f"{path} serves {sorted(interpreter.get_signature_list())}, not "
+                        f"{SIGNATURE}; it was not written by bin/export.py.")
     runner = interpreter.get_signature_runner(SIGNATURE)
 
     def call(support, labels, queries):
@@ -173,8 +175,8 @@ def _onnx_runner(content: bytes, path: str, num_threads):
     try:
         import onnxruntime
     except ImportError:
-        raise ValueError(f"{path} needs onnxruntime: pip install onnxruntime (or "
-                         '".[onnx]")') from None
+        raise UserError(f"{path} needs onnxruntime: pip install onnxruntime (or "
+                        '".[onnx]")') from None
     options = onnxruntime.SessionOptions()
     if num_threads:
         options.intra_op_num_threads = int(num_threads)
@@ -182,8 +184,8 @@ def _onnx_runner(content: bytes, path: str, num_threads):
         session = onnxruntime.InferenceSession(content, options,
                                                providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's own error types
-        raise ValueError(f"{path} is not a readable ONNX model "
-                         f"({str(error).strip().splitlines()[0][:200]}).") from None
+        raise UserError(f"{path} is not a readable ONNX model "
+                        f"({str(error).strip().splitlines()[0][:200]}).") from None
     metadata = _metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
 
     def call(support, labels, queries):
@@ -195,8 +197,8 @@ def _onnx_runner(content: bytes, path: str, num_threads):
 
 def _metadata(text, path) -> dict:
     if text is None:
-        raise ValueError(f"{path} carries no tfmeta metadata; it was not written by "
-                         "bin/export.py (rerun bin/export.py --format=litert|onnx).")
+        raise UserError(f"{path} carries no tfmeta metadata; it was not written by "
+                        "bin/export.py (rerun bin/export.py --format=litert|onnx).")
     return parse_metadata(text, f"The tfmeta metadata inside {path}",
                           "export the run again: bin/export.py --workdir=<the run> "
                           "--format=litert|onnx")
@@ -210,20 +212,20 @@ def parse_metadata(text, where: str, again: str) -> dict:
     try:
         metadata = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{where} is not valid JSON ({error.msg}, line {error.lineno} column "
-                         f"{error.colno}): the export is damaged; {again}.") from None
+        raise UserError(f"{where} is not valid JSON ({error.msg}, line {error.lineno} column "
+                        f"{error.colno}): the export is damaged; {again}.") from None
     except ValueError:  # (bytes that are not UTF-8)
-        raise ValueError(f"{where} is not UTF-8 text: the export is damaged; {again}.") from None
+        raise UserError(f"{where} is not UTF-8 text: the export is damaged; {again}.") from None
     if not isinstance(metadata, dict):
-        raise ValueError(f"{where} holds a JSON {type(metadata).__name__}, not the object of "
-                         f"export metadata: the export is damaged; {again}.")
+        raise UserError(f"{where} holds a JSON {type(metadata).__name__}, not the object of "
+                        f"export metadata: the export is damaged; {again}.")
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
-        raise ValueError(f"{where} lacks {', '.join(missing)} (an export's metadata has "
-                         f"{', '.join(REQUIRED_METADATA)}): the export is damaged; {again}.")
+        raise UserError(f"{where} lacks {', '.join(missing)} (an export's metadata has "
+                        f"{', '.join(REQUIRED_METADATA)}): the export is damaged; {again}.")
     wrong = _wrong_metadata(metadata)
     if wrong:
-        raise ValueError(f"{where} has {wrong}: the export is damaged; {again}.")
+        raise UserError(f"{where} has {wrong}: the export is damaged; {again}.")
     return metadata
 
 

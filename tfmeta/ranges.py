@@ -11,6 +11,8 @@ import dataclasses
 import math
 import numbers
 
+from tfmeta.errors import UserError
+
 
 def _number(value) -> str:
     """A bound as written: whole numbers in full (1000000000, not 1e+09)."""
@@ -64,7 +66,7 @@ class Range:
 
     def check(self, name: str, value) -> None:
         if not self.contains(value):
-            raise ValueError(f"{name} must be {self.describe()}; got {value!r}.")
+            raise UserError(f"{name} must be {self.describe()}; got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Choice:
 
     def check(self, name: str, value) -> None:
         if not self.contains(value):
-            raise ValueError(f"{name} must be {self.describe()}; got {value!r}.")
+            raise UserError(f"{name} must be {self.describe()}; got {value!r}.")
 
 
 def check_all(ranges: dict, values: dict, prefix: str = "") -> None:

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from tfmeta.errors import UserError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_JSON = os.path.join("docs", "results.json")
 RESULTS_MD = os.path.join("docs", "results.md")
@@ -231,8 +233,8 @@ def results_markdown(measurements: dict) -> str:
 def rewrite_readme(text: str, table: str) -> str:
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
     if not pattern.search(text):
-        raise ValueError(f"The README has no results block; put {BEGIN} ... {END} where the "
-                         "table goes.")
+        raise UserError(f"The README has no results block; put {BEGIN} ... {END} where the "
+                        "table goes.")
     return pattern.sub(lambda _: f"{BEGIN}\n{table}\n{END}", text)
 
 
@@ -261,7 +263,7 @@ def report(names=None, runs_dir: str = "runs/report", log=print) -> dict:
     """Reruns the named entries (all by default) and rewrites the reports."""
     unknown = sorted(set(names or ()) - set(entry_names()))
     if unknown:
-        raise ValueError(f"Unknown entries {unknown}; valid entries: {entry_names()}.")
+        raise UserError(f"Unknown entries {unknown}; valid entries: {entry_names()}.")
     measurements = load_measurements()
     for entry in ENTRIES:
         if names and entry.name not in names:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.errors import UserError
+
 # The most values one request may send (shared with the LiteRT and ONNX runtime helper).
 from tfmeta.lite import MAX_REQUEST_VALUES
 
@@ -125,10 +127,10 @@ def make_postprocess(preprocess, raw_shape):
     ones = preprocess(np.ones([1, *raw_shape], np.float32)).numpy()
     offset, scale = float(zeros.mean()), float(ones.mean() - zeros.mean())
     if abs(scale) < 1e-3 or zeros.std() > 1e-3 or ones.std() > 1e-3:
-        raise ValueError("Generation exports need a preprocessing that resizes and maps "
-                         "intensities affinely (a * x + b), to map samples back to the "
-                         f"dataset's format; this one maps 0 to ~{offset:.3g} and 1 to "
-                         f"~{offset + scale:.3g} non-uniformly.")
+        raise UserError("Generation exports need a preprocessing that resizes and maps "
+                        "intensities affinely (a * x + b), to map samples back to the "
+                        f"dataset's format; this one maps 0 to ~{offset:.3g} and 1 to "
+                        f"~{offset + scale:.3g} non-uniformly.")
 
     def postprocess(samples):
         samples = (samples - offset) / scale

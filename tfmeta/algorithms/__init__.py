@@ -13,6 +13,7 @@ import inspect
 from tfmeta.algorithms.base import MetaLearner
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.maml import MAML
+from tfmeta.errors import UserError
 
 # --algo name -> "module:Class" of a MetaLearner subclass.
 ALGORITHMS = {
@@ -37,7 +38,7 @@ ALGORITHMS = {
 
 def learner_class(name: str) -> type[MetaLearner]:
     if name not in ALGORITHMS:
-        raise ValueError(f"Unknown algorithm {name!r}; valid algorithms: {sorted(ALGORITHMS)}.")
+        raise UserError(f"Unknown algorithm {name!r}; valid algorithms: {sorted(ALGORITHMS)}.")
     module, _, cls = ALGORITHMS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -21,7 +21,8 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.maml import HEADS, MAML
+from tfmeta.algorithms.maml import MAML
+from tfmeta.errors import UserError
 from tfmeta.tensors import linear_head_gradients, num_ways
 
 
@@ -45,25 +46,16 @@ class ANIL(MAML):
         super().__init__(model, **kwargs)
         names = [layer.name for layer in model.layers]
         if head_layer not in names:
-            raise ValueError(f"ANIL adapts the layer named head_layer={head_layer!r}, but "
-                             f"{model.name!r} has no such layer; its layers are {names}. Pass "
-                             "head_layer=<one of them>.")
+            raise UserError(f"ANIL adapts the layer named head_layer={head_layer!r}, but "
+                            f"{model.name!r} has no such layer; its layers are {names}. Pass "
+                            "head_layer=<one of them>.")
         head_ids = {id(v) for v in model.get_layer(head_layer).trainable_variables}
         self.head_layer = head_layer
         self._head_indices = [i for i, v in enumerate(self.params) if id(v) in head_ids]
         if not self._head_indices:
-            raise ValueError(f"Layer {head_layer!r} of {model.name!r} has no trainable "
-                             "parameters, so ANIL would adapt nothing; name the model's output "
-                             "layer.")
-
-    @classmethod
-    def learner_arguments(cls, learner) -> dict:
-        """MAML's; a layer name in `head` (where a run's config.json recorded ANIL's layer
-        before `head_layer`; `head` is MAML's head mode) moves to `head_layer`."""
-        arguments = super().learner_arguments(learner)
-        if arguments.get("head") not in (None, *HEADS):
-            arguments["head_layer"] = arguments.pop("head")
-        return arguments
+            raise UserError(f"Layer {head_layer!r} of {model.name!r} has no trainable "
+                            "parameters, so ANIL would adapt nothing; name the model's output "
+                            "layer.")
 
     # ---------------------------------------- exports beyond TensorFlow (bin/export.py)
     def portable_refusal(self) -> str | None:

@@ -31,8 +31,6 @@ Hooks, each with a default or an error naming what to write:
     feature_model()                    the backbone whose features write_embeddings writes
   construction
     arguments_from_data(arguments, dataset)   constructor arguments the data decides
-    learner_arguments(learner)         a config's learner section, also as older versions
-                                       recorded it, as constructor arguments
     from_experiment(config, input_shape)   the learner a config names
 
 The data hooks take a `tfmeta.episode_spec.DataSpec`, the typed and frozen account of a
@@ -46,6 +44,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import check_all
 
@@ -137,8 +136,8 @@ class MetaLearner(keras.Model):
                 "the dataset's embedding files (data.embeddings)"
                 if kind == "images" and "embeddings" in cls.input_kinds else
                 hints.get(kind, f"choose a dataset of {' or '.join(cls.input_kinds)}"))
-        raise ValueError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "
-                         f"--dataset={dataset} with these options gives {kind}; {hint}.")
+        raise UserError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "
+                        f"--dataset={dataset} with these options gives {kind}; {hint}.")
 
     @classmethod
     def arguments_from_data(cls, arguments, dataset) -> dict:
@@ -149,18 +148,10 @@ class MetaLearner(keras.Model):
         return {}
 
     @classmethod
-    def learner_arguments(cls, learner) -> dict:
-        """Constructor arguments from a config's `learner` section. A learner whose
-        arguments were renamed reads the older forms a run's config.json may hold here, so
-        that such a run still loads and resumes (the trainer compares sections through it)."""
-        return dict(learner)
-
-    @classmethod
     def from_experiment(cls, config, input_shape):
-        """The learner `config` describes: `cls(backbone, **learner_arguments(config.learner))`,
-        the backbone named by `config.model`."""
-        return cls(backbone_from_config(config.model, input_shape),
-                   **cls.learner_arguments(config.learner))
+        """The learner `config` describes: `cls(backbone, **config.learner)`, the backbone
+        named by `config.model`."""
+        return cls(backbone_from_config(config.model, input_shape), **config.learner)
 
     # -------------------------------------------------------------- the method
     def meta_loss(self, batch):
@@ -259,8 +250,8 @@ class MetaLearner(keras.Model):
 
     def feature_model(self) -> keras.Model:
         """The Keras backbone whose outputs are this learner's image features."""
-        raise ValueError(f"{type(self).__name__} has no single image backbone to write "
-                         "features with; pass a Keras feature model to write_embeddings().")
+        raise UserError(f"{type(self).__name__} has no single image backbone to write "
+                        "features with; pass a Keras feature model to write_embeddings().")
 
 
 def batch_dict(learner, data, keys):
@@ -271,6 +262,6 @@ def batch_dict(learner, data, keys):
     if not isinstance(data, dict) or any(k not in data for k in keys):
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
         name = type(learner).__name__
-        raise ValueError(f"{name} takes a dict of tensors with keys {list(keys)}; got {got}. "
-                         f"Build batches with {name}.training_episodes().")
+        raise UserError(f"{name} takes a dict of tensors with keys {list(keys)}; got {got}. "
+                        f"Build batches with {name}.training_episodes().")
     return data

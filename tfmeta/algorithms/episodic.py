@@ -41,6 +41,7 @@ import tensorflow as tf
 from tfmeta import evaluation
 from tfmeta.algorithms.base import MetaLearner, batch_dict, validation_batch_size
 from tfmeta.data.episodes import EPISODE_KEYS, episode_dataset
+from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.serving import AdaptAndPredict
 from tfmeta.tensors import accuracy, cross_entropy, num_ways
@@ -63,8 +64,7 @@ class EpisodicClassifier(MetaLearner):
         """`cls(backbone, **config.learner)`, the backbone named by `config.model` with a
         `config.ways`-way head if `backbone_has_head`."""
         head = {"num_classes": config.ways} if cls.backbone_has_head else {}
-        return cls(backbone_from_config(config.model, input_shape, **head),
-                   **cls.learner_arguments(config.learner))
+        return cls(backbone_from_config(config.model, input_shape, **head), **config.learner)
 
     # -------------------------------------------------------------- the method
     def query_logits(self, episodes, training=False):
@@ -123,12 +123,12 @@ class EpisodicClassifier(MetaLearner):
         try:
             data = batch_dict(self, data, self.batch_keys if labelled else self.batch_keys[:3])
         except ValueError as error:
-            raise ValueError(f"{error} (or tfmeta.data.episode_dataset())") from None
+            raise UserError(f"{error} (or tfmeta.data.episode_dataset())") from None
         images = data[self.batch_keys[0]]
         if getattr(images, "shape", None) is not None and images.shape.rank is not None \
                 and images.shape.rank < 3:
-            raise ValueError(f"{self.batch_keys[0]} must be batched as [B, n, ...]; got shape "
-                             f"{images.shape}.")
+            raise UserError(f"{self.batch_keys[0]} must be batched as [B, n, ...]; got shape "
+                            f"{images.shape}.")
         return data
 
     def training_episodes(self, dataset, spec, replicas: int = 1, start_step: int = 0,
@@ -158,9 +158,9 @@ class EpisodicClassifier(MetaLearner):
     def check_ways(self, ways: int) -> None:
         """Raises a ValueError if this learner cannot serve `ways`-way episodes."""
         if self.max_ways is not None and ways > self.max_ways:
-            raise ValueError(f"This {type(self).__name__} has {self.max_ways} outputs, so it "
-                             f"serves at most {self.max_ways} ways; got ways={ways}. Evaluate "
-                             f"with ways <= {self.max_ways}, or train with --set=ways={ways}.")
+            raise UserError(f"This {type(self).__name__} has {self.max_ways} outputs, so it "
+                            f"serves at most {self.max_ways} ways; got ways={ways}. Evaluate "
+                            f"with ways <= {self.max_ways}, or train with --set=ways={ways}.")
 
     def meta_test(self, dataset, spec, split: str = "test", num_episodes: int | None = None,
                   seed: int = 1234, ways: int | None = None, shots: int | None = None,
@@ -177,10 +177,10 @@ class EpisodicClassifier(MetaLearner):
         if variable is None:
             self.check_ways(episodes.ways)
         elif self.max_ways is not None and variable.max_ways > self.max_ways:
-            raise ValueError(f"This {type(self).__name__} serves at most {self.max_ways} ways, "
-                             f"but variable episodes have up to variable_episodes.max_ways="
-                             f"{variable.max_ways}; use --set=variable_episodes.max_ways="
-                             f"{self.max_ways}.")
+            raise UserError(f"This {type(self).__name__} serves at most {self.max_ways} ways, "
+                            f"but variable episodes have up to variable_episodes.max_ways="
+                            f"{variable.max_ways}; use --set=variable_episodes.max_ways="
+                            f"{self.max_ways}.")
         return evaluation.evaluate(AtTestTime(self), dataset.split(split), episodes.ways,
                                    episodes.shots, episodes.queries,
                                    num_episodes or spec.eval_episodes,

@@ -61,6 +61,7 @@ import tensorflow as tf
 from tfmeta import weights
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.inner_optimizers import make_inner_optimizer
+from tfmeta.errors import UserError
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, Choice
 from tfmeta.tensors import absent_logit, num_ways, real_positions, scatter_rows
 
@@ -172,8 +173,8 @@ class FineTuningClassifier(EpisodicClassifier):
                               "finetune_augment": finetune_augment,
                               "finetune_optimizer": finetune_optimizer})
         if not encoder.built:
-            raise ValueError(f"{type(self).__name__} needs a built encoder; build "
-                             f"{encoder.name!r} with an input shape.")
+            raise UserError(f"{type(self).__name__} needs a built encoder; build "
+                            f"{encoder.name!r} with an input shape.")
         self.encoder = encoder
         self.finetune_steps = int(finetune_steps)
         self.finetune_lr = float(finetune_lr)
@@ -188,12 +189,12 @@ class FineTuningClassifier(EpisodicClassifier):
         if not self.finetune_steps:
             return
         if not self.encoder.trainable_variables:
-            raise ValueError(
+            raise UserError(
                 f"learner.finetune_steps={self.finetune_steps} fine-tunes the backbone's "
                 "trainable weights, but this backbone has none (model.trainable=none); use "
                 "model.trainable=all or last:K, or finetune_steps=0.")
         if self.finetune_augment != "none" and len(self.encoder.input_shape) != 4:
-            raise ValueError(
+            raise UserError(
                 f"learner.finetune_augment={self.finetune_augment} augments images, but this "
                 f"backbone takes inputs of shape {self.encoder.input_shape[1:]}; use "
                 "learner.finetune_augment=none.")

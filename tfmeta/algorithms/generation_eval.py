@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.algorithms.wgan_gp import image_grid
+from tfmeta.errors import UserError
 from tfmeta.evaluation import mean_and_ci95
 from tfmeta.models import conv4
 from tfmeta.ranges import EVAL_EPISODES
@@ -86,7 +87,7 @@ def evaluate_generation(learner, dataset, split: str = "test", num_episodes: int
     classifier, real_accuracy = train_classifier(pool, int(classifier_steps), seed)
     shots, samples = int(shots), int(samples)
     if any(len(pool[i]) < shots for i in range(len(evaluated))):
-        raise ValueError(f"Some {split} classes have fewer than shots={shots} images; lower shots.")
+        raise UserError(f"Some {split} classes have fewer than shots={shots} images; lower shots.")
 
     @tf.function
     def scores(images, label, episode_seed):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfmeta import weights
+from tfmeta.errors import UserError
 
 INNER_OPTIMIZERS = ("adam", "sgd")
 
@@ -68,4 +69,4 @@ def make_inner_optimizer(name: str, learning_rate: float, beta_1: float = 0.0):
         return InnerAdam(learning_rate, beta_1=beta_1)
     if name == "sgd":
         return InnerSGD(learning_rate)
-    raise ValueError(f"inner_optimizer must be one of {INNER_OPTIMIZERS}; got {name!r}.")
+    raise UserError(f"inner_optimizer must be one of {INNER_OPTIMIZERS}; got {name!r}.")

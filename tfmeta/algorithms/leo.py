@@ -49,6 +49,7 @@ from keras import layers
 from tfmeta import evaluation, weights
 from tfmeta.algorithms.base import NOISE_SALT
 from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.errors import UserError
 from tfmeta.ranges import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 from tfmeta.tensors import class_means, num_ways
 
@@ -208,7 +209,7 @@ class LEO(EpisodicClassifier):
     def from_experiment(cls, config, input_shape):
         """LEO for embeddings of `input_shape` `(D,)` from `config.learner`."""
         if len(input_shape) != 1:
-            raise ValueError(
+            raise UserError(
                 f"LEO takes embeddings of shape (D,); got examples of shape "
                 f"{tuple(input_shape)}. Train it on --dataset=mini_imagenet, tiered_imagenet or "
                 "embeddings (write embeddings of an image dataset with bin/write_embeddings.py).")
@@ -385,9 +386,9 @@ class LEO(EpisodicClassifier):
         classes = dataset.split(split)
         queries = spec.eval_queries or int(classes.class_counts.min()) - shots
         if queries < 1:
-            raise ValueError(f"The smallest class of the {split!r} split has "
-                             f"{int(classes.class_counts.min())} examples, none left as queries "
-                             f"after {shots} shots; use fewer shots.")
+            raise UserError(f"The smallest class of the {split!r} split has "
+                            f"{int(classes.class_counts.min())} examples, none left as queries "
+                            f"after {shots} shots; use fewer shots.")
         return evaluation.evaluate(self, classes, ways, shots, queries,
                                    num_episodes or spec.eval_episodes,
                                    spec.eval_meta_batch_size, seed, split)

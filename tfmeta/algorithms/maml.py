@@ -48,6 +48,7 @@ import tensorflow as tf
 from tfmeta import weights
 from tfmeta.algorithms.task_loop import PARALLEL_TASKS, TaskLoopLearner
 from tfmeta.data import input_kind
+from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE, Choice, Range
 from tfmeta.tensors import class_means, num_ways
@@ -102,16 +103,16 @@ class MAML(TaskLoopLearner):
                          batch_norm=batch_norm, parallel_tasks=parallel_tasks, **kwargs)
         self.check_arguments({"inner_lr": inner_lr, "head": head, "max_head_ways": max_head_ways})
         if head in FAST_HEADS and self.fast_head_refusal:
-            raise ValueError(f"{self.fast_head_refusal}; head={head!r} makes a head of N ways "
-                             "per task. Use head='learned'.")
+            raise UserError(f"{self.fast_head_refusal}; head={head!r} makes a head of N ways "
+                            "per task. Use head='learned'.")
         if recompute and first_order:
-            raise ValueError("learner.recompute=True recomputes the second-order inner loop; "
-                             "with learner.first_order=True the meta-gradient keeps no inner "
-                             "step's activations to recompute. Drop one of the two.")
+            raise UserError("learner.recompute=True recomputes the second-order inner loop; "
+                            "with learner.first_order=True the meta-gradient keeps no inner "
+                            "step's activations to recompute. Drop one of the two.")
         if recompute and batch_norm == "running_stats":
-            raise ValueError("learner.recompute=True runs each inner step twice, which would "
-                             "update the batch-norm moving averages twice; use "
-                             "learner.batch_norm=batch_stats, or no recompute.")
+            raise UserError("learner.recompute=True runs each inner step twice, which would "
+                            "update the batch-norm moving averages twice; use "
+                            "learner.batch_norm=batch_stats, or no recompute.")
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
         self.recompute = bool(recompute)
@@ -145,18 +146,9 @@ class MAML(TaskLoopLearner):
         learner_class = cls.learner_for(input_kind(config.dataset, config.get("data")))
         if learner_class is not cls:
             return learner_class.from_experiment(config, input_shape)
-        arguments = cls.learner_arguments(config.learner)
+        arguments = dict(config.learner)
         head = {} if arguments.get("head") in FAST_HEADS else {"num_classes": config.ways}
         return cls(backbone_from_config(config.model, input_shape, **head), **arguments)
-
-    @classmethod
-    def learner_arguments(cls, learner) -> dict:
-        """Constructor arguments from a config's `learner` section, also as a run's
-        config.json recorded them before regression was its own learner: `loss` ("mse" on
-        regression tasks, which now decide it by themselves) is dropped."""
-        arguments = dict(learner)
-        arguments.pop("loss", None)
-        return arguments
 
     def vectorized_refusal(self) -> str | None:
         """The base's reasons, and for "auto" a fast head: it may be given padded variable

@@ -28,6 +28,7 @@ import tensorflow as tf
 from tfmeta import weights
 from tfmeta.algorithms.base import validation_batch_size
 from tfmeta.algorithms.maml import MAML
+from tfmeta.errors import UserError
 from tfmeta.evaluation import mean_and_ci95
 from tfmeta.models import backbone_from_config
 from tfmeta.serving import range_checks
@@ -66,14 +67,14 @@ class MAMLRegression(MAML):
     def __init__(self, model: keras.Model, **kwargs):
         super().__init__(model, **kwargs)
         if self.fast_head:
-            raise ValueError(f"head={self.head_mode!r} starts a classification head from the "
-                             "classes of the support set; regression needs head='learned'.")
+            raise UserError(f"head={self.head_mode!r} starts a classification head from the "
+                            "classes of the support set; regression needs head='learned'.")
 
     @classmethod
     def from_experiment(cls, config, input_shape):
         """The backbone gets one output (the regression target)."""
         return cls(backbone_from_config(config.model, input_shape, num_classes=1),
-                   **cls.learner_arguments(config.learner))
+                   **config.learner)
 
     def loss_fn(self, labels, outputs):
         """The mean squared error over the points (`mean_squared_error`)."""
@@ -128,9 +129,9 @@ def regression_learner(cls: type) -> type:
 
 def check_tasks(dataset):
     if not hasattr(dataset, "episodes") or not hasattr(dataset, "sample_episode"):
-        raise ValueError(f"MAMLRegression learns regression tasks, but --dataset="
-                         f"{getattr(dataset, 'name', dataset)!r} has none; use "
-                         "--dataset=sinusoid, or MAML for a classification dataset.")
+        raise UserError(f"MAMLRegression learns regression tasks, but --dataset="
+                        f"{getattr(dataset, 'name', dataset)!r} has none; use "
+                        "--dataset=sinusoid, or MAML for a classification dataset.")
 
 
 def training_episodes(dataset, spec, replicas=1, start_step=0, worker=0, workers=1):

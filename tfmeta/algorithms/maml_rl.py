@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from tfmeta import weights
 from tfmeta.algorithms.base import MetaLearner, validation_batch_size
+from tfmeta.errors import UserError
 from tfmeta.evaluation import mean_and_ci95
 from tfmeta.ranges import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
 from tfmeta.rl.navigation import Navigation2D
@@ -101,15 +102,15 @@ class MAMLRL(MetaLearner):
         super().__init__(**kwargs)
         self.check_arguments(locals())
         if baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}; got {baseline!r}.")
+            raise UserError(f"baseline must be one of {BASELINES}; got {baseline!r}.")
         self.environment = environment
         self.policy = policy or gaussian_mlp_policy(
             environment.observation_dim, environment.action_dim, tuple(hidden_units),
             initial_log_std)
         if int(self.policy.output_shape[-1]) != 2 * environment.action_dim:
-            raise ValueError(f"The policy must output {2 * environment.action_dim} values per "
-                             "observation (means, then log-stds); got "
-                             f"{self.policy.output_shape}. Use tfmeta.rl.gaussian_mlp_policy.")
+            raise UserError(f"The policy must output {2 * environment.action_dim} values per "
+                            "observation (means, then log-stds); got "
+                            f"{self.policy.output_shape}. Use tfmeta.rl.gaussian_mlp_policy.")
         self.inner_lr = float(inner_lr)
         self.later_steps_lr_scale = float(later_steps_lr_scale)
         self.inner_steps = int(inner_steps)
@@ -131,9 +132,9 @@ class MAMLRL(MetaLearner):
     @classmethod
     def check_input_kind(cls, kind, dataset):
         if kind is not None and kind not in cls.input_kinds:
-            raise ValueError(f"{cls.__name__} learns from environments, but --dataset={dataset} "
-                             f"gives {kind}; use --dataset=navigation_2d, or a learner of "
-                             f"{kind} such as --algo=maml.")
+            raise UserError(f"{cls.__name__} learns from environments, but --dataset={dataset} "
+                            f"gives {kind}; use --dataset=navigation_2d, or a learner of "
+                            f"{kind} such as --algo=maml.")
 
     # ------------------------------------------------------------ the policy
     def task_params(self, tasks):
@@ -234,9 +235,9 @@ class MAMLRL(MetaLearner):
         data = super().check_batch(data)
         goals = data["goals"]
         if goals.shape.rank is not None and goals.shape.rank != 2:
-            raise ValueError(f"{type(self).__name__} takes {{'goals': [B, 2]}} meta-batches; "
-                             f"got goals of shape {goals.shape}. Build them with "
-                             f"{type(self).__name__}.training_episodes().")
+            raise UserError(f"{type(self).__name__} takes {{'goals': [B, 2]}} meta-batches; "
+                            f"got goals of shape {goals.shape}. Build them with "
+                            f"{type(self).__name__}.training_episodes().")
         return data
 
     # --------------------------------------------------- data and evaluation

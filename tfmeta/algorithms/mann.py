@@ -59,6 +59,7 @@ import tensorflow as tf
 from tfmeta.algorithms.base import ORDER_SALT
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.data import episode_dataset
+from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INTERVAL
 from tfmeta.tensors import cosine_similarity, fold, unfold
@@ -79,10 +80,10 @@ class LRUAMemory(keras.layers.Layer):
                  write_key: bool = False, key_strength: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma (usage decay) must be in [0, 1]; got {gamma}.")
+            raise UserError(f"gamma (usage decay) must be in [0, 1]; got {gamma}.")
         if heads > memory_slots:
-            raise ValueError(f"heads={heads} needs at least as many memory_slots; got "
-                             f"{memory_slots}.")
+            raise UserError(f"heads={heads} needs at least as many memory_slots; got "
+                            f"{memory_slots}.")
         self.units, self.slots, self.slot_size = units, memory_slots, slot_size
         self.heads, self.gamma = heads, gamma
         self.controller = keras.layers.LSTMCell(units, name="controller")
@@ -163,16 +164,16 @@ class MANN(EpisodicClassifier):
         self.check_arguments(locals())
         if encoder is None:
             if input_shape is None:
-                raise ValueError("MANN without an encoder flattens pixels and needs "
-                                 "input_shape=(H, W, C); got input_shape=None.")
+                raise UserError("MANN without an encoder flattens pixels and needs "
+                                "input_shape=(H, W, C); got input_shape=None.")
             feature_dim = int(np.prod(input_shape))
         elif not encoder.built or len(encoder.output_shape) != 2:
-            raise ValueError("MANN's encoder must be a built model with flat features [n, D]; "
-                             f"got output shape {getattr(encoder, 'output_shape', None)}.")
+            raise UserError("MANN's encoder must be a built model with flat features [n, D]; "
+                            f"got output shape {getattr(encoder, 'output_shape', None)}.")
         else:
             feature_dim = int(encoder.output_shape[-1])
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
+            raise UserError(f"num_classes must be >= 2; got {num_classes}.")
         self.encoder = encoder
         self.num_classes = int(num_classes)
         self.eval_order_seed = int(eval_order_seed)
@@ -304,8 +305,8 @@ def accuracy_by_instance(learner, classes, ways=5, instances=10, num_episodes=10
     in the learner's evaluation order. Returns {instance: accuracy} for `report`.
     """
     if max(report) > instances:
-        raise ValueError(f"Reporting instance {max(report)} needs instances >= {max(report)}; "
-                         f"got instances={instances}.")
+        raise UserError(f"Reporting instance {max(report)} needs instances >= {max(report)}; "
+                        f"got instances={instances}.")
     batches = math.ceil(num_episodes / meta_batch_size)
     episodes = episode_dataset(classes, ways, instances, 1, meta_batch_size, seed=seed,
                                num_episodes=batches * meta_batch_size)

@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
+from tfmeta.errors import UserError
 from tfmeta.ranges import POSITIVE_INT
 from tfmeta.tensors import (
     cosine_similarity,
@@ -70,8 +71,8 @@ class MatchingNetwork(EmbeddingLearner):
         super().__init__(encoder, **kwargs)
         check_flat_features(type(self).__name__, self.feature_shape)
         if int(processing_steps) != processing_steps or processing_steps < 1:
-            raise ValueError(f"processing_steps must be a positive integer; got "
-                             f"{processing_steps!r}.")
+            raise UserError(f"processing_steps must be a positive integer; got "
+                            f"{processing_steps!r}.")
         self.fce = bool(fce)
         self.processing_steps = int(processing_steps)
         if self.fce:

@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.lstm_meta import preprocess_gradients
+from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE, POSITIVE_INT
 from tfmeta.tensors import cosine_similarity, embed_support_and_query
@@ -127,10 +128,10 @@ class MetaNet(EpisodicClassifier):
         self.check_arguments(locals())
         for name, net in (("embedding", embedding), ("base", base)):
             if not net.built or len(net.output_shape) != 2:
-                raise ValueError(f"MetaNet's {name} must be a built model with flat features "
-                                 f"[n, D]; got output shape {getattr(net, 'output_shape', None)}.")
+                raise UserError(f"MetaNet's {name} must be a built model with flat features "
+                                f"[n, D]; got output shape {getattr(net, 'output_shape', None)}.")
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
+            raise UserError(f"num_classes must be >= 2; got {num_classes}.")
         self.embedding, self.base = embedding, base
         self.num_classes = int(num_classes)
         self.margin = float(margin)

@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta.algorithms.finetune import FineTuningClassifier
+from tfmeta.errors import UserError
 from tfmeta.tensors import embed_support_and_query
 
 
@@ -69,5 +70,5 @@ class EmbeddingLearner(FineTuningClassifier):
 def check_flat_features(learner_name, feature_shape):
     """Raises a ValueError unless the encoder returns vectors `[n, D]`."""
     if len(feature_shape) != 1:
-        raise ValueError(f"{learner_name} compares feature vectors, but the encoder returns "
-                         f"features of shape {feature_shape}; use a backbone with flatten=True.")
+        raise UserError(f"{learner_name} compares feature vectors, but the encoder returns "
+                        f"features of shape {feature_shape}; use a backbone with flatten=True.")

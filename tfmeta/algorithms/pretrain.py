@@ -48,6 +48,7 @@ import tensorflow as tf
 from tfmeta.algorithms.base import batch_dict
 from tfmeta.algorithms.finetune import FineTuningClassifier, flip, translate
 from tfmeta.data.episodes import stored_tensor, unsharded
+from tfmeta.errors import UserError
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
 from tfmeta.tensors import (
     accuracy,
@@ -139,14 +140,14 @@ class Pretrain(FineTuningClassifier):
         super().__init__(encoder, **kwargs)
         self.check_arguments(locals())
         if num_classes is None:
-            raise ValueError("Pretrain needs num_classes, the training head's size (at least "
-                             "the training split's class count).")
+            raise UserError("Pretrain needs num_classes, the training head's size (at least "
+                            "the training split's class count).")
         if classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}.")
+            raise UserError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}.")
         if len(encoder.output_shape) != 2:
-            raise ValueError(f"Pretrain needs a built encoder of images to feature vectors "
-                             f"[n, D]; {encoder.name!r} returns {encoder.output_shape}. Use a "
-                             "backbone with flatten=True or pooling='avg' and no head.")
+            raise UserError(f"Pretrain needs a built encoder of images to feature vectors "
+                            f"[n, D]; {encoder.name!r} returns {encoder.output_shape}. Use a "
+                            "backbone with flatten=True or pooling='avg' and no head.")
         self.num_classes = int(num_classes)
         self.head = keras.layers.Dense(self.num_classes, name="head")
         self.head.build(encoder.output_shape)
@@ -276,12 +277,12 @@ def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0
     """Endless `{"images", "labels"}` batches of every example of `classes` (see
     `Pretrain.training_episodes`); labels are class indices in the split."""
     if batch_size < 1 or batch_size % workers:
-        raise ValueError(f"batch_size={batch_size} must be a positive multiple of the "
-                         f"{workers} workers.")
+        raise UserError(f"batch_size={batch_size} must be a positive multiple of the "
+                        f"{workers} workers.")
     if num_classes is not None and classes.num_classes > num_classes:
-        raise ValueError(f"The training split has {classes.num_classes} classes but the head "
-                         f"has learner.num_classes={num_classes} outputs; "
-                         f"--set=learner.num_classes={classes.num_classes}.")
+        raise UserError(f"The training split has {classes.num_classes} classes but the head "
+                        f"has learner.num_classes={num_classes} outputs; "
+                        f"--set=learner.num_classes={classes.num_classes}.")
     colour = len(classes.example_shape) == 3 and classes.example_shape[-1] == 3
     if getattr(classes, "streamed", False):  # records: streamed (tfmeta.data.records)
         from tfmeta.data import records

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 
 from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
+from tfmeta.errors import UserError
 from tfmeta.tensors import (
     class_means,
     cosine_similarity,
@@ -54,7 +55,7 @@ class PrototypicalNetwork(EmbeddingLearner):
     def __init__(self, encoder: keras.Model, distance: str = "squared_euclidean", **kwargs):
         super().__init__(encoder, **kwargs)
         if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}; got {distance!r}.")
+            raise UserError(f"distance must be one of {DISTANCES}; got {distance!r}.")
         check_flat_features(type(self).__name__, self.feature_shape)
         self.distance = distance
 

@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta.algorithms.metric import EmbeddingLearner
+from tfmeta.errors import UserError
 from tfmeta.models.relation_net import relation_module as build_relation_module
 from tfmeta.ranges import POSITIVE_INT
 from tfmeta.tensors import class_sums
@@ -51,16 +52,16 @@ class RelationNetwork(EmbeddingLearner):
         super().__init__(encoder, **kwargs)
         self.check_arguments(locals())
         if len(self.feature_shape) != 3:
-            raise ValueError(f"RelationNetwork compares feature maps [h, w, c], but the encoder "
-                             f"returns features of shape {self.feature_shape}; use a backbone "
-                             "that does not flatten, such as relation_embedding.")
+            raise UserError(f"RelationNetwork compares feature maps [h, w, c], but the encoder "
+                            f"returns features of shape {self.feature_shape}; use a backbone "
+                            "that does not flatten, such as relation_embedding.")
         pair_shape = (*self.feature_shape[:2], 2 * self.feature_shape[2])
         if relation_module is None:
             relation_module = build_relation_module(pair_shape, relation_filters, relation_units)
         if tuple(relation_module.input_shape[1:]) != pair_shape:
-            raise ValueError(f"The relation module takes inputs of shape "
-                             f"{relation_module.input_shape[1:]}, but pairs of these features "
-                             f"have shape {pair_shape}.")
+            raise UserError(f"The relation module takes inputs of shape "
+                            f"{relation_module.input_shape[1:]}, but pairs of these features "
+                            f"have shape {pair_shape}.")
         self.relation_module = relation_module
 
     def relation_scores(self, logits):

@@ -39,6 +39,7 @@ import tensorflow as tf
 from tfmeta import weights
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.reptile_family import EVAL_SEED, ReptileFamily, minibatch_indices
+from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT
 from tfmeta.tensors import accuracy
@@ -74,8 +75,8 @@ class Reptile(ReptileFamily, EpisodicClassifier):
                  transductive: bool = True, **kwargs):
         super().__init__(**kwargs)
         if not model.built:
-            raise ValueError(f"Reptile needs a built model; build {model.name!r} with an "
-                             "input shape.")
+            raise UserError(f"Reptile needs a built model; build {model.name!r} with an "
+                            "input shape.")
         self.check_arguments({"inner_steps": inner_steps, "inner_steps_test": inner_steps_test,
                               "inner_batch_size": inner_batch_size,
                               "inner_batch_size_test": inner_batch_size_test})

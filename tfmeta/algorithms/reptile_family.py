@@ -21,6 +21,7 @@ import tensorflow as tf
 from tfmeta import weights
 from tfmeta.algorithms.base import MetaLearner
 from tfmeta.algorithms.inner_optimizers import make_inner_optimizer
+from tfmeta.errors import UserError
 from tfmeta.ranges import FRACTION, POSITIVE, UNIT_INTERVAL, Range
 
 EVAL_SEED = 2 ** 31 - 1  # randomness at meta-test time: fixed, so serving is deterministic
@@ -79,7 +80,7 @@ def reptile_update(optimizer, variables, adapted_mean, epsilon, outer_optimizer:
         optimizer.apply_gradients(zip(gradients, variables))
         return
     if replicas > 1:
-        raise ValueError(
+        raise UserError(
             f"Reptile's interpolation update runs on one replica; this strategy has {replicas}. "
             "Set learner.outer_optimizer=True with optimizer.name='sgd' (learning rate = "
             "meta step size) to run the same rule through the distributed optimizer.")
@@ -123,7 +124,7 @@ class ReptileFamily(MetaLearner):
     def annealed_arguments(cls, config) -> dict:
         """Constructor arguments of `config`: its learner section, with epsilon annealed over
         the run (`anneal_steps=None`)."""
-        arguments = cls.learner_arguments(config.learner)
+        arguments = dict(config.learner)
         arguments["anneal_steps"] = arguments.get("anneal_steps") or config.num_steps
         return arguments
 

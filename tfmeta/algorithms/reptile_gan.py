@@ -37,6 +37,7 @@ from tfmeta.algorithms.base import validation_batch_size
 from tfmeta.algorithms.generation_eval import evaluate_generation
 from tfmeta.algorithms.reptile_family import EVAL_SEED, ReptileFamily
 from tfmeta.data.episodes import single_class_tasks
+from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT
 from tfmeta.serving import GenerationServing
@@ -77,11 +78,11 @@ class ReptileGAN(ReptileFamily):
         super().__init__(inner_optimizer=inner_optimizer, inner_lr=inner_lr,
                          inner_beta_1=inner_beta_1, outer_optimizer=outer_optimizer, **kwargs)
         if not (generator.built and critic.built):
-            raise ValueError("ReptileGAN needs a built generator and critic.")
+            raise UserError("ReptileGAN needs a built generator and critic.")
         if tuple(generator.output_shape[1:]) != tuple(critic.input_shape[1:]):
-            raise ValueError(f"The generator makes images of shape {generator.output_shape[1:]} "
-                             f"but the critic takes {critic.input_shape[1:]}; build both for "
-                             "the same image shape.")
+            raise UserError(f"The generator makes images of shape {generator.output_shape[1:]} "
+                            f"but the critic takes {critic.input_shape[1:]}; build both for "
+                            "the same image shape.")
         self.check_arguments({"inner_steps": inner_steps, "inner_steps_test": inner_steps_test,
                               "penalty_weight": penalty_weight})
         self.generator, self.critic = generator, critic
@@ -175,8 +176,8 @@ class ReptileGAN(ReptileFamily):
         images = data["images"]
         if images.shape.rank is not None and (images.shape.rank != 5 or tuple(
                 images.shape[2:]) != self.image_shape):
-            raise ValueError(f"Task images must be [B, K, *{self.image_shape}]; got shape "
-                             f"{images.shape}.")
+            raise UserError(f"Task images must be [B, K, *{self.image_shape}]; got shape "
+                            f"{images.shape}.")
         return data
 
     def adapt_task(self, params, batch, index, seed, training=True):
@@ -210,9 +211,9 @@ class ReptileGAN(ReptileFamily):
         `ways` is unused (the classifier's classes are fixed by the split)."""
         del ways
         if spec.generation is None:
-            raise ValueError("ReptileGAN's meta-test needs the config's generation section "
-                             "(configs/reptile_gan.py's samples, metric_classes and "
-                             "classifier_steps).")
+            raise UserError("ReptileGAN's meta-test needs the config's generation section "
+                            "(configs/reptile_gan.py's samples, metric_classes and "
+                            "classifier_steps).")
         return evaluate_generation(self, dataset, split, num_episodes or spec.eval_episodes,
                                    seed, shots=shots or spec.test.shots,
                                    samples=spec.generation.samples,
@@ -242,16 +243,16 @@ class ReptileGAN(ReptileFamily):
         """Eager check of a new class's images: `[K >= 1, H, W, C]` floats in [0, 1]."""
         images = tf.convert_to_tensor(images, tf.float32)
         if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(f"images must be [K, *{self.image_shape}] (K images of one "
-                             f"class); got shape {tuple(images.shape)}.")
+            raise UserError(f"images must be [K, *{self.image_shape}] (K images of one "
+                            f"class); got shape {tuple(images.shape)}.")
         if tf.executing_eagerly():
             if images.shape[0] == 0:
-                raise ValueError("images is empty; adapting needs at least one image of the "
-                                 "new class.")
+                raise UserError("images is empty; adapting needs at least one image of the "
+                                "new class.")
             low, high = float(tf.reduce_min(images)), float(tf.reduce_max(images))
             if low < 0.0 or high > 1.0:
-                raise ValueError(f"images must be float32 in [0, 1]; got values in "
-                                 f"[{low:.3g}, {high:.3g}]. Divide uint8 images by 255.")
+                raise UserError(f"images must be float32 in [0, 1]; got values in "
+                                f"[{low:.3g}, {high:.3g}]. Divide uint8 images by 255.")
         return images
 
     def adapt_and_generate(self, images, num_samples, seed=None):

@@ -56,6 +56,7 @@ import tensorflow as tf
 from tfmeta import task_batch, weights
 from tfmeta.algorithms.base import replica_mean
 from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.errors import UserError
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, Choice
 from tfmeta.tensors import absent_logit, num_ways, real_positions, scatter_rows
 
@@ -106,8 +107,8 @@ class TaskLoopLearner(EpisodicClassifier):
                               "parallel_tasks": parallel_tasks, "batch_norm": batch_norm,
                               "task_parallel": task_parallel})
         if not model.built:
-            raise ValueError(f"{type(self).__name__} needs a built model; build {model.name!r} "
-                             "with an input shape.")
+            raise UserError(f"{type(self).__name__} needs a built model; build {model.name!r} "
+                            "with an input shape.")
         self.model = model
         self.inner_steps = int(inner_steps)
         self.inner_steps_test = int(inner_steps_test)
@@ -146,8 +147,8 @@ class TaskLoopLearner(EpisodicClassifier):
             return False
         refusal = self.vectorized_refusal()
         if refusal and self.task_parallel == "vectorized":
-            raise ValueError(f"learner.task_parallel=vectorized: {refusal}. Use "
-                             "learner.task_parallel=loop (or auto).")
+            raise UserError(f"learner.task_parallel=vectorized: {refusal}. Use "
+                            "learner.task_parallel=loop (or auto).")
         return refusal is None and (self.task_parallel == "vectorized" or vectorize_by_default())
 
     def task_loop_form(self) -> str:

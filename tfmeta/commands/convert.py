@@ -18,6 +18,7 @@ from absl import flags
 from tfmeta import cli
 from tfmeta import config as config_lib
 from tfmeta.data import load_dataset, records
+from tfmeta.errors import UserError
 
 flags.DEFINE_string("dataset", None, "Dataset to convert (a name in tfmeta.data.DATASETS or "
                     "tfds:NAME).", required=True)
@@ -47,13 +48,13 @@ def progress(done: int, total: int) -> None:
 def main(argv):
     del argv
     if FLAGS.dataset == "records":
-        raise ValueError("--dataset=records is already records; convert the dataset they were "
-                         "written from.")
+        raise UserError("--dataset=records is already records; convert the dataset they were "
+                        "written from.")
     if FLAGS.threads is not None and FLAGS.threads < 1:
-        raise ValueError(f"--threads={FLAGS.threads} must be at least 1.")
+        raise UserError(f"--threads={FLAGS.threads} must be at least 1.")
     others = [item for item in FLAGS.set if not item.strip().startswith("data.")]
     if others:
-        raise ValueError(f"--set={others[0]}: convert takes only loader options, data.KEY=VALUE.")
+        raise UserError(f"--set={others[0]}: convert takes only loader options, data.KEY=VALUE.")
     config = config_lib.apply_overrides(config_lib.get_config(FLAGS.algo, FLAGS.dataset),
                                         FLAGS.set)
     dataset = load_dataset(FLAGS.dataset, FLAGS.data_dir, download=FLAGS.download,

@@ -13,6 +13,7 @@ from absl import flags, logging
 
 from tfmeta import cli
 from tfmeta import config as config_lib
+from tfmeta.errors import UserError
 from tfmeta.training import trainer
 from tfmeta.training.strategy import STRATEGIES
 
@@ -44,8 +45,8 @@ def main(argv):
         overrides.append(f"strategy='{FLAGS.strategy}'")
     config = config_lib.apply_overrides(config, overrides)
     if FLAGS.workdir is not None and not FLAGS.workdir.strip():
-        raise ValueError("--workdir is empty; give the run's folder, e.g. --workdir=runs/x "
-                         "(leave the flag out for runs/<algo>_<dataset>).")
+        raise UserError("--workdir is empty; give the run's folder, e.g. --workdir=runs/x "
+                        "(leave the flag out for runs/<algo>_<dataset>).")
     workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.algo}_{FLAGS.dataset}".replace(
         ":", "_"))
     verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, one line per epoch in logs

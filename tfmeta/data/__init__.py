@@ -15,6 +15,7 @@ import inspect
 
 from tfmeta.data.base import FewShotDataset
 from tfmeta.data.episodes import ClassImages, episode_dataset
+from tfmeta.errors import UserError
 
 # name -> "module[:function]" of a `load(data_dir=None, **options) -> FewShotDataset`.
 DATASETS = {
@@ -42,8 +43,8 @@ def loader_function(name: str):
 
         return functools.partial(tfds_catalog.load, tfds_catalog.dataset_name(name))
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}, or "
-                         f"{TFDS_PREFIX}NAME for any TFDS dataset (e.g. tfds:cifar100).")
+        raise UserError(f"Unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}, or "
+                        f"{TFDS_PREFIX}NAME for any TFDS dataset (e.g. tfds:cifar100).")
     module, _, function = DATASETS[name].partition(":")
     return getattr(importlib.import_module(module), function or "load")
 
@@ -56,8 +57,8 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
     loader = loader_function(name)
     if download:
         if "download_missing" not in inspect.signature(loader).parameters:
-            raise ValueError(f"--download: {name!r} has no public download; "
-                             f"{(loader.__doc__ or '').strip().splitlines()[0]}")
+            raise UserError(f"--download: {name!r} has no public download; "
+                            f"{(loader.__doc__ or '').strip().splitlines()[0]}")
         options["download_missing"] = True
     return loader(data_dir, **options)
 

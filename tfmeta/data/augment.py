@@ -17,6 +17,8 @@ import math
 
 import tensorflow as tf
 
+from tfmeta.errors import UserError
+
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 
 
@@ -42,13 +44,13 @@ class RandomAffine:
     def __post_init__(self):
         for name in ("shift", "rotation", "scale"):
             if getattr(self, name) < 0:
-                raise ValueError(f"augment.{name} must be >= 0; got {getattr(self, name)}.")
+                raise UserError(f"augment.{name} must be >= 0; got {getattr(self, name)}.")
         if self.scale >= 1:
-            raise ValueError(f"augment.scale must be < 1 (zoom in [1 - scale, 1 + scale]); "
-                             f"got {self.scale}.")
+            raise UserError(f"augment.scale must be < 1 (zoom in [1 - scale, 1 + scale]); "
+                            f"got {self.scale}.")
         if self.fill_mode not in FILL_MODES:
-            raise ValueError(f"augment.fill_mode must be one of {FILL_MODES}; "
-                             f"got {self.fill_mode!r}.")
+            raise UserError(f"augment.fill_mode must be one of {FILL_MODES}; "
+                            f"got {self.fill_mode!r}.")
 
     @classmethod
     def from_config(cls, augment_config) -> RandomAffine | None:
@@ -67,9 +69,9 @@ class RandomAffine:
         if not self.active:
             return images
         if images.shape.rank != 4:
-            raise ValueError("augment transforms images [n, H, W, C]; these examples have shape "
-                             f"{images.shape[1:]}. Set augment.shift/rotation/scale to 0 for "
-                             "datasets of feature vectors.")
+            raise UserError("augment transforms images [n, H, W, C]; these examples have shape "
+                            f"{images.shape[1:]}. Set augment.shift/rotation/scale to 0 for "
+                            "datasets of feature vectors.")
         shape = tf.shape(images)
         count, height, width = shape[0], shape[1], shape[2]
         seeds = tf.random.experimental.stateless_split(seed, 4)

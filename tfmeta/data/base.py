@@ -13,6 +13,7 @@ import numpy as np
 
 from tfmeta import files
 from tfmeta.data.episodes import ClassImages
+from tfmeta.errors import UserError
 
 # Files up to this size that are not images count by their contents in the fingerprint.
 HASHED_FILE_BYTES = 64 << 20
@@ -137,7 +138,7 @@ class FewShotDataset:
 
     def split(self, name: str) -> ClassImages:
         if name not in self.splits:
-            raise ValueError(
+            raise UserError(
                 f"Dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}.")
         return self.splits[name]
 
@@ -172,8 +173,8 @@ def read_npz(path: str, fix: str = "get the file again.") -> dict:
         raise
     except Exception as error:  # noqa: BLE001 - zipfile, zlib, numpy and OS errors alike
         reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise ValueError(f"{path} is not a readable .npz file ({type(error).__name__}: "
-                         f"{reason}); {fix}") from None
+        raise UserError(f"{path} is not a readable .npz file ({type(error).__name__}: "
+                        f"{reason}); {fix}") from None
 
 
 def load_cached_arrays(key: str, build: Callable[[], dict]) -> dict:
@@ -228,14 +229,14 @@ def safe_member_path(target: str, name: str, archive: str = "the archive") -> st
     outside it (an absolute path, a drive, or a `..` component)."""
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or os.path.splitdrive(name)[0] or ".." in parts:
-        raise ValueError(f"{archive} holds the member {name!r}, which would be written outside "
-                         f"{target}; refusing to unpack it. Get the file again from its "
-                         "official source.")
+        raise UserError(f"{archive} holds the member {name!r}, which would be written outside "
+                        f"{target}; refusing to unpack it. Get the file again from its "
+                        "official source.")
     root = os.path.realpath(target)
     path = os.path.realpath(os.path.join(root, *[p for p in parts if p not in ("", ".")]))
     if os.path.commonpath([root, path]) != root:
-        raise ValueError(f"{archive} member {name!r} resolves to {path}, outside {target}; "
-                         "refusing to unpack it.")
+        raise UserError(f"{archive} member {name!r} resolves to {path}, outside {target}; "
+                        "refusing to unpack it.")
     return path
 
 
@@ -267,12 +268,12 @@ def extract_archive(archive: str, target: str, strip_prefix: str = "") -> list:
     try:
         tar = tarfile.open(archive)
     except tarfile.TarError as error:
-        raise ValueError(f"{archive} is neither a zip nor a tar archive ({error}); delete it "
-                         "and download it again.") from None
+        raise UserError(f"{archive} is neither a zip nor a tar archive ({error}); delete it "
+                        "and download it again.") from None
     with tar:
         for member in tar.getmembers():
             if not (member.isfile() or member.isdir()):
-                raise ValueError(f"{archive} holds {member.name!r}, a link or special file; "
-                                 "refusing to unpack it. Get the file from its official source.")
+                raise UserError(f"{archive} holds {member.name!r}, a link or special file; "
+                                "refusing to unpack it. Get the file from its official source.")
         return write([(m, destination(m.name)) for m in tar.getmembers() if m.isfile()],
                      tar.extractfile)

@@ -40,6 +40,7 @@ from tfmeta.data.base import (
     load_cached_arrays,
     source_fingerprint,
 )
+from tfmeta.errors import UserError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE = "cifar-100-python.tar.gz"
@@ -117,8 +118,8 @@ def _read(path: str, keys: tuple) -> dict:
     missing = [k for k in keys if not isinstance(raw, dict) or k not in raw]
     if missing:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path} lacks the key(s) {missing} (CIFAR-100 python pickles have "
-                         f"byte-string keys); got {got}. Fetch {URL} again.")
+        raise UserError(f"{path} lacks the key(s) {missing} (CIFAR-100 python pickles have "
+                        f"byte-string keys); got {got}. Fetch {URL} again.")
     return raw
 
 
@@ -132,18 +133,18 @@ def read_cifar100(folder: str) -> dict:
         raw = _read(path, (b"data", b"fine_labels", b"coarse_labels"))
         data = np.asarray(raw[b"data"])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * RAW_SIZE ** 2:
-            raise ValueError(f"{path}: b'data' should be uint8 [n, 3072]; got {data.dtype} "
-                             f"{data.shape}. Fetch {URL} again.")
+            raise UserError(f"{path}: b'data' should be uint8 [n, 3072]; got {data.dtype} "
+                            f"{data.shape}. Fetch {URL} again.")
         labels = [np.asarray(raw[k], np.int64) for k in (b"fine_labels", b"coarse_labels")]
         if any(lab.shape != (len(data),) for lab in labels):
-            raise ValueError(f"{path} has {len(data)} images but {len(labels[0])} fine and "
-                             f"{len(labels[1])} coarse labels; fetch {URL} again.")
+            raise UserError(f"{path} has {len(data)} images but {len(labels[0])} fine and "
+                            f"{len(labels[1])} coarse labels; fetch {URL} again.")
         for kind, values, count in (("fine", labels[0], 100), ("coarse", labels[1], 20)):
             outside = int(np.sum((values < 0) | (values >= count)))
             if outside:
-                raise ValueError(f"{path} has {outside} {kind} label(s) outside 0..{count - 1} "
-                                 f"(CIFAR-100 has {count} {kind} classes); the file is corrupt: "
-                                 f"fetch {URL} again.")
+                raise UserError(f"{path} has {outside} {kind} label(s) outside 0..{count - 1} "
+                                f"(CIFAR-100 has {count} {kind} classes); the file is corrupt: "
+                                f"fetch {URL} again.")
         pixels.append(data.reshape(-1, 3, RAW_SIZE, RAW_SIZE).transpose(0, 2, 3, 1))
         fine.append(labels[0])
         coarse.append(labels[1])
@@ -184,8 +185,8 @@ def load_benchmark(benchmark: str, data_dir, image_size, train_on_val, normalize
     for split, names in split_classes(arrays, benchmark).items():
         unknown = [n for n in names if n not in index or index[n] not in count_of]
         if unknown:
-            raise ValueError(f"{folder} has no images of the {benchmark} class(es) {unknown}; "
-                             f"its meta names {len(index)} classes. Fetch {URL} again.")
+            raise UserError(f"{folder} has no images of the {benchmark} class(es) {unknown}; "
+                            f"its meta names {len(index)} classes. Fetch {URL} again.")
         per_class = [by_class[offsets[index[n]]:offsets[index[n]] + count_of[index[n]]]
                      for n in names]
         splits[split] = image_utils.class_images(

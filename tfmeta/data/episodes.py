@@ -36,6 +36,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.errors import UserError
+
 EPISODE_KEYS = ("support_images", "support_labels", "query_images", "query_labels")
 # The kinds of episode `episode_dataset` samples: N-way K-shot, or Meta-Dataset's variable
 # ways and shots (`tfmeta.data.variable_episodes`).
@@ -82,9 +84,9 @@ class ClassImages:
         if self.class_groups is not None:
             groups = tuple(str(g) for g in self.class_groups)
             if len(groups) != len(self.class_counts):
-                raise ValueError(f"class_groups has {len(groups)} group names for "
-                                 f"{len(self.class_counts)} classes; give one per class, or "
-                                 "None for classes without groups.")
+                raise UserError(f"class_groups has {len(groups)} group names for "
+                                f"{len(self.class_counts)} classes; give one per class, or "
+                                "None for classes without groups.")
             object.__setattr__(self, "class_groups", groups)  # (frozen) as a tuple of str
 
     @classmethod
@@ -92,12 +94,12 @@ class ClassImages:
                    drop_small_classes: bool = False, class_groups=None) -> ClassImages:
         """Builds from a list with one `[count_c, *example_shape]` array per class."""
         if not per_class:
-            raise ValueError("ClassImages needs at least one class; got an empty list.")
+            raise UserError("ClassImages needs at least one class; got an empty list.")
         counts = np.array([len(x) for x in per_class], np.int64)
         empty = [i for i, c in enumerate(counts) if c == 0]
         if empty:
             names = class_names or [str(i) for i in range(len(per_class))]
-            raise ValueError(
+            raise UserError(
                 f"Class {names[empty[0]]!r} has no examples ({len(empty)} empty classes); "
                 "remove empty class folders or fix the data."
             )
@@ -167,7 +169,7 @@ def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int
     where = f" in the {split!r} split" if split else ""
     for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
         if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+            raise UserError(f"{name} must be a positive integer; got {value!r}.")
     needed = shots + queries
     small = np.flatnonzero(classes.class_counts < needed)
     if classes.drop_small_classes and len(small):
@@ -178,12 +180,12 @@ def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int
                    f"shots + queries = {shots} + {queries} = {needed} images")
             if len(kept) < MIN_CLASSES:
                 least = min(ways, MIN_CLASSES)
-                raise ValueError(
+                raise UserError(
                     f"{few}, and an episode needs at least {least} class"
                     f"{'es' if least > 1 else ''}; use fewer shots or queries (the largest class "
                     f"has {largest} images), add images to the small classes, or "
                     f"{MORE_CLASSES}.")
-            raise ValueError(
+            raise UserError(
                 f"{few}, fewer than ways={ways}; use ways <= {len(kept)}, fewer shots or "
                 f"queries (the largest class has {largest} images), or add images to the small "
                 "classes.")
@@ -195,17 +197,17 @@ def check_episode_spec(classes: ClassImages, ways: int, shots: int, queries: int
         classes = classes.select(kept)
     if ways > classes.num_classes and classes.num_classes < MIN_CLASSES:
         least = min(ways, MIN_CLASSES)
-        raise ValueError(
+        raise UserError(
             f"ways={ways} is larger than the {classes.num_classes} "
             f"class{'' if classes.num_classes == 1 else 'es'} available{where}, and an episode "
             f"needs at least {least} class{'es' if least > 1 else ''}; {MORE_CLASSES}.")
     if ways > classes.num_classes:
-        raise ValueError(
+        raise UserError(
             f"ways={ways} is larger than the {classes.num_classes} classes available{where}; "
             f"use ways <= {classes.num_classes} or a dataset with more classes.")
     smallest = int(np.argmin(classes.class_counts))
     if needed > classes.class_counts[smallest]:
-        raise ValueError(
+        raise UserError(
             f"shots + queries = {shots} + {queries} = {needed} is more than the "
             f"{classes.class_counts[smallest]} examples of class {classes.class_names[smallest]!r}"
             f"{where}; use shots + queries <= {classes.class_counts[smallest]}.")
@@ -224,10 +226,10 @@ def check_grouping(grouping: str, sampler: str = "fixed") -> None:
     """Raises a ValueError unless `grouping` is one of EPISODE_GROUPINGS that `sampler`'s
     episodes can be drawn with."""
     if grouping not in EPISODE_GROUPINGS:
-        raise ValueError(f"grouping (episode_grouping) must be one of "
-                         f"{list(EPISODE_GROUPINGS)}; got {grouping!r}.")
+        raise UserError(f"grouping (episode_grouping) must be one of "
+                        f"{list(EPISODE_GROUPINGS)}; got {grouping!r}.")
     if grouping == "within" and sampler == "variable":
-        raise ValueError(
+        raise UserError(
             "episode_grouping=within draws N-way K-shot episodes within one group, but "
             "episode_sampler=variable draws its ways from every class; use "
             "episode_grouping=any with variable episodes, or fixed ones (bin/evaluate.py "
@@ -241,7 +243,7 @@ def eligible_groups(classes, ways: int, split: str = "") -> tuple:
     `RecordClasses`) have no groups, or no group has `ways` classes."""
     where = f"the {split!r} split" if split else "these classes"
     if classes.class_groups is None:
-        raise ValueError(
+        raise UserError(
             f"episode_grouping=within (bin/evaluate.py --within_group) needs classes with "
             f"groups, but those of {where} have none: use --dataset=omniglot (its alphabets), "
             "or --dataset=folder with --set=data.class_depth=2 (DIR/<group>/<class>/...); or "
@@ -255,7 +257,7 @@ def eligible_groups(classes, ways: int, split: str = "") -> tuple:
                   sizes[largest] >= MIN_CLASSES else f", and an episode needs at least "
                   f"{MIN_CLASSES} classes; use episode_grouping=any, or groups of "
                   f"{MIN_CLASSES} or more classes")
-        raise ValueError(
+        raise UserError(
             f"ways={ways} is more classes than any one group of {where} has, but "
             f"episode_grouping=within draws every episode's classes from one group: the "
             f"largest group, {str(names[largest])!r}, has {sizes[largest]} "
@@ -371,12 +373,12 @@ def episode_numbers(meta_batch_size: int | None = None, start_step: int = 0,
     """
     batch = meta_batch_size or 1
     if workers < 1 or not 0 <= worker < workers or batch % workers:
-        raise ValueError(f"worker {worker} of {workers}: the meta-batch of {batch} episodes "
-                         f"must split evenly over 0 < workers; use a meta_batch_size that is a "
-                         f"multiple of {workers}.")
+        raise UserError(f"worker {worker} of {workers}: the meta-batch of {batch} episodes "
+                        f"must split evenly over 0 < workers; use a meta_batch_size that is a "
+                        f"multiple of {workers}.")
     if num_episodes is not None and (workers > 1 or start_step):
-        raise ValueError("A finite episode stream (num_episodes) is for evaluation: one worker, "
-                         "from step 0.")
+        raise UserError("A finite episode stream (num_episodes) is for evaluation: one worker, "
+                        "from step 0.")
     share = batch // workers
     counter = tf.data.Dataset.counter()
     if num_episodes is not None:
@@ -411,7 +413,7 @@ def episode_sampler(classes: ClassImages, split: str, ways: int, shots: int, que
         variable = variable or variable_episodes.VariableEpisodes()
         classes = variable_episodes.check_variable_spec(classes, variable, split)
         return variable_episodes.make_variable_episode_sampler(classes, variable, augment)
-    raise ValueError(f"sampler must be one of {list(EPISODE_SAMPLERS)}; got {sampler!r}.")
+    raise UserError(f"sampler must be one of {list(EPISODE_SAMPLERS)}; got {sampler!r}.")
 
 
 def episode_dataset(

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfmeta.data import image_headers
 from tfmeta.data.episodes import ClassImages
+from tfmeta.errors import UserError
 from tfmeta.ranges import Range
 
 # Per-channel pixel mean and standard deviation (of 0..255 values) the field normalizes
@@ -46,7 +47,7 @@ def make_preprocess(raw_size, image_size: int | None, mean_std, normalize: bool 
     `normalize=False` or `mean_std` is None)."""
     raw = (raw_size, raw_size) if isinstance(raw_size, int) else tuple(raw_size)
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
-        raise ValueError(f"image_size must be a positive integer; got {image_size!r}.")
+        raise UserError(f"image_size must be a positive integer; got {image_size!r}.")
     size = raw if image_size is None else (image_size, image_size)
     normalize = normalize and mean_std is not None
     if normalize:
@@ -93,9 +94,9 @@ IMAGE_PIXELS = Range(1, integer=True)
 
 def check_max_image_pixels(max_image_pixels) -> None:
     if not IMAGE_PIXELS.contains(max_image_pixels):
-        raise ValueError(f"data.max_image_pixels must be {IMAGE_PIXELS.describe()}: the most "
-                         f"pixels an image file may declare (default {MAX_IMAGE_PIXELS}, "
-                         f"Pillow's); got {max_image_pixels!r}.")
+        raise UserError(f"data.max_image_pixels must be {IMAGE_PIXELS.describe()}: the most "
+                        f"pixels an image file may declare (default {MAX_IMAGE_PIXELS}, "
+                        f"Pillow's); got {max_image_pixels!r}.")
 
 
 def refuse_oversized(encoded: Sequence, describe: Callable[[int], str],
@@ -108,7 +109,7 @@ def refuse_oversized(encoded: Sequence, describe: Callable[[int], str],
     for i, item in enumerate(encoded):
         header = image_headers.read_header(item if from_files else _as_bytes(item))
         if header is not None and header.pixels > max_image_pixels:
-            raise ValueError(
+            raise UserError(
                 f"Image {describe(i)} declares {header.describe()} pixels ({header.pixels:,}), "
                 f"more than the {max_image_pixels:,} an image may have (data.max_image_pixels, "
                 "Pillow's guard against decompression bombs); shrink or remove it, or if it "
@@ -164,8 +165,8 @@ def _decode_in_numpy(data) -> tuple:
     try:
         header = image_headers.read_header(data)
         if header is not None and header.animated:
-            raise ValueError("an animated WebP, which TensorFlow cannot decode safely; save "
-                             "its first frame as PNG")
+            raise UserError("an animated WebP, which TensorFlow cannot decode safely; save "
+                            "its first frame as PNG")
         return decode_paletted_bmp(data), b""
     except ValueError as error:
         return np.zeros((0, 0, 1), np.uint8), str(error).encode()
@@ -184,7 +185,7 @@ def decode_paletted_bmp(data: bytes) -> np.ndarray:
     cut short, or any other is a ValueError saying what it is.
     """
     if len(data) < 26 or data[:2] != b"BM":
-        raise ValueError("not a BMP file")
+        raise UserError("not a BMP file")
     pixels_at, info_size = struct.unpack_from("<II", data, 10)
     if info_size == 12:  # OS/2 BITMAPCOREHEADER: uint16 sides, palette of RGB triples
         width, height, _, bits = struct.unpack_from("<HHHH", data, 18)
@@ -193,24 +194,24 @@ def decode_paletted_bmp(data: bytes) -> np.ndarray:
         width, height, _, bits, compression = struct.unpack_from("<iiHHI", data, 18)
         colours, entry = struct.unpack_from("<I", data, 46)[0], 4
     else:
-        raise ValueError(f"a BMP with an info header of {info_size} bytes, which tfmeta does "
-                         "not read; save it as PNG")
+        raise UserError(f"a BMP with an info header of {info_size} bytes, which tfmeta does "
+                        "not read; save it as PNG")
     if compression:
-        raise ValueError(f"a BMP compressed with {BMP_COMPRESSIONS.get(compression, compression)}"
-                         ", which tfmeta does not decode; save it uncompressed or as PNG")
+        raise UserError(f"a BMP compressed with {BMP_COMPRESSIONS.get(compression, compression)}"
+                        ", which tfmeta does not decode; save it uncompressed or as PNG")
     if bits not in (1, 2, 4, 8):
         header = " with an OS/2 header" if info_size == 12 else ""
-        raise ValueError(f"a {bits}-bit BMP{header}, which tfmeta does not read; save it as PNG")
+        raise UserError(f"a {bits}-bit BMP{header}, which tfmeta does not read; save it as PNG")
     if width <= 0 or height == 0:
-        raise ValueError(f"a BMP of {width}x{height} pixels")
+        raise UserError(f"a BMP of {width}x{height} pixels")
     top_down, height = height < 0, abs(height)
     count = min(colours or 1 << bits, 1 << bits)
     palette_at = 14 + info_size
     row_bytes = (width * bits + 31) // 32 * 4
     need = max(palette_at + count * entry, pixels_at + row_bytes * height)
     if len(data) < need:
-        raise ValueError(f"a BMP cut short: its {width}x{height} pixels and {count} colours "
-                         f"need {need} bytes, it has {len(data)}")
+        raise UserError(f"a BMP cut short: its {width}x{height} pixels and {count} colours "
+                        f"need {need} bytes, it has {len(data)}")
     palette = np.frombuffer(data, np.uint8, count * entry, palette_at).reshape(count, entry)
     palette = palette[:, 2::-1]  # stored blue, green, red (, reserved)
     grey = bool(np.all(palette == palette[:, :1]))
@@ -355,9 +356,9 @@ def raise_for_bad_image(encoded, bad, describe, from_files):
                                     "not there; restore the file or get the dataset again.")
         reason = decode_failure(encoded[i], from_files)
         if reason is not None:
-            raise ValueError(f"Corrupt image {describe(i)}{others}: it does not decode as "
-                             f"JPEG, PNG, BMP or GIF ({reason}). Replace it or get the "
-                             "dataset again.")
+            raise UserError(f"Corrupt image {describe(i)}{others}: it does not decode as "
+                            f"JPEG, PNG, BMP or GIF ({reason}). Replace it or get the "
+                            "dataset again.")
     raise RuntimeError(f"Images {list(bad)[:5]} failed to decode in a batch but decode "
                        "alone; please report this.")
 
@@ -378,8 +379,8 @@ def class_images(images: np.ndarray, counts, names, transform=None,
     of group `groups[c]` (None: the classes have no groups)."""
     counts = np.asarray(counts, np.int64)
     if counts.sum() != len(images) or len(counts) != len(names) or not len(counts):
-        raise ValueError(f"{len(names)} class names and counts summing to {counts.sum()} do "
-                         f"not describe {len(images)} images.")
+        raise UserError(f"{len(names)} class names and counts summing to {counts.sum()} do "
+                        f"not describe {len(images)} images.")
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     return ClassImages(images, offsets, counts, tuple(str(n) for n in names), transform,
                        class_groups=groups)
@@ -393,9 +394,9 @@ def check_disjoint_classes(split_classes: dict, where: str,
     for split, classes in split_classes.items():
         for name in classes:
             if name in seen:
-                raise ValueError(f"Class {name!r} is in both the {seen[name]!r} and the "
-                                 f"{split!r} split of {where}; few-shot splits must not share "
-                                 f"classes. {fix}")
+                raise UserError(f"Class {name!r} is in both the {seen[name]!r} and the "
+                                f"{split!r} split of {where}; few-shot splits must not share "
+                                f"classes. {fix}")
             seen[name] = split
 
 

@@ -33,6 +33,7 @@ import tensorflow as tf
 from tfmeta.data import safe_pickle
 from tfmeta.data.base import FewShotDataset, download_file, extract_archive, read_npz
 from tfmeta.data.episodes import ClassImages
+from tfmeta.errors import UserError
 
 PUBLISHED = {"miniImageNet": ("center", "multiview"), "tieredImageNet": ("center",)}
 RELEASE_URL = "http://storage.googleapis.com/leo-embeddings/embeddings.zip"
@@ -75,12 +76,12 @@ def read_pickle(path: str) -> dict:
         raw = safe_pickle.load_data_file(path, "latin1", fix)
     if not isinstance(raw, dict) or "keys" not in raw or "embeddings" not in raw:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path} should hold a dict with 'keys' and 'embeddings'; got {got}.")
+        raise UserError(f"{path} should hold a dict with 'keys' and 'embeddings'; got {got}.")
     keys = [k.decode("latin-1") if isinstance(k, bytes) else str(k) for k in raw["keys"]]
     embeddings = np.asarray(raw["embeddings"], np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(keys):
-        raise ValueError(f"{path}: 'embeddings' should be [n, dim] with one row per key "
-                         f"({len(keys)} keys); got shape {embeddings.shape}.")
+        raise UserError(f"{path}: 'embeddings' should be [n, dim] with one row per key "
+                        f"({len(keys)} keys); got shape {embeddings.shape}.")
     return {"keys": keys, "embeddings": embeddings}
 
 
@@ -89,7 +90,7 @@ def class_of_key(key: str, path: str = "") -> str:
     parts = key.split("-")
     if len(parts) != 3 or parts[2].split("_")[0] != parts[1]:
         where = f" in {path}" if path else ""
-        raise ValueError(
+        raise UserError(
             f"Bad key {key!r}{where}: LEO keys look like '<x>-<wnid>-<wnid>_<n>.JPEG', the "
             "file name starting with its class's wnid. Rewrite the file with "
             "bin/write_embeddings.py or fix its keys.")
@@ -104,12 +105,12 @@ def group_by_class(data: dict, path: str = "") -> ClassImages:
         wnid = class_of_key(key, path)
         image = key.split("-")[2]
         if image in seen:
-            raise ValueError(f"Duplicate image {image!r} (key {key!r}) in {path}; each image "
-                             "must appear once.")
+            raise UserError(f"Duplicate image {image!r} (key {key!r}) in {path}; each image "
+                            "must appear once.")
         seen.add(image)
         rows.setdefault(wnid, []).append(i)
     if not rows:
-        raise ValueError(f"{path} holds no embeddings.")
+        raise UserError(f"{path} holds no embeddings.")
     names = sorted(rows)
     normalized = l2_normalize(data["embeddings"]).numpy()
     return ClassImages.from_lists([normalized[rows[n]] for n in names], names)
@@ -154,8 +155,8 @@ def load_folder(data_dir: str, name: str, crop: str = "center", train_on_val: bo
     data = {s: read_pickle(p) for s, p in paths.items()}
     dims = {s: d["embeddings"].shape[1] for s, d in data.items()}
     if len(set(dims.values())) != 1:
-        raise ValueError(f"The splits of {data_dir}/{name}/{crop} have different embedding "
-                         f"sizes {dims}; write them with the same backbone.")
+        raise UserError(f"The splits of {data_dir}/{name}/{crop} have different embedding "
+                        f"sizes {dims}; write them with the same backbone.")
     if train_on_val:
         data["train"] = merge(data["train"], data["val"])
         paths["train"] += " + " + paths["val"]
@@ -180,7 +181,7 @@ def download_release(data_dir: str, url: str | None = None) -> list:
     file of the release, and unpacks it there (`data_dir/<Name>/<crop>/*.pkl`). No checksum
     is published. Returns the files written; nothing is fetched if they are all there."""
     if not data_dir:
-        raise ValueError("--download needs --data_dir: the folder to put LEO's embeddings in.")
+        raise UserError("--download needs --data_dir: the folder to put LEO's embeddings in.")
     url = url or RELEASE_URL
     if all(os.path.isfile(os.path.join(data_dir, m)) for m in release_members()):
         return []
@@ -194,14 +195,14 @@ def download_release(data_dir: str, url: str | None = None) -> list:
             broken = z.testzip()
     except (zipfile.BadZipFile, OSError) as error:
         os.remove(archive)
-        raise ValueError(f"{archive} (from {url}) is not a readable zip ({error}); it was "
-                         "deleted: try --download again.") from None
+        raise UserError(f"{archive} (from {url}) is not a readable zip ({error}); it was "
+                        "deleted: try --download again.") from None
     missing = [m for m in release_members() if m not in names]
     if missing or broken:
         os.remove(archive)
         what = f"lacks {missing}" if missing else f"has a corrupt member {broken}"
-        raise ValueError(f"{archive} (from {url}) {what}, so it is not LEO's release; it was "
-                         "deleted: try --download again.")
+        raise UserError(f"{archive} (from {url}) {what}, so it is not LEO's release; it was "
+                        "deleted: try --download again.")
     return extract_archive(archive, data_dir, strip_prefix=RELEASE_PREFIX)
 
 
@@ -210,8 +211,8 @@ def load_published(name: str, data_dir: str | None = None, embeddings: str = "ce
     """The released LEO embeddings of `name` (`miniImageNet` or `tieredImageNet`); with
     `download_missing`, LEO's release is fetched into `data_dir` first if absent."""
     if embeddings not in PUBLISHED[name]:
-        raise ValueError(f"embeddings={embeddings!r} is not available for {name}; the LEO "
-                         f"release has {list(PUBLISHED[name])} for it.")
+        raise UserError(f"embeddings={embeddings!r} is not available for {name}; the LEO "
+                        f"release has {list(PUBLISHED[name])} for it.")
     if download_missing:
         download_release(data_dir)
     registry = {"miniImageNet": "mini_imagenet", "tieredImageNet": "tiered_imagenet"}[name]

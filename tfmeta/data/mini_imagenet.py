@@ -29,6 +29,7 @@ import numpy as np
 from tfmeta.data import images as image_utils
 from tfmeta.data import leo_embeddings, safe_pickle
 from tfmeta.data.base import FewShotDataset, load_cached_arrays, source_fingerprint
+from tfmeta.errors import UserError
 
 RAW_SIZE = 84
 RAW_SHAPE = (RAW_SIZE, RAW_SIZE, 3)
@@ -81,19 +82,19 @@ def read_csv(path: str) -> list:
         rows = list(csv.reader(f))
     if not rows or [c.strip() for c in rows[0]] != CSV_HEADER:
         got = rows[0] if rows else "an empty file"
-        raise ValueError(f"{path} should start with the header 'filename,label' (Ravi & "
-                         f"Larochelle's split files); got {got}. Use the official CSV.")
+        raise UserError(f"{path} should start with the header 'filename,label' (Ravi & "
+                        f"Larochelle's split files); got {got}. Use the official CSV.")
     bad = [i + 2 for i, row in enumerate(rows[1:]) if len(row) != 2 or not all(row)]
     if bad:
-        raise ValueError(f"{path} line {bad[0]}: expected 'filename,label'; fix or replace "
-                         "the file.")
+        raise UserError(f"{path} line {bad[0]}: expected 'filename,label'; fix or replace "
+                        "the file.")
     outside = [i + 2 for i, row in enumerate(rows[1:]) if not is_plain_file_name(row[0].strip())]
     if outside:
-        raise ValueError(f"{path} line {outside[0]} names {rows[outside[0] - 1][0]!r}, which is "
-                         "not a file in images/ (a split file names plain file names, no "
-                         "folders or '..'); fix or replace the file.")
+        raise UserError(f"{path} line {outside[0]} names {rows[outside[0] - 1][0]!r}, which is "
+                        "not a file in images/ (a split file names plain file names, no "
+                        "folders or '..'); fix or replace the file.")
     if len(rows) == 1:
-        raise ValueError(f"{path} lists no images.")
+        raise UserError(f"{path} lists no images.")
     return [(name.strip(), label.strip()) for name, label in rows[1:]]
 
 
@@ -117,19 +118,19 @@ def read_pickle_split(path: str) -> dict:
     raw = safe_pickle.load_data_file(path, "latin1")
     if not isinstance(raw, dict) or not {"image_data", "class_dict"} <= set(raw):
         got = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path} should hold a dict with keys 'image_data' and 'class_dict' "
-                         f"(the mini-ImageNet pickle cache); got {got}.")
+        raise UserError(f"{path} should hold a dict with keys 'image_data' and 'class_dict' "
+                        f"(the mini-ImageNet pickle cache); got {got}.")
     pixels = np.asarray(raw["image_data"])
     if pixels.dtype != np.uint8 or pixels.shape[1:] != RAW_SHAPE:
-        raise ValueError(f"{path}: 'image_data' should be uint8 [n, 84, 84, 3]; got "
-                         f"{pixels.dtype} {pixels.shape}.")
+        raise UserError(f"{path}: 'image_data' should be uint8 [n, 84, 84, 3]; got "
+                        f"{pixels.dtype} {pixels.shape}.")
     class_dict = {(k.decode() if isinstance(k, bytes) else str(k)): np.asarray(v, np.int64)
                   for k, v in raw["class_dict"].items()}
     names = sorted(class_dict)
     index = np.concatenate([class_dict[n] for n in names]) if names else np.zeros(0, np.int64)
     if not names or index.min() < 0 or index.max() >= len(pixels):
-        raise ValueError(f"{path}: 'class_dict' should map each wnid to indices into "
-                         f"'image_data' (0..{len(pixels) - 1}); fix or replace the file.")
+        raise UserError(f"{path}: 'class_dict' should map each wnid to indices into "
+                        f"'image_data' (0..{len(pixels) - 1}); fix or replace the file.")
     return {"images": pixels[index], "names": np.array(names),
             "counts": np.array([len(class_dict[n]) for n in names])}
 

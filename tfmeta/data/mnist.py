@@ -29,6 +29,7 @@ import tensorflow as tf
 from tfmeta.data import base
 from tfmeta.data.base import FewShotDataset, download_file
 from tfmeta.data.episodes import ClassImages
+from tfmeta.errors import UserError
 
 FILE_NAME = "mnist.npz"
 URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
@@ -61,19 +62,19 @@ def read_npz(path: str) -> dict:
     arrays = base.read_npz(path, f"delete it and download it again from {URL}.")
     missing = [k for k in KEYS if k not in arrays]
     if missing:
-        raise ValueError(f"{path} has keys {sorted(arrays)}; an mnist.npz needs {list(KEYS)} "
-                         f"(missing {missing}). Use the standard file from {URL}.")
+        raise UserError(f"{path} has keys {sorted(arrays)}; an mnist.npz needs {list(KEYS)} "
+                        f"(missing {missing}). Use the standard file from {URL}.")
     for part in ("train", "test"):
         images, labels = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if images.ndim != 3 or images.shape[1:] != RAW_SHAPE[:2]:
-            raise ValueError(f"x_{part} in {path} has shape {images.shape}; MNIST images are "
-                             f"[n, 28, 28].")
+            raise UserError(f"x_{part} in {path} has shape {images.shape}; MNIST images are "
+                            f"[n, 28, 28].")
         if labels.shape != (len(images),):
-            raise ValueError(f"y_{part} in {path} has shape {labels.shape}; expected "
-                             f"({len(images)},), one label per image.")
+            raise UserError(f"y_{part} in {path} has shape {labels.shape}; expected "
+                            f"({len(images)},), one label per image.")
         if labels.size and (labels.min() < 0 or labels.max() > 9):
-            raise ValueError(f"y_{part} in {path} has labels in {labels.min()}..{labels.max()}; "
-                             "MNIST labels are digits 0..9.")
+            raise UserError(f"y_{part} in {path} has labels in {labels.min()}..{labels.max()}; "
+                            "MNIST labels are digits 0..9.")
     return arrays
 
 
@@ -121,9 +122,9 @@ def load(data_dir: str | None = None, split: str = "generation", image_size: int
       download_missing: download `mnist.npz` into `data_dir` if absent.
     """
     if split not in SPLITS:
-        raise ValueError(f"Unknown MNIST split {split!r}; valid splits: {sorted(SPLITS)}.")
+        raise UserError(f"Unknown MNIST split {split!r}; valid splits: {sorted(SPLITS)}.")
     if max_per_class is not None and max_per_class < 1:
-        raise ValueError(f"max_per_class must be >= 1 or None; got {max_per_class}.")
+        raise UserError(f"max_per_class must be >= 1 or None; got {max_per_class}.")
     path = os.path.join(data_dir or DEFAULT_DIR, FILE_NAME)
     if use_tfds or (not os.path.isfile(path) and not download_missing and tfds_prepared(tfds_dir)):
         if not tfds_prepared(tfds_dir):
@@ -144,8 +145,8 @@ def load(data_dir: str | None = None, split: str = "generation", image_size: int
         for digit in digits:
             chosen = images[labels == digit][:max_per_class]
             if not len(chosen):
-                raise ValueError(f"Digit {digit} has no images in x_{part} of {source}; the "
-                                 f"{name!r} split of the {split!r} split needs it.")
+                raise UserError(f"Digit {digit} has no images in x_{part} of {source}; the "
+                                f"{name!r} split of the {split!r} split needs it.")
             raw = chosen[..., None].astype(np.float32) / 255.0
             per_class.append(preprocess(raw).numpy())
         splits[name] = ClassImages.from_lists(per_class, [str(d) for d in digits])

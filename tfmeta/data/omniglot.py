@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tfmeta.data.base import FewShotDataset, download_file, load_cached_arrays, source_fingerprint
 from tfmeta.data.episodes import ClassImages
+from tfmeta.errors import UserError
 
 URL_PREFIX = "https://github.com/brendenlake/omniglot/raw/master/python/"
 ARCHIVE_MD5 = {
@@ -109,8 +110,8 @@ def _list_pngs(source: str):
     try:
         archive = zipfile.ZipFile(source)
     except zipfile.BadZipFile as error:
-        raise ValueError(f"{source} is not a readable zip file ({error}); delete it and "
-                         "download it again.") from error
+        raise UserError(f"{source} is not a readable zip file ({error}); delete it and "
+                        "download it again.") from error
     with archive:
         for info in sorted(archive.infolist(), key=lambda i: i.filename):
             parts = info.filename.split("/")
@@ -125,19 +126,19 @@ def _read_member(archive: zipfile.ZipFile, source: str, info: zipfile.ZipInfo) -
     try:
         return archive.read(info)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
-        raise ValueError(f"Corrupt member {info.filename} in {source} ({error}); delete the zip "
-                         "and download it again.") from None
+        raise UserError(f"Corrupt member {info.filename} in {source} ({error}); delete the zip "
+                        "and download it again.") from None
 
 
 def _decode(path: str, data: bytes) -> np.ndarray:
     try:
         image = tf.io.decode_png(data, channels=1).numpy()
     except tf.errors.InvalidArgumentError as error:
-        raise ValueError(f"Corrupt image {path}: it does not decode as PNG ({error.message}). "
-                         "Replace the file or download the set again.") from None
+        raise UserError(f"Corrupt image {path}: it does not decode as PNG ({error.message}). "
+                        "Replace the file or download the set again.") from None
     if image.shape != RAW_SHAPE:
-        raise ValueError(f"Image {path} has shape {image.shape}; Omniglot images are "
-                         f"{RAW_SHAPE}. Replace the file or download the set again.")
+        raise UserError(f"Image {path} has shape {image.shape}; Omniglot images are "
+                        f"{RAW_SHAPE}. Replace the file or download the set again.")
     return image
 
 
@@ -157,13 +158,13 @@ def read_characters(sources: list) -> tuple:
             seen_here.add(key)
             per_character.setdefault(key, []).append(_decode(path, read()))
     if not per_character:
-        raise ValueError(f"No Omniglot images found in {sources}; expected "
-                         "<set>/<alphabet>/characterNN/*.png inside.")
+        raise UserError(f"No Omniglot images found in {sources}; expected "
+                        "<set>/<alphabet>/characterNN/*.png inside.")
     names = sorted(per_character)
     drawers = {len(per_character[n]) for n in names}
     if len(drawers) != 1:
-        raise ValueError(f"Omniglot characters should all have the same number of drawers; "
-                         f"found counts {sorted(drawers)}. Some files are missing.")
+        raise UserError(f"Omniglot characters should all have the same number of drawers; "
+                        f"found counts {sorted(drawers)}. Some files are missing.")
     return names, np.stack([np.stack(per_character[n]) for n in names])
 
 
@@ -185,7 +186,7 @@ def _split_names(names: list, full: bool) -> dict:
     empty = [s for s, members in split.items() if not members]
     if empty:
         found = sorted({alphabet_of(n) for n in names})
-        raise ValueError(
+        raise UserError(
             f"These Omniglot minimal sets hold the alphabets {found}, but the minimal-set split "
             f"takes its {', '.join(empty)} split from "
             f"{[a for s in empty for a in MINIMAL_SPLIT[s]]}, which are missing: the zips are "

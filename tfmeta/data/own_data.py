@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data import images as image_utils
+from tfmeta.errors import UserError
 from tfmeta.ranges import IMAGE_SIZE
 
 SPLITS = ("train", "val", "test")
@@ -45,7 +46,7 @@ CHANNELS = (1, 3)
 def check_image_options(image_size, channels=None) -> None:
     IMAGE_SIZE.check("data.image_size", image_size)
     if channels is not None and channels not in CHANNELS:
-        raise ValueError(f"data.channels must be 1 (grey) or 3 (RGB); got {channels!r}.")
+        raise UserError(f"data.channels must be 1 (grey) or 3 (RGB); got {channels!r}.")
 
 
 def check_fractions(fractions) -> tuple:
@@ -55,8 +56,8 @@ def check_fractions(fractions) -> tuple:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or min(values) <= 0 or abs(sum(values) - 1) > 1e-6:
-        raise ValueError(f"data.split_fractions must be three numbers > 0 that sum to 1 "
-                         f"(train, val, test), e.g. (0.64, 0.16, 0.2); got {fractions!r}.")
+        raise UserError(f"data.split_fractions must be three numbers > 0 that sum to 1 "
+                        f"(train, val, test), e.g. (0.64, 0.16, 0.2); got {fractions!r}.")
     return values
 
 
@@ -74,9 +75,9 @@ def cut_classes(names, weights: dict, seed: int = 0, what: str = "classes") -> d
     names = sorted(set(names))
     splits = list(weights)
     if len(names) < len(splits):
-        raise ValueError(f"Splitting {what} into {', '.join(splits)} needs at least "
-                         f"{len(splits)} {what}; got {len(names)} ({names}). Add {what}, or "
-                         "give the split as folders train/, val/, test/.")
+        raise UserError(f"Splitting {what} into {', '.join(splits)} needs at least "
+                        f"{len(splits)} {what}; got {len(names)} ({names}). Add {what}, or "
+                        "give the split as folders train/, val/, test/.")
     total = sum(weights.values())
     counts = [max(1, round(weights[s] / total * len(names))) for s in splits[:-1]]
     while sum(counts) > len(names) - 1:  # the last split keeps at least one
@@ -101,20 +102,20 @@ def check_class_split(class_split, names) -> dict:
     against the classes present: every split named, every class known, no class in two."""
     class_split = class_split.to_dict() if hasattr(class_split, "to_dict") else class_split
     if not isinstance(class_split, dict) or set(class_split) != set(SPLITS):
-        raise ValueError(f"data.class_split must map each of {list(SPLITS)} to a list of "
-                         f"class names; got {class_split!r}.")
+        raise UserError(f"data.class_split must map each of {list(SPLITS)} to a list of "
+                        f"class names; got {class_split!r}.")
     known = set(names)
     result = {}
     for split in SPLITS:
         listed = [str(n) for n in class_split[split]]
         if not listed:
-            raise ValueError(f"data.class_split names no class for the {split!r} split.")
+            raise UserError(f"data.class_split names no class for the {split!r} split.")
         missing = [n for n in listed if n not in known]
         if missing:
-            raise ValueError(f"The {split!r} split names {len(missing)} class(es) the data does "
-                             f"not have, e.g. {missing[:3]}; the data's classes are "
-                             f"{sorted(known)[:10]}{' ...' if len(known) > 10 else ''}. Fix "
-                             "data.class_split, or pass the data the run was trained on.")
+            raise UserError(f"The {split!r} split names {len(missing)} class(es) the data does "
+                            f"not have, e.g. {missing[:3]}; the data's classes are "
+                            f"{sorted(known)[:10]}{' ...' if len(known) > 10 else ''}. Fix "
+                            "data.class_split, or pass the data the run was trained on.")
         result[split] = sorted(listed)
     image_utils.check_disjoint_classes(result, "data.class_split",
                                        "Name each class in one split only.")
@@ -150,7 +151,7 @@ def build_dataset(name: str, pixels: np.ndarray, labels: np.ndarray, class_names
 
     names = [str(n) for n in class_names]
     if len(set(names)) != len(names):
-        raise ValueError(f"Class names must be distinct; got {names}.")
+        raise UserError(f"Class names must be distinct; got {names}.")
     labels = np.asarray(labels, np.int64)
     present = np.unique(labels)
     group_of = None if class_groups is None else dict(zip(names, map(str, class_groups)))
@@ -214,8 +215,8 @@ def as_pixels(images, what: str = "images") -> np.ndarray:
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
-        raise ValueError(f"{what} must be a non-empty array [n, H, W] or [n, H, W, C] with C "
-                         f"1 or 3; got shape {images.shape}.")
+        raise UserError(f"{what} must be a non-empty array [n, H, W] or [n, H, W, C] with C "
+                        f"1 or 3; got shape {images.shape}.")
     if images.dtype == np.uint8:
         return images
     scale = pixel_scale(images.dtype, what)
@@ -232,7 +233,7 @@ def pixel_scale(dtype, what: str = "images") -> float:
         return 1.0
     if np.issubdtype(dtype, np.floating):
         return 255.0
-    raise ValueError(f"{what} must be uint8 (0..255) or float (0..1); got {dtype}.")
+    raise UserError(f"{what} must be uint8 (0..255) or float (0..1); got {dtype}.")
 
 
 def check_pixel_values(dtype, finite: bool, low_seen, high_seen, what: str = "images") -> None:
@@ -241,9 +242,9 @@ def check_pixel_values(dtype, finite: bool, low_seen, high_seen, what: str = "im
     integer = pixel_scale(dtype, what) == 1.0
     low, high = (0, 255) if integer else (0.0, 1.0)
     if not finite or low_seen < low or high_seen > high:
-        raise ValueError(f"{what} of dtype {np.dtype(dtype)} must be in [{low}, {high}] "
-                         f"({'0..255 integers' if integer else 'floats in 0..1'}); got "
-                         f"values in [{low_seen}, {high_seen}].")
+        raise UserError(f"{what} of dtype {np.dtype(dtype)} must be in [{low}, {high}] "
+                        f"({'0..255 integers' if integer else 'floats in 0..1'}); got "
+                        f"values in [{low_seen}, {high_seen}].")
 
 
 def label_indices(labels, class_names=None) -> tuple:
@@ -251,17 +252,17 @@ def label_indices(labels, class_names=None) -> tuple:
     integer labels index `class_names` if given, else are named by their value."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError(f"labels must be one label per image, shape [n]; got {labels.shape}.")
+        raise UserError(f"labels must be one label per image, shape [n]; got {labels.shape}.")
     if labels.dtype.kind in "USO":
         names, indices = np.unique(labels.astype(str), return_inverse=True)
         return indices.astype(np.int64), [str(n) for n in names]
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers or strings; got {labels.dtype}.")
+        raise UserError(f"labels must be integers or strings; got {labels.dtype}.")
     if class_names is not None:
         if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-            raise ValueError(f"labels must be in 0..{len(class_names) - 1} to index the "
-                             f"{len(class_names)} class_names; got {labels.min()}.."
-                             f"{labels.max()}.")
+            raise UserError(f"labels must be in 0..{len(class_names) - 1} to index the "
+                            f"{len(class_names)} class_names; got {labels.min()}.."
+                            f"{labels.max()}.")
         return labels.astype(np.int64), [str(n) for n in class_names]
     values, indices = np.unique(labels, return_inverse=True)
     return indices.astype(np.int64), [str(v) for v in values]
@@ -284,8 +285,8 @@ def from_arrays(images, labels, class_names=None, image_size: int | None = None,
     pixels = as_pixels(images)
     indices, names = label_indices(labels, class_names)
     if len(indices) != len(pixels):
-        raise ValueError(f"{len(pixels)} images but {len(indices)} labels; give one label "
-                         "per image.")
+        raise UserError(f"{len(pixels)} images but {len(indices)} labels; give one label "
+                        "per image.")
     if image_size is not None:
         check_image_options(image_size)
     height, width, channels = pixels.shape[1:]
@@ -311,8 +312,8 @@ def from_tf_dataset(dataset: tf.data.Dataset, image_size: int | None = None,
     """
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2:
-        raise ValueError(f"from_tf_dataset takes a dataset of (image, label) pairs; its "
-                         f"elements are {spec}.")
+        raise UserError(f"from_tf_dataset takes a dataset of (image, label) pairs; its "
+                        f"elements are {spec}.")
     dtype = getattr(spec[0], "dtype", None)
     conformed = image_size is not None
     if conformed:
@@ -331,10 +332,10 @@ def from_tf_dataset(dataset: tf.data.Dataset, image_size: int | None = None,
                 highs.append(batch[3])
                 finite.append(batch[4])
     except (tf.errors.InvalidArgumentError, ValueError) as error:
-        raise ValueError(f"The dataset's images could not be batched ({str(error).splitlines()[0]}"
-                         "); images of different sizes need image_size=...") from None
+        raise UserError(f"The dataset's images could not be batched ({str(error).splitlines()[0]}"
+                        "); images of different sizes need image_size=...") from None
     if not images:
-        raise ValueError("The tf.data.Dataset is empty; it must yield (image, label) pairs.")
+        raise UserError("The tf.data.Dataset is empty; it must yield (image, label) pairs.")
     if conformed and dtype != tf.uint8:  # as `as_pixels` checks them without image_size
         lows, highs = np.concatenate(lows), np.concatenate(highs)
         check_pixel_values(dtype.as_numpy_dtype, bool(np.concatenate(finite).all()),

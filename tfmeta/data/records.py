@@ -64,7 +64,7 @@ from tfmeta.data.episodes import (
     split_episode,
     unsharded,
 )
-from tfmeta.errors import PIPELINE_END, PIPELINE_MARK, in_pipeline, pipeline_message
+from tfmeta.errors import PIPELINE_END, PIPELINE_MARK, UserError, in_pipeline, pipeline_message
 
 SPEC_FILE = "dataset_spec.json"
 FORMAT = "tfmeta-records"
@@ -96,9 +96,9 @@ def describe_transform(classes) -> dict | None:
         return None
     stored = classes.stored_examples(0)
     if stored.dtype != np.uint8 or stored.ndim != 4:
-        raise ValueError(f"Cannot describe the preprocessing of examples of shape "
-                         f"{stored.shape[1:]} and dtype {stored.dtype} as data; records hold "
-                         "uint8 images [H, W, C] with a transform, or model inputs as they are.")
+        raise UserError(f"Cannot describe the preprocessing of examples of shape "
+                        f"{stored.shape[1:]} and dtype {stored.dtype} as data; records hold "
+                        "uint8 images [H, W, C] with a transform, or model inputs as they are.")
     probe = np.stack([np.zeros(stored.shape[1:], np.uint8), np.full(stored.shape[1:], 255,
                                                                       np.uint8)])
     black, white = (np.asarray(x, np.float64) for x in classes.inputs(probe))
@@ -111,9 +111,9 @@ def describe_transform(classes) -> dict | None:
     expected = np.asarray(expected) * scale + offset
     got = np.asarray(classes.inputs(sample), np.float64)
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-        raise ValueError("This dataset's preprocessing is not a resize and a per-channel "
-                         "normalization of its pixels, so records cannot reproduce it; "
-                         "convert with --set=data.normalize=False or load it as it is.")
+        raise UserError("This dataset's preprocessing is not a resize and a per-channel "
+                        "normalization of its pixels, so records cannot reproduce it; "
+                        "convert with --set=data.normalize=False or load it as it is.")
     return {"size": size, "scale": scale.tolist(), "offset": offset.tolist()}
 
 
@@ -196,8 +196,8 @@ def convert(dataset: FewShotDataset, output_dir: str, threads: int | None = None
     for split, classes in dataset.splits.items():
         other = classes.stored_examples(0)
         if tuple(other.shape[1:]) != stored_shape or other.dtype != dtype:
-            raise ValueError(f"Split {split!r} stores {other.shape[1:]} {other.dtype} examples "
-                             f"but another split {stored_shape} {dtype}; records need one shape.")
+            raise UserError(f"Split {split!r} stores {other.shape[1:]} {other.dtype} examples "
+                            f"but another split {stored_shape} {dtype}; records need one shape.")
     encoding = stored_encoding(stored_shape, dtype)
     plan = _class_plan(dataset)
     spec = {
@@ -217,13 +217,13 @@ def convert(dataset: FewShotDataset, output_dir: str, threads: int | None = None
             with open(existing, encoding="utf-8") as f:
                 previous = json.load(f)
             if previous != spec:
-                raise ValueError(f"{output_dir} already holds records of other data (or other "
-                                 "options); convert into an empty folder.")
+                raise UserError(f"{output_dir} already holds records of other data (or other "
+                                "options); convert into an empty folder.")
             if existing == final:
                 return spec
     if not os.path.exists(partial) and any(not name.startswith(".")
                                            for name in os.listdir(output_dir)):
-        raise ValueError(f"--output_dir={output_dir} is not empty; convert into a new folder.")
+        raise UserError(f"--output_dir={output_dir} is not empty; convert into a new folder.")
     try:
         with files.atomic_write(partial) as f:
             json.dump(spec, f, indent=1)
@@ -278,22 +278,22 @@ def read_spec(data_dir: str) -> dict:
         with gfile.GFile(path, "r") as f:
             spec = json.loads(f.read())
     except (OSError, ValueError, tf.errors.OpError) as error:
-        raise ValueError(f"{path} is not readable JSON ({error}); convert the data again.") \
+        raise UserError(f"{path} is not readable JSON ({error}); convert the data again.") \
             from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} spec; convert the data with bin/convert.py.")
+        raise UserError(f"{path} is not a {FORMAT} spec; convert the data with bin/convert.py.")
     if spec.get("version") != VERSION:
-        raise ValueError(f"{path} is {FORMAT} version {spec.get('version')!r}, not {VERSION} "
-                         "(version 2 indexes every record file, to read records on demand and "
-                         "check them); convert the data again with this tfmeta's "
-                         "bin/convert.py.")
+        raise UserError(f"{path} is {FORMAT} version {spec.get('version')!r}, not {VERSION} "
+                        "(version 2 indexes every record file, to read records on demand and "
+                        "check them); convert the data again with this tfmeta's "
+                        "bin/convert.py.")
     check_spec(spec, path, data_dir)
     return spec
 
 
-def _spec_error(path: str, what: str) -> ValueError:
-    return ValueError(f"{path}: {what}; the spec is damaged or was edited: convert the data "
-                      "again with bin/convert.py.")
+def _spec_error(path: str, what: str) -> UserError:
+    return UserError(f"{path}: {what}; the spec is damaged or was edited: convert the data "
+                     "again with bin/convert.py.")
 
 
 def _positive_ints(value, length=None) -> bool:
@@ -390,25 +390,25 @@ def read_index(file: str, count: int) -> np.ndarray:
         size = tf.io.gfile.stat(file).length
     except (OSError, ValueError, EOFError, tf.errors.OpError) as error:
         reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
-        raise ValueError(f"Cannot read the index {path} ({reason.splitlines()[0]}); copy the "
-                         "whole records folder, or convert the data again.") from None
+        raise UserError(f"Cannot read the index {path} ({reason.splitlines()[0]}); copy the "
+                        "whole records folder, or convert the data again.") from None
     if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 3:
-        raise ValueError(f"{path} is not a records index (int64 rows of offset, length, "
-                         "CRC); convert the data again.")
+        raise UserError(f"{path} is not a records index (int64 rows of offset, length, "
+                        "CRC); convert the data again.")
     if len(index) != count:
-        raise ValueError(f"The spec counts {count} records of {file} but the file holds "
-                         f"{len(index)}; the spec was changed: convert the data again.")
+        raise UserError(f"The spec counts {count} records of {file} but the file holds "
+                        f"{len(index)}; the spec was changed: convert the data again.")
     lengths = index[:, 1]
     ends = np.cumsum(lengths + RECORD_FRAMING)
     starts = RECORD_HEADER + np.concatenate([[0], ends[:-1]])
     if (lengths < 0).any() or not np.array_equal(index[:, 0], starts) or \
             (index[:, 2] < 0).any() or (index[:, 2] >= 2 ** 32).any():
-        raise ValueError(f"{path} is damaged (its offsets do not follow each other); convert "
-                         "the data again.")
+        raise UserError(f"{path} is damaged (its offsets do not follow each other); convert "
+                        "the data again.")
     if size != ends[-1]:
-        raise ValueError(f"{file} holds {size} bytes but its {count} records take "
-                         f"{int(ends[-1])}: it was {'truncated' if size < ends[-1] else 'changed'}"
-                         " since conversion; copy it again, or convert the data again.")
+        raise UserError(f"{file} holds {size} bytes but its {count} records take "
+                        f"{int(ends[-1])}: it was {'truncated' if size < ends[-1] else 'changed'}"
+                        " since conversion; copy it again, or convert the data again.")
     return index
 
 
@@ -444,7 +444,7 @@ class RecordReader:
             rows = self.indexes[c][numbers[at]]
             for k, data, (_, length, crc) in zip(at, self._read(self.files[c], rows), rows):
                 if len(data) != length or zlib.crc32(data) != crc:
-                    raise ValueError(
+                    raise UserError(
                         f"Record {int(numbers[k])} of {self.files[c]} is corrupt (it differs "
                         "from what was written at conversion: a damaged disk or copy); copy "
                         "the file again, or convert the data again.")
@@ -613,9 +613,9 @@ class RecordClasses:
         return self.inputs(self.stored_examples(index), int(self.class_sources[index]))
 
     def all_inputs(self):
-        raise ValueError("This split is streamed from records and is not held in memory; "
-                         "write features from a dataset that fits in memory (or convert a "
-                         "subset of its classes).")
+        raise UserError("This split is streamed from records and is not held in memory; "
+                        "write features from a dataset that fits in memory (or convert a "
+                        "subset of its classes).")
 
     # ------------------------------------------------------------------ streams
     def record_numbers(self, classes, positions, seed: int):
@@ -765,7 +765,7 @@ def _check_sources(classes: RecordClasses, ways: int, needed: int, split: str,
             eligible_groups(classes.select(members), ways, split)
         counts = classes.class_counts[members]
         if len(counts) < min(ways, MIN_CLASSES):
-            raise ValueError(
+            raise UserError(
                 f"Records source {source} has {len(counts)} "
                 f"class{'es' if len(counts) != 1 else ''} in the {split!r} split, but an episode "
                 f"draws all its classes from one source and needs at least {MIN_CLASSES}; give "
@@ -773,13 +773,13 @@ def _check_sources(classes: RecordClasses, ways: int, needed: int, split: str,
                 "data.class_split or data.split_fractions that puts 2 or more of them there), "
                 "then convert the records again.")
         if len(counts) < ways:
-            raise ValueError(f"ways={ways} is more than the {len(counts)} classes of records "
-                             f"source {source} in the {split!r} split (an episode draws its "
-                             f"classes from one source); use ways <= {len(counts)}.")
+            raise UserError(f"ways={ways} is more than the {len(counts)} classes of records "
+                            f"source {source} in the {split!r} split (an episode draws its "
+                            f"classes from one source); use ways <= {len(counts)}.")
         if needed and counts.min() < needed:
-            raise ValueError(f"shots + queries = {needed} is more than the {counts.min()} "
-                             f"records of the smallest class of source {source} in the "
-                             f"{split!r} split; use shots + queries <= {counts.min()}.")
+            raise UserError(f"shots + queries = {needed} is more than the {counts.min()} "
+                            f"records of the smallest class of source {source} in the "
+                            f"{split!r} split; use shots + queries <= {counts.min()}.")
 
 
 def _inputs(classes: RecordClasses, stored, source):
@@ -901,7 +901,7 @@ def check_first_record(classes: RecordClasses) -> None:
                        f"{classes.encoding} {classes.stored_dtype} "
                        f"{'x'.join(map(str, classes.stored_shape))} examples "
                        f"({reason.strip().splitlines()[0]}); convert the data again.")
-        raise ValueError(message) from None
+        raise UserError(message) from None
 
 
 def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
@@ -917,25 +917,25 @@ def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFF
       normalize: False leaves pixels in [0, 1] (Reptile-GAN), else the spec's normalization.
     """
     if not data_dir:
-        raise ValueError("--dataset=records needs --data_dir=<a folder written by "
-                         "bin/convert.py> (or several, comma-separated).")
+        raise UserError("--dataset=records needs --data_dir=<a folder written by "
+                        "bin/convert.py> (or several, comma-separated).")
     if int(shuffle_buffer) != shuffle_buffer or shuffle_buffer < 1:
-        raise ValueError(f"data.shuffle_buffer must be a positive integer; got "
-                         f"{shuffle_buffer!r}.")
+        raise UserError(f"data.shuffle_buffer must be a positive integer; got "
+                        f"{shuffle_buffer!r}.")
     folders = [d.strip() if is_url(d.strip()) else os.path.abspath(os.path.expanduser(d.strip()))
                for d in str(data_dir).split(",") if d.strip()]
     specs = [read_spec(folder) for folder in folders]
     weights = [1.0] * len(folders) if source_weights is None else list(source_weights)
     if len(weights) != len(folders) or any(not np.isfinite(w) or w <= 0 for w in weights):
-        raise ValueError(f"data.source_weights={source_weights!r} must be one positive weight "
-                         f"per records folder ({len(folders)}: {', '.join(folders)}).")
+        raise UserError(f"data.source_weights={source_weights!r} must be one positive weight "
+                        f"per records folder ({len(folders)}: {', '.join(folders)}).")
     first = specs[0]
     for folder, spec in zip(folders[1:], specs[1:]):
         for key in ("encoding", "stored_shape", "stored_dtype"):
             if spec[key] != first[key]:
-                raise ValueError(f"Records in {folder} have {key} {spec[key]!r} but those in "
-                                 f"{folders[0]} {first[key]!r}; convert every source with the "
-                                 "same --set=data.image_size and data.channels.")
+                raise UserError(f"Records in {folder} have {key} {spec[key]!r} but those in "
+                                f"{folders[0]} {first[key]!r}; convert every source with the "
+                                "same --set=data.image_size and data.channels.")
     transforms = tuple(_transform(spec, normalize) for spec in specs)
 
     def qualified(name, folder):  # several sources: each one's classes and groups apart
@@ -967,8 +967,8 @@ def load(data_dir: str | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFF
         check_first_record(classes)
     shapes = {split: classes.example_shape for split, classes in splits.items()}
     if len(set(shapes.values())) != 1:
-        raise ValueError(f"The records' sources give model inputs of different shapes {shapes}; "
-                         "convert them with the same image size.")
+        raise UserError(f"The records' sources give model inputs of different shapes {shapes}; "
+                        "convert them with the same image size.")
     if len({json.dumps(s["transform"]) for s in specs}) > 1:
         logging.warning("The records folders normalize differently; each episode uses its "
                         "source's normalization, and exports use the first folder's (%s).",

@@ -30,6 +30,8 @@ import io
 import math
 import pickle
 
+from tfmeta.errors import UserError
+
 ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
@@ -46,7 +48,7 @@ ALLOWED_GLOBALS = frozenset({
 MAX_RECONSTRUCT_ELEMENTS = 1 << 16
 
 
-class UnsafePickleError(pickle.UnpicklingError, ValueError):
+class UnsafePickleError(pickle.UnpicklingError, UserError):
     """A pickle names a global that the data formats never need, or asks an allowed one to
     do what a data file never does (allocate from a number)."""
 
@@ -130,8 +132,8 @@ def load_data_file(path: str, encoding: str = "ASCII", fix: str = "get the file 
         raise
     except (Exception, MemoryError) as error:  # noqa: BLE001 - any failure of a data file
         reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise ValueError(f"{path} is not a readable pickle ({type(error).__name__}: "
-                         f"{reason}); {fix}") from None
+        raise UserError(f"{path} is not a readable pickle ({type(error).__name__}: "
+                        f"{reason}); {fix}") from None
 
 
 def loads(data: bytes, path: str = "<bytes>", encoding: str = "ASCII"):

@@ -21,6 +21,7 @@ import math
 import tensorflow as tf
 
 from tfmeta.data.episodes import episode_numbers, unsharded
+from tfmeta.errors import UserError
 from tfmeta.ranges import Range
 
 # Seeds of the streams a run samples (the classifiers use seed and seed + 1 likewise).
@@ -67,9 +68,9 @@ class SinusoidTasks:
         return ""
 
     def split(self, name: str):
-        raise ValueError(f"sinusoid has no class splits (asked for {name!r}): its tasks are "
-                         "drawn by SinusoidTasks.episodes(); use a learner of regression "
-                         "tasks: --algo=maml (MAMLRegression).")
+        raise UserError(f"sinusoid has no class splits (asked for {name!r}): its tasks are "
+                        "drawn by SinusoidTasks.episodes(); use a learner of regression "
+                        "tasks: --algo=maml (MAMLRegression).")
 
     # ---------------------------------------------------------------- tasks
     def sample_task(self, seed):
@@ -107,7 +108,7 @@ class SinusoidTasks:
         """
         for name, value in (("shots", shots), ("queries", queries)):
             if int(value) != value or value < 1:
-                raise ValueError(f"sinusoid episodes need {name} >= 1 points; got {value!r}.")
+                raise UserError(f"sinusoid episodes need {name} >= 1 points; got {value!r}.")
         base_seed = tf.constant([seed, 0], tf.int64)
         ds = episode_numbers(meta_batch_size, start_step, num_episodes, worker, workers).map(
             lambda e: self.sample_episode(tf.random.experimental.stateless_fold_in(base_seed, e),
@@ -123,6 +124,6 @@ def load(data_dir=None, amplitude_min: float = 0.1, amplitude_max: float = 5.0,
          x_max: float = 5.0) -> SinusoidTasks:
     """The sinusoid task distribution (no files: generated in the graph)."""
     if data_dir is not None:
-        raise ValueError(f"sinusoid tasks are generated, not read; got --data_dir={data_dir!r}. "
-                         "Leave --data_dir unset.")
+        raise UserError(f"sinusoid tasks are generated, not read; got --data_dir={data_dir!r}. "
+                        "Leave --data_dir unset.")
     return SinusoidTasks(amplitude_min, amplitude_max, phase_min, phase_max, x_min, x_max)

@@ -30,6 +30,7 @@ import tensorflow as tf
 from tfmeta.data import images as image_utils
 from tfmeta.data import own_data
 from tfmeta.data.base import load_cached_arrays, source_fingerprint
+from tfmeta.errors import UserError
 
 PREFIX = "tfds:"
 CACHE_VERSION = "v1"
@@ -39,8 +40,8 @@ def dataset_name(dataset: str) -> str:
     """"tfds:cifar100" -> "cifar100" (an error unless it names one)."""
     name = dataset[len(PREFIX):] if dataset.startswith(PREFIX) else ""
     if not name or any(c.isspace() for c in name):
-        raise ValueError(f"A TFDS dataset is --dataset=tfds:NAME, e.g. tfds:cifar100; got "
-                         f"{dataset!r}.")
+        raise UserError(f"A TFDS dataset is --dataset=tfds:NAME, e.g. tfds:cifar100; got "
+                        f"{dataset!r}.")
     return name
 
 
@@ -75,13 +76,13 @@ def check_feature_files(data_dir: str | None, name: str) -> None:
             with tf.io.gfile.GFile(path) as f:
                 classes = _feature_classes(json.load(f))
         except (ValueError, OSError) as error:
-            raise ValueError(f"{path} is not readable JSON ({error}); prepare the dataset "
-                             "again.") from None
+            raise UserError(f"{path} is not readable JSON ({error}); prepare the dataset "
+                            "again.") from None
         foreign = sorted(c for c in set(classes) if c not in registered)
         if foreign:
-            raise ValueError(f"{path} names feature classes that are not TensorFlow Datasets' "
-                             f"own ({foreign}); reading it would import their code, so it is "
-                             "refused. Prepare the dataset with its builder installed.")
+            raise UserError(f"{path} names feature classes that are not TensorFlow Datasets' "
+                            f"own ({foreign}); reading it would import their code, so it is "
+                            "refused. Prepare the dataset with its builder installed.")
 
 
 def get_builder(name: str, data_dir: str | None):
@@ -112,9 +113,9 @@ def find_features(features, supervised_keys, image_key: str | None,
         candidates = sorted(k for k, f in features.items() if isinstance(f, cls))
         if asked is not None:
             if asked not in candidates:
-                raise ValueError(f"{option}={asked!r} is not an {cls.__name__} feature of "
-                                 f"this dataset; its {cls.__name__} features are {candidates} "
-                                 f"(all features: {sorted(features)}).")
+                raise UserError(f"{option}={asked!r} is not an {cls.__name__} feature of "
+                                f"this dataset; its {cls.__name__} features are {candidates} "
+                                f"(all features: {sorted(features)}).")
             chosen.append(asked)
             continue
         supervised = (supervised_keys[position] if supervised_keys and len(supervised_keys) == 2
@@ -126,9 +127,9 @@ def find_features(features, supervised_keys, image_key: str | None,
         elif kind in candidates:
             chosen.append(kind)
         else:
-            raise ValueError(f"This dataset has {len(candidates)} {cls.__name__} features "
-                             f"({candidates}, of {sorted(features)}); an image classification "
-                             f"dataset needs one. Choose with --set={option}=<name>.")
+            raise UserError(f"This dataset has {len(candidates)} {cls.__name__} features "
+                            f"({candidates}, of {sorted(features)}); an image classification "
+                            f"dataset needs one. Choose with --set={option}=<name>.")
     return tuple(chosen)
 
 
@@ -172,8 +173,8 @@ def read_examples(builder, splits, image_key, label_key, image_size, channels,
         missing = np.setdiff1d(np.arange(total), np.concatenate(kept) if kept else [])
         bad += [f"example {i} of split {split!r}" for i in missing]
     if not pixels:
-        raise ValueError(f"TFDS dataset {builder.name} has no readable examples in the "
-                         f"splits {list(splits)}.")
+        raise UserError(f"TFDS dataset {builder.name} has no readable examples in the "
+                        f"splits {list(splits)}.")
     pixels, labels = np.concatenate(pixels), np.concatenate(labels).astype(np.int64)
     _, first = np.unique(np.stack([labels, np.concatenate(hashes)], 1), axis=0,
                          return_index=True)
@@ -233,8 +234,8 @@ def load(name: str, data_dir: str | None = None, image_key: str | None = None,
     if len(arrays["bad"]):
         listed = ", ".join(arrays["bad"][:5].tolist())
         if not skip_corrupt:
-            raise ValueError(f"{len(arrays['bad'])} image(s) of TFDS dataset {name} do not "
-                             f"decode ({listed}); set data.skip_corrupt=True to skip them.")
+            raise UserError(f"{len(arrays['bad'])} image(s) of TFDS dataset {name} do not "
+                            f"decode ({listed}); set data.skip_corrupt=True to skip them.")
         logging.warning("Skipped %d image(s) that do not decode: %s", len(arrays["bad"]), listed)
     class_names = builder.info.features[label_key].names
     return own_data.build_dataset(

@@ -26,6 +26,7 @@ import numpy as np
 from tfmeta.data import images as image_utils
 from tfmeta.data import leo_embeddings, safe_pickle
 from tfmeta.data.base import FewShotDataset, load_cached_arrays, source_fingerprint
+from tfmeta.errors import UserError
 
 RAW_SIZE = 84
 RAW_SHAPE = (RAW_SIZE, RAW_SIZE, 3)
@@ -57,19 +58,19 @@ def read_labels(path: str) -> tuple:
     raw = _unpickle(path)
     if not isinstance(raw, dict) or "label_specific" not in raw:
         got = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path} should hold a dict with keys {list(LABEL_KEYS)} (Ren et "
-                         f"al.'s labels file); got {got}.")
+        raise UserError(f"{path} should hold a dict with keys {list(LABEL_KEYS)} (Ren et "
+                        f"al.'s labels file); got {got}.")
     labels = np.asarray(raw["label_specific"])
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or not len(labels):
-        raise ValueError(f"{path}: 'label_specific' should be a non-empty int array [n]; got "
-                         f"{labels.dtype} {labels.shape}.")
+        raise UserError(f"{path}: 'label_specific' should be a non-empty int array [n]; got "
+                        f"{labels.dtype} {labels.shape}.")
     names = raw.get("label_specific_str")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if (
         names is not None) else []
     if labels.min() < 0 or (names and labels.max() >= len(names)):
-        raise ValueError(f"{path}: 'label_specific' runs from {labels.min()} to "
-                         f"{labels.max()}, but 'label_specific_str' names {len(names)} "
-                         "classes; get the file again.")
+        raise UserError(f"{path}: 'label_specific' runs from {labels.min()} to "
+                        f"{labels.max()}, but 'label_specific_str' names {len(names)} "
+                        "classes; get the file again.")
     return labels, names
 
 
@@ -79,12 +80,12 @@ def decode_split(data_dir: str, split: str) -> dict:
     labels, names = read_labels(labels_path)
     encoded = _unpickle(images_path)
     if not isinstance(encoded, (list, tuple, np.ndarray)):
-        raise ValueError(f"{images_path} should hold a list of PNG-encoded images; got "
-                         f"{type(encoded).__name__}.")
+        raise UserError(f"{images_path} should hold a list of PNG-encoded images; got "
+                        f"{type(encoded).__name__}.")
     if len(encoded) != len(labels):
-        raise ValueError(f"{labels_path} has {len(labels)} labels but {images_path} holds "
-                         f"{len(encoded)} images; the two files must come from the same "
-                         f"release: get both again from {SOURCE}.")
+        raise UserError(f"{labels_path} has {len(labels)} labels but {images_path} holds "
+                        f"{len(encoded)} images; the two files must come from the same "
+                        f"release: get both again from {SOURCE}.")
     order, classes, counts = image_utils.group_by_class(labels)
     ordered = [encoded[i] for i in order]
     del encoded

@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data.episodes import MIN_CLASSES, MORE_CLASSES, ClassImages, stored_tensor
+from tfmeta.errors import UserError
 from tfmeta.ranges import Range, check_all
 
 # Meta-Dataset's class weights: a class's share of the support set is scaled by a factor
@@ -67,23 +68,23 @@ def check_variable_fields(values, prefix: str = "") -> None:
     to the names (a config's section)."""
     unknown = sorted(set(values) - set(FIELD_RANGES))
     if unknown:
-        raise ValueError(f"Unknown variable-episode field{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join(prefix + k for k in unknown)}; valid fields: "
-                         f"{sorted(FIELD_RANGES)}.")
+        raise UserError(f"Unknown variable-episode field{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(prefix + k for k in unknown)}; valid fields: "
+                        f"{sorted(FIELD_RANGES)}.")
     check_all(FIELD_RANGES, values, prefix)
     field = {k: prefix + k for k in FIELD_RANGES}
     if values["max_ways"] < values["min_ways"]:
-        raise ValueError(f"{field['max_ways']}={values['max_ways']} is less than "
-                         f"{field['min_ways']}={values['min_ways']}; set max_ways >= min_ways.")
+        raise UserError(f"{field['max_ways']}={values['max_ways']} is less than "
+                        f"{field['min_ways']}={values['min_ways']}; set max_ways >= min_ways.")
     if values["max_support"] < values["max_ways"]:
-        raise ValueError(
+        raise UserError(
             f"{field['max_support']}={values['max_support']} is less than "
             f"{field['max_ways']}={values['max_ways']}, but every class of an episode needs a "
             f"support example; set max_support >= {values['max_ways']} or fewer max_ways.")
     if values["max_log_weight"] < values["min_log_weight"]:
-        raise ValueError(f"{field['max_log_weight']}={values['max_log_weight']} is less than "
-                         f"{field['min_log_weight']}={values['min_log_weight']}; set "
-                         "min_log_weight <= max_log_weight.")
+        raise UserError(f"{field['max_log_weight']}={values['max_log_weight']} is less than "
+                        f"{field['min_log_weight']}={values['min_log_weight']}; set "
+                        "min_log_weight <= max_log_weight.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +252,7 @@ def check_variable_spec(classes: ClassImages, spec: VariableEpisodes, split="") 
     small = np.flatnonzero(classes.class_counts < 2)
     if len(small) and not classes.drop_small_classes:
         index = small[0]
-        raise ValueError(
+        raise UserError(
             f"Class {classes.class_names[index]!r}{where} has {classes.class_counts[index]} "
             f"example ({len(small)} such class{'es' if len(small) > 1 else ''}), but a variable "
             "episode takes at least 2 of each class (a support example and a query); add "
@@ -267,10 +268,10 @@ def check_variable_spec(classes: ClassImages, spec: VariableEpisodes, split="") 
                f"{classes.num_classes} class{'es' if classes.num_classes != 1 else ''}{where} "
                f"{'have' if classes.num_classes != 1 else 'has'} 2 or more examples")
         if classes.num_classes < MIN_CLASSES:
-            raise ValueError(f"{few}, and an episode needs at least {MIN_CLASSES} classes; add "
-                             f"examples to the small classes, or {MORE_CLASSES}.")
-        raise ValueError(f"{few}; set variable_episodes.min_ways <= {classes.num_classes} (and "
-                         "max_ways) or use a dataset with more classes.")
+            raise UserError(f"{few}, and an episode needs at least {MIN_CLASSES} classes; add "
+                            f"examples to the small classes, or {MORE_CLASSES}.")
+        raise UserError(f"{few}; set variable_episodes.min_ways <= {classes.num_classes} (and "
+                        "max_ways) or use a dataset with more classes.")
     return classes
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 
+from tfmeta.errors import UserError
 from tfmeta.models import blocks, external
 from tfmeta.models.conv4 import conv4
 from tfmeta.models.heads import on_features
@@ -53,7 +54,7 @@ def backbone_function(name: str):
     if kind is not None:
         return functools.partial(external.BUILDERS[kind], target)
     if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; valid backbones: {valid_names()}.")
+        raise UserError(f"Unknown backbone {name!r}; valid backbones: {valid_names()}.")
     return BACKBONES[name]
 
 
@@ -110,9 +111,9 @@ def copy_backbone_weights(source, target, where: str = "the source run") -> list
             layer.set_weights(values)
             copied.append(layer.name)
     if not copied:
-        raise ValueError(f"model.init_from={where!r}: no layer of its backbone ({source.name}) "
-                         f"matches this one ({target.name}) by name and shape; use the same "
-                         "model.name and sizes as that run.")
+        raise UserError(f"model.init_from={where!r}: no layer of its backbone ({source.name}) "
+                        f"matches this one ({target.name}) by name and shape; use the same "
+                        "model.name and sizes as that run.")
     logging.info("Initialized %d backbone layers from %s: %s", len(copied), where, copied)
     return copied
 

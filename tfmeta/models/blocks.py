@@ -27,6 +27,8 @@ import re
 
 import keras
 
+from tfmeta.errors import UserError
+
 HEAD = "head"
 BLOCK_KEY = re.compile(r"^(.*(?:block|stage|layers?|stack|expanded_conv)_?\d+[a-z]?)")
 FIRST_MOBILENET_BLOCK = re.compile(r"^(expanded_conv)(?:_[a-z]|$)")
@@ -54,7 +56,7 @@ def parse_trainable(value) -> int | None:
     match = re.fullmatch(r"last:(\d+)", text)
     if match and int(match.group(1)) >= 1:
         return int(match.group(1))
-    raise ValueError(f"model.trainable must be {TRAINABLE_FORMS}; got {value!r}.")
+    raise UserError(f"model.trainable must be {TRAINABLE_FORMS}; got {value!r}.")
 
 
 def _own_weights(layer) -> list:
@@ -119,9 +121,9 @@ def set_trainable(model, trainable) -> list:
         return [b.name for b in backbone_blocks(model)]
     blocks = backbone_blocks(model)
     if last > len(blocks):
-        raise ValueError(f"model.trainable=last:{last} asks for more blocks than the backbone "
-                         f"{model.name!r} has: {describe_blocks(blocks)}; use last:K with K <= "
-                         f"{len(blocks)}, or all.")
+        raise UserError(f"model.trainable=last:{last} asks for more blocks than the backbone "
+                        f"{model.name!r} has: {describe_blocks(blocks)}; use last:K with K <= "
+                        f"{len(blocks)}, or all.")
     for layer in _children(model):
         if layer.name != HEAD:
             layer.trainable = False

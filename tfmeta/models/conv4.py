@@ -10,6 +10,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfmeta.errors import UserError
+
 
 def conv_block(x, filters: int, downsample: str, name: str):
     strides = 2 if downsample == "strided" else 1
@@ -37,7 +39,7 @@ def conv4(input_shape=(28, 28, 1), num_classes: int | None = None, filters: int 
       flatten: flatten the feature map before the head / output.
     """
     if downsample not in ("max_pool", "strided"):
-        raise ValueError(f"downsample must be 'max_pool' or 'strided'; got {downsample!r}.")
+        raise UserError(f"downsample must be 'max_pool' or 'strided'; got {downsample!r}.")
     inputs = keras.Input(tuple(input_shape), name="images")
     x = inputs
     for i in range(num_blocks):

@@ -29,6 +29,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfmeta.errors import UserError
+
 
 class DropBlock(keras.layers.Layer):
     """DropBlock on `[n, H, W, C]` feature maps (see the module docstring).
@@ -44,12 +46,12 @@ class DropBlock(keras.layers.Layer):
                  seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= drop_rate < 1:
-            raise ValueError(f"DropBlock drop_rate must be in [0, 1); got {drop_rate}.")
+            raise UserError(f"DropBlock drop_rate must be in [0, 1); got {drop_rate}.")
         if int(block_size) != block_size or block_size < 1:
-            raise ValueError(f"DropBlock block_size must be an integer >= 1; got {block_size}.")
+            raise UserError(f"DropBlock block_size must be an integer >= 1; got {block_size}.")
         if int(schedule_steps) != schedule_steps or schedule_steps < 0:
-            raise ValueError(f"DropBlock schedule_steps must be an integer >= 0; got "
-                             f"{schedule_steps}.")
+            raise UserError(f"DropBlock schedule_steps must be an integer >= 0; got "
+                            f"{schedule_steps}.")
         self.drop_rate = float(drop_rate)
         self.block_size = int(block_size)
         self.schedule_steps = int(schedule_steps)

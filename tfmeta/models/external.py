@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.errors import UserError
 from tfmeta.linear_images import matrix_resize
 
 KINDS = ("keras_hub", "keras_applications", "file")
@@ -67,8 +68,8 @@ def split_name(name: str) -> tuple:
     kind, separator, target = str(name).partition(":")
     if separator and kind in KINDS:
         if not target.strip():
-            raise ValueError(f"model.name={name!r} names no {kind} backbone; e.g. "
-                             f"{example_name(kind)}.")
+            raise UserError(f"model.name={name!r} names no {kind} backbone; e.g. "
+                            f"{example_name(kind)}.")
         return kind, target.strip()
     return None, name
 
@@ -150,17 +151,17 @@ def check_preprocessing(preprocessing, channels: int = 3) -> dict:
     """`model.preprocessing` as {"mean", "std", "channel_order"}: `channels` numbers each
     (or one for all), std > 0; a ValueError naming what is wrong."""
     if not hasattr(preprocessing, "items"):
-        raise ValueError(f"model.preprocessing must be a dict like {{'mean': [123.7, 116.3, "
-                         f"103.5], 'std': [58.4, 57.1, 57.4], 'channel_order': 'rgb'}} (in "
-                         f"0..255 units), or None for the backbone's own; got {preprocessing!r}.")
+        raise UserError(f"model.preprocessing must be a dict like {{'mean': [123.7, 116.3, "
+                        f"103.5], 'std': [58.4, 57.1, 57.4], 'channel_order': 'rgb'}} (in "
+                        f"0..255 units), or None for the backbone's own; got {preprocessing!r}.")
     preprocessing = dict(preprocessing)
     unknown = sorted(set(preprocessing) - {"mean", "std", "channel_order"})
     if unknown:
-        raise ValueError(f"model.preprocessing takes mean, std and channel_order; got {unknown}.")
+        raise UserError(f"model.preprocessing takes mean, std and channel_order; got {unknown}.")
     result = {"channel_order": preprocessing.get("channel_order", "rgb")}
     if result["channel_order"] not in CHANNEL_ORDERS:
-        raise ValueError(f"model.preprocessing channel_order must be one of {CHANNEL_ORDERS}; "
-                         f"got {result['channel_order']!r}.")
+        raise UserError(f"model.preprocessing channel_order must be one of {CHANNEL_ORDERS}; "
+                        f"got {result['channel_order']!r}.")
     for key, default in (("mean", 0.0), ("std", 255.0)):
         try:
             values = np.broadcast_to(np.asarray(preprocessing.get(key, default), np.float64),
@@ -168,9 +169,9 @@ def check_preprocessing(preprocessing, channels: int = 3) -> dict:
         except (TypeError, ValueError):
             values = np.array([np.nan])
         if not np.all(np.isfinite(values)) or (key == "std" and np.any(values <= 0)):
-            raise ValueError(f"model.preprocessing {key} must be {channels} finite numbers"
-                             f"{' > 0' if key == 'std' else ''} (or one for all channels); "
-                             f"got {preprocessing.get(key)!r}.")
+            raise UserError(f"model.preprocessing {key} must be {channels} finite numbers"
+                            f"{' > 0' if key == 'std' else ''} (or one for all channels); "
+                            f"got {preprocessing.get(key)!r}.")
         result[key] = [float(v) for v in values]
     return result
 
@@ -189,12 +190,12 @@ def affine_preprocessing(preprocess_input, label: str) -> dict:
     got = np.asarray(preprocess_input(check.copy()), np.float64)[0, 0]
     if sorted(permutation) != [0, 1, 2] or np.any(diagonal == 0) or \
             not np.allclose(got, expected, atol=1e-3):
-        raise ValueError(f"{label} is not a per-channel affine map; pass "
-                         "--set=model.preprocessing={'mean': [...], 'std': [...]} instead.")
+        raise UserError(f"{label} is not a per-channel affine map; pass "
+                        "--set=model.preprocessing={'mean': [...], 'std': [...]} instead.")
     order = "bgr" if list(permutation) == [2, 1, 0] else "rgb"
     if order == "rgb" and list(permutation) != [0, 1, 2]:
-        raise ValueError(f"{label} reorders the channels as {list(permutation)}; tfmeta "
-                         "takes rgb or bgr only.")
+        raise UserError(f"{label} reorders the channels as {list(permutation)}; tfmeta "
+                        "takes rgb or bgr only.")
     std = 255.0 / diagonal                                     # y = (x - mean) / std
     return {"channel_order": order, "mean": rounded(-offset * std), "std": rounded(std)}
 
@@ -209,26 +210,26 @@ def compose(core, input_shape, label: str, image_size, preprocessing: dict, pool
             num_classes=None) -> keras.Model:
     """The tfmeta backbone around `core` (see the module docstring)."""
     if len(input_shape) != 3:
-        raise ValueError(f"{label} takes images, but this dataset's examples have shape "
-                         f"{tuple(input_shape)} (embeddings?); use an image dataset.")
+        raise UserError(f"{label} takes images, but this dataset's examples have shape "
+                        f"{tuple(input_shape)} (embeddings?); use an image dataset.")
     core_input, inputs_are_dict = image_input(core)
     channels = core_input.shape[-1] or 3
     present = input_shape[-1]
     if present != channels:
         if {present, channels} != {1, 3}:
-            raise ValueError(f"{label} takes images of {channels} channels, and this dataset "
-                             f"has {present}; neither converts to the other (grey and RGB "
-                             "do). Use data.channels=3 or a backbone of this dataset's channels.")
+            raise UserError(f"{label} takes images of {channels} channels, and this dataset "
+                            f"has {present}; neither converts to the other (grey and RGB "
+                            "do). Use data.channels=3 or a backbone of this dataset's channels.")
         logging.info("%s takes %s images; converting the dataset's %s images in the graph.",
                      label, "RGB" if channels == 3 else "grey", "grey" if present == 1 else "RGB")
     fixed = tuple(core_input.shape[1:3])
     if None not in fixed and fixed[0] != fixed[1]:
-        raise ValueError(f"{label} takes {fixed[0]}x{fixed[1]} images; tfmeta resizes to "
-                         "square sides only.")
+        raise UserError(f"{label} takes {fixed[0]}x{fixed[1]} images; tfmeta resizes to "
+                        "square sides only.")
     size = fixed[0] if None not in fixed else image_size
     if image_size is not None and size != image_size:
-        raise ValueError(f"{label} takes {size}x{size} images, not model.image_size="
-                         f"{image_size}; leave model.image_size unset.")
+        raise UserError(f"{label} takes {size}x{size} images, not model.image_size="
+                        f"{image_size}; leave model.image_size unset.")
     if size is not None and size != input_shape[0]:
         logging.info("%s: resizing the dataset's %dx%d images to %dx%d in the graph.", label,
                      input_shape[0], input_shape[1], size, size)
@@ -240,17 +241,17 @@ def compose(core, input_shape, label: str, image_size, preprocessing: dict, pool
     if isinstance(x, dict):
         key = next((k for k in ("pooled_output", "sequence_output") if k in x), None)
         if key is None:
-            raise ValueError(f"{label} returns {sorted(x)}, none of them image features.")
+            raise UserError(f"{label} returns {sorted(x)}, none of them image features.")
         x = x[key]
     if len(x.shape) not in (2, 3, 4):
-        raise ValueError(f"{label} returns outputs of shape {x.shape}; image features are "
-                         "[n, D], tokens [n, t, D] or a feature map [n, h, w, c].")
+        raise UserError(f"{label} returns outputs of shape {x.shape}; image features are "
+                        "[n, D], tokens [n, t, D] or a feature map [n, h, w, c].")
     mode = pooling_mode(core, len(x.shape), pooling, label)
     x = FeaturePooling(mode, name="pool")(x)
     if num_classes:
         if len(x.shape) != 2:
-            raise ValueError(f"A classification head needs pooled features; {label} with "
-                             f"model.pooling={pooling!r} gives {x.shape}.")
+            raise UserError(f"A classification head needs pooled features; {label} with "
+                            f"model.pooling={pooling!r} gives {x.shape}.")
         x = keras.layers.Dense(num_classes, name="head")(x)
     return keras.Model(inputs, x, name=re.sub(r"[^A-Za-z0-9_]+", "_", label).strip("_"))
 
@@ -269,13 +270,13 @@ def pooling_mode(core, rank: int, pooling: str, label: str) -> str:
     """What `model.pooling` means for outputs of `rank`: "auto" is "avg" for a feature map,
     "cls" for tokens that start with a class token, "mean" for other tokens."""
     if pooling not in POOLINGS:
-        raise ValueError(f"model.pooling must be one of {POOLINGS}; got {pooling!r}.")
+        raise UserError(f"model.pooling must be one of {POOLINGS}; got {pooling!r}.")
     if pooling != "auto":
         wanted = {"avg": 4, "cls": 3, "mean": 3}.get(pooling)
         if wanted is not None and rank != wanted:
-            raise ValueError(f"model.pooling={pooling!r} pools "
-                             f"{'a feature map' if wanted == 4 else 'tokens'}, but {label} "
-                             f"returns outputs of rank {rank}; use model.pooling=auto.")
+            raise UserError(f"model.pooling={pooling!r} pools "
+                            f"{'a feature map' if wanted == 4 else 'tokens'}, but {label} "
+                            f"returns outputs of rank {rank}; use model.pooling=auto.")
         return pooling
     if rank == 4:
         return "avg"
@@ -292,8 +293,8 @@ def application_function(application: str):
     """`keras.applications.<application>`, or a ValueError listing the names."""
     names = sorted(n for n in dir(keras.applications) if n[:1].isupper())
     if application not in names:
-        raise ValueError(f"Unknown keras.applications model {application!r}; its models: "
-                         f"{', '.join(names)} (keras.io/api/applications/).")
+        raise UserError(f"Unknown keras.applications model {application!r}; its models: "
+                        f"{', '.join(names)} (keras.io/api/applications/).")
     return getattr(keras.applications, application)
 
 
@@ -339,8 +340,8 @@ def keras_applications_backbone(application: str, input_shape, num_classes=None,
     try:
         core = build(include_top=False, weights=source, input_shape=(size, size, 3))
     except ValueError as error:
-        raise ValueError(f"{label} at {size}x{size} with weights={weights!r}: "
-                         f"{' '.join(str(error).split())[:300]}") from None
+        raise UserError(f"{label} at {size}x{size} with weights={weights!r}: "
+                        f"{' '.join(str(error).split())[:300]}") from None
     except Exception as error:  # noqa: BLE001 - a failed download raises several kinds
         if source == "imagenet":
             raise OSError(f"{label}: could not fetch its ImageNet weights ({type(error).__name__}"
@@ -349,9 +350,9 @@ def keras_applications_backbone(application: str, input_shape, num_classes=None,
                           "include_top=False)\" once (Keras keeps the file in ~/.keras/models), "
                           "and copy that folder here, or pass model.weights=<the file>.") \
                 from None
-        raise ValueError(f"{label}: model.weights={weights!r} does not load into it "
-                         f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
-                         "the file must hold the weights of this model without its top.") \
+        raise UserError(f"{label}: model.weights={weights!r} does not load into it "
+                        f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+                        "the file must hold the weights of this model without its top.") \
             from None
     preprocessing = (check_preprocessing(preprocessing) if preprocessing is not None
                      else application_preprocessing(application))
@@ -387,16 +388,16 @@ def check_preset(preset: str) -> None:
                                     "Backbone.save_to_preset or kagglehub.model_download wrote, "
                                     f"or a preset name ({PRESET_NAMES_HINT}).")
         if not os.path.isfile(os.path.join(preset, "config.json")):
-            raise ValueError(f"{preset} is not a KerasHub preset folder (it has no config.json)"
-                             "; pass the folder that Backbone.save_to_preset or "
-                             "kagglehub.model_download wrote.")
+            raise UserError(f"{preset} is not a KerasHub preset folder (it has no config.json)"
+                            "; pass the folder that Backbone.save_to_preset or "
+                            "kagglehub.model_download wrote.")
         return
     if "://" in preset:
         return
     known = import_keras_hub().models.Backbone.presets
     if preset not in known:
-        raise ValueError(f"Unknown KerasHub preset {preset!r}: neither a preset name nor a "
-                         f"folder; {PRESET_NAMES_HINT}.")
+        raise UserError(f"Unknown KerasHub preset {preset!r}: neither a preset name nor a "
+                        f"folder; {PRESET_NAMES_HINT}.")
 
 
 def download_hint(keras_hub, preset: str) -> str:
@@ -424,15 +425,15 @@ def load_preset(preset: str, image_shape=None, load_weights: bool = True):
             raise OSError(f"Could not fetch the KerasHub preset {preset!r} (no network? {name}: "
                           f"{' '.join(str(error).split())[:160]}); "
                           f"{download_hint(keras_hub, preset)}.") from None
-        raise ValueError(f"The KerasHub preset {preset!r} does not load ({name}: "
-                         f"{' '.join(str(error).split())[:200]}).") from None
+        raise UserError(f"The KerasHub preset {preset!r} does not load ({name}: "
+                        f"{' '.join(str(error).split())[:200]}).") from None
     core = getattr(core, "vision_encoder", None) or core
     inputs = core.input if isinstance(core.input, dict) else {"images": core.input}
     image_input = inputs.get("images")
     if image_input is None or len(inputs) != 1 or len(image_input.shape) != 4:
-        raise ValueError(f"The KerasHub preset {preset!r} is a {type(core).__name__}, not an "
-                         f"image backbone (its inputs: {sorted(inputs)}); choose a vision "
-                         "preset (ViT, DINOv2, ResNet, EfficientNet, CLIP, SigLIP ...).")
+        raise UserError(f"The KerasHub preset {preset!r} is a {type(core).__name__}, not an "
+                        f"image backbone (its inputs: {sorted(inputs)}); choose a vision "
+                        "preset (ViT, DINOv2, ResNet, EfficientNet, CLIP, SigLIP ...).")
     return core
 
 
@@ -500,15 +501,15 @@ def load_saved_model(path: str) -> keras.Model:
     try:
         core = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - zip, JSON and deserialization errors alike
-        raise ValueError(f"model.name=file:{path} does not load as a Keras model "
-                         f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
-                         "save the backbone with model.save('backbone.keras') (custom layers "
-                         "need keras.saving.register_keras_serializable).") from None
+        raise UserError(f"model.name=file:{path} does not load as a Keras model "
+                        f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+                        "save the backbone with model.save('backbone.keras') (custom layers "
+                        "need keras.saving.register_keras_serializable).") from None
     inputs = core.inputs if hasattr(core, "inputs") and core.inputs else []
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[-1] not in (1, 3):
         shapes = [tuple(i.shape) for i in inputs] or "unknown"
-        raise ValueError(f"model.name=file:{path} is not an image model: it takes inputs "
-                         f"{shapes}; a backbone takes images [n, H, W, 1 or 3].")
+        raise UserError(f"model.name=file:{path} is not an image model: it takes inputs "
+                        f"{shapes}; a backbone takes images [n, H, W, 1 or 3].")
     last = core.layers[-1]
     if isinstance(last, keras.layers.Dense) and getattr(last.activation, "__name__", "") == \
             "softmax":

@@ -5,14 +5,16 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfmeta.errors import UserError
+
 POOLINGS = ("avg", "flatten", "none")
 
 
 def check_pooling(pooling: str, num_classes) -> None:
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
+        raise UserError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
     if num_classes and pooling == "none":
-        raise ValueError("A classification head needs pooled features; use pooling='avg'.")
+        raise UserError("A classification head needs pooled features; use pooling='avg'.")
 
 
 def pool_and_head(x, pooling: str, num_classes=None):

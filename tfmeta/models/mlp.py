@@ -8,6 +8,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfmeta.errors import UserError
+
 
 def mlp(input_shape=(1,), num_classes: int | None = None, hidden_units: tuple = (40, 40),
         name: str = "mlp") -> keras.Model:
@@ -20,7 +22,7 @@ def mlp(input_shape=(1,), num_classes: int | None = None, hidden_units: tuple = 
       hidden_units: units of each hidden Dense + ReLU layer.
     """
     if not hidden_units or any(int(u) != u or u < 1 for u in hidden_units):
-        raise ValueError(f"hidden_units must be positive integers; got {hidden_units!r}.")
+        raise UserError(f"hidden_units must be positive integers; got {hidden_units!r}.")
     inputs = keras.Input(tuple(input_shape), name="inputs")
     x = inputs
     for i, units in enumerate(hidden_units):

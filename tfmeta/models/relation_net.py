@@ -15,6 +15,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfmeta.errors import UserError
 from tfmeta.models.conv4 import conv_block
 
 
@@ -22,8 +23,8 @@ def relation_embedding(input_shape=(28, 28, 1), filters: int = 64, num_blocks: i
                        pooled_blocks: int = 2, name: str = "relation_embedding") -> keras.Model:
     """Conv4 whose first `pooled_blocks` blocks max-pool: images -> `[n, h, w, filters]`."""
     if not 0 <= pooled_blocks <= num_blocks:
-        raise ValueError(f"pooled_blocks must be in 0..num_blocks={num_blocks}; "
-                         f"got {pooled_blocks}.")
+        raise UserError(f"pooled_blocks must be in 0..num_blocks={num_blocks}; "
+                        f"got {pooled_blocks}.")
     inputs = keras.Input(tuple(input_shape), name="images")
     x = inputs
     for i in range(num_blocks):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfmeta.errors import UserError
 from tfmeta.models.dropblock import DropBlock
 from tfmeta.models.heads import check_pooling, pool_and_head
 
@@ -72,12 +73,12 @@ def resnet12(input_shape=(84, 84, 3), num_classes: int | None = None, filters: i
     widths = tuple(int(w) for w in widths) if widths is not None else tuple(
         int(round(filters * r)) for r in WIDTH_RATIOS)
     if len(widths) != 4 or min(widths) < 1:
-        raise ValueError(f"resnet12 has four blocks; widths must be four positive integers, "
-                         f"got {widths}.")
+        raise UserError(f"resnet12 has four blocks; widths must be four positive integers, "
+                        f"got {widths}.")
     check_pooling(pooling, num_classes)
     if min(input_shape[:2]) < 16:
-        raise ValueError(f"resnet12 halves the image four times; input_shape {input_shape} is "
-                         "smaller than 16x16. Use larger images or conv4.")
+        raise UserError(f"resnet12 halves the image four times; input_shape {input_shape} is "
+                        "smaller than 16x16. Use larger images or conv4.")
     inputs = keras.Input(tuple(input_shape), name="images")
     x = inputs
     for index, width in enumerate(widths):

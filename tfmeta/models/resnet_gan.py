@@ -17,6 +17,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfmeta.errors import UserError
+
 
 def _conv_unit(x, filters: int, kernel: int, name: str):
     x = layers.Conv2D(filters, kernel, padding="same", name=f"{name}_conv")(x)
@@ -33,10 +35,10 @@ def residual_unit(x, filters: int, name: str):
 
 def _check(image_shape, filters, blocks, units):
     if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (height, width, channels); got {image_shape}.")
+        raise UserError(f"image_shape must be (height, width, channels); got {image_shape}.")
     for name, value in (("filters", filters), ("blocks", blocks), ("units_per_block", units)):
         if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+            raise UserError(f"{name} must be a positive integer; got {value!r}.")
 
 
 def resnet_generator(image_shape=(28, 28, 1), latent_dim: int = 100, filters: int = 64,
@@ -47,9 +49,9 @@ def resnet_generator(image_shape=(28, 28, 1), latent_dim: int = 100, filters: in
     height, width, channels = image_shape
     factor = 2 ** blocks
     if height % factor or width % factor:
-        raise ValueError(f"The generator upsamples {blocks} times by 2, so image height and "
-                         f"width must be divisible by {factor}; got {image_shape}. Use fewer "
-                         "blocks or another image_size.")
+        raise UserError(f"The generator upsamples {blocks} times by 2, so image height and "
+                        f"width must be divisible by {factor}; got {image_shape}. Use fewer "
+                        "blocks or another image_size.")
     latent = keras.Input((latent_dim,), name="latent")
     width_channels = filters * factor
     x = layers.Dense((height // factor) * (width // factor) * width_channels, name="project")(latent)
@@ -72,8 +74,8 @@ def resnet_critic(image_shape=(28, 28, 1), filters: int = 64, blocks: int = 2,
     """The critic (WGAN discriminator): one unbounded score per image."""
     _check(image_shape, filters, blocks, units_per_block)
     if min(image_shape[:2]) < 2 ** blocks:
-        raise ValueError(f"The critic halves the image {blocks} times; {image_shape} is too "
-                         "small. Use fewer blocks.")
+        raise UserError(f"The critic halves the image {blocks} times; {image_shape} is too "
+                        "small. Use fewer blocks.")
     images = keras.Input(tuple(image_shape), name="images")
     x = _conv_unit(images, filters, 7, "stem")
     for i in range(blocks):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfmeta.errors import UserError
 from tfmeta.models.heads import check_pooling, pool_and_head
 
 
@@ -64,9 +65,9 @@ def wrn(input_shape=(80, 80, 3), num_classes: int | None = None, depth: int = 28
       pooling: "avg" (global average -> `[n, 64k]`), "flatten" or "none" (feature map).
     """
     if (depth - 4) % 6 or depth < 10:
-        raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (e.g. 28); got {depth}.")
+        raise UserError(f"WRN depth must be 6n + 4 with n >= 1 (e.g. 28); got {depth}.")
     if int(widen_factor) != widen_factor or widen_factor < 1:
-        raise ValueError(f"widen_factor must be a positive integer; got {widen_factor}.")
+        raise UserError(f"widen_factor must be a positive integer; got {widen_factor}.")
     check_pooling(pooling, num_classes)
     blocks = (depth - 4) // 6
     inputs = keras.Input(tuple(input_shape), name="images")

@@ -29,6 +29,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from tfmeta.errors import UserError
 from tfmeta.ranges import POSITIVE, POSITIVE_INT, check_all
 
 # Seed salts of the goal streams of each split: the splits draw disjoint streams of goals
@@ -89,7 +90,7 @@ class Navigation2D:
 def goal_seed(seed: int, split: str, index) -> tf.Tensor:
     """The `[2]` seed of goal batch `index` of `split`'s stream under the run's `seed`."""
     if split not in SPLIT_SALTS:
-        raise ValueError(f"navigation_2d has splits {sorted(SPLIT_SALTS)}; got {split!r}.")
+        raise UserError(f"navigation_2d has splits {sorted(SPLIT_SALTS)}; got {split!r}.")
     return tf.stack([tf.cast(seed, tf.int64) * 8 + SPLIT_SALTS[split], tf.cast(index, tf.int64)])
 
 
@@ -139,6 +140,6 @@ def load(data_dir=None, horizon: int = 100, max_speed: float = 0.1, goal_bound: 
          success_radius: float = 0.01) -> NavigationTasks:
     """The 2D navigation tasks (nothing is read: `data_dir` must be None)."""
     if data_dir is not None:
-        raise ValueError(f"navigation_2d is simulated and reads no files; got "
-                         f"--data_dir={data_dir!r}. Leave --data_dir unset.")
+        raise UserError(f"navigation_2d is simulated and reads no files; got "
+                        f"--data_dir={data_dir!r}. Leave --data_dir unset.")
     return NavigationTasks(Navigation2D(horizon, max_speed, goal_bound, success_radius))

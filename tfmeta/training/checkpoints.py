@@ -19,6 +19,8 @@ import shutil
 
 import tensorflow as tf
 
+from tfmeta.errors import UserError
+
 CHECKPOINTS = "checkpoints"
 PREFIX = "ckpt"
 _NAME = re.compile(rf"^{PREFIX}-(\d+)\.index$")
@@ -142,9 +144,9 @@ def restore_latest(learner, workdir, require=False) -> int:
             logging.warning("Restored %s (step %d); newer checkpoint(s) were unreadable: %s",
                             os.path.basename(prefix), restored, "; ".join(failures))
         return restored
-    raise ValueError(f"None of the {len(candidates)} checkpoint(s) in {directory} reads: "
-                     f"{'; '.join(failures)}. Restore the folder from a backup, or train "
-                     "again in a new --workdir.")
+    raise UserError(f"None of the {len(candidates)} checkpoint(s) in {directory} reads: "
+                    f"{'; '.join(failures)}. Restore the folder from a backup, or train "
+                    "again in a new --workdir.")
 
 
 def remove_partial_checkpoints(workdir: str) -> list:

@@ -18,6 +18,7 @@ from tfmeta.algorithms import ALGORITHMS, learner_class
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.finetune import LEARNING_RATE_GRID, FineTuningClassifier
 from tfmeta.config import apply_overrides, load_config, save_config
+from tfmeta.errors import UserError
 from tfmeta.files import atomic_write
 from tfmeta.ranges import EVAL_EPISODES, NON_NEGATIVE, NON_NEGATIVE_INT, Range
 from tfmeta.training.export import backbone_metadata, export_learner
@@ -94,9 +95,9 @@ def within_group_spec(learner, spec):
     `EpisodicClassifier.meta_test` pass to the sampler; a ValueError for the others."""
     name = type(learner).__name__
     if type(learner).meta_test is not EpisodicClassifier.meta_test:
-        raise ValueError(f"--within_group: {name} has a meta-test of its own "
-                         f"({name}.meta_test) that does not draw episodes within groups; "
-                         "evaluate it without --within_group.")
+        raise UserError(f"--within_group: {name} has a meta-test of its own "
+                        f"({name}.meta_test) that does not draw episodes within groups; "
+                        "evaluate it without --within_group.")
     return dataclasses.replace(spec, test=dataclasses.replace(spec.test, grouping="within"))
 
 
@@ -117,21 +118,21 @@ def finetune_overrides(workdir, finetune_steps, finetune_lr, select, select_epis
     if config.algo not in ALGORITHMS or \
             not issubclass(learner_class(config.algo), FineTuningClassifier):
         able = sorted(a for a in ALGORITHMS if issubclass(learner_class(a), FineTuningClassifier))
-        raise ValueError(f"{flag}: this run's --algo={config.algo} does not fine-tune a backbone "
-                         f"at test time; the learners that do: {', '.join(able)}.")
+        raise UserError(f"{flag}: this run's --algo={config.algo} does not fine-tune a backbone "
+                        f"at test time; the learners that do: {', '.join(able)}.")
     if select:
         EVAL_EPISODES.check("select_episodes", select_episodes)
         if finetune_lr is not None:
-            raise ValueError(f"--finetune_lr={finetune_lr} and --select_finetune_lr both set "
-                             "the fine-tuning learning rate; pass one of them.")
+            raise UserError(f"--finetune_lr={finetune_lr} and --select_finetune_lr both set "
+                            "the fine-tuning learning rate; pass one of them.")
         steps = finetune_steps if finetune_steps is not None else \
             config.learner.get("finetune_steps", 0)
         if not steps:
             why = ("--finetune_steps=0" if finetune_steps is not None else
                    "this run has learner.finetune_steps=0 and no --finetune_steps")
-            raise ValueError(f"--select_finetune_lr chooses the learning rate of fine-tuning, "
-                             f"but {why}; pass --finetune_steps=N (the paper fine-tunes 40 to "
-                             "100 steps per episode).")
+            raise UserError(f"--select_finetune_lr chooses the learning rate of fine-tuning, "
+                            f"but {why}; pass --finetune_steps=N (the paper fine-tunes 40 to "
+                            "100 steps per episode).")
     return ([f"learner.finetune_steps={finetune_steps}"] if finetune_steps is not None else []) \
         + ([f"learner.finetune_lr={finetune_lr}"] if finetune_lr is not None else [])
 

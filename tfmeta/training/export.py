@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import lite
+from tfmeta.errors import UserError
 from tfmeta.files import atomic_path, atomic_write, check_output_file
 from tfmeta.training import portable
 from tfmeta.training.run import EXPORT, open_run
@@ -95,8 +96,8 @@ def export_workdir(workdir: str, data_dir: str | None = None, export_format: str
     `overrides`: `key=value` test-time settings applied first (`open_run`), e.g.
     `learner.inner_steps_test=0` for a learner that converts only without inner steps."""
     if export_format not in portable.FORMATS:
-        raise ValueError(f"--format must be one of {list(portable.FORMATS)}; got "
-                         f"{export_format!r}.")
+        raise UserError(f"--format must be one of {list(portable.FORMATS)}; got "
+                        f"{export_format!r}.")
     if output is not None and export_format != "saved_model":
         check_output_file(output, "model" + portable.SUFFIXES[export_format])  # before loading
     run = open_run(workdir, data_dir, overrides=overrides)
@@ -172,7 +173,7 @@ def check_parity(exported, module, dataset) -> None:
         error = parity_error(exported.adapt_and_predict(support, labels, queries)["logits"],
                              expected, GUARD_TOLERANCE)
         if error is not None:
-            raise ValueError(
+            raise UserError(
                 f"The converted model answers a {labels.max() + 1}-way episode differently "
                 f"from the SavedModel ({error}), so it was not written; use "
                 "--format=saved_model and report this learner.")

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data.base import load_cached_arrays
+from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config, copy_backbone_weights, is_frozen
 
 FEATURES_BACKBONE = "on_features"
@@ -140,7 +141,7 @@ def frozen_features(config, dataset, source=None):
     fingerprint = weights_fingerprint(backbone)
     recorded = (config.get("data_source") or {}).get("backbone")
     if recorded and recorded != fingerprint:
-        raise ValueError(
+        raise UserError(
             f"The frozen backbone {config.model.name} has other weights than this run was "
             f"trained with (fingerprint {recorded}, now {fingerprint}): its checkpoint holds "
             "only the head, so it would be scored on other features. Restore that backbone "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import keras
 
+from tfmeta.errors import UserError
+
 # Fields of `config.optimizer` that describe the learning-rate schedule, not the optimizer.
 SCHEDULE_FIELDS = ("schedule", "decay_steps", "decay_rate")
 SCHEDULES = ("step", "cosine")
@@ -25,11 +27,11 @@ def learning_rate_schedule(optimizer_config, num_steps=None):
     if not name:
         return rate
     if name not in SCHEDULES:
-        raise ValueError(f"optimizer.schedule must be one of {SCHEDULES} or None; got {name!r}.")
+        raise UserError(f"optimizer.schedule must be one of {SCHEDULES} or None; got {name!r}.")
     if name == "step":
         decay_rate = optimizer_config.decay_rate
         if not decay_steps or decay_steps < 1 or decay_rate is None or not 0 < decay_rate <= 1:
-            raise ValueError(
+            raise UserError(
                 "optimizer.schedule='step' needs optimizer.decay_steps >= 1 and "
                 f"optimizer.decay_rate in (0, 1]; got decay_steps={decay_steps}, "
                 f"decay_rate={decay_rate}. Example: --set=optimizer.decay_steps=2000 "
@@ -38,8 +40,8 @@ def learning_rate_schedule(optimizer_config, num_steps=None):
                                                            staircase=True)
     decay_steps = decay_steps or num_steps
     if not decay_steps or decay_steps < 1:
-        raise ValueError("optimizer.schedule='cosine' needs optimizer.decay_steps >= 1 or "
-                         f"num_steps; got decay_steps={decay_steps}, num_steps={num_steps}.")
+        raise UserError("optimizer.schedule='cosine' needs optimizer.decay_steps >= 1 or "
+                        f"num_steps; got decay_steps={decay_steps}, num_steps={num_steps}.")
     return keras.optimizers.schedules.CosineDecay(rate, decay_steps)
 
 
@@ -51,6 +53,6 @@ def make_optimizer(optimizer_config, num_steps=None) -> keras.optimizers.Optimiz
     try:
         optimizer = keras.optimizers.get(optimizer_config.name)
     except ValueError as error:
-        raise ValueError(f"Unknown optimizer {optimizer_config.name!r} ({error}); use a Keras "
-                         "optimizer name such as 'adam', 'sgd' or 'adamw'.") from None
+        raise UserError(f"Unknown optimizer {optimizer_config.name!r} ({error}); use a Keras "
+                        "optimizer name such as 'adam', 'sgd' or 'adamw'.") from None
     return optimizer.__class__(**kwargs)

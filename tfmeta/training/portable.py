@@ -35,6 +35,7 @@ import re
 
 import tensorflow as tf
 
+from tfmeta.errors import UserError
 from tfmeta.linear_images import NotSeparable, SeparableMap
 from tfmeta.training.features import FrozenFeatures
 
@@ -60,9 +61,9 @@ def portable_preprocess(dataset):
         try:
             mapped = SeparableMap.of(preprocess, dataset.raw_shape, dataset.value_range)
         except NotSeparable as error:
-            raise ValueError(f"The {dataset.name} dataset's preprocessing cannot be written "
-                             f"as matrix products for LiteRT and ONNX: {error}. Use "
-                             "--format=saved_model.") from None
+            raise UserError(f"The {dataset.name} dataset's preprocessing cannot be written "
+                            f"as matrix products for LiteRT and ONNX: {error}. Use "
+                            "--format=saved_model.") from None
     if backbone is None:
         return mapped
     return lambda images: tf.cast(backbone(mapped(images), training=False), tf.float32)
@@ -112,7 +113,7 @@ def check_convertible(learner, algo: str, export_format: str) -> None:
     """Raises a one-line ValueError where `learner` cannot be exported as `export_format`."""
     reason = learner.portable_refusal()
     if reason is not None:
-        raise ValueError(
+        raise UserError(
             f"A {algo} run cannot be exported to {export_format}: {reason}, which LiteRT and "
             f"ONNX cannot run. These convert: {convertible_algorithms()}; export this run "
             "with --set=learner.<option>=0 to drop those steps, or with "
@@ -130,7 +131,7 @@ def to_litert(module: PortableClassifier, metadata: dict) -> bytes:
     try:
         model = flatbuffer_utils.convert_bytearray_to_object(bytearray(converter.convert()))
     except Exception as error:  # the converter's own error types vary by version
-        raise ValueError(f"LiteRT could not convert this learner: {first_line(error)}") from None
+        raise UserError(f"LiteRT could not convert this learner: {first_line(error)}") from None
     if not model.signatureDefs:  # (a module without variables of its own gets none)
         model.signatureDefs = [_signature(schema, model.subgraphs[0])]
     signature = model.signatureDefs[0]
@@ -171,8 +172,8 @@ def to_onnx(module: PortableClassifier, metadata: dict) -> bytes:
     try:
         import tf2onnx
     except ImportError:
-        raise ValueError('--format=onnx needs tf2onnx and onnxruntime: pip install ".[onnx]"'
-                         ) from None
+        raise UserError('--format=onnx needs tf2onnx and onnxruntime: pip install ".[onnx]"'
+                        ) from None
     specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for s, n in zip(
         module.adapt_and_predict.input_signature, INPUTS)]
     function = tf.function(lambda support_images, support_labels, query_images:
@@ -182,7 +183,7 @@ def to_onnx(module: PortableClassifier, metadata: dict) -> bytes:
         model, _ = tf2onnx.convert.from_function(function, input_signature=specs,
                                                  opset=ONNX_OPSET)
     except Exception as error:  # tf2onnx raises many types
-        raise ValueError(f"tf2onnx could not convert this learner: {first_line(error)}") from None
+        raise UserError(f"tf2onnx could not convert this learner: {first_line(error)}") from None
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     return model.SerializeToString()

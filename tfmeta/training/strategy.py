@@ -26,6 +26,7 @@ import sys
 import tensorflow as tf
 from absl import logging
 
+from tfmeta.errors import UserError
 from tfmeta.ranges import STRATEGY
 
 STRATEGIES = STRATEGY.values
@@ -51,10 +52,10 @@ class WorkerRole:
 SINGLE_PROCESS = WorkerRole()
 
 
-def _tf_config_error(problem: str) -> ValueError:
-    return ValueError(f"--strategy=multi_worker reads the cluster from the TF_CONFIG "
-                      f"environment variable, but {problem}. Set one per worker, e.g. "
-                      f"{TF_CONFIG_EXAMPLE}; see docs/distributed.md.")
+def _tf_config_error(problem: str) -> UserError:
+    return UserError(f"--strategy=multi_worker reads the cluster from the TF_CONFIG "
+                     f"environment variable, but {problem}. Set one per worker, e.g. "
+                     f"{TF_CONFIG_EXAMPLE}; see docs/distributed.md.")
 
 
 def worker_role(strategy_name: str = "multi_worker", environ=None) -> WorkerRole:
@@ -124,7 +125,7 @@ def make_strategy(name: str = "default",
                 return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
             except (tf.errors.OpError, RuntimeError) as error:
                 reason = " ".join(str(getattr(error, "message", error)).split())[:300]
-                raise ValueError(f"{failed} ({reason}). {fix}") from None
+                raise UserError(f"{failed} ({reason}). {fix}") from None
     if name == "tpu":
         return _tpu_strategy(os.environ.get("TPU_NAME", "local"))
     if name == "default":
@@ -135,7 +136,7 @@ def make_strategy(name: str = "default",
     if name == "mirrored":
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
-    raise ValueError(f"Unknown strategy {name!r}; valid strategies: {list(STRATEGIES)}.")
+    raise UserError(f"Unknown strategy {name!r}; valid strategies: {list(STRATEGIES)}.")
 
 
 # A worker that stops answering for this long fails the others (they would otherwise
@@ -211,9 +212,9 @@ def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:  # OSError: GCE lookup
         message = " ".join(str(error).split())[:300]
-        raise ValueError(f"--strategy=tpu found no TPU at TPU_NAME={tpu!r} ({message}). Run on "
-                         "a Cloud TPU VM (TPU_NAME unset or 'local'), set TPU_NAME to the TPU's "
-                         "name or grpc://address, or use --strategy=mirrored.") from None
+        raise UserError(f"--strategy=tpu found no TPU at TPU_NAME={tpu!r} ({message}). Run on "
+                        "a Cloud TPU VM (TPU_NAME unset or 'local'), set TPU_NAME to the TPU's "
+                        "name or grpc://address, or use --strategy=mirrored.") from None
     return tf.distribute.TPUStrategy(resolver)
 
 
@@ -234,8 +235,8 @@ def check_replica_split(batch: int, replicas: int, name: str = "meta_batch_size"
     if batch % replicas:
         below = batch - batch % replicas
         multiples = f"{below} or {below + replicas}" if below else f"{below + replicas}"
-        raise ValueError(f"--set={name}={batch} does not split over {replicas} replicas; "
-                         f"use a multiple of {replicas}: --set={name}={multiples}.")
+        raise UserError(f"--set={name}={batch} does not split over {replicas} replicas; "
+                        f"use a multiple of {replicas}: --set={name}={multiples}.")
 
 
 def distribute_episodes(strategy: tf.distribute.Strategy, make_dataset, global_batch: int,

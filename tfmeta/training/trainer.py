@@ -35,7 +35,7 @@ from tfmeta.algorithms import (
 from tfmeta.config import apply_overrides, get_config, save_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
-from tfmeta.errors import Terminated
+from tfmeta.errors import Terminated, UserError
 from tfmeta.models import resolved_fields
 from tfmeta.training import cpu_threads
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
@@ -68,9 +68,6 @@ from tfmeta.training.strategy import (
 # Changing these in a workdir that already holds a run would mix two experiments.
 IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "episode_sampler",
                    "variable_episodes", "episode_grouping", "data_source")
-# What a run recorded before a field existed meant (a missing field is otherwise not
-# compared): episodes from any classes.
-RECORDED_DEFAULTS = {"episode_grouping": "any"}
 # Learner options of what happens at test time only (fine-tuning, tfmeta.algorithms.finetune,
 # whose learning rate bin/evaluate.py --select_finetune_lr records in config.json): kept from
 # a run's config.json when it resumes.
@@ -81,14 +78,11 @@ TEST_TIME_OPTIONS = ("finetune_steps", "finetune_lr", "finetune_augment", "finet
 NOT_TRAINING_OPTIONS = ("task_parallel", "parallel_tasks", "recompute", *TEST_TIME_OPTIONS)
 
 
-def learner_identity(algo, learner) -> dict:
-    """A config's `learner` section as the experiment it names: as the learner's class reads
-    it (`learner_arguments`, where a run's config.json recorded an older form) and without
-    `NOT_TRAINING_OPTIONS`."""
-    arguments = dict(learner or {})
-    if algo in ALGORITHMS:
-        arguments = learner_class(algo).learner_arguments(arguments)
-    return {k: v for k, v in arguments.items() if k not in NOT_TRAINING_OPTIONS}
+def learner_identity(learner) -> dict:
+    """A config's `learner` section as the experiment it names: without
+    `NOT_TRAINING_OPTIONS`. (A run's config.json in an older form is read in this version's:
+    `tfmeta.migrate`.)"""
+    return {k: v for k, v in dict(learner or {}).items() if k not in NOT_TRAINING_OPTIONS}
 
 
 def _check_workdir_config(config, workdir, dataset=None):
@@ -104,12 +98,11 @@ def _check_workdir_config(config, workdir, dataset=None):
 
     previous = load_config(path)
     for field in IDENTITY_FIELDS:
-        old, new = previous.get(field, RECORDED_DEFAULTS.get(field)), config.get(field)
+        old, new = previous.get(field), config.get(field)
         old = old.to_dict() if hasattr(old, "to_dict") else old
         new = new.to_dict() if hasattr(new, "to_dict") else new
         if field == "learner" and old is not None:
-            old, new = (learner_identity(config.get("algo"), old),
-                        learner_identity(config.get("algo"), new))
+            old, new = learner_identity(old), learner_identity(new)
         if field == "data_source" and old:
             keys = ("fingerprint", "class_split", "backbone")
             old, new = ({k: old.get(k) for k in keys if old.get(k) is not None},
@@ -119,7 +112,7 @@ def _check_workdir_config(config, workdir, dataset=None):
                     hasattr(dataset, "same_files") and dataset.same_files(recorded):
                 new["fingerprint"] = recorded  # recorded by an earlier version, still the same
         if old is not None and json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
-            raise ValueError(
+            raise UserError(
                 f"{workdir} holds a run with {field}={old!r}, but this run has {field}={new!r}. "
                 "Use a new --workdir, or the original settings to resume.")
     kept = {k: previous.learner[k] for k in TEST_TIME_OPTIONS if k in previous.get("learner", {})}
@@ -285,7 +278,7 @@ def check_episode_sampler(learner, config, input_shape) -> None:
     if (config.get("episode_sampler") or "fixed") != "variable" or \
             getattr(learner, "variable_episodes", False):
         return
-    raise ValueError(
+    raise UserError(
         f"--algo={config.algo} with these settings does not take variable episodes "
         f"(episode_sampler=variable); learners that do: "
         f"{', '.join(variable_episode_learners(config.dataset, input_shape))}. Use one of "
@@ -353,7 +346,7 @@ def check_memory(config, input_shape) -> None:
                  "padded examples" if config.get("episode_sampler") == "variable" else
                  f"meta_batch_size={config.meta_batch_size} x ways={config.ways} x "
                  f"{(config.train_shots or config.shots) + config.queries} examples")
-        raise ValueError(
+        raise UserError(
             f"{sizes} of shape {tuple(input_shape)} need about {needed / 2 ** 30:.0f} GiB of "
             f"activations per step (estimated), more than this machine's "
             f"{total / 2 ** 30:.0f} GiB of memory; use a smaller batch, fewer ways or "
@@ -451,7 +444,7 @@ def _check_same_step(strategy, step, workdir):
     steps = strategy.gather(strategy.run(lambda: tf.constant([step], tf.int64)), axis=0)
     steps = sorted(set(int(s) for s in steps.numpy()))
     if len(steps) > 1:
-        raise ValueError(
+        raise UserError(
             f"The workers restored different steps {steps} from {workdir}/{CHECKPOINTS}; "
             "every worker must see the chief's checkpoints: put --workdir on storage all "
             "machines share (NFS, GCS), or start every worker from an empty workdir.")
