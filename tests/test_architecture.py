@@ -144,3 +144,21 @@ def test_only_classifiers_have_classifier_hooks():
     assert {"ReptileGAN", "MAMLRL", "ReptileFamily"} <= set(others)
     for name, cls in others.items():
         assert not {h for h in classifier_hooks if hasattr(cls, h)}, name
+
+
+def test_the_module_list_names_every_module_and_package():
+    """docs/architecture.md's `## Modules` list names each module and package of tfmeta/
+    (it had drifted: five were missing), and nothing that is not there; each package's
+    entry names the modules of training/ and the ones the text says it holds."""
+    text = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
+    block = text.split("## Modules", 1)[1].split("```", 2)[1]
+    listed = set(re.findall(r"^  (\w+(?:\.py|/))", block, re.MULTILINE))
+    present = {name + ("/" if os.path.isdir(os.path.join(PACKAGE, name)) else "")
+               for name in os.listdir(PACKAGE)
+               if (name.endswith(".py") and name != "__init__.py") or (
+                   os.path.isfile(os.path.join(PACKAGE, name, "__init__.py")))}
+    assert listed == present, (sorted(present - listed), sorted(listed - present))
+    training = re.split(r"\n  \w", block.split("  training/", 1)[1], maxsplit=1)[0]
+    for name in os.listdir(os.path.join(PACKAGE, "training")):
+        if name.endswith(".py") and name != "__init__.py":
+            assert name in training, f"training/{name} is not in the module list"

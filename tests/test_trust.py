@@ -209,6 +209,22 @@ def test_bad_numbers_are_refused_before_anything_is_built(tmp_path, override, me
     assert not os.path.exists(workdir)
 
 
+@pytest.mark.parametrize("algo, dataset, override, message", [
+    ("protonet", "omniglot", "learner.distance=manhattan",
+     "learner.distance must be one of ['squared_euclidean', 'cosine']; got 'manhattan'."),
+    ("pretrain", "omniglot", "learner.classifier=svm",
+     "learner.classifier must be one of ['nearest_centroid', 'logistic']; got 'svm'."),
+    ("maml_rl", "navigation_2d", "learner.baseline=critic",
+     "learner.baseline must be one of ['linear', 'none']; got 'critic'."),
+])
+def test_learner_choices_are_refused_before_the_data_loads(algo, dataset, override, message):
+    """Before (issue 35): checked by hand in the learner's constructor, after the data had
+    loaded and the backbone was built."""
+    config = config_lib.apply_overrides(config_lib.get_config(algo, dataset), [override])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_lib.validate_config(config)
+
+
 def test_unknown_learner_argument_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"Unknown config field 'learner.inner_rate'; valid "
                                          r"fields of learner: \[") as error:

@@ -3,8 +3,9 @@ learners' data hooks take (`training_episodes`, `meta_test`).
 
 The trainer, `bin/evaluate.py` and the benchmarks build a `DataSpec` from a run's config
 (`DataSpec.from_config`); a learner reads these fields and nothing else of the config.
-This module sits below every layer, so that no learner imports `tfmeta.config` (which
-imports the learners to validate a config).
+This module sits below the learners and the config, so that no learner imports
+`tfmeta.config` (which imports the learners to validate a config); it reads `tfmeta.models`
+and `tfmeta.data` (the augmentation and variable-episode settings it builds).
 """
 
 from __future__ import annotations

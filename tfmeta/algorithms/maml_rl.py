@@ -44,7 +44,7 @@ from tfmeta import weights
 from tfmeta.algorithms.base import MetaLearner, validation_batch_size
 from tfmeta.errors import UserError
 from tfmeta.evaluation import mean_and_ci95
-from tfmeta.ranges import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
+from tfmeta.ranges import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Choice, Range
 from tfmeta.rl.navigation import Navigation2D
 from tfmeta.rl.policy import gaussian_mlp_policy, split_outputs
 from tfmeta.rl.policy_gradient import advantages, episode_returns, rollout, surrogate_loss
@@ -90,6 +90,7 @@ class MAMLRL(MetaLearner):
     input_kinds = ("environment",)
     fixed_arguments = ("policy",)
     argument_ranges = {"inner_lr": POSITIVE, "later_steps_lr_scale": POSITIVE,
+                       "baseline": Choice(BASELINES),
                        "inner_steps": POSITIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
                        "trajectories": Range(2, integer=True), "discount": FRACTION,
                        "initial_log_std": Range(-5, 2)}
@@ -101,8 +102,6 @@ class MAMLRL(MetaLearner):
                  baseline: str = "linear", first_order: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.check_arguments(locals())
-        if baseline not in BASELINES:
-            raise UserError(f"baseline must be one of {BASELINES}; got {baseline!r}.")
         self.environment = environment
         self.policy = policy or gaussian_mlp_policy(
             environment.observation_dim, environment.action_dim, tuple(hidden_units),

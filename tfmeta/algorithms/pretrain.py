@@ -49,7 +49,7 @@ from tfmeta.algorithms.base import batch_dict
 from tfmeta.algorithms.finetune import FineTuningClassifier, flip, translate
 from tfmeta.data.episodes import stored_tensor, unsharded
 from tfmeta.errors import UserError
-from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
+from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Choice, Range
 from tfmeta.tensors import (
     accuracy,
     class_means,
@@ -129,7 +129,7 @@ class Pretrain(FineTuningClassifier):
     variable_episodes = True
     batch_size_field = "batch_size"  # it trains on batches of examples
     argument_ranges = {"num_classes": Range(1, integer=True, optional=True),
-                       "weight_decay": NON_NEGATIVE,
+                       "classifier": Choice(CLASSIFIERS), "weight_decay": NON_NEGATIVE,
                        "scale": POSITIVE, "logistic_steps": NON_NEGATIVE_INT,
                        "logistic_lr": POSITIVE, "logistic_l2": NON_NEGATIVE}
 
@@ -142,8 +142,6 @@ class Pretrain(FineTuningClassifier):
         if num_classes is None:
             raise UserError("Pretrain needs num_classes, the training head's size (at least "
                             "the training split's class count).")
-        if classifier not in CLASSIFIERS:
-            raise UserError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}.")
         if len(encoder.output_shape) != 2:
             raise UserError(f"Pretrain needs a built encoder of images to feature vectors "
                             f"[n, D]; {encoder.name!r} returns {encoder.output_shape}. Use a "

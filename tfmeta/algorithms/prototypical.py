@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 
 from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
-from tfmeta.errors import UserError
+from tfmeta.ranges import Choice
 from tfmeta.tensors import (
     class_means,
     cosine_similarity,
@@ -51,11 +51,11 @@ class PrototypicalNetwork(EmbeddingLearner):
     """
 
     variable_episodes = True
+    argument_ranges = {"distance": Choice(DISTANCES)}
 
     def __init__(self, encoder: keras.Model, distance: str = "squared_euclidean", **kwargs):
         super().__init__(encoder, **kwargs)
-        if distance not in DISTANCES:
-            raise UserError(f"distance must be one of {DISTANCES}; got {distance!r}.")
+        self.check_arguments({"distance": distance})
         check_flat_features(type(self).__name__, self.feature_shape)
         self.distance = distance
 
