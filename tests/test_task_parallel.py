@@ -335,3 +335,31 @@ def test_vectorized_runs_where_the_kernels_cannot_differentiate_a_grouped_convol
     proc = subprocess.run([sys.executable, "-c", ONEDNN_OFF], capture_output=True, text=True,
                           env=env, cwd=root, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("task_parallel", ["loop", "vectorized"])
+def test_weight_penalties_are_added_once_and_whole(episodes, task_parallel):
+    """The meta-loss is the mean task loss plus `regularization_loss` once, whole (Keras's
+    `model.losses`; what `EpisodicClassifier.meta_loss` adds), in every form of the task
+    loop. Before (issue 35), the MAML family divided it by the meta-batch: the gradient of
+    an L2 penalty c * |W|^2 came out 2cW / B."""
+    penalty = 0.05
+
+    def learner(c):
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((28, 28, 1))
+        outputs = keras.layers.Dense(WAYS, kernel_regularizer=keras.regularizers.L2(c))(
+            keras.layers.Flatten()(inputs))
+        maml = MAML(keras.Model(inputs, outputs), inner_steps=1, task_parallel=task_parallel)
+        maml.compile(optimizer=keras.optimizers.SGD(0.1))
+        return maml
+
+    with_penalty, without = learner(penalty), learner(0.0)
+    grads, loss, _ = with_penalty.compute_meta_gradients(episodes)
+    plain_grads, plain_loss, _ = without.compute_meta_gradients(episodes)
+    kernel = with_penalty.model.layers[-1].kernel
+    index = [id(v) for v in with_penalty.trainable_variables].index(id(kernel))
+    np.testing.assert_allclose(grads[index] - plain_grads[index], 2 * penalty * kernel.numpy(),
+                               atol=1e-6)
+    expected = penalty * float(np.sum(kernel.numpy() ** 2))
+    np.testing.assert_allclose(float(loss) - float(plain_loss), expected, rtol=1e-4)

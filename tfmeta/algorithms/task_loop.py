@@ -355,7 +355,6 @@ class TaskLoopLearner(EpisodicClassifier):
             with tf.GradientTape() as tape:
                 params = weights.values(self.params)
                 loss, logits, new_state = self.run_task_meta_loss(params, state, task, width)
-                loss = loss + self.regularization_loss() / global_batch
                 scaled = self.optimizer.scale_loss(replica_mean(loss) / global_batch)
             grads = tape.gradient(scaled, variables)
             # Zeros for unconnected variables (e.g. per-step copies a first-order pass does
@@ -388,7 +387,20 @@ class TaskLoopLearner(EpisodicClassifier):
             logits = logits_array.stack()
         if keep_state:
             weights.assign(self.loop_state_variables, state)
-        return self._transformed(grads), loss_sum / global_batch, logits
+        grads, regularization = self._regularized(grads, variables)
+        return self._transformed(grads), loss_sum / global_batch + regularization, logits
+
+    def _regularized(self, grads, variables):
+        """(`grads` plus the gradients of `regularization_loss`, that loss): the weight
+        penalties are added to the meta-loss once and whole, as Keras adds `model.losses`
+        and as `EpisodicClassifier.meta_loss` does, whatever the meta-batch and the form of
+        the task loop (they were divided by the meta-batch here before)."""
+        with tf.GradientTape() as tape:
+            regularization = tf.cast(self.regularization_loss(), tf.float32)
+            scaled = self.optimizer.scale_loss(replica_mean(regularization))
+        extra = tape.gradient(scaled, variables)
+        return ([g if e is None else g + e for g, e in zip(grads, extra, strict=True)],
+                regularization)
 
     def unrolled_tasks(self, episodes) -> int | None:
         """The meta-batch size where the task loop is unrolled in Python, else None.
@@ -402,19 +414,19 @@ class TaskLoopLearner(EpisodicClassifier):
 
     def vectorized_meta_gradients(self, episodes):
         """`compute_meta_gradients` with every task of the meta-batch in one pass; the loss
-        is the loop's: the mean task loss plus the regularization over B."""
+        is the loop's: the mean task loss plus the regularization (`_regularized`)."""
         variables = self.trainable_variables
-        global_batch = tf.cast(tf.shape(episodes[self.batch_keys[1]])[0], tf.float32)
         state = weights.values(self.loop_state_variables)
         with tf.GradientTape() as tape:
             params = self.task_params(weights.values(self.params), episodes)
             losses, logits, _ = self.task_meta_loss(params, state, episodes)
-            loss = tf.reduce_mean(losses) + self.regularization_loss() / global_batch
+            loss = tf.reduce_mean(losses)
             scaled = self.optimizer.scale_loss(replica_mean(loss))
         grads = tape.gradient(scaled, variables)
         grads = [tf.zeros(v.shape, tf.float32) if g is None else g
                  for g, v in zip(grads, variables)]
-        return self._transformed(grads), loss, logits
+        grads, regularization = self._regularized(grads, variables)
+        return self._transformed(grads), loss + regularization, logits
 
     @property
     def max_ways(self):
