@@ -11,6 +11,8 @@ sys.path.insert(0, ROOT)  # `configs` and `tests` importable
 
 import pytest  # noqa: E402
 
+from tests import browser  # noqa: E402
+
 
 def docs_script(name: str):
     """The module `docs/scripts/<name>.py` (scripts the docs run, which tests use too)."""
@@ -50,6 +52,23 @@ def private_cache(tmp_path_factory):
         del os.environ["TFMETA_CACHE"]
     else:
         os.environ["TFMETA_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Chromium (tests/browser.py), or a skip where it is missing; a failure instead where a
+    run must use it (TFMETA_REQUIRE_BROWSER, which .ci/run sets, or CI), so that CI never
+    skips the tests that render a page."""
+    path = browser.find_chromium()
+    if path:
+        return path
+    required = [v for v in ("TFMETA_REQUIRE_BROWSER", "CI")
+                if os.environ.get(v, "").lower() not in ("", "0", "false")]
+    reason = (f"no Chromium on PATH (looked for {', '.join(browser.NAMES)}); install it "
+              "(Debian: apt-get install chromium) to render the HTML report in a browser")
+    if required:
+        pytest.fail(f"{reason}; required since {required[0]} is set")
+    pytest.skip(reason)
 
 
 def pytest_addoption(parser):

@@ -8,11 +8,13 @@ workdir, calls its learner's `meta_test` hook (which uses these) and writes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import tensorflow as tf
 
+from tfmeta import calibration
 from tfmeta.data import episode_dataset
 from tfmeta.errors import UserError
 from tfmeta.ranges import EVAL_EPISODES
@@ -56,30 +58,129 @@ def summary(values) -> dict:
     return {"min": int(values.min()), "mean": float(values.mean()), "max": int(values.max())}
 
 
+@dataclasses.dataclass
+class Protocol:
+    """What meta-test episodes are beyond their ways, shots and queries (`bin/evaluate.py`).
+
+    query_balance: None (every class `queries` queries) or a Dirichlet concentration alpha:
+      each episode's N * queries queries split over its classes as Veilleux et al. draw
+      them (`tfmeta.calibration.dirichlet_query_counts`; a class may get none). The episodes
+      are sampled with as many queries per class as a class can give, and the queries beyond
+      each class's draw become padding (label -1).
+    open_set: each episode drawn with 2N classes, the support set of the last N dropped
+      (padding), so their queries belong to no support class (`unknown`); accuracy is over
+      the first N's queries, and `open_set_scores` measures the distance.
+    temperature: the learner's fitted temperature; the ECE is reported at 1 and at it.
+    threshold: the learner's calibrated open-set threshold (None: AUROC only).
+    """
+
+    query_balance: float | None = None
+    open_set: bool = False
+    temperature: float = 1.0
+    threshold: float | None = None
+
+
+@dataclasses.dataclass
+class Scores:
+    """Per-episode accuracies `[E]`, `episode_sizes`, and per real query: confidence at
+    temperature 1 and at the learner's, correct, distance (None where not measured) and
+    known (False: open-set queries of no support class)."""
+
+    accuracies: np.ndarray
+    sizes: dict
+    confidence: np.ndarray
+    confidence_calibrated: np.ndarray
+    correct: np.ndarray
+    distance: np.ndarray | None
+    known: np.ndarray
+
+
+def uneven_queries(labels: np.ndarray, ways: int, total: int, alpha: float, cap: int,
+                   rng) -> np.ndarray:
+    """Query labels `[E, M]` with the queries beyond each class's Dirichlet draw set to -1
+    (padding): each episode keeps `dirichlet_query_counts` of its classes' queries."""
+    labels = labels.copy()
+    for episode in labels:
+        counts = calibration.dirichlet_query_counts(rng, ways, total, alpha, cap)
+        rank = np.zeros_like(episode)
+        for n in range(ways):
+            members = episode == n
+            rank[members] = np.arange(members.sum())
+        keep = (episode >= 0) & (rank < counts[np.maximum(episode, 0)])
+        episode[~keep] = -1
+    return labels
+
+
+def open_set_support(labels: np.ndarray, known_ways: int) -> np.ndarray:
+    """Support labels `[E, S]` with the classes from `known_ways` on dropped (-1)."""
+    return np.where(labels < known_ways, labels, -1)
+
+
 def scored_episodes(learner, classes, ways, shots, queries, num_episodes=600,
                     meta_batch_size=20, seed=1234, split="test", sampler="fixed",
-                    variable=None, grouping="any") -> tuple:
-    """(per-episode query accuracy `[num_episodes]`, `episode_sizes` of those episodes) of
-    `learner` on fresh episodes (`episode_dataset`'s arguments)."""
+                    variable=None, grouping="any", protocol: Protocol | None = None,
+                    outputs_fn=None) -> Scores:
+    """`Scores` of `learner` on fresh episodes (`episode_dataset`'s arguments, `protocol`'s
+    uneven or open-set episodes); `outputs_fn(batch) -> {"logits", maybe "distance"}`
+    (default: the learner's `query_logits`)."""
     EVAL_EPISODES.check("num_episodes", num_episodes)
+    protocol = protocol or Protocol()
     meta_batch_size = max(1, min(meta_batch_size, num_episodes))
     batches = math.ceil(num_episodes / meta_batch_size)
-    episodes = episode_dataset(classes, ways, shots, queries, meta_batch_size, seed=seed,
-                               num_episodes=batches * meta_batch_size, split=split,
+    sample_ways, sample_queries = ways, queries
+    if protocol.open_set:
+        sample_ways = 2 * ways
+    if protocol.query_balance is not None:
+        cap = int(np.min(classes.class_counts)) - shots
+        sample_queries = min(cap, ways * queries)
+    episodes = episode_dataset(classes, sample_ways, shots, sample_queries, meta_batch_size,
+                               seed=seed, num_episodes=batches * meta_batch_size, split=split,
                                sampler=sampler, variable=variable, grouping=grouping)
+    outputs_fn = outputs_fn or (lambda batch: {"logits": learner.query_logits(batch)})
+    temperature = protocol.temperature
 
     @tf.function
-    def batch_accuracy(batch):
-        return accuracy(batch["query_labels"], learner.query_logits(batch, training=False))
+    def score(batch):
+        outputs = outputs_fn(batch)
+        logits = tf.cast(outputs["logits"], tf.float32)
+        labels = batch["query_labels"]
+        known = tf.where(labels < ways, labels, -1) if protocol.open_set else labels
+        scored = {"accuracy": accuracy(known, logits),
+                  "confidence": tf.reduce_max(tf.nn.softmax(logits), -1),
+                  "calibrated": tf.reduce_max(tf.nn.softmax(logits / temperature), -1),
+                  "correct": tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)}
+        if "distance" in outputs:
+            scored["distance"] = outputs["distance"]
+        return scored
 
-    values, support_labels, query_labels = [], [], []
+    rng = np.random.default_rng(seed)
+    collected, support_labels, query_labels = [], [], []
     for batch in episodes:
-        values.append(batch_accuracy(batch).numpy())
+        batch = dict(batch)
+        if protocol.query_balance is not None:
+            batch["query_labels"] = tf.constant(uneven_queries(
+                batch["query_labels"].numpy(), ways, ways * queries, protocol.query_balance,
+                sample_queries, rng))
+        if protocol.open_set:
+            batch["support_labels"] = tf.constant(open_set_support(
+                batch["support_labels"].numpy(), ways))
+        collected.append({k: v.numpy() for k, v in score(batch).items()})
         support_labels.append(batch["support_labels"].numpy())
         query_labels.append(batch["query_labels"].numpy())
-    sizes = episode_sizes(np.concatenate(support_labels)[:num_episodes],
-                          np.concatenate(query_labels)[:num_episodes])
-    return np.concatenate(values)[:num_episodes], sizes
+    support_labels = np.concatenate(support_labels)[:num_episodes]
+    query_labels = np.concatenate(query_labels)[:num_episodes]
+    known_labels = np.where(query_labels < ways, query_labels, -1) if protocol.open_set \
+        else query_labels
+    real = query_labels >= 0
+
+    def per_query(name):
+        return np.concatenate([c[name] for c in collected])[:num_episodes][real]
+
+    return Scores(np.concatenate([c["accuracy"] for c in collected])[:num_episodes],
+                  episode_sizes(support_labels, known_labels), per_query("confidence"),
+                  per_query("calibrated"), per_query("correct"),
+                  per_query("distance") if "distance" in collected[0] else None,
+                  (known_labels >= 0)[real])
 
 
 def episode_accuracies(learner, classes, ways, shots, queries, num_episodes=600,
@@ -87,22 +188,46 @@ def episode_accuracies(learner, classes, ways, shots, queries, num_episodes=600,
                        variable=None, grouping="any") -> np.ndarray:
     """Per-episode query accuracy of `learner` on `num_episodes` fresh episodes."""
     return scored_episodes(learner, classes, ways, shots, queries, num_episodes,
-                           meta_batch_size, seed, split, sampler, variable, grouping)[0]
+                           meta_batch_size, seed, split, sampler, variable,
+                           grouping).accuracies
 
 
 def evaluate(learner, classes, ways, shots, queries, num_episodes=600, meta_batch_size=20,
              seed=1234, split="test", sampler="fixed", variable=None,
-             grouping="any") -> dict:
+             grouping="any", protocol: Protocol | None = None, outputs_fn=None) -> dict:
     """Returns {"accuracy", "ci95", "episodes", "ways", "shots", "queries", "sampler",
-    "grouping", "drawn"}: `drawn` is {"ways", "shots", "queries": {"min", "mean", "max"}} of
-    the episodes evaluated (shots and queries per class), and with variable episodes
-    (`sampler` "variable", parameters `variable`) `ways`, `shots` and `queries` are None;
-    `grouping` "within" draws each episode's classes within one group."""
-    values, sizes = scored_episodes(learner, classes, ways, shots, queries, num_episodes,
-                                    meta_batch_size, seed, split, sampler, variable, grouping)
-    mean, ci95 = mean_and_ci95(values)
+    "grouping", "drawn", "ece", ...}: `drawn` is {"ways", "shots", "queries": {"min",
+    "mean", "max"}} of the episodes evaluated (shots and queries per class), and with
+    variable episodes (`sampler` "variable", parameters `variable`) `ways`, `shots` and
+    `queries` are None; `grouping` "within" draws each episode's classes within one group.
+    `ece` is the expected calibration error of the softmax of the logits, and with a
+    `protocol.temperature` other than 1 `ece_calibrated` that at the temperature;
+    `protocol.query_balance` adds `query_balance`, `protocol.open_set` adds `open_set`
+    (`tfmeta.calibration.open_set_scores`)."""
+    protocol = protocol or Protocol()
+    scores = scored_episodes(learner, classes, ways, shots, queries, num_episodes,
+                             meta_batch_size, seed, split, sampler, variable, grouping,
+                             protocol, outputs_fn)
+    mean, ci95 = mean_and_ci95(scores.accuracies)
     fixed = sampler == "fixed"
-    return {"accuracy": mean, "ci95": ci95, "episodes": int(values.size),
-            "ways": ways if fixed else None, "shots": shots if fixed else None,
-            "queries": queries if fixed else None, "sampler": sampler, "grouping": grouping,
-            "drawn": {name: summary(v) for name, v in sizes.items()}}
+    known = scores.known
+    result = {"accuracy": mean, "ci95": ci95, "episodes": int(scores.accuracies.size),
+              "ways": ways if fixed else None, "shots": shots if fixed else None,
+              "queries": queries if fixed else None, "sampler": sampler, "grouping": grouping,
+              "drawn": {name: summary(v) for name, v in scores.sizes.items()},
+              "ece": calibration.calibration_error(scores.confidence[known],
+                                                   scores.correct[known])}
+    if protocol.temperature != 1.0:
+        result.update(temperature=protocol.temperature,
+                      ece_calibrated=calibration.calibration_error(
+                          scores.confidence_calibrated[known], scores.correct[known]))
+    if protocol.query_balance is not None:
+        result["query_balance"] = f"dirichlet:{protocol.query_balance:g}"
+    if protocol.open_set:
+        if scores.distance is None:
+            raise UserError("--open_set needs a learner that measures how far a query lies "
+                            "from the support classes (an embedding learner).")
+        result["open_set"] = calibration.open_set_scores(
+            scores.correct[known], scores.distance[known], scores.distance[~known],
+            protocol.threshold)
+    return result

@@ -189,21 +189,21 @@ def atomic_write(path: str, mode: str = "w", suffix: str | None = None, **open_k
         yield f
 
 
-def check_output_file(path: str, example: str) -> None:
-    """A ValueError naming `--output` unless a file can be written at `path`: not empty, not
-    a folder, and no file where one of its parent folders would be (`example`: a file name
-    to suggest inside a folder)."""
+def check_output_file(path: str, example: str, flag: str = "--output") -> None:
+    """A ValueError naming `flag` unless a file can be written at `path`: not empty, not a
+    folder, and no file where one of its parent folders would be (`example`: a file name to
+    suggest inside a folder)."""
     if not path:
-        raise UserError("--output is empty; give the file to write (or leave the flag out).")
+        raise UserError(f"{flag} is empty; give the file to write (or leave the flag out).")
     if os.path.isdir(path):
-        raise UserError(f"--output={path} is a folder; name the file to write, e.g. "
-                        f"{os.path.join(path, example)}.")
+        raise UserError(f"{flag}={os.path.abspath(path)} is a folder; give a file name such "
+                        f"as {os.path.join(os.path.abspath(path), example)}.")
     parent = os.path.dirname(os.path.abspath(path))
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
-        raise UserError(f"--output={path} cannot be written: {parent} is a file, not a "
-                        "folder; choose another path.")
+        raise UserError(f"{flag}={os.path.abspath(path)} cannot be written: {parent} is a "
+                        "file, not a folder; choose another path.")
 
 
 def disk_size(path: str) -> int:

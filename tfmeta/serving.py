@@ -3,11 +3,13 @@ preprocessing, so a client sends raw examples (as decoded from the dataset's own
 and needs only TensorFlow.
 
     loaded = tf.saved_model.load(f"{workdir}/export")
-    logits = loaded.adapt_and_predict(support_images=s, support_labels=l,
-                                      query_images=q)["logits"]
+    outputs = loaded.adapt_and_predict(support_images=s, support_labels=l, query_images=q)
+    outputs["logits"], outputs["probabilities"]    # [m, N]; and, for embedding learners,
+    outputs["distance"], outputs["unknown"]        # [m]: "none of these" (docs/heads.md)
 
 A learner picks its module with its `serving_module(dataset)` hook: classifiers serve
-`AdaptAndPredict`, Reptile-GAN serves `GenerationServing`. Every request is checked in
+`AdaptAndPredict`, Reptile-GAN serves `GenerationServing`, MAML on regression tasks
+`RegressionServing`. Every request is checked in
 the graph before anything runs on it; a bad request raises `InvalidArgumentError` with
 a message that says what was wrong.
 """
@@ -64,7 +66,19 @@ def size_check(*tensors):
         "the queries in smaller chunks"))
 
 
-class AdaptAndPredict(tf.Module):
+class ServingModule(tf.Module):
+    """What every served module holds: the learner, and its dataset's preprocessing, value
+    range and raw example shape (what a request is checked against)."""
+
+    def __init__(self, learner, dataset, name: str):
+        super().__init__(name=name)
+        self.learner = learner
+        self._preprocess = dataset.preprocess
+        self._value_range = dataset.value_range
+        self._raw_shape = tuple(dataset.raw_shape)
+
+
+class AdaptAndPredict(ServingModule):
     """`adapt_and_predict(support_images, support_labels, query_images) -> {"logits"}` on raw
     examples: checks the request, preprocesses it in the graph, then calls the learner's
     `adapt_and_predict` (which checks the labels: 0..N-1, every class present).
@@ -80,11 +94,7 @@ class AdaptAndPredict(tf.Module):
     IMAGE_DTYPES = (tf.float32, tf.float64)
 
     def __init__(self, learner, dataset):
-        super().__init__(name="tfmeta_serving")
-        self.learner = learner
-        self._preprocess = dataset.preprocess
-        self._value_range = dataset.value_range
-        self._raw_shape = tuple(dataset.raw_shape)
+        super().__init__(learner, dataset, "tfmeta_serving")
         images = tf.TensorSpec([None, *dataset.raw_shape], tf.float32)
         self._serve = tf.function(self._adapt_and_predict, input_signature=[
             images, tf.TensorSpec([None], tf.int64), images])
@@ -114,10 +124,26 @@ class AdaptAndPredict(tf.Module):
                   *range_checks(query_images, self._value_range, "query_images",
                                 self._raw_shape)]
         with tf.control_dependencies(checks):
-            logits = self.learner.adapt_and_predict(self._preprocess(support_images),
-                                                    tf.cast(support_labels, tf.int32),
-                                                    self._preprocess(query_images))
-        return {"logits": tf.cast(logits, tf.float32)}
+            outputs = self.learner.adapt_and_predict_outputs(
+                self._preprocess(support_images), tf.cast(support_labels, tf.int32),
+                self._preprocess(query_images))
+        return served_outputs(outputs, self.learner.temperature,
+                              self.learner.open_set_threshold)
+
+
+def served_outputs(outputs: dict, temperature: float, threshold: float | None) -> dict:
+    """What `adapt_and_predict` returns from the learner's outputs: "logits" `[m, N]`,
+    "probabilities" `softmax(logits / temperature)` (calibrated where the run was,
+    `tfmeta.calibration`) and, where the learner measures it, "distance" `[m]` and "unknown"
+    `[m]` (bool: farther than the calibrated open-set threshold; never without one)."""
+    logits = tf.cast(outputs["logits"], tf.float32)
+    served = {"logits": logits, "probabilities": tf.nn.softmax(logits / temperature, axis=-1)}
+    if "distance" in outputs:
+        distance = tf.cast(outputs["distance"], tf.float32)
+        served["distance"] = distance
+        served["unknown"] = (distance > threshold if threshold is not None else
+                             tf.zeros(tf.shape(distance), tf.bool))
+    return served
 
 
 def make_postprocess(preprocess, raw_shape):
@@ -146,7 +172,7 @@ def random_seed():
     return tf.random.uniform([], maxval=2 ** 62, dtype=tf.int64)
 
 
-class GenerationServing(tf.Module):
+class GenerationServing(ServingModule):
     """Generation on raw images (float32 in [0, 1], the dataset's own size) for a learner with
     `adapt_and_generate(images, num_samples, seed)` and `generate(num_samples, seed)`:
 
@@ -157,11 +183,7 @@ class GenerationServing(tf.Module):
     """
 
     def __init__(self, learner, dataset):
-        super().__init__(name="tfmeta_generation")
-        self.learner = learner
-        self._preprocess = dataset.preprocess
-        self._value_range = dataset.value_range
-        self._raw_shape = tuple(dataset.raw_shape)
+        super().__init__(learner, dataset, "tfmeta_generation")
         self._postprocess = make_postprocess(dataset.preprocess, dataset.raw_shape)
         images = tf.TensorSpec([None, *dataset.raw_shape], tf.float32, name="images")
         count = tf.TensorSpec([], tf.int32, name="num_samples")
@@ -201,3 +223,44 @@ class GenerationServing(tf.Module):
         with tf.control_dependencies([self._count_check(num_samples)]):
             samples = self.learner.generate(num_samples, seed=seed)
         return {"samples": self._postprocess(samples)}
+
+
+class RegressionServing(ServingModule):
+    """`adapt_and_predict(support_x [k, *raw], support_y [k, outputs], query_x [m, *raw])
+    -> {"predictions" [m, outputs]}` for a learner of regression tasks (with
+    `adapt_and_predict_regression`, `MAMLRegression`): checks the request in the graph, then
+    adapts."""
+
+    def __init__(self, learner, dataset):
+        super().__init__(learner, dataset, "tfmeta_regression_serving")
+        self._outputs = int(learner.num_outputs)
+        inputs = tf.TensorSpec([None, *dataset.raw_shape], tf.float32)
+        targets = tf.TensorSpec([None, self._outputs], tf.float32)
+        self.adapt_and_predict = tf.function(self._adapt_and_predict,
+                                             input_signature=[inputs, targets, inputs])
+
+    def signatures(self) -> dict:
+        return {"adapt_and_predict": self.adapt_and_predict.get_concrete_function()}
+
+    def _adapt_and_predict(self, support_x, support_y, query_x):
+        checks = [
+            tf.debugging.assert_positive(tf.shape(support_x)[0], message=(
+                "support_x is empty: adapting needs at least one (x, y) support point")),
+            tf.debugging.assert_positive(tf.shape(query_x)[0], message=(
+                "query_x is empty: send at least one query point")),
+            tf.debugging.assert_equal(tf.shape(support_y)[0], tf.shape(support_x)[0], message=(
+                "support_y must have one target per support_x point")),
+            *range_checks(support_x, self._value_range, "support_x", self._raw_shape),
+            *range_checks(query_x, self._value_range, "query_x", self._raw_shape),
+            *range_checks(support_y, None, "support_y", (self._outputs,)),
+        ]
+        with tf.control_dependencies(checks):
+            predictions = self.learner.adapt_and_predict_regression(
+                self._preprocess(support_x), tf.identity(support_y), self._preprocess(query_x))
+        # Inputs far outside the training range can overflow the adapted model's inner
+        # steps: a clear error, never NaN predictions.
+        finite = tf.debugging.assert_all_finite(predictions, (
+            "the adapted model's predictions are not finite: the support or query points are "
+            "too far outside the range it was meta-trained on"))
+        with tf.control_dependencies([finite]):
+            return {"predictions": tf.cast(predictions, tf.float32)}

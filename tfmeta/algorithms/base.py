@@ -92,6 +92,9 @@ class MetaLearner(keras.Model):
     xla_auto_reason = ""
     # Constructor arguments a config does not set (the subclass or from_experiment does).
     fixed_arguments: tuple = ()
+    # Whether opening a run must give it its training classes' mean feature before it serves
+    # (`feature_mean`: a head that centres on it, `tfmeta.algorithms.finetune`).
+    needs_feature_mean = False
     # Constructor argument -> its allowed `tfmeta.ranges.Range`; merged over the bases, and
     # checked by `check_arguments` (from a config before anything is built, and here).
     argument_ranges: dict = {}

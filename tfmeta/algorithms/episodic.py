@@ -43,6 +43,7 @@ from tfmeta.algorithms.base import MetaLearner, batch_dict, validation_batch_siz
 from tfmeta.data.episodes import EPISODE_KEYS, episode_dataset
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
+from tfmeta.ranges import POSITIVE
 from tfmeta.serving import AdaptAndPredict
 from tfmeta.tensors import accuracy, cross_entropy, num_ways
 
@@ -54,9 +55,21 @@ class EpisodicClassifier(MetaLearner):
     batch_keys = EPISODE_KEYS
     # from_experiment: the backbone gets a classification head of `config.ways` outputs.
     backbone_has_head = False
+    # The open-set distance beyond which a served query is `unknown` (None: no rejection);
+    # learners that measure the distance take it as an argument (`FineTuningClassifier`).
+    open_set_threshold = None
+    # Whether the serving head classifies the queries together (`tfmeta.heads`).
+    transductive = False
 
-    def __init__(self, **kwargs):
+    argument_ranges = {"temperature": POSITIVE}
+
+    def __init__(self, temperature: float = 1.0, **kwargs):
+        """`temperature`: what served probabilities divide the logits by,
+        `softmax(logits / temperature)`; fitted on validation episodes by `bin/evaluate.py
+        --calibrate` (`tfmeta.calibration`), 1 until then."""
         super().__init__(**kwargs)
+        self.check_arguments({"temperature": temperature})
+        self.temperature = float(temperature)
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
     @classmethod
@@ -111,6 +124,12 @@ class EpisodicClassifier(MetaLearner):
         time, at a cost no epoch should pay (fine-tuning its backbone), overrides it."""
         return self.query_logits(episodes, training=False)
 
+    def test_outputs(self, episodes) -> dict:
+        """What meta-test and serving read of a meta-batch: {"logits": `test_logits`}; a
+        learner that measures how far each query lies from every support class adds
+        "distance" `[B, M]` (`FineTuningClassifier`, `tfmeta.heads.open_set_distance`)."""
+        return {"logits": self.test_logits(episodes)}
+
     def update_metrics(self, episodes, loss, logits):
         """Tracks the mean meta-loss and the mean per-episode accuracy over real queries."""
         self.accuracy_tracker.update_state(accuracy(episodes["query_labels"], logits))
@@ -164,14 +183,19 @@ class EpisodicClassifier(MetaLearner):
 
     def meta_test(self, dataset, spec, split: str = "test", num_episodes: int | None = None,
                   seed: int = 1234, ways: int | None = None, shots: int | None = None,
-                  log_dir: str | None = None, step: int = 0) -> dict:
+                  log_dir: str | None = None, step: int = 0,
+                  protocol: evaluation.Protocol | None = None) -> dict:
         """Query accuracy over `num_episodes` (default `spec.eval_episodes`) episodes of
         `split` with its 95% interval: a dict with `accuracy`, `ci95`, `episodes`, `ways`,
-        `shots`, `queries`, `sampler` and `drawn` (see `tfmeta.evaluation.evaluate`): the
-        `spec.test` episodes, fixed or variable. `ways`/`shots` override its setting (with
-        variable episodes, they ask for fixed ones of that setting); `log_dir`/`step` are
-        where a learner may log extra summaries."""
+        `shots`, `queries`, `sampler`, `drawn` and `ece` (see `tfmeta.evaluation.evaluate`):
+        the `spec.test` episodes, fixed or variable. `ways`/`shots` override its setting
+        (with variable episodes, they ask for fixed ones of that setting); `log_dir`/`step`
+        are where a learner may log extra summaries; `protocol`: uneven or open-set
+        episodes (`tfmeta.evaluation.Protocol`; its temperature and threshold default to
+        the learner's)."""
         del log_dir, step
+        protocol = protocol or evaluation.Protocol(temperature=self.temperature,
+                                                   threshold=self.open_set_threshold)
         episodes = spec.test.fixed(ways, shots) if ways or shots else spec.test
         variable = episodes.variable
         if variable is None:
@@ -184,7 +208,8 @@ class EpisodicClassifier(MetaLearner):
         return evaluation.evaluate(AtTestTime(self), dataset.split(split), episodes.ways,
                                    episodes.shots, episodes.queries,
                                    num_episodes or spec.eval_episodes,
-                                   spec.eval_meta_batch_size, seed, split, **episodes.options())
+                                   spec.eval_meta_batch_size, seed, split, **episodes.options(),
+                                   protocol=protocol, outputs_fn=self.test_outputs)
 
     # ----------------------------------------------------------------- serving
     @property
@@ -231,14 +256,21 @@ class EpisodicClassifier(MetaLearner):
 
     def adapt_and_predict(self, support_images, support_labels, query_images):
         """One unbatched episode -> query logits `[m, N]` (N = max(support_labels) + 1)."""
+        return self.adapt_and_predict_outputs(support_images, support_labels,
+                                              query_images)["logits"]
+
+    def adapt_and_predict_outputs(self, support_images, support_labels, query_images) -> dict:
+        """One unbatched episode -> `test_outputs` of it: "logits" `[m, N]` (N =
+        max(support_labels) + 1) and, where the learner measures it, "distance" `[m]`."""
         support_labels = tf.cast(support_labels, tf.int32)
         ways = self.episode_checks(support_images, support_labels, query_images)
         with tf.control_dependencies([ways]):
             episodes = {"support_images": tf.identity(support_images)[None],
                         "support_labels": tf.identity(support_labels)[None],
                         "query_images": tf.identity(query_images)[None]}
-        logits = self.test_logits(episodes)[0]
-        return logits[:, :ways]
+        outputs = {name: value[0] for name, value in self.test_outputs(episodes).items()}
+        outputs["logits"] = outputs["logits"][:, :ways]
+        return outputs
 
     def serving_module(self, dataset) -> tf.Module:
         return AdaptAndPredict(self, dataset)

@@ -58,12 +58,19 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfmeta import weights
+from tfmeta import heads, weights
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.inner_optimizers import make_inner_optimizer
 from tfmeta.errors import UserError
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, Choice
-from tfmeta.tensors import absent_logit, num_ways, real_positions, scatter_rows
+from tfmeta.tensors import (
+    absent_logit,
+    embed_support_and_query,
+    num_ways,
+    real,
+    real_positions,
+    scatter_rows,
+)
 
 # What the pseudo-queries are: the support images as they are, or augmented.
 FINETUNE_AUGMENTS = ("none", "translate", "translate_flip", "color_translate_flip")
@@ -76,6 +83,9 @@ AUGMENT_PROBABILITY = 0.9
 TRANSLATION = 0.125
 # Adam's first-moment decay in the paper's code (PyTorch's default betas (0.9, 0.999)).
 ADAM_BETA_1 = 0.9
+# `test_head` for the learner's own rule (its `compare`), beside `tfmeta.heads.HEADS`.
+OWN_HEAD = "own"
+TEST_HEADS = (OWN_HEAD, *heads.HEADS)
 # First word of every fine-tuning seed, apart from a learner's other stateless draws.
 FINETUNE_SALT = 31
 # The second word: a fingerprint of the support images in 0..2**62 - 1.
@@ -158,20 +168,32 @@ class FineTuningClassifier(EpisodicClassifier):
         images augmented ("translate", "translate_flip", "color_translate_flip": the
         paper's), each step with probability 0.9.
       finetune_optimizer: "adam" (the paper's) or "sgd".
+      test_head: how the support set's features classify the queries at meta-test time and
+        in serving: "own" (the learner's `compare`, as trained) or a head of
+        `tfmeta.heads.HEADS` (SimpleShot, logistic regression, BD-CSPN, LaplacianShot, TIM,
+        alpha-TIM, PT-MAP); training and meta-validation always use `compare`.
+      open_set_threshold: the distance (`tfmeta.heads.open_set_distance`) beyond which a
+        served query is "none of these" (`unknown`); calibrated on validation episodes by
+        `bin/evaluate.py --calibrate`, None (no rejection) until then.
     """
 
     argument_ranges = {"finetune_steps": NON_NEGATIVE_INT, "finetune_lr": NON_NEGATIVE,
                        "finetune_augment": Choice(FINETUNE_AUGMENTS),
-                       "finetune_optimizer": Choice(FINETUNE_OPTIMIZERS)}
+                       "finetune_optimizer": Choice(FINETUNE_OPTIMIZERS),
+                       "test_head": Choice(TEST_HEADS)}
 
     def __init__(self, encoder: keras.Model, finetune_steps: int = 0,
                  finetune_lr: float = DEFAULT_FINETUNE_LR,
                  finetune_augment: str = "color_translate_flip",
-                 finetune_optimizer: str = "adam", **kwargs):
+                 finetune_optimizer: str = "adam", test_head: str = OWN_HEAD,
+                 open_set_threshold: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.check_arguments({"finetune_steps": finetune_steps, "finetune_lr": finetune_lr,
                               "finetune_augment": finetune_augment,
-                              "finetune_optimizer": finetune_optimizer})
+                              "finetune_optimizer": finetune_optimizer,
+                              "test_head": test_head})
+        if open_set_threshold is not None:
+            NON_NEGATIVE.check("open_set_threshold", open_set_threshold)
         if not encoder.built:
             raise UserError(f"{type(self).__name__} needs a built encoder; build "
                             f"{encoder.name!r} with an input shape.")
@@ -180,7 +202,26 @@ class FineTuningClassifier(EpisodicClassifier):
         self.finetune_lr = float(finetune_lr)
         self.finetune_augment = finetune_augment
         self.finetune_optimizer = finetune_optimizer
+        self.test_head = test_head
+        self.open_set_threshold = None if open_set_threshold is None else \
+            float(open_set_threshold)
+        # The training classes' mean feature `[D]` (numpy), for the heads that centre on it
+        # and the open-set distance: set by `tfmeta.training.run.open_run` from the run's
+        # data where `needs_feature_mean` (features.train_feature_mean); None: not centred.
+        self.feature_mean = None
         self.check_finetuning()
+
+    @property
+    def needs_feature_mean(self) -> bool:
+        """Whether serving this learner reads the training classes' mean feature: its test
+        head centres on it, or a calibrated open-set threshold was measured with it."""
+        return self.open_set_threshold is not None or (
+            self.test_head != OWN_HEAD and heads.HEADS[self.test_head].needs_feature_mean)
+
+    @property
+    def transductive(self) -> bool:
+        """Whether the test head reads the query set as a whole (`tfmeta.heads`)."""
+        return self.test_head != OWN_HEAD and heads.HEADS[self.test_head].transductive
 
     def check_finetuning(self) -> None:
         """Raises a ValueError, in one line, where fine-tuning is asked of a backbone it
@@ -214,15 +255,55 @@ class FineTuningClassifier(EpisodicClassifier):
 
     def test_logits(self, episodes):
         """Query logits `[B, M, N]` at meta-test time and in serving: fine-tuned per episode
-        where `finetune_steps` and `finetune_lr` are both positive, else `query_logits`."""
-        if not (self.finetune_steps and self.finetune_lr):
-            return super().test_logits(episodes)
-        self.check_finetuning()  # (a layer may have been frozen since construction)
-        return self.finetuned_query_logits(episodes)
+        where `finetune_steps` and `finetune_lr` are both positive, classified by the test
+        head (`classify`)."""
+        return self.test_outputs(episodes)["logits"]
+
+    def test_outputs(self, episodes) -> dict:
+        """{"logits" `[B, M, N]`, "distance" `[B, M]`}: the test head's query logits (after
+        fine-tuning, where the learner fine-tunes) and each query's open-set distance
+        (`tfmeta.heads.open_set_distance`, on the learner's own features, not fine-tuned)."""
+        support, queries = embed_support_and_query(
+            self.encoder, episodes["support_images"], episodes["query_images"], False,
+            episodes["support_labels"], episodes.get("query_labels"))
+        labels = tf.cast(episodes["support_labels"], tf.int32)
+        if self.finetune_steps and self.finetune_lr:
+            self.check_finetuning()  # (a layer may have been frozen since construction)
+            logits = self.finetuned_query_logits(episodes)
+        else:
+            query_mask = (real(episodes["query_labels"]) if "query_labels" in episodes else
+                          tf.ones(tf.shape(queries)[:2], tf.bool))
+            logits = self.classify(support, labels, queries, query_mask)
+        return {"logits": logits, "distance": heads.open_set_distance(
+            support, labels, queries, self.feature_mean)}
+
+    def classify(self, support_features, support_labels, query_features, query_mask):
+        """Query logits `[B, M, N]` of the test head: the learner's `compare`, or the head of
+        `tfmeta.heads` that `test_head` names (`query_mask` `[B, M]`: the real queries)."""
+        if self.test_head == OWN_HEAD:
+            return self.compare(support_features, support_labels, query_features,
+                                training=False)
+        return heads.head_logits(self.test_head, support_features, support_labels,
+                                 query_features, query_mask, self.feature_mean)
+
+    def episode_checks(self, support_images, support_labels, query_images):
+        ways = super().episode_checks(support_images, support_labels, query_images)
+        if not self.transductive:
+            return ways
+        with tf.control_dependencies([tf.debugging.assert_greater(
+                tf.shape(query_images)[0], 1, message=(
+                    f"the {self.test_head} head is transductive: it classifies the queries "
+                    "together, from their statistics, and a single query has none; send "
+                    "the queries together, or use an inductive head"))]):
+            return tf.identity(ways)
 
     # ------------------------------------------------------------ the method
     def portable_refusal(self) -> str | None:
-        """None (the learner's classifier converts), unless it fine-tunes at test time."""
+        """None (the learner's classifier converts), unless it fine-tunes at test time or
+        classifies with a head of `tfmeta.heads` (which the SavedModel serves)."""
+        if self.test_head != OWN_HEAD:
+            return (f"learner.test_head={self.test_head} classifies with a head the portable "
+                    "converters are not checked on")
         if self.finetune_steps and self.finetune_lr:
             return (f"learner.finetune_steps={self.finetune_steps} fine-tunes the backbone "
                     "with gradient steps on each support set")
@@ -285,8 +366,9 @@ class FineTuningClassifier(EpisodicClassifier):
         features = self.backbone_features(fast, state,
                                           tf.concat([support_images, query_images], 0))
         size = tf.shape(support_images)[0]
-        logits = self.compare(features[None, :size], support_labels[None],
-                              features[None, size:], training=False)[0]        # [m, n]
+        logits = self.classify(features[None, :size], support_labels[None],
+                               features[None, size:],
+                               tf.ones([1, tf.shape(query_images)[0]], tf.bool))[0]  # [m, n]
         # The episode's own n ways, widened to the meta-batch's (absent classes at -1e9).
         logits = tf.pad(logits, [[0, 0], [0, width - tf.shape(logits)[1]]],
                         constant_values=absent_logit(logits.dtype))

@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import lite
+from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.algorithms.finetune import OWN_HEAD, FineTuningClassifier
 from tfmeta.errors import UserError
 from tfmeta.files import atomic_path, atomic_write, check_output_file
 from tfmeta.training import portable
@@ -57,7 +59,20 @@ def export_metadata(learner, dataset, backbone: dict | None = None) -> dict:
             "raw_shape": [int(d) for d in getattr(dataset, "raw_shape", ())],
             "value_range": list(value_range) if value_range else None,
             "decoding": decoding() if decoding else None,
-            "backbone": backbone}
+            "backbone": backbone, **serving_settings(learner)}
+
+
+def serving_settings(learner) -> dict:
+    """What a classifier's export serves besides logits (`tfmeta.serving.served_outputs`):
+    its test head (`tfmeta.heads`; "own": the learner's rule) and whether it reads the
+    query set as a whole, the calibrated temperature and the open-set threshold (None: not
+    calibrated); {} for a learner that is no classifier."""
+    if not isinstance(learner, EpisodicClassifier):
+        return {}
+    return {"head": learner.test_head if isinstance(learner, FineTuningClassifier) else
+            OWN_HEAD, "transductive": learner.transductive,
+            "temperature": learner.temperature,
+            "open_set_threshold": learner.open_set_threshold}
 
 
 def backbone_metadata(config) -> dict | None:

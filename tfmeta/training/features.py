@@ -29,6 +29,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.data import episode_dataset
 from tfmeta.data.base import load_cached_arrays
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config, copy_backbone_weights, is_frozen
@@ -176,3 +177,37 @@ def frozen_features(config, dataset, source=None):
     return dataclasses.replace(
         dataset, splits=splits, preprocess=FrozenFeatures(dataset.preprocess, backbone),
         description=f"{dataset.description}; features {shape} of the frozen {backbone.name}")
+
+
+# ------------------------------------------------- the training classes' mean feature
+# Images the mean of the training classes' features is taken over (SimpleShot centres on
+# the mean of every base image's feature; a sample of this size puts it within a few percent
+# of the feature scale, and takes seconds on a CPU).
+FEATURE_MEAN_IMAGES = 1000
+FEATURE_MEAN_SEED = 0
+
+
+def train_feature_mean(learner, dataset) -> np.ndarray:
+    """The mean feature `[D]` (float32; a feature map flattened) of the learner's backbone,
+    in inference mode, over `FEATURE_MEAN_IMAGES` images of the training split drawn as
+    episodes of up to 20 classes (the same images every time, in memory or from records),
+    for the heads that centre on it (`tfmeta.heads`, SimpleShot's CL2N) and the open-set
+    distance."""
+    classes = dataset.split("train")
+    ways = min(20, classes.num_classes)
+    shots = max(1, min(5, int(np.min(classes.class_counts)) - 1))
+    per_episode = ways * (shots + 1)
+    episodes = episode_dataset(classes, ways, shots, 1, meta_batch_size=1,
+                               seed=FEATURE_MEAN_SEED, split="train",
+                               num_episodes=-(-FEATURE_MEAN_IMAGES // per_episode))
+    encoder = learner.feature_model()
+
+    @tf.function
+    def features(episode):
+        images = tf.concat([episode["support_images"][0], episode["query_images"][0]], 0)
+        values = tf.cast(encoder(images, training=False), tf.float32)
+        return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), 0)
+
+    total = sum(features(e).numpy().astype(np.float64) for e in episodes)
+    count = per_episode * -(-FEATURE_MEAN_IMAGES // per_episode)
+    return (total / count).astype(np.float32)

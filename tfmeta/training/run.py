@@ -28,7 +28,7 @@ from tfmeta.episode_spec import DataSpec
 from tfmeta.models import copy_backbone_weights, is_frozen
 from tfmeta.training import cpu_threads
 from tfmeta.training.checkpoints import restore_latest
-from tfmeta.training.features import frozen_features, learner_config
+from tfmeta.training.features import frozen_features, learner_config, train_feature_mean
 from tfmeta.training.optimizer import make_optimizer
 
 CONFIG_FILE = "config.json"
@@ -158,4 +158,6 @@ def open_run(workdir: str, data_dir: str | None = None, strategy=None, overrides
     dataset = learner_dataset(config, load_run_dataset(config, data_dir))
     learner = build_compiled_learner(config, dataset.input_shape, strategy)
     step = restore_latest(learner, workdir, require=True)
+    if learner.needs_feature_mean:  # a head that centres, or a calibrated threshold
+        learner.feature_mean = train_feature_mean(learner, dataset)
     return Run(workdir, config, dataset, learner, step)
