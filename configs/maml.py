@@ -40,8 +40,8 @@ def sinusoid(config):
     """Section 5.1: the MLP (40, 40), K support and K query points per task, meta-batch 25,
     one inner step of 0.01, Adam 1e-3, 70k meta-steps; evaluated on 100 query points per
     task after 1 and 10 steps. The learner is `MAMLRegression` (the mean squared error and
-    its meta-test, `tfmeta.algorithms.maml_regression`), which `MAML.from_experiment`
-    builds for the dataset's regression tasks."""
+    its meta-test, `tfmeta.algorithms.maml_regression`), which
+    `tfmeta.algorithms.build_learner` builds for the dataset's regression tasks."""
     config.model = type(config.model)({"name": "mlp", "hidden_units": (40, 40)})
     config.learner.update(inner_lr=0.01, inner_steps=1, inner_steps_test=10)
     config.ways = 1

@@ -1,6 +1,7 @@
 """docs/architecture.md against the code: the layers of tfmeta import each other in one
-direction only (function-level imports included), and the learner hook table says which
-classes override each hook."""
+direction only (function-level imports included), and so do the learners' modules; no class
+is built at run time with `type(name, bases, namespace)`; and the learner hook table says
+which classes override each hook."""
 
 import ast
 import importlib
@@ -84,6 +85,74 @@ def test_the_layers_import_each_other_one_way():
 def test_a_cycle_is_found():  # the check above can fail
     assert find_cycle({"a": {"b": "x"}, "b": {"a": "y"}}) == ["a", "b", "a"]
     assert find_cycle({"a": {"b": "x"}, "b": {}}) is None
+
+
+def algorithm_imports() -> dict:
+    """module -> {module it imports -> where}, among the modules of tfmeta/algorithms, at the
+    top or inside a function (`from tfmeta.algorithms import learner_class` imports the
+    package's `__init__`)."""
+    folder = os.path.join(PACKAGE, "algorithms")
+    modules = {name[:-3] for name in os.listdir(folder) if name.endswith(".py")}
+
+    def module_of(target):
+        name = target.removeprefix("tfmeta.algorithms").lstrip(".").split(".")[0]
+        return name if name in modules else "__init__"
+
+    graph = {}
+    for module in sorted(modules):
+        path = os.path.join(folder, module + ".py")
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module == "tfmeta.algorithms":
+                targets = [f"tfmeta.algorithms.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for target in targets:
+                if target.split(".")[:2] == ["tfmeta", "algorithms"]:
+                    graph.setdefault(module, {}).setdefault(module_of(target),
+                                                            f"line {node.lineno}")
+    return graph
+
+
+def test_the_learners_modules_import_each_other_one_way():
+    # (MAML once imported maml_regression inside a function, maml_regression importing MAML:
+    # a circle held apart by the import's place. The learner of a dataset's kind is chosen
+    # in tfmeta.algorithms.learner_class, which names both.)
+    graph = algorithm_imports()
+    cycle = find_cycle(graph)
+    where = [f"{a} -> {b} ({a}.py {graph[a][b]})" for a, b in zip(cycle, cycle[1:])] if cycle \
+        else []
+    assert cycle is None, "tfmeta/algorithms' modules import in a circle: " + "; ".join(where)
+
+
+def is_class_factory(node) -> bool:
+    """Whether `node` is a call `type(name, bases, namespace)`: a class made at run time."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == "type" and len(node.args) == 3)
+
+
+def test_no_class_is_built_at_run_time():
+    """A class is written where a reader finds it by its name, never made by `type(...)`."""
+    built = []
+    for folder, _, files in os.walk(PACKAGE):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                built += [f"{os.path.relpath(path, ROOT)}:{node.lineno}" for node in
+                          ast.walk(ast.parse(open(path, encoding="utf-8").read()))
+                          if is_class_factory(node)]
+    assert not built, f"classes built with type(name, bases, namespace): {built}"
+
+
+def test_a_class_factory_is_found():  # the check above can fail
+    def call(source):
+        return ast.parse(source).body[0].value
+
+    assert is_class_factory(call('type("MetaSGDRegression", (MAMLRegression, MetaSGD), {})'))
+    assert not is_class_factory(call("type(learner)"))
+    assert not is_class_factory(call("type(config.model)({'name': 'mlp'})"))
 
 
 def learner_classes() -> dict:

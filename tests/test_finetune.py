@@ -27,7 +27,7 @@ from tfmeta.algorithms.relation import RelationNetwork
 from tfmeta.config import apply_overrides, get_config, load_config, save_config
 from tfmeta.models import conv4
 from tfmeta.tensors import accuracy
-from tfmeta.training import evaluation, trainer
+from tfmeta.training import evaluation, preflight, trainer
 from tfmeta.training.export import export_learner
 
 SEED = tf.constant([0, 1], tf.int64)
@@ -383,12 +383,12 @@ def test_select_finetune_lr_records_its_choice_and_rewrites_the_export(trained_r
         command.data_source.update(load_config(os.path.join(trained_run, "config.json"))
                                    .data_source)
         if resumes:  # and keeps the chosen fine-tuning, which the command does not say
-            trainer._check_workdir_config(command, trained_run)
+            preflight.check_workdir_config(command, trained_run)
             assert (command.learner.finetune_lr, command.learner.finetune_steps) == (
                 selection["chosen"], 2)
         else:
             with pytest.raises(ValueError, match="holds a run with learner="):
-                trainer._check_workdir_config(command, trained_run)
+                preflight.check_workdir_config(command, trained_run)
 
 
 @pytest.mark.slow

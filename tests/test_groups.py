@@ -312,7 +312,7 @@ def test_within_group_refuses_learners_with_a_meta_test_of_their_own(algo):
 
 @pytest.mark.slow
 def test_evaluate_within_group_end_to_end(tmp_path):
-    from tfmeta.training import evaluation, trainer
+    from tfmeta.training import evaluation, preflight, trainer
 
     config = config_lib.apply_overrides(config_lib.get_config("protonet", "omniglot"), [
         "model.filters=4", "model.num_blocks=3", "data.image_size=14", "num_steps=2", "log_every=2",
@@ -336,7 +336,7 @@ def test_evaluate_within_group_end_to_end(tmp_path):
     # episode_grouping names the experiment: resuming with another is refused, and a run
     # recorded before the field existed resumes.
     with pytest.raises(ValueError, match="episode_grouping='within'"):
-        trainer._check_workdir_config(config_lib.apply_overrides(
+        preflight.check_workdir_config(config_lib.apply_overrides(
             config, ["episode_grouping=any"]), workdir)
     path = os.path.join(workdir, "config.json")
     with open(path) as f:
@@ -344,4 +344,4 @@ def test_evaluate_within_group_end_to_end(tmp_path):
     del recorded["episode_grouping"]
     with open(path, "w") as f:
         json.dump(recorded, f)
-    trainer._check_workdir_config(config, workdir)
+    preflight.check_workdir_config(config, workdir)

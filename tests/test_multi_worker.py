@@ -251,7 +251,7 @@ def test_leaving_the_cluster_tolerates_a_chief_gone_after_every_worker_finished(
     import tensorflow as tf
     from tensorflow.python.eager import context
 
-    from tfmeta.training import trainer
+    from tfmeta.training import cluster
 
     def service_failing_at(barrier):
         service = FakeCoordination(fails=barrier, error=getattr(tf.errors, error_name))
@@ -259,13 +259,13 @@ def test_leaving_the_cluster_tolerates_a_chief_gone_after_every_worker_finished(
         return service
 
     service = service_failing_at("tfmeta_exit")
-    trainer.leave_cluster_together()
+    cluster.leave_cluster_together()
     assert service.barriers == ["tfmeta_train_end", "tfmeta_exit"]
 
     # A worker gone before everyone finished is a failure.
     service = service_failing_at("tfmeta_train_end")
     with pytest.raises(getattr(tf.errors, error_name)):
-        trainer.leave_cluster_together()
+        cluster.leave_cluster_together()
     assert service.barriers == ["tfmeta_train_end"]
 
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import config as config_lib
-from tfmeta.algorithms import MAML, build_learner, maml_regression
+from tfmeta.algorithms import MAML, build_learner, learner_class, regression_plots
 from tfmeta.algorithms.maml_regression import MAMLRegression
 from tfmeta.data import input_kind, load_dataset
 from tfmeta.migrate import migrate
@@ -88,6 +88,11 @@ def test_regression_is_a_learner_type_not_a_mode():
     learner = build_learner(config_lib.get_config("maml", "sinusoid"), (1,))
     assert type(learner) is MAMLRegression and learner.num_outputs == 1
     assert type(build_learner(config_lib.get_config("maml", "omniglot"), (28, 28, 1))) is MAML
+    # learner_class chooses by the dataset's input kind; a learner of no regression stays
+    # itself (its check_input_kind refuses the dataset).
+    assert learner_class("maml", "regression") is MAMLRegression
+    assert learner_class("maml", "images") is learner_class("maml") is MAML
+    assert learner_class("protonet", "regression") is learner_class("protonet")
     # A config.json of a run recorded before MAMLRegression (learner.loss="mse") still builds.
     recorded = config_lib.get_config("maml", "sinusoid").to_dict()
     recorded["learner"]["loss"] = "mse"
@@ -114,8 +119,8 @@ def test_regression_metrics_have_no_accuracy(tasks):
 
 def test_curve_panel_draws_each_curve():
     grid = np.linspace(-5, 5, 64)
-    image = maml_regression.draw_panel(grid, [((255, 0, 0), np.zeros(64))],
-                                       [((0, 0, 255), [0.0], [2.0])], y_limit=4.0, height=41)
+    image = regression_plots.draw_panel(grid, [((255, 0, 0), np.zeros(64))],
+                                        [((0, 0, 255), [0.0], [2.0])], y_limit=4.0, height=41)
     assert image.shape == (41, 64, 3)
     assert np.all(image[20, :, 0] == 255) and np.all(image[20, :, 1] == 0)  # y = 0: row 20
     assert tuple(image[10, 32]) == (0, 0, 255)  # the point (0, 2): row 10, column ~32

@@ -17,8 +17,8 @@ import tensorflow as tf
 from tests.conftest import ROOT
 from tfmeta import config as config_lib
 from tfmeta.training import optimizer as optimizer_lib
+from tfmeta.training import preflight, trainer
 from tfmeta.training import run as run_lib
-from tfmeta.training import trainer
 
 # A MAML run small enough for a test: 8-filter Conv4, 2 tasks per meta-batch, first order.
 TINY = ["model.filters=8", "meta_batch_size=2", "learner.first_order=True",
@@ -144,9 +144,9 @@ def test_workdir_of_another_experiment_is_refused(tmp_path):
         return config_lib.apply_overrides(config, list(overrides))
 
     with pytest.raises(ValueError, match=r"holds a run with learner=.*'inner_lr': 0.4"):
-        trainer._check_workdir_config(saved("learner.inner_lr=0.1"), workdir)
+        preflight.check_workdir_config(saved("learner.inner_lr=0.1"), workdir)
     # How a step runs is not the experiment: these resume.
-    trainer._check_workdir_config(saved(
+    preflight.check_workdir_config(saved(
         "learner.task_parallel=vectorized", "learner.parallel_tasks=2",
         "learner.recompute=True"), workdir)
 
@@ -174,7 +174,7 @@ def test_configs_recorded_by_earlier_versions_are_read_in_the_current_form(tmp_p
     path = tmp_path / "config.json"
     path.write_text(json.dumps(recorded("anil", head="head")))
     assert config_lib.load_config(str(path)).learner.to_dict() == {"head_layer": "head"}
-    identity = trainer.learner_identity
+    identity = preflight.learner_identity
     assert identity({"inner_lr": 0.01, "task_parallel": "loop"}) == {"inner_lr": 0.01}
 
 

@@ -250,7 +250,7 @@ def test_classes_too_small_or_too_few_are_refused_or_dropped(caplog):
 
 
 def test_variable_episodes_refused_for_maml_with_its_learned_head_in_one_line():
-    from tfmeta.training.trainer import check_episode_sampler
+    from tfmeta.training.preflight import check_episode_sampler
 
     config = config_lib.apply_overrides(config_lib.get_config("maml", "omniglot"),
                                         ["episode_sampler=variable", "model.filters=4"])

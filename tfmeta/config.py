@@ -296,10 +296,10 @@ def validate_config(config) -> None:
         check_backbone_name(name)
     except ValueError as error:
         raise UserError(f"model.name: {error}") from None
-    learner = learner_class(config.algo)
     data_options = section_schema(config, "data")
-    learner.check_input_kind(input_kind(config.dataset, {
-        k: v for k, v in config.data.items() if k in data_options}), config.dataset)
+    kind = input_kind(config.dataset, {k: v for k, v in config.data.items() if k in data_options})
+    learner = learner_class(config.algo, kind)
+    learner.check_input_kind(kind, config.dataset)
     for section in SECTIONS:
         schema = section_schema(config, section)
         unknown = sorted(set(config[section]) - set(schema))
@@ -309,7 +309,6 @@ def validate_config(config) -> None:
                             f"{section}: {sorted(schema)}.")
     check_all(FIELD_RANGES, config)
     check_all(DATA_RANGES, config.data, "data.")
-    kind = input_kind(config.dataset, {k: v for k, v in config.data.items() if k in data_options})
     if kind in ("images", "embeddings"):
         for field in ("ways", "eval_ways"):
             if config.get(field) is not None and config[field] < learner.min_ways:

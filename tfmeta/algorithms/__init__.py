@@ -1,8 +1,8 @@
 """Meta-learning algorithms: Keras model subclasses that wrap a backbone.
 
-`learner_class(name)` is the class a `--algo` name stands for, and
-`build_learner(config, input_shape)` builds the learner a config describes through that
-class's `from_experiment` hook.
+`learner_class(name, kind)` is the class a `--algo` name stands for on a dataset of that
+input kind (`tfmeta.data.input_kind`), and `build_learner(config, input_shape)` builds the
+learner a config describes through that class's `from_experiment` hook.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import inspect
 from tfmeta.algorithms.base import MetaLearner
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.maml import MAML
+from tfmeta.data import input_kind
 from tfmeta.errors import UserError
 
 # --algo name -> "module:Class" of a MetaLearner subclass.
@@ -36,10 +37,24 @@ ALGORITHMS = {
 }
 
 
-def learner_class(name: str) -> type[MetaLearner]:
+# --algo name -> "module:Class" of its learner of regression tasks (input kind "regression"),
+# where it has one: the MAML family's inner loops with MAMLRegression's loss and protocol.
+REGRESSION_LEARNERS = {
+    "maml": "tfmeta.algorithms.maml_regression:MAMLRegression",
+    "maml_plusplus": "tfmeta.algorithms.maml_regression:MAMLPlusPlusRegression",
+    "metasgd": "tfmeta.algorithms.maml_regression:MetaSGDRegression",
+    "anil": "tfmeta.algorithms.maml_regression:ANILRegression",
+}
+
+
+def learner_class(name: str, kind: str | None = None) -> type[MetaLearner]:
+    """The class `--algo=name` stands for; on a dataset of input kind "regression" its
+    learner of regression tasks where it has one (`REGRESSION_LEARNERS`). A learner of no
+    such kind is still returned: its `check_input_kind` says why it does not fit."""
     if name not in ALGORITHMS:
         raise UserError(f"Unknown algorithm {name!r}; valid algorithms: {sorted(ALGORITHMS)}.")
-    module, _, cls = ALGORITHMS[name].partition(":")
+    location = REGRESSION_LEARNERS.get(name) if kind == "regression" else None
+    module, _, cls = (location or ALGORITHMS[name]).partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -62,8 +77,10 @@ def prototype_head_algorithms() -> list:
 
 
 def build_learner(config, input_shape) -> MetaLearner:
-    return learner_class(config.algo).from_experiment(config, input_shape)
+    """The learner of `config.algo` for the config's dataset (`learner_class`)."""
+    kind = input_kind(config.dataset, config.get("data"))
+    return learner_class(config.algo, kind).from_experiment(config, input_shape)
 
 
-__all__ = ["ALGORITHMS", "MAML", "EpisodicClassifier", "MetaLearner", "any_ways_algorithms",
-           "build_learner", "learner_class", "prototype_head_algorithms"]
+__all__ = ["ALGORITHMS", "MAML", "REGRESSION_LEARNERS", "EpisodicClassifier", "MetaLearner",
+           "any_ways_algorithms", "build_learner", "learner_class", "prototype_head_algorithms"]

@@ -15,9 +15,9 @@ adapted copy on the query set; the meta-gradient flows back through the steps:
 as constants), which is FOMAML.
 
 Model-agnostic: MAML classifies; on regression tasks (the paper's sinusoids, section 5.1,
-`tfmeta.data.sinusoid`) `from_experiment` builds `MAMLRegression`
-(`tfmeta.algorithms.maml_regression`), which owns the mean squared error, the meta-test
-against the pretrained baseline, the plot and the export.
+`tfmeta.data.sinusoid`) `--algo=maml` builds `MAMLRegression`
+(`tfmeta.algorithms.maml_regression`, chosen by `tfmeta.algorithms.learner_class`), a
+subclass that owns the mean squared error and the regression protocol.
 
 Any number of ways (`head=`): "learned" is the backbone's own N-way head. With
 "prototypes" (Proto-MAML, Triantafillou et al., ICLR 2020) or "zeros" the backbone is a
@@ -47,7 +47,6 @@ import tensorflow as tf
 
 from tfmeta import weights
 from tfmeta.algorithms.task_loop import PARALLEL_TASKS, TaskLoopLearner
-from tfmeta.data import input_kind
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE, Choice, Range
@@ -59,7 +58,8 @@ FAST_HEADS = HEADS[1:]
 
 class MAML(TaskLoopLearner):
     """MAML around any Keras classifier (N-way logits) or feature extractor (with
-    `head="prototypes"` or `"zeros"`); on regression tasks, `MAMLRegression`.
+    `head="prototypes"` or `"zeros"`); on regression tasks, `MAMLRegression`
+    (`tfmeta.algorithms.maml_regression`).
 
     Example:
 
@@ -120,32 +120,8 @@ class MAML(TaskLoopLearner):
         self.max_head_ways = max_head_ways
 
     @classmethod
-    def learner_for(cls, kind: str | None) -> type[MAML]:
-        """The class that learns a dataset's examples of `kind` (`tfmeta.data.INPUT_KINDS`):
-        on regression tasks `MAMLRegression`, or for a variant (Meta-SGD, ANIL, MAML++) the
-        variant with `MAMLRegression`'s overrides (`maml_regression.regression_learner`);
-        this class otherwise."""
-        if kind == "regression":
-            from tfmeta.algorithms.maml_regression import regression_learner
-
-            return regression_learner(cls)
-        return cls
-
-    @classmethod
-    def check_input_kind(cls, kind, dataset):
-        """As the base's, by the class that learns `kind` (`learner_for`)."""
-        learner_class = cls.learner_for(kind)
-        if learner_class is not cls:
-            return learner_class.check_input_kind(kind, dataset)
-        return super().check_input_kind(kind, dataset)
-
-    @classmethod
     def from_experiment(cls, config, input_shape):
-        """The learner of the config's dataset (`learner_for`); the backbone gets a
-        `config.ways`-way head ("learned") or none (a fast head)."""
-        learner_class = cls.learner_for(input_kind(config.dataset, config.get("data")))
-        if learner_class is not cls:
-            return learner_class.from_experiment(config, input_shape)
+        """The backbone gets a `config.ways`-way head ("learned") or none (a fast head)."""
         arguments = dict(config.learner)
         head = {} if arguments.get("head") in FAST_HEADS else {"num_classes": config.ways}
         return cls(backbone_from_config(config.model, input_shape, **head), **arguments)

@@ -8,14 +8,14 @@ resumed sees the meta-batches an uninterrupted run sees from step s on.
 
 What the trainer asks of a learner is its hooks (`training_episodes`, then Keras's
 `compile`/`fit`); see `tfmeta.algorithms.base`. The workdir layout is in
-`tfmeta.training.run`.
+`tfmeta.training.run`; the checks made before the first step (the workdir's experiment,
+the episodes the learner takes, memory) in `tfmeta.training.preflight`; what a cluster of
+workers adds (barriers, the same restored step) in `tfmeta.training.cluster`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import logging
 import math
 import os
@@ -26,16 +26,11 @@ import threading
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms import (
-    ALGORITHMS,
-    build_learner,
-    learner_class,
-    prototype_head_algorithms,
-)
-from tfmeta.config import apply_overrides, get_config, save_config, validate_config
+from tfmeta.algorithms import learner_class
+from tfmeta.config import save_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
-from tfmeta.errors import Terminated, UserError
+from tfmeta.errors import Terminated
 from tfmeta.models import resolved_fields
 from tfmeta.training import cpu_threads
 from tfmeta.training.callbacks import CheckpointAndNaNGuard, StepsPerSecond
@@ -47,8 +42,10 @@ from tfmeta.training.checkpoints import (
     repair_state,
     restore_latest,
 )
+from tfmeta.training.cluster import check_same_step, is_multi_worker, leave_cluster_together
 from tfmeta.training.export import export_workdir
 from tfmeta.training.lock import WorkdirLock
+from tfmeta.training.preflight import check_episode_sampler, check_memory, check_workdir_config
 from tfmeta.training.run import (
     CONFIG_FILE,
     LOGS,
@@ -58,67 +55,11 @@ from tfmeta.training.run import (
 )
 from tfmeta.training.strategy import (
     DEFAULT_JOIN_TIMEOUT_S,
-    SHUTDOWN_BARRIER_MS,
     check_replica_split,
     distribute_episodes,
     make_strategy,
     worker_role,
 )
-
-# Changing these in a workdir that already holds a run would mix two experiments.
-IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "episode_sampler",
-                   "variable_episodes", "episode_grouping", "data_source")
-# Learner options of what happens at test time only (fine-tuning, tfmeta.algorithms.finetune,
-# whose learning rate bin/evaluate.py --select_finetune_lr records in config.json): kept from
-# a run's config.json when it resumes.
-TEST_TIME_OPTIONS = ("finetune_steps", "finetune_lr", "finetune_augment", "finetune_optimizer")
-# Learner options that do not change what training computes, so a run may resume with
-# others: how a meta-step runs (e.g. on a machine with a GPU, where task_parallel="auto"
-# vectorizes), and the test-time ones.
-NOT_TRAINING_OPTIONS = ("task_parallel", "parallel_tasks", "recompute", *TEST_TIME_OPTIONS)
-
-
-def learner_identity(learner) -> dict:
-    """A config's `learner` section as the experiment it names: without
-    `NOT_TRAINING_OPTIONS`. (A run's config.json in an older form is read in this version's:
-    `tfmeta.migrate`.)"""
-    return {k: v for k, v in dict(learner or {}).items() if k not in NOT_TRAINING_OPTIONS}
-
-
-def _check_workdir_config(config, workdir, dataset=None):
-    """Refuses to resume a run that is a different experiment (once it has a checkpoint;
-    a config.json without one is from a run that never trained, and is replaced), and
-    keeps the test-time options config.json recorded (`TEST_TIME_OPTIONS`: a fine-tuning
-    rate bin/evaluate.py --select_finetune_lr chose), which the training command does not
-    say."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path) or not has_checkpoint(workdir):
-        return
-    from tfmeta.config import load_config
-
-    previous = load_config(path)
-    for field in IDENTITY_FIELDS:
-        old, new = previous.get(field), config.get(field)
-        old = old.to_dict() if hasattr(old, "to_dict") else old
-        new = new.to_dict() if hasattr(new, "to_dict") else new
-        if field == "learner" and old is not None:
-            old, new = learner_identity(old), learner_identity(new)
-        if field == "data_source" and old:
-            keys = ("fingerprint", "class_split", "backbone")
-            old, new = ({k: old.get(k) for k in keys if old.get(k) is not None},
-                        {k: (new or {}).get(k) for k in keys if old.get(k) is not None})
-            recorded = old.get("fingerprint", "")
-            if recorded and not recorded.startswith("v2:") and dataset is not None and \
-                    hasattr(dataset, "same_files") and dataset.same_files(recorded):
-                new["fingerprint"] = recorded  # recorded by an earlier version, still the same
-        if old is not None and json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
-            raise UserError(
-                f"{workdir} holds a run with {field}={old!r}, but this run has {field}={new!r}. "
-                "Use a new --workdir, or the original settings to resume.")
-    kept = {k: previous.learner[k] for k in TEST_TIME_OPTIONS if k in previous.get("learner", {})}
-    if kept:
-        with config.learner.unlocked():
-            config.learner.update(kept)
 
 
 def train(config, workdir: str, data_dir: str | None = None, strategy=None,
@@ -138,7 +79,7 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
     the newest checkpoint is the last good one.
     """
     validate_config(config)
-    role = worker_role("multi_worker" if _is_multi_worker(strategy) else config.strategy)
+    role = worker_role("multi_worker" if is_multi_worker(strategy) else config.strategy)
     # Before anything else runs TensorFlow ops: the thread pools and the multi-worker
     # strategy's collective ops are fixed once this process's runtime starts.
     cpu_threads.configure(config)
@@ -162,32 +103,6 @@ def train(config, workdir: str, data_dir: str | None = None, strategy=None,
     return learner
 
 
-def leave_cluster_together() -> None:
-    """Returns once every worker has finished training (and the chief its export), so
-    none exits while another still needs the cluster.
-
-    Two barriers, because the last one of any protocol races with the exit: the chief
-    hosts the coordination service, and once its own wait returns it may exit before the
-    service's reply reaches another worker, which then sees `UnavailableError` although
-    every worker had arrived. The first barrier is strict: passing it proves that every
-    worker finished. A failure at the second comes after that proof, so it is logged and
-    the run counts as complete.
-    """
-    wait_for_all_workers("tfmeta_train_end")
-    try:
-        wait_for_all_workers("tfmeta_exit")
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
-        logging.info("Every worker finished training; another left the cluster before "
-                     "the exit barrier answered (%s).", type(error).__name__)
-
-
-def wait_for_all_workers(name: str) -> None:
-    """Returns once every worker has called this with `name` (or raises after the
-    coordination service's shutdown timeout)."""
-    from tensorflow.python.eager import context  # no public API for a barrier
-
-    context.context().wait_at_barrier(name, SHUTDOWN_BARRIER_MS)
-
 
 def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download):
     if role.is_chief:
@@ -209,7 +124,7 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     dataset = learner_dataset(config, dataset)  # a frozen backbone's features, once
     config.learner.update(learner_class(config.algo).arguments_from_data(config.learner,
                                                                          dataset))
-    _check_workdir_config(config, workdir, dataset)
+    check_workdir_config(config, workdir, dataset)
     field = learner_class(config.algo).batch_size_field
     check_replica_split(config[field], strategy.num_replicas_in_sync, field)
 
@@ -223,7 +138,7 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
                                  config.keep_checkpoints)
     step = restore_latest(learner, workdir)
     if role.count > 1:
-        _check_same_step(strategy, step, workdir)
+        check_same_step(strategy, step, workdir)
     if role.is_chief:
         save_config(config, os.path.join(workdir, CONFIG_FILE))
     if not learner.trainable_variables:
@@ -272,86 +187,6 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     return learner
 
 
-def check_episode_sampler(learner, config, input_shape) -> None:
-    """Refuses, in one line, variable episodes (`episode_sampler="variable"`) for a learner
-    that cannot take them (its `variable_episodes` False), naming those that can."""
-    if (config.get("episode_sampler") or "fixed") != "variable" or \
-            getattr(learner, "variable_episodes", False):
-        return
-    raise UserError(
-        f"--algo={config.algo} with these settings does not take variable episodes "
-        f"(episode_sampler=variable); learners that do: "
-        f"{', '.join(variable_episode_learners(config.dataset, input_shape))}. Use one of "
-        "them, or --set=episode_sampler=fixed.")
-
-
-def variable_episode_learners(dataset: str, input_shape) -> list:
-    """The registered learners that take variable episodes, as `--algo` choices: those
-    whose class says so, and those whose arguments decide it (a property), built from their
-    configs for `dataset`, as they are and with the prototype head of
-    `tfmeta.algorithms.prototype_head_algorithms` (MAML's)."""
-
-    found, prototype_heads = [], prototype_head_algorithms()
-    for algo in sorted(ALGORITHMS):
-        declared = inspect.getattr_static(learner_class(algo), "variable_episodes", False)
-        if not isinstance(declared, property):
-            if declared:
-                found.append(f"--algo={algo}")
-            continue
-        variants = [[], ["learner.head=prototypes"]] if algo in prototype_heads \
-            else [[]]
-        for overrides in variants:
-            config = apply_overrides(get_config(algo, dataset), overrides)
-            if build_learner(config, input_shape).variable_episodes:
-                found.append(" ".join([f"--algo={algo}", *(f"--set={o}" for o in overrides)]))
-                break
-    return found
-
-
-# Floats of activations a backbone keeps per input value and filter, for the backward pass
-# (conv, batch norm and ReLU outputs of the first stage, later stages adding half again).
-ACTIVATIONS_PER_VALUE = 6
-
-
-def episode_examples(config) -> int:
-    """Examples of one training episode: N * (K + Q), or a padded variable episode's slots."""
-    if config.get("episode_sampler") == "variable":
-        variable = config.variable_episodes
-        return variable.max_support + variable.max_ways * variable.max_queries
-    return config.ways * ((config.train_shots or config.shots) + config.queries)
-
-
-def activation_bytes(config, input_shape) -> int:
-    """A rough lower bound of the memory one training step's activations take: the
-    meta-batch's examples (or Pretrain's batch), times the first stage's width, times
-    `ACTIVATIONS_PER_VALUE`, in float32."""
-    examples = config.get("batch_size") or config.meta_batch_size * episode_examples(config)
-    values = math.prod(input_shape)
-    channels = input_shape[-1] if len(input_shape) == 3 else 1
-    width = max(1, (config.model.get("filters") or channels) / channels)
-    return int(examples * values * width * ACTIVATIONS_PER_VALUE * 4)
-
-
-def check_memory(config, input_shape) -> None:
-    """Refuses, in one line, a configuration whose step cannot fit in this machine's memory
-    (an extra zero in meta_batch_size would otherwise abort the process in C++)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    needed = activation_bytes(config, input_shape)
-    if needed > total:
-        sizes = (f"batch_size={config.batch_size}" if config.get("batch_size") else
-                 f"meta_batch_size={config.meta_batch_size} x {episode_examples(config)} "
-                 "padded examples" if config.get("episode_sampler") == "variable" else
-                 f"meta_batch_size={config.meta_batch_size} x ways={config.ways} x "
-                 f"{(config.train_shots or config.shots) + config.queries} examples")
-        raise UserError(
-            f"{sizes} of shape {tuple(input_shape)} need about {needed / 2 ** 30:.0f} GiB of "
-            f"activations per step (estimated), more than this machine's "
-            f"{total / 2 ** 30:.0f} GiB of memory; use a smaller batch, fewer ways or "
-            "examples, or smaller images.")
-
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
@@ -381,7 +216,7 @@ def _episodes(learner, dataset, config, strategy, step):
     split again over its own replicas."""
     replicas = strategy.num_replicas_in_sync
     spec = DataSpec.from_config(config)
-    if not _is_multi_worker(strategy):
+    if not is_multi_worker(strategy):
         return learner.training_episodes(dataset, spec, replicas, start_step=step)
     validation = learner.training_episodes(dataset, spec, replicas, step)[1]
     validation_size = tf.nest.flatten(validation.element_spec)[0].shape[0]
@@ -411,7 +246,7 @@ def fit_scope(learner, strategy):
       fails for scalars; so the learner's steps return each log as a vector of one value,
       which that reduce turns into the mean over all replicas of all workers.
     """
-    if not _is_multi_worker(strategy):
+    if not is_multi_worker(strategy):
         yield
         return
     recorded = learner._distribute_strategy
@@ -433,21 +268,6 @@ def _vector_logs(step):
 
     return step_with_vector_logs
 
-
-def _is_multi_worker(strategy) -> bool:
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
-def _check_same_step(strategy, step, workdir):
-    """Raises a ValueError unless every worker restored the same step (they all read the
-    chief's checkpoints, so the workdir must be storage every worker sees)."""
-    steps = strategy.gather(strategy.run(lambda: tf.constant([step], tf.int64)), axis=0)
-    steps = sorted(set(int(s) for s in steps.numpy()))
-    if len(steps) > 1:
-        raise UserError(
-            f"The workers restored different steps {steps} from {workdir}/{CHECKPOINTS}; "
-            "every worker must see the chief's checkpoints: put --workdir on storage all "
-            "machines share (NFS, GCS), or start every worker from an empty workdir.")
 
 
 def _checkpoint_step(manager):
