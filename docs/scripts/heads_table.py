@@ -48,6 +48,8 @@ RUNS = {
 SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 QUERIES = 5
 ALPHA = 2.0
+# The heads whose calibration and open set the last table shows (one per kind of rule).
+CALIBRATED_HEADS = ("prototypes", "simpleshot", "bd_cspn")
 BEGIN, END = "<!-- heads:begin (docs/scripts/heads_table.py) -->", "<!-- heads:end -->"
 
 
@@ -97,7 +99,7 @@ def head_rows(workdir: str, episodes: int) -> list:
 
 def calibration_rows(workdir: str, name: str, episodes: int) -> list:
     rows = []
-    for head in ("prototypes", "simpleshot", "bd_cspn", "tim"):
+    for head in CALIBRATED_HEADS:
         result = evaluation.evaluate_workdir(
             workdir, num_episodes=episodes, ways=5, shots=1, queries=QUERIES, head=head,
             calibrate=True, calibration_episodes=200, open_set=True)
