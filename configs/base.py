@@ -50,13 +50,13 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.val_episodes = 100
     # "fixed": the N-way K-shot episodes above. "variable": Meta-Dataset's episodes for
     # training, validation and meta-test alike (ways, shots and queries drawn per episode
-    # within these bounds, its published defaults; see tfmeta.data.variable_episodes), for
+    # within these bounds, its published defaults; see tfmeta.data.variable_sampling), for
     # the learners that take them; ways, shots, queries and their eval_* are then unused.
     config.episode_sampler = "fixed"
     # "any": each training episode's classes are drawn from the whole split. "within": from
     # one group of classes (Omniglot's alphabets, data.class_depth=2 folders), drawn
     # uniformly among the groups with at least `ways` classes: harder, finer episodes
-    # (tfmeta.data.episodes). Validation and meta-test stay "any" (bin/evaluate.py
+    # (tfmeta.data.fixed_sampling). Validation and meta-test stay "any" (bin/evaluate.py
     # --within_group asks for "within").
     config.episode_grouping = "any"
     config.variable_episodes = ml_collections.ConfigDict(

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta.data import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset
 from tfmeta.tensors import accuracy
 from tfmeta.training.checkpoints import checkpoint_manager
 from tfmeta.training.export import export_learner
@@ -64,13 +64,15 @@ class LearnerContract:
 
     def training_batches(self, dataset, seed):
         """An endless dataset of meta-training batches."""
-        return episode_dataset(dataset.split("train"), self.ways, self.shots, self.queries,
+        return episode_dataset(dataset.split("train"),
+                               EpisodeShape(self.ways, self.shots, self.queries),
                                self.meta_batch_size, seed=seed)
 
     def held_out_batch(self, dataset, seed):
         """One batch of 16 tasks from the test split."""
-        return next(iter(episode_dataset(dataset.split("test"), self.ways, self.shots,
-                                         self.queries, 16, seed=seed)))
+        return next(iter(episode_dataset(dataset.split("test"),
+                                         EpisodeShape(self.ways, self.shots, self.queries), 16,
+                                         seed=seed)))
 
     def objective(self, learner, batch) -> float:
         """The meta-training objective on `batch` (lower is better)."""
@@ -230,8 +232,9 @@ class ClassifierContract(LearnerContract):
         (class-major, as every episode's): nothing to learn, so ~1/N. A learner that
         matched queries to labels by position, or read the labels, would score far above."""
         batch = self.held_out_batch(dataset, 1)
-        others = next(iter(episode_dataset(dataset.split("val"), self.ways, self.shots,
-                                           self.queries, 16, seed=7)))
+        others = next(iter(episode_dataset(dataset.split("val"),
+                                           EpisodeShape(self.ways, self.shots, self.queries),
+                                           16, seed=7)))
         mixed = dict(batch, query_images=others["query_images"])
         acc = float(tf.reduce_mean(accuracy(mixed["query_labels"],
                                             learner.query_logits(mixed, training=False))))

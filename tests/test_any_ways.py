@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfmeta import config as config_lib
 from tfmeta.algorithms import MAML, build_learner
 from tfmeta.algorithms.maml_regression import MAMLRegression
-from tfmeta.data import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset
 from tfmeta.models import conv4
 from tfmeta.tensors import class_means, squared_euclidean
 from tfmeta.training.export import export_learner
@@ -87,7 +87,7 @@ def test_config_with_a_fast_head_builds_a_feature_extractor():
                                         ["learner.head=prototypes", "model.filters=8"])
     config_lib.validate_config(config)
     learner = build_learner(config, (28, 28, 1))
-    assert learner.model.output_shape[-1] == 8  # 8 filters, 1x1 after four poolings
+    assert learner.backbone.output_shape[-1] == 8  # 8 filters, 1x1 after four poolings
     assert learner.max_ways is None
 
 
@@ -97,7 +97,7 @@ def trained_5way(omniglot):
     learner = MAML(conv4((28, 28, 1), filters=8), head="prototypes", inner_lr=0.1,
                    inner_steps=1, inner_steps_test=2)
     learner.compile(optimizer=keras.optimizers.Adam(1e-3))
-    for batch in episode_dataset(omniglot.split("train"), 5, 1, 1, 2, seed=0).take(1):
+    for batch in episode_dataset(omniglot.split("train"), EpisodeShape(5, 1, 1), 2, seed=0).take(1):
         learner.train_on_batch(batch)
     return learner
 
@@ -105,7 +105,7 @@ def trained_5way(omniglot):
 @pytest.mark.slow
 def test_trained_5way_serves_20way_in_process_and_from_export(trained_5way, omniglot,
                                                               tmp_path):
-    batch = next(iter(episode_dataset(omniglot.split("test"), 20, 1, 1, 1, seed=3)))
+    batch = next(iter(episode_dataset(omniglot.split("test"), EpisodeShape(20, 1, 1), 1, seed=3)))
     logits = trained_5way.adapt_and_predict(batch["support_images"][0],
                                             batch["support_labels"][0],
                                             batch["query_images"][0]).numpy()

@@ -1,5 +1,6 @@
 """docs/architecture.md against the code: the layers of tfmeta import each other in one
-direction only (function-level imports included), and so do the learners' modules; no class
+direction only (function-level imports included), and so do its modules, one by one, inside
+every folder (so no import inside a function holds a circle apart); no class
 is built at run time with `type(name, bases, namespace)`; and the learner hook table says
 which classes override each hook."""
 
@@ -85,6 +86,90 @@ def test_the_layers_import_each_other_one_way():
 def test_a_cycle_is_found():  # the check above can fail
     assert find_cycle({"a": {"b": "x"}, "b": {"a": "y"}}) == ["a", "b", "a"]
     assert find_cycle({"a": {"b": "x"}, "b": {}}) is None
+
+
+def module_of(target: str, modules: set):
+    """The module an import of `target` runs: itself, or the package it names."""
+    while target not in modules and "." in target:
+        target = target.rsplit(".", 1)[0]
+    return target if target in modules else None
+
+
+def module_imports() -> dict:
+    """module -> {tfmeta module it imports -> "line N"}, over every module of tfmeta/, at the
+    top or inside a function. `from tfmeta.data import images` imports the module
+    `tfmeta.data.images` (and the package runs first, which imports its own, not this one's);
+    `from tfmeta.data import load_dataset` imports the package `tfmeta.data`."""
+    paths = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                paths[os.path.relpath(path[:-3], ROOT).replace(os.sep, ".").removesuffix(
+                    ".__init__")] = path
+    modules = set(paths)
+    graph = {}
+    for module, path in sorted(paths.items()):
+        package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base_name = node.module or ""
+                if node.level:
+                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base_name = ".".join(parts + ([node.module] if node.module else []))
+                targets = [f"{base_name}.{a.name}" if f"{base_name}.{a.name}" in modules
+                           else base_name for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for target in targets:
+                found = module_of(target, modules) if target.startswith("tfmeta") else None
+                if found and found != module:
+                    graph.setdefault(module, {}).setdefault(found, f"line {node.lineno}")
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    """No circle among tfmeta's modules, inside a folder included (tfmeta/data/ was one
+    knot of seven modules, held apart by imports inside functions): imports inside
+    functions count, so none of them can be what keeps a circle from failing at import."""
+    graph = module_imports()
+    assert {"tfmeta.data.episodes", "tfmeta.data.classes"} <= set(graph)
+    cycle = find_cycle(graph)
+    where = [f"{a} -> {b} ({graph[a][b]})" for a, b in zip(cycle, cycle[1:])] if cycle else []
+    assert cycle is None, "modules import in a circle: " + "; ".join(where)
+
+
+def test_the_data_layers_import_downward():
+    """tfmeta/data/'s layers (its `__init__` docstring): the class store and the episode
+    shape at the bottom import no other module of the package; the samplers read a store
+    only through `tfmeta.data.classes` (no loader, no records); nothing below the pipeline
+    imports it."""
+    graph = module_imports()
+
+    def data_imports(name):
+        return {m for m in graph.get(f"tfmeta.data.{name}", {}) if m.startswith("tfmeta.data")}
+
+    assert data_imports("classes") == set() and data_imports("shape") == set()
+    for sampler in ("fixed_sampling", "variable_sampling", "sampling"):
+        assert data_imports(sampler) <= {"tfmeta.data.classes", "tfmeta.data.shape",
+                                         "tfmeta.data.fixed_sampling",
+                                         "tfmeta.data.variable_sampling"}, sampler
+    assert data_imports("record_format") == set()
+    for name in ("record_writer", "record_store"):
+        assert "tfmeta.data.record_stream" not in data_imports(name)
+        assert "tfmeta.data.episodes" not in data_imports(name)
+    assert "tfmeta.data.record_store" not in data_imports("record_writer")
+    assert "tfmeta.data.record_writer" not in data_imports("record_store")
+    importers = {m for m, targets in graph.items() if "tfmeta.data.episodes" in targets
+                 and m.startswith("tfmeta.data.")}
+    assert importers <= {"tfmeta.data"}, importers  # only the package's public names
+
+
+def test_an_import_inside_a_function_counts():  # the module graph sees what the test needs
+    graph = module_imports()
+    assert "tfmeta.algorithms" in graph["tfmeta.config"]  # imported inside functions only
+    assert "tfmeta.data.images" in graph["tfmeta.data.own_data"]  # `from pkg import module`
 
 
 def algorithm_imports() -> dict:
@@ -217,8 +302,8 @@ def test_only_classifiers_have_classifier_hooks():
 
 def test_the_module_list_names_every_module_and_package():
     """docs/architecture.md's `## Modules` list names each module and package of tfmeta/
-    (it had drifted: five were missing), and nothing that is not there; each package's
-    entry names the modules of training/ and the ones the text says it holds."""
+    (it had drifted: five were missing), and nothing that is not there; the entries of
+    training/ and data/ name each of their modules."""
     text = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
     block = text.split("## Modules", 1)[1].split("```", 2)[1]
     listed = set(re.findall(r"^  (\w+(?:\.py|/))", block, re.MULTILINE))
@@ -227,7 +312,8 @@ def test_the_module_list_names_every_module_and_package():
                if (name.endswith(".py") and name != "__init__.py") or (
                    os.path.isfile(os.path.join(PACKAGE, name, "__init__.py")))}
     assert listed == present, (sorted(present - listed), sorted(listed - present))
-    training = re.split(r"\n  \w", block.split("  training/", 1)[1], maxsplit=1)[0]
-    for name in os.listdir(os.path.join(PACKAGE, "training")):
-        if name.endswith(".py") and name != "__init__.py":
-            assert name in training, f"training/{name} is not in the module list"
+    for package in ("training", "data"):
+        entry = re.split(r"\n  \w", block.split(f"  {package}/", 1)[1], maxsplit=1)[0]
+        for name in os.listdir(os.path.join(PACKAGE, package)):
+            if name.endswith(".py") and name != "__init__.py":
+                assert name in entry, f"{package}/{name} is not in the module list"

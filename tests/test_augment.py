@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tfmeta.algorithms.prototypical import PrototypicalNetwork
 from tfmeta.config import apply_overrides, get_config
-from tfmeta.data import ClassImages, episode_dataset
+from tfmeta.data import ClassImages, EpisodeShape, episode_dataset
 from tfmeta.data.augment import RandomAffine, affine_transforms, transform_images
 from tfmeta.episode_spec import DataSpec
 from tfmeta.models import conv4
@@ -106,7 +106,8 @@ def test_only_training_episodes_are_augmented(omniglot):
 
 def test_sampler_applies_the_function_it_is_given():
     classes = ClassImages.from_dense(np.arange(3 * 4 * 2 * 2, dtype=np.float32).reshape(3, 4, 2, 2, 1))
-    plain = next(iter(episode_dataset(classes, 3, 1, 2, seed=5)))
-    doubled = next(iter(episode_dataset(classes, 3, 1, 2, seed=5, augment=lambda x, seed: 2 * x)))
+    plain = next(iter(episode_dataset(classes, EpisodeShape(3, 1, 2), seed=5)))
+    doubled = next(iter(episode_dataset(classes, EpisodeShape(3, 1, 2), seed=5,
+                                        augment=lambda x, seed: 2 * x)))
     np.testing.assert_array_equal(doubled["support_images"], 2 * plain["support_images"])
     np.testing.assert_array_equal(doubled["query_images"], 2 * plain["query_images"])

@@ -191,9 +191,9 @@ def test_maml_meta_gradient_through_resnet12_matches_hand_unrolled():
                                   relation_filters=4, relation_units=4),
 ], ids=["matching", "relation"])
 def test_resnet12_in_metric_learners(make, omniglot):
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
 
-    batch = next(iter(episode_dataset(omniglot.split("test"), 5, 1, 2, 2, seed=0)))
+    batch = next(iter(episode_dataset(omniglot.split("test"), EpisodeShape(5, 1, 2), 2, seed=0)))
     learner = make(omniglot.input_shape)
     logits = learner.query_logits(batch, training=True)
     assert logits.shape == (2, 10, 5) and np.all(np.isfinite(logits.numpy()))

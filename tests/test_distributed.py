@@ -23,12 +23,12 @@ SCRIPT = textwrap.dedent("""
     import keras, numpy as np, tensorflow as tf
     from tfmeta import config as config_lib
     from tfmeta.algorithms import MAML
-    from tfmeta.data import episode_dataset, load_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset, load_dataset
     from tfmeta.models import conv4
     from tfmeta.training import trainer
 
     data = load_dataset("omniglot")
-    batch = next(iter(episode_dataset(data.split("train"), 5, 1, 2, 4, seed=0)))
+    batch = next(iter(episode_dataset(data.split("train"), EpisodeShape(5, 1, 2), 4, seed=0)))
 
     def one_step(strategy):
         keras.utils.set_random_seed(0)

@@ -5,10 +5,11 @@ import dataclasses
 
 import pytest
 
+from tfmeta import data
 from tfmeta.config import apply_overrides, get_config
 from tfmeta.data.augment import RandomAffine
-from tfmeta.data.variable_episodes import VariableEpisodes
-from tfmeta.episode_spec import DataSpec, EpisodeShape, GenerationProtocol
+from tfmeta.data.shape import EpisodeShape, VariableEpisodes
+from tfmeta.episode_spec import DataSpec, GenerationProtocol
 
 
 def test_a_spec_reads_the_training_and_the_meta_test_settings():
@@ -21,8 +22,8 @@ def test_a_spec_reads_the_training_and_the_meta_test_settings():
     assert spec.test == EpisodeShape(7, 1, 4)           # eval_* over training's
     assert (spec.meta_batch_size, spec.eval_meta_batch_size, spec.val_episodes,
             spec.eval_episodes, spec.seed, spec.eval_queries) == (6, 5, 9, 11, 13, 4)
-    assert spec.learning_rate == config.optimizer.learning_rate
-    assert spec.num_steps == config.num_steps and spec.generation is None
+    assert spec.baseline.learning_rate == config.optimizer.learning_rate
+    assert spec.baseline.steps == config.num_steps and spec.generation is None
     assert spec.augment == RandomAffine(rotation=10.0)
     plain = DataSpec.from_config(apply_overrides(config, ["eval_queries=None",
                                                           "augment.rotation=0.0"]))
@@ -41,11 +42,22 @@ def test_variable_episodes_and_a_fixed_setting_asked_of_them():
     assert spec.train.sampler == spec.test.sampler == "variable"
     assert isinstance(spec.test.variable, VariableEpisodes)
     assert spec.test.variable.max_ways == 6
-    assert spec.test.options() == {"sampler": "variable", "variable": spec.test.variable,
-                                   "grouping": "any"}
+    assert (spec.test.sampler, spec.test.grouping, spec.test.padded) == ("variable", "any",
+                                                                         True)
     fixed = spec.test.fixed(ways=3)
     assert fixed == EpisodeShape(3, spec.test.shots, spec.test.queries)
-    assert fixed.options() == {"sampler": "fixed", "variable": None, "grouping": "any"}
+    assert (fixed.sampler, fixed.variable, fixed.grouping, fixed.padded) == ("fixed", None,
+                                                                             "any", False)
+
+
+def test_the_specs_episodes_are_the_shape_episode_dataset_takes():
+    """One `EpisodeShape`: the spec's, `tfmeta.data`'s and `tfmeta.data.shape`'s are the same
+    class, so `spec.train` and `spec.test` go to `episode_dataset` as they are."""
+    from tfmeta import episode_spec
+
+    assert episode_spec.EpisodeShape is data.EpisodeShape is EpisodeShape
+    spec = DataSpec.from_config(get_config("protonet", "omniglot", "5w1s"))
+    assert isinstance(spec.train, data.EpisodeShape) and isinstance(spec.test, EpisodeShape)
 
 
 def test_reptile_gan_gets_its_generation_protocol():

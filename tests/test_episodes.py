@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta.data import ClassImages, episode_dataset
+from tfmeta.data import ClassImages, EpisodeShape, episode_dataset
 
 
 def numbered_classes(num_classes=12, per_class=7, ragged=False):
@@ -26,7 +26,7 @@ def decode(values):
 def test_episode_structure_and_no_replacement(ragged):
     classes = numbered_classes(ragged=ragged)
     ways, shots, queries = 5, 2, 3
-    for episode in episode_dataset(classes, ways, shots, queries, seed=3).take(50):
+    for episode in episode_dataset(classes, EpisodeShape(ways, shots, queries), seed=3).take(50):
         s_cls, s_idx = decode(episode["support_images"])
         q_cls, q_idx = decode(episode["query_images"])
         assert episode["support_images"].shape == (ways * shots, 1)
@@ -50,7 +50,7 @@ def test_episode_structure_and_no_replacement(ragged):
 def test_labels_are_permuted_across_episodes():
     classes = numbered_classes()
     first_class_of_label0 = set()
-    for episode in episode_dataset(classes, 5, 1, 1, seed=0).take(40):
+    for episode in episode_dataset(classes, EpisodeShape(5, 1, 1), seed=0).take(40):
         first_class_of_label0.add(int(decode(episode["support_images"])[0][0]))
     assert len(first_class_of_label0) > 5
 
@@ -58,7 +58,7 @@ def test_labels_are_permuted_across_episodes():
 def test_every_class_and_example_gets_drawn():
     classes = numbered_classes(num_classes=6, per_class=5)
     seen = set()
-    for episode in episode_dataset(classes, 3, 1, 1, seed=1).take(300):
+    for episode in episode_dataset(classes, EpisodeShape(3, 1, 1), seed=1).take(300):
         seen.update(zip(*decode(episode["support_images"])))
     assert len(seen) == 30
 
@@ -67,7 +67,7 @@ def test_seed_makes_it_reproducible():
     classes = numbered_classes()
 
     def take(seed):
-        ds = episode_dataset(classes, 5, 1, 2, meta_batch_size=4, seed=seed)
+        ds = episode_dataset(classes, EpisodeShape(5, 1, 2), meta_batch_size=4, seed=seed)
         return [b["support_images"].numpy() for b in ds.take(3)]
 
     np.testing.assert_array_equal(np.stack(take(7)), np.stack(take(7)))
@@ -76,7 +76,8 @@ def test_seed_makes_it_reproducible():
 
 def test_meta_batches_and_finite_streams():
     classes = numbered_classes()
-    batches = list(episode_dataset(classes, 4, 1, 2, meta_batch_size=3, num_episodes=10))
+    batches = list(episode_dataset(classes, EpisodeShape(4, 1, 2), meta_batch_size=3,
+                                   num_episodes=10))
     assert len(batches) == 3  # 10 episodes -> 3 whole meta-batches of 3
     assert batches[0]["support_images"].shape == (3, 4, 1)
     assert batches[0]["query_labels"].shape == (3, 8)
@@ -85,18 +86,25 @@ def test_meta_batches_and_finite_streams():
 def test_more_ways_than_classes_is_a_clear_error():
     with pytest.raises(ValueError, match=r"ways=13 is larger than the 12 classes available in "
                                          r"the 'test' split"):
-        episode_dataset(numbered_classes(), 13, 1, 1, split="test")
+        episode_dataset(numbered_classes(), EpisodeShape(13, 1, 1), split="test")
 
 
 def test_more_shots_and_queries_than_examples_is_a_clear_error():
     with pytest.raises(ValueError, match=r"shots \+ queries = 5 \+ 3 = 8 is more than the 7 "
                                          r"examples of class 'class0'"):
-        episode_dataset(numbered_classes(), 5, 5, 3)
+        episode_dataset(numbered_classes(), EpisodeShape(5, 5, 3))
 
 
 def test_non_positive_spec_is_an_error():
     with pytest.raises(ValueError, match="shots must be a positive integer; got 0"):
-        episode_dataset(numbered_classes(), 5, 0, 3)
+        episode_dataset(numbered_classes(), EpisodeShape(5, 0, 3))
+
+
+def test_the_old_ways_shots_queries_arguments_are_refused():
+    """`episode_dataset` takes an `EpisodeShape`; counts in its place are a TypeError naming
+    it, not episodes of some other shape."""
+    with pytest.raises(TypeError, match=r"EpisodeShape\(ways=5, shots=1, queries=15\)"):
+        episode_dataset(numbered_classes(), 5, 1, 1)
 
 
 def test_empty_class_is_an_error():
@@ -110,7 +118,7 @@ def test_stored_examples_are_transformed_in_the_sampler_and_on_request():
     transform = lambda x: tf.cast(x, tf.float32) / 255.0 * 2.0  # noqa: E731
     classes = ClassImages.from_dense(stored, transform=transform)
     assert classes.images.dtype == np.uint8 and classes.example_shape == (2, 1)
-    episode = next(iter(episode_dataset(classes, 3, 1, 1, seed=0)))
+    episode = next(iter(episode_dataset(classes, EpisodeShape(3, 1, 1), seed=0)))
     assert episode["support_images"].dtype == tf.float32
     # Every sampled input is the transform of some stored example.
     allowed = {round(float(v), 5) for v in (stored.reshape(-1) / 255.0 * 2.0)}
@@ -125,5 +133,5 @@ def test_large_stored_arrays_are_read_from_a_variable(monkeypatch):
     monkeypatch.setattr(episodes, "CONSTANT_LIMIT_BYTES", 10)
     classes = ClassImages.from_dense(np.ones((3, 4, 2), np.float32))
     assert isinstance(episodes.stored_tensor(classes.images), tf.Variable)
-    batch = next(iter(episode_dataset(classes, 2, 1, 1, meta_batch_size=2, seed=0)))
+    batch = next(iter(episode_dataset(classes, EpisodeShape(2, 1, 1), meta_batch_size=2, seed=0)))
     assert float(tf.reduce_mean(batch["support_images"])) == 1.0

@@ -4,7 +4,6 @@ layers kept, the export, a problem where it helps, and bin/evaluate.py's flags."
 
 import json
 import os
-import types
 
 import keras
 import numpy as np
@@ -25,6 +24,7 @@ from tfmeta.algorithms.pretrain import Pretrain
 from tfmeta.algorithms.prototypical import PrototypicalNetwork
 from tfmeta.algorithms.relation import RelationNetwork
 from tfmeta.config import apply_overrides, get_config, load_config, save_config
+from tfmeta.data.base import TaskSource
 from tfmeta.models import conv4
 from tfmeta.tensors import accuracy
 from tfmeta.training import evaluation, preflight, trainer
@@ -33,7 +33,7 @@ from tfmeta.training.export import export_learner
 SEED = tf.constant([0, 1], tf.int64)
 
 
-def linear_encoder(kernel, frozen=None):
+def linear_backbone(kernel, frozen=None):
     """2-d inputs -> features `x @ kernel` (one Dense layer without bias); with `frozen`, a
     first Dense layer of that kernel with `trainable = False` before it."""
     inputs = keras.Input((2,))
@@ -62,7 +62,7 @@ def squared_distance_logits(queries, prototypes):
 
 
 # ------------------------------------------------------------- (a) the arithmetic
-# One shot of each class, x0 = [1, 0] (class 0) and x1 = [0, 1] (class 1); the encoder is
+# One shot of each class, x0 = [1, 0] (class 0) and x1 = [0, 1] (class 1); the backbone is
 # f(x) = x W with W = I; no augmentation, so the pseudo-queries are x0 and x1 themselves.
 # Prototypes c_n = f(x_n), so pseudo-query x0 has logits [0, -D] and x1 [-D, 0] with
 #   D = |x0 W - x1 W|^2 = |d W|^2,  d = x0 - x1 = [1, -1],  D = 2 at W = I.
@@ -80,10 +80,10 @@ D_OUTER = np.array([[1.0, -1.0], [-1.0, 1.0]])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_one_step_against_hand_worked_numbers(optimizer):
     rate = 0.5
-    learner = PrototypicalNetwork(linear_encoder(np.eye(2)), finetune_steps=1,
+    learner = PrototypicalNetwork(linear_backbone(np.eye(2)), finetune_steps=1,
                                   finetune_lr=rate, finetune_augment="none",
                                   finetune_optimizer=optimizer)
-    (fast,) = learner.finetune(weights.values(learner.encoder.trainable_variables), [],
+    (fast,) = learner.finetune(weights.values(learner.backbone.trainable_variables), [],
                                tf.constant(SUPPORT), tf.constant(LABELS), SEED)
     step = 2 * rate / (1 + np.exp(2.0)) if optimizer == "sgd" else rate
     expected_kernel = np.eye(2) + step * D_OUTER
@@ -101,7 +101,7 @@ def test_one_step_against_hand_worked_numbers(optimizer):
 def test_padding_of_variable_episodes_is_left_out():
     """A padded episode (label -1 after the real examples, here with images that would move
     the weights) gives its real queries the logits of the unpadded one, 0 in padding rows."""
-    learner = PrototypicalNetwork(linear_encoder(np.eye(2)), finetune_steps=2,
+    learner = PrototypicalNetwork(linear_backbone(np.eye(2)), finetune_steps=2,
                                   finetune_lr=0.5, finetune_augment="none",
                                   finetune_optimizer="sgd")
     plain = learner.test_logits(episode(SUPPORT, LABELS, QUERY, [0, 1, 0]))[0].numpy()
@@ -201,12 +201,12 @@ def test_evaluation_leaves_the_learner_unchanged():
 # ----------------------------------------------- (d) only trainable variables move
 def test_a_frozen_layer_keeps_its_value_in_the_finetuned_copy():
     frozen = np.array([[2.0, 0.0], [0.0, 1.0]])
-    learner = PrototypicalNetwork(linear_encoder(np.eye(2), frozen=frozen), finetune_steps=1,
+    learner = PrototypicalNetwork(linear_backbone(np.eye(2), frozen=frozen), finetune_steps=1,
                                   finetune_lr=0.5, finetune_augment="none",
                                   finetune_optimizer="sgd")
-    assert [v.path for v in learner.encoder.trainable_variables] == ["tuned/kernel"]
-    (fast,) = learner.finetune(weights.values(learner.encoder.trainable_variables),
-                               weights.values(learner.encoder.non_trainable_variables),
+    assert [v.path for v in learner.backbone.trainable_variables] == ["tuned/kernel"]
+    (fast,) = learner.finetune(weights.values(learner.backbone.trainable_variables),
+                               weights.values(learner.backbone.non_trainable_variables),
                                tf.constant(SUPPORT), tf.constant(LABELS), SEED)
     # As the hand-worked step with inputs x F (F the frozen kernel): d F = [2, -1], D = 5,
     # dL/dW = -sigmoid(-5) * 2 (dF)^T (dF) W at W = I.
@@ -217,29 +217,38 @@ def test_a_frozen_layer_keeps_its_value_in_the_finetuned_copy():
     transform = frozen @ expected_kernel  # the frozen layer as it was, then the tuned one
     np.testing.assert_allclose(logits, squared_distance_logits(
         np.array(QUERY) @ transform, np.array(SUPPORT) @ transform), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(learner.encoder.get_layer("frozen").kernel.numpy(), frozen)
+    np.testing.assert_array_equal(learner.backbone.get_layer("frozen").kernel.numpy(), frozen)
 
 
 def test_a_backbone_without_trainable_weights_is_refused_in_one_line():
-    encoder = linear_encoder(np.eye(2))
-    encoder.trainable = False
+    backbone = linear_backbone(np.eye(2))
+    backbone.trainable = False
     with pytest.raises(ValueError, match=r"^learner.finetune_steps=3 fine-tunes the backbone's "
                        r"trainable weights, but this backbone has none \(model.trainable=none\)"
                        r"; use model.trainable=all or last:K, or finetune_steps=0.$"):
-        PrototypicalNetwork(encoder, finetune_steps=3, finetune_augment="none")
-    PrototypicalNetwork(encoder)  # without fine-tuning it is a fine learner
+        PrototypicalNetwork(backbone, finetune_steps=3, finetune_augment="none")
+    PrototypicalNetwork(backbone)  # without fine-tuning it is a fine learner
     with pytest.raises(ValueError, match="learner.finetune_augment=translate augments images"):
-        PrototypicalNetwork(linear_encoder(np.eye(2)), finetune_steps=1,
+        PrototypicalNetwork(linear_backbone(np.eye(2)), finetune_steps=1,
                             finetune_augment="translate")
     with pytest.raises(ValueError, match=r"^finetune_lr must be a number >= 0; got -1"):
-        PrototypicalNetwork(linear_encoder(np.eye(2)), finetune_lr=-1)
+        PrototypicalNetwork(linear_backbone(np.eye(2)), finetune_lr=-1)
 
 
 # --------------------------------------------------------------- (e) the export
+class SixBySixImages(TaskSource):
+    """What an export reads of a dataset: 6x6 grey images in [0, 1], scaled to [-1, 1]."""
+
+    name, raw_shape, value_range = "six_by_six", (6, 6, 1), (0.0, 1.0)
+
+    @staticmethod
+    def preprocess(images):
+        return 2.0 * images - 1.0
+
+
 def test_the_export_serves_the_finetuned_logits_of_any_episode_size(tmp_path):
     keras.utils.set_random_seed(3)
-    dataset = types.SimpleNamespace(preprocess=lambda images: 2.0 * images - 1.0,
-                                    value_range=(0.0, 1.0), raw_shape=(6, 6, 1))
+    dataset = SixBySixImages()
     learner = PrototypicalNetwork(conv4((6, 6, 1), filters=2, num_blocks=1),
                                   finetune_steps=2, finetune_lr=0.05)  # the paper's augmentation
     before = snapshot(learner)
@@ -269,7 +278,7 @@ def test_the_export_serves_the_finetuned_logits_of_any_episode_size(tmp_path):
 # ---------------------------------------------------------------- (f) it helps
 def test_finetuning_raises_accuracy_on_held_out_queries():
     """Two classes apart along x (means -1 and +1, spread 0.5) with noise 3.0 along y; the
-    frozen encoder shrinks x by 20, so its features see mostly noise (chance). Ten Adam steps
+    frozen backbone shrinks x by 20, so its features see mostly noise (chance). Ten Adam steps
     on each 5-shot support set find the x direction; the queries are fresh draws."""
     rng = np.random.default_rng(0)
     batch, shots, queries = 20, 5, 20
@@ -285,7 +294,7 @@ def test_finetuning_raises_accuracy_on_held_out_queries():
                 "query_labels": tf.constant(np.tile(np.repeat([0, 1], queries), (batch, 1)))}
     scores = {}
     for steps in (0, 10):
-        learner = PrototypicalNetwork(linear_encoder(np.diag([0.05, 1.0])), finetune_steps=steps,
+        learner = PrototypicalNetwork(linear_backbone(np.diag([0.05, 1.0])), finetune_steps=steps,
                                       finetune_lr=0.1, finetune_augment="none")
         logits = tf.function(learner.test_logits)(episodes)
         scores[steps] = float(tf.reduce_mean(accuracy(episodes["query_labels"], logits)))
@@ -297,7 +306,7 @@ def test_finetuning_raises_accuracy_on_held_out_queries():
     lambda **kw: RelationNetwork(conv4((6, 6, 1), filters=2, num_blocks=1, flatten=False),
                                  relation_filters=2, relation_units=2, **kw),
 ], ids=["matching", "relation"])
-def test_other_heads_finetune_their_encoder_only(make):
+def test_other_heads_finetune_their_backbone_only(make):
     keras.utils.set_random_seed(4)
     learner = make(finetune_steps=2, finetune_lr=0.05)
     batch = random_episodes((6, 6, 1))

@@ -13,7 +13,15 @@ import pytest
 from PIL import Image
 
 from tfmeta import config as config_lib
-from tfmeta.data import ClassImages, FewShotDataset, episode_dataset, load_dataset, records
+from tfmeta.data import (
+    ClassImages,
+    EpisodeShape,
+    FewShotDataset,
+    episode_dataset,
+    load_dataset,
+    record_store,
+    record_writer,
+)
 from tfmeta.episode_spec import DataSpec
 from tfmeta.migrate import migrate
 
@@ -54,8 +62,8 @@ def groups_drawn(classes, episodes) -> list:
 def test_within_episodes_take_one_group_drawn_uniformly_among_those_with_enough_classes():
     classes = grouped_classes()
     ways, episodes = 3, 400
-    stream = episode_dataset(classes, ways, 1, 1, seed=7, num_episodes=episodes,
-                             grouping="within")
+    stream = episode_dataset(classes, EpisodeShape(ways, 1, 1, grouping="within"), seed=7,
+                             num_episodes=episodes)
     drawn, classes_seen = [], set()
     for episode in stream:
         classes_seen |= classes_of(episode)
@@ -74,20 +82,22 @@ def test_groups_that_lose_classes_to_small_class_dropping_are_not_drawn():
     per = [np.full((5 if c != 6 else 2, 1), c, np.float32) for c in range(9)]
     groups = ["big"] * 6 + ["mid"] * 3
     classes = ClassImages.from_lists(per, drop_small_classes=True, class_groups=groups)
-    stream = episode_dataset(classes, 3, 2, 2, seed=1, num_episodes=60, grouping="within")
+    stream = episode_dataset(classes, EpisodeShape(3, 2, 2, grouping="within"), seed=1,
+                             num_episodes=60)
     kept = classes.select([c for c in range(9) if c != 6])
     assert set(groups_drawn(kept, stream)) == {"big"}
     with pytest.raises(ValueError, match=r"the largest group, 'big', has 6 classes; use "
                                          r"ways <= 6, or episode_grouping=any"):
-        episode_dataset(classes, 7, 2, 2, grouping="within", split="train")
+        episode_dataset(classes, EpisodeShape(7, 2, 2, grouping="within"), split="train")
 
 
 def test_the_stream_is_a_pure_function_of_the_seed_and_any_is_unchanged():
     classes = grouped_classes()
 
-    def batches(**options):
+    def batches(seed, **options):
         return [{k: v.numpy() for k, v in b.items()} for b in episode_dataset(
-            classes, 3, 2, 1, meta_batch_size=2, num_episodes=12, **options)]
+            classes, EpisodeShape(3, 2, 1, **options), meta_batch_size=2, seed=seed,
+            num_episodes=12)]
 
     def same(first, second):
         return all(np.array_equal(a[k], b[k]) for a, b in zip(first, second) for k in a)
@@ -98,7 +108,8 @@ def test_the_stream_is_a_pure_function_of_the_seed_and_any_is_unchanged():
     assert not same(within, batches(seed=3))
     assert same(batches(seed=3), batches(seed=3, grouping="any"))  # the default, as before
     resumed = [{k: v.numpy() for k, v in b.items()} for b in episode_dataset(
-        classes, 3, 2, 1, meta_batch_size=2, seed=3, start_step=4, grouping="within").take(2)]
+        classes, EpisodeShape(3, 2, 1, grouping="within"), meta_batch_size=2, seed=3,
+        start_step=4).take(2)]
     assert same(resumed, within[4:6])  # meta-batch s is the same, resumed or not
     # Labels are still permuted: label 0 is not always the group's first class.
     first = {int(b["support_images"][e, 0, 0]) for b in within for e in range(2)}
@@ -110,15 +121,17 @@ def test_refusals_name_the_value_and_the_fix():
     with pytest.raises(ValueError, match=r"episode_grouping=within .*needs classes with "
                                          r"groups, but those of the 'test' split have none: "
                                          r"use --dataset=omniglot .*data.class_depth=2"):
-        episode_dataset(plain, 3, 1, 1, split="test", grouping="within")
+        episode_dataset(plain, EpisodeShape(3, 1, 1, grouping="within"), split="test")
     with pytest.raises(ValueError, match=r"ways=7 is more classes than any one group of the "
                                          r"'val' split has.*'big', has 6 classes"):
-        episode_dataset(grouped_classes(), 7, 1, 1, split="val", grouping="within")
+        episode_dataset(grouped_classes(), EpisodeShape(7, 1, 1, grouping="within"),
+                        split="val")
     with pytest.raises(ValueError, match=r"episode_sampler=variable draws its ways from every "
                                          r"class; use episode_grouping=any"):
-        episode_dataset(grouped_classes(), 3, 1, 1, sampler="variable", grouping="within")
+        episode_dataset(grouped_classes(), EpisodeShape(3, 1, 1, sampler="variable",
+                                                        grouping="within"))
     with pytest.raises(ValueError, match=r"must be one of \['any', 'within'\]; got 'one'"):
-        episode_dataset(grouped_classes(), 3, 1, 1, grouping="one")
+        episode_dataset(grouped_classes(), EpisodeShape(3, 1, 1, grouping="one"))
     with pytest.raises(ValueError, match="class_groups has 2 group names for 6 classes"):
         ClassImages.from_lists([np.zeros((4, 1), np.float32)] * 6, class_groups=["a", "b"])
 
@@ -127,16 +140,16 @@ def test_records_keep_the_groups_and_stream_within_them(tmp_path):
     grouped = grouped_classes({"big": 3, "mid": 3, "pair": 2}, per_class=3)
     dataset = FewShotDataset("toy", {"train": grouped, "test": grouped_classes(
         {"a": 2}, per_class=3)}, (1,), lambda x: x, value_range=None)
-    records.convert(dataset, str(tmp_path / "records"), threads=1)
-    loaded = records.load(str(tmp_path / "records"))
+    record_writer.convert(dataset, str(tmp_path / "records"), threads=1)
+    loaded = record_store.load(str(tmp_path / "records"))
     assert loaded.split("train").class_groups == grouped.class_groups
-    stream = episode_dataset(loaded, 3, 1, 1, meta_batch_size=2, seed=2, num_episodes=16,
-                             split="train", grouping="within")
+    stream = episode_dataset(loaded, EpisodeShape(3, 1, 1, grouping="within"),
+                             meta_batch_size=2, seed=2, num_episodes=16, split="train")
     drawn = groups_drawn(grouped, [{"support_images": b["support_images"][e]}
                                    for b in stream for e in range(2)])
     assert set(drawn) == {"big", "mid"}
     with pytest.raises(ValueError, match="'big', has 3 classes; use ways <= 3"):
-        episode_dataset(loaded, 4, 1, 1, split="train", grouping="within")
+        episode_dataset(loaded, EpisodeShape(4, 1, 1, grouping="within"), split="train")
 
 
 # ------------------------------------------------------------------------ Omniglot
@@ -150,12 +163,14 @@ def test_omniglot_groups_are_the_alphabets(omniglot_small):
     test = omniglot_small.split("test")
     sizes = collections.Counter(test.class_groups)
     largest, size = sizes.most_common(1)[0]
-    stream = episode_dataset(test, 20, 1, 1, seed=0, num_episodes=8, grouping="within")
+    stream = episode_dataset(test, EpisodeShape(20, 1, 1, grouping="within"), seed=0,
+                             num_episodes=8)
     assert set(groups_drawn_by_pixels(test, stream)) == {
         g for g, n in sizes.items() if n >= 20}
     with pytest.raises(ValueError, match=rf"the largest group, '{largest}', has {size} "
                                          rf"classes; use ways <= {size}"):
-        episode_dataset(omniglot_small, size + 1, 1, 1, split="test", grouping="within")
+        episode_dataset(omniglot_small, EpisodeShape(size + 1, 1, 1, grouping="within"),
+                        split="test")
 
 
 def groups_drawn_by_pixels(classes, episodes) -> list:
@@ -258,7 +273,7 @@ def test_episode_grouping_validates_and_reaches_the_training_episodes():
     config_lib.validate_config(config)
     spec = DataSpec.from_config(config)
     assert spec.train.grouping == "within" and spec.test.grouping == "any"
-    assert spec.train.options()["grouping"] == "within"
+    assert isinstance(spec.train, EpisodeShape)  # what episode_dataset takes, grouping and all
     assert spec.train.fixed(ways=2).grouping == "within"
     with pytest.raises(ValueError, match=r"episode_grouping must be one of \['any', "
                                          r"'within'\]; got 'alphabet'"):

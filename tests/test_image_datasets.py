@@ -167,9 +167,9 @@ def test_mini_imagenet_pickle_caches(tmp_path):
 
 
 def test_mini_imagenet_episodes_are_model_inputs(mini_csv):
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
 
-    episode = next(iter(episode_dataset(mini_csv.split("train"), 3, 1, 2, seed=1)))
+    episode = next(iter(episode_dataset(mini_csv.split("train"), EpisodeShape(3, 1, 2), seed=1)))
     assert episode["support_images"].dtype == tf.float32
     assert episode["query_images"].shape == (6, 84, 84, 3)
     assert abs(float(tf.reduce_mean(episode["query_images"]))) < 1.0  # normalized

@@ -250,13 +250,13 @@ def test_meta_gradient_is_second_order_through_both_loops():
 
 
 def test_meta_gradients_are_clipped_and_include_every_variable(leo_embeddings):
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
 
     keras.utils.set_random_seed(0)
     learner = LEO(embedding_dim=EMBEDDING_DIM, num_latents=8, gradient_threshold=0.01,
                   gradient_norm_threshold=0.02)
     learner.compile(optimizer=keras.optimizers.Adam(1e-3))
-    batch = next(iter(episode_dataset(leo_embeddings.split("train"), 5, 1, 2, 4)))
+    batch = next(iter(episode_dataset(leo_embeddings.split("train"), EpisodeShape(5, 1, 2), 4)))
     grads, loss, logits = learner.compute_meta_gradients(batch)
     assert np.isfinite(float(loss)) and tuple(logits.shape) == (4, 10, 5)
     assert len(grads) == len(learner.trainable_variables) == 7

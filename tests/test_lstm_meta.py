@@ -34,7 +34,7 @@ def test_one_meta_lstm_step_by_hand():
     learner.forget_bias.assign([0.0])
     learner.input_kernel.assign(np.zeros((6, 1)))
     learner.input_bias.assign([math.log(0.5 / 0.5)])  # sigmoid(0) = 0.5
-    learner.model.get_layer("head").kernel.assign([[1.0, 0.0], [0.0, 0.0]])
+    learner.backbone.get_layer("head").kernel.assign([[1.0, 0.0], [0.0, 0.0]])
     params = weights.values(learner.params)
     fast = learner.adapt(params, [], tf.constant([[1.0, 2.0]]), tf.constant([0]), steps=1)
     # theta = [W (1, 0, 0, 0), b (0, 0)]. Logits for x = [1, 2]: [1, 0];
@@ -60,7 +60,7 @@ def test_gradient_inputs_are_constants_but_theta_path_is_differentiable():
     assert by_id[id(learner.input_bias)] is not None
     # d theta_T / d theta_0 ~ prod f (the gradient term is a constant; the gates' own
     # theta inputs have weights of at most 0.01): positive, near 1 with f ~ sigmoid(5).
-    kernel_grad = by_id[id(learner.model.get_layer("head").kernel)].numpy()
+    kernel_grad = by_id[id(learner.backbone.get_layer("head").kernel)].numpy()
     assert np.all(kernel_grad > 0.9) and np.all(kernel_grad < 1.1), kernel_grad
 
 

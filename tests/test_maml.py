@@ -145,33 +145,33 @@ def test_compiled_meta_gradient_equals_eager():
 
 @pytest.fixture
 def conv_batch(omniglot):
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
 
-    return next(iter(episode_dataset(omniglot.split("train"), 5, 1, 2, 4, seed=0)))
+    return next(iter(episode_dataset(omniglot.split("train"), EpisodeShape(5, 1, 2), 4, seed=0)))
 
 
 def test_inner_loop_leaves_variables_untouched(conv_batch):
     maml = MAML(conv4((28, 28, 1), num_classes=5, filters=8), inner_lr=0.4, inner_steps=2,
                 inner_steps_test=3)
     maml.compile(optimizer=keras.optimizers.Adam(1e-3))
-    before = [v.numpy().copy() for v in maml.model.variables]
+    before = [v.numpy().copy() for v in maml.backbone.variables]
     maml.query_logits(conv_batch, training=True)
     maml.query_logits(conv_batch, training=False)
     maml.compute_meta_gradients(conv_batch)
-    for value, variable in zip(before, maml.model.variables):
+    for value, variable in zip(before, maml.backbone.variables):
         np.testing.assert_array_equal(value, variable.numpy(), err_msg=variable.path)
 
 
 def test_train_step_updates_weights(conv_batch):
     maml = MAML(conv4((28, 28, 1), num_classes=5, filters=8))
     maml.compile(optimizer=keras.optimizers.Adam(1e-2))
-    before = maml.model.layers[1].kernel.numpy().copy()
+    before = maml.backbone.layers[1].kernel.numpy().copy()
     maml.train_on_batch(conv_batch)
-    assert np.abs(maml.model.layers[1].kernel.numpy() - before).max() > 0
+    assert np.abs(maml.backbone.layers[1].kernel.numpy() - before).max() > 0
 
 
 def moving_mean(maml):
-    return next(v for v in maml.model.non_trainable_variables if "moving_mean" in v.path).numpy()
+    return next(v for v in maml.backbone.non_trainable_variables if "moving_mean" in v.path).numpy()
 
 
 def test_batch_norm_batch_stats_never_touches_moving_averages(conv_batch):

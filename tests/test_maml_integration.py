@@ -9,6 +9,7 @@ import pytest
 
 from tfmeta import config as config_lib
 from tfmeta import evaluation
+from tfmeta.data import EpisodeShape
 from tfmeta.training import trainer
 
 BUDGET = ["num_steps=300", "checkpoint_every=300", "meta_batch_size=8", "queries=5",
@@ -20,7 +21,7 @@ def test_maml_5way_1shot_beats_chance_on_unseen_alphabets(tmp_path, omniglot):
     config = config_lib.apply_overrides(config_lib.get_config("maml", "omniglot", "5w1s"), BUDGET)
     learner = trainer.train(config, str(tmp_path / "maml"), verbose=0)
     assert learner.inner_steps_test == 3
-    result = evaluation.evaluate(learner, omniglot.split("test"), ways=5, shots=1, queries=5,
+    result = evaluation.evaluate(learner, omniglot.split("test"), EpisodeShape(5, 1, 5),
                                  num_episodes=300)
     print(f"MAML 5-way 1-shot on unseen alphabets after 300 steps: "
           f"{100 * result['accuracy']:.1f}% +- {100 * result['ci95']:.1f}%")

@@ -128,10 +128,10 @@ def test_per_step_batch_norm_uses_step_k_copies():
 
 
 def test_meta_training_moves_every_copy_and_nothing_is_unconnected(omniglot):
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
     from tfmeta.models import conv4
 
-    batch = next(iter(episode_dataset(omniglot.split("train"), 3, 1, 1, 2, seed=0)))
+    batch = next(iter(episode_dataset(omniglot.split("train"), EpisodeShape(3, 1, 1), 2, seed=0)))
     learner = MAMLPlusPlus(conv4((28, 28, 1), num_classes=3, filters=4, num_blocks=2),
                            inner_lr=0.1, inner_steps=2, batch_norm="running_stats")
     learner.compile(optimizer=keras.optimizers.SGD(0.0))

@@ -6,6 +6,7 @@ import pytest
 
 from tests.test_model_based_integration import assert_above_chance, shrunk_config
 from tfmeta.algorithms.mann import accuracy_by_instance
+from tfmeta.data import EpisodeShape
 from tfmeta.evaluation import evaluate
 from tfmeta.training.trainer import train
 
@@ -17,7 +18,7 @@ def test_mann_remembers_image_label_bindings_on_held_out_alphabets(tmp_path, omn
     config = shrunk_config("mann", 850, ["meta_batch_size=16", "optimizer.learning_rate=0.003"])
     learner = train(config, str(tmp_path / "mann"), verbose=0)
     test_alphabets = omniglot_small.split("test")
-    result = evaluate(learner, test_alphabets, 5, 1, 5, num_episodes=200, seed=1234)
+    result = evaluate(learner, test_alphabets, EpisodeShape(5, 1, 5), num_episodes=200, seed=1234)
     by_instance = accuracy_by_instance(learner, test_alphabets, num_episodes=100)
     print(f"mann: 5-way 1-shot on test alphabets {result['accuracy']:.3f} "
           f"+- {result['ci95']:.3f}; accuracy by instance: {by_instance}")

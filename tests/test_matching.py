@@ -13,7 +13,7 @@ from tfmeta.algorithms.matching import MatchingNetwork
 from tfmeta.models import conv4
 
 
-def identity_encoder(shape):
+def identity_backbone(shape):
     return keras.Sequential([keras.Input(shape), keras.layers.Identity()])
 
 
@@ -28,7 +28,7 @@ class TestMatchingFCEContract(ClassifierContract):
 
 
 def test_attention_over_cosine_similarities_sums_labels():
-    learner = MatchingNetwork(identity_encoder((2,)))
+    learner = MatchingNetwork(identity_backbone((2,)))
     # support [1, 0] (class 0), [0, 1] and [1, 1] (class 1); query [3, 0]:
     # cosines 1, 0, 1/sqrt(2) -> a = softmax([1, 0, 0.7071]);
     # y_hat = [a_0, a_1 + a_2], logits = log(y_hat).
@@ -46,7 +46,7 @@ def test_attention_over_cosine_similarities_sums_labels():
 
 def test_full_context_embeddings_depend_on_the_support_set():
     keras.utils.set_random_seed(0)
-    learner = MatchingNetwork(identity_encoder((4,)), fce=True, processing_steps=3)
+    learner = MatchingNetwork(identity_backbone((4,)), fce=True, processing_steps=3)
     support = tf.random.normal([1, 3, 4])
     query = tf.random.normal([1, 2, 4])
     other = tf.concat([support[:, :2], tf.random.normal([1, 1, 4])], axis=1)
@@ -55,14 +55,14 @@ def test_full_context_embeddings_depend_on_the_support_set():
     f_other = learner.query_embedding(query, learner.support_embedding(other, False), False)
     assert f.shape == (1, 2, 4)
     assert not np.allclose(f.numpy(), f_other.numpy())
-    # without FCE, f and g are the encoder's features
-    plain = MatchingNetwork(identity_encoder((4,)))
+    # without FCE, f and g are the backbone's features
+    plain = MatchingNetwork(identity_backbone((4,)))
     np.testing.assert_allclose(plain.query_embedding(query, g, False).numpy(), query.numpy())
 
 
 def test_label_distribution_sums_to_one_for_any_ways():
     keras.utils.set_random_seed(1)
-    learner = MatchingNetwork(identity_encoder((4,)), fce=True)
+    learner = MatchingNetwork(identity_backbone((4,)), fce=True)
     logits = learner.adapt_and_predict(tf.random.normal([7, 4]),
                                        tf.constant([0, 1, 2, 3, 4, 5, 6]),
                                        tf.random.normal([3, 4]))
@@ -72,6 +72,6 @@ def test_label_distribution_sums_to_one_for_any_ways():
 
 def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match="got 0"):
-        MatchingNetwork(identity_encoder((2,)), fce=True, processing_steps=0)
+        MatchingNetwork(identity_backbone((2,)), fce=True, processing_steps=0)
     with pytest.raises(ValueError, match=r"\(2, 2, 1\)"):
-        MatchingNetwork(identity_encoder((2, 2, 1)))
+        MatchingNetwork(identity_backbone((2, 2, 1)))

@@ -44,11 +44,12 @@ def small_metanet(input_shape, ways):
 def test_query_identical_to_a_support_example_reads_mostly_its_fast_weights(omniglot_small):
     """Attention is a softmax over cosine similarities, so a query that equals support
     example j has similarity 1 with it and gets the largest attention weight."""
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
 
     keras.utils.set_random_seed(0)
     learner = small_metanet(omniglot_small.input_shape, 5)
-    batch = next(iter(episode_dataset(omniglot_small.split("test"), 5, 1, 1, 1, seed=0)))
+    batch = next(iter(episode_dataset(omniglot_small.split("test"), EpisodeShape(5, 1, 1), 1,
+                                      seed=0)))
     features, _ = learner._features(learner.embedding, batch, False)
     fast = learner.representation_fast_weights(features, batch["support_labels"])
     keys = learner.represent(features, fast)[0]
@@ -58,11 +59,12 @@ def test_query_identical_to_a_support_example_reads_mostly_its_fast_weights(omni
 
 
 def test_fast_weights_change_the_logits(omniglot_small):
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
 
     keras.utils.set_random_seed(0)
     learner = small_metanet(omniglot_small.input_shape, 5)
-    batch = next(iter(episode_dataset(omniglot_small.split("test"), 5, 1, 2, 2, seed=0)))
+    batch = next(iter(episode_dataset(omniglot_small.split("test"), EpisodeShape(5, 1, 2), 2,
+                                      seed=0)))
     logits = learner.query_logits(batch)
     relabelled = dict(batch, support_labels=tf.roll(batch["support_labels"], 1, axis=1))
     assert not np.allclose(logits.numpy(), learner.query_logits(relabelled).numpy())

@@ -58,13 +58,14 @@ def small_conv(input_shape, ways):
 
 
 def test_anil_adapts_only_the_head_and_meta_learns_the_body(omniglot_small):
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
 
     learner = ANIL(small_conv(omniglot_small.input_shape, 5), inner_lr=0.5, inner_steps=2)
     learner.compile(optimizer=keras.optimizers.SGD(0.1))
-    batch = next(iter(episode_dataset(omniglot_small.split("train"), 5, 1, 2, 2, seed=3)))
+    batch = next(iter(episode_dataset(omniglot_small.split("train"), EpisodeShape(5, 1, 2), 2,
+                                      seed=3)))
     params = weights.values(learner.params)
-    fast = learner.adapt(params, weights.values(learner.model.non_trainable_variables),
+    fast = learner.adapt(params, weights.values(learner.backbone.non_trainable_variables),
                          batch["support_images"][0], batch["support_labels"][0], steps=2)
     head = set(learner.adapted_indices)
     assert head == {len(params) - 2, len(params) - 1}  # head kernel and bias

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tfmeta.config import apply_overrides, get_config
+from tfmeta.data import EpisodeShape
 from tfmeta.evaluation import evaluate
 from tfmeta.training.trainer import train
 
@@ -36,7 +37,7 @@ def test_meta_trained_learner_beats_chance_on_unseen_alphabets(algo, omniglot, t
     config = apply_overrides(get_config(algo, "omniglot", "5w1s"),
                              overrides + ["val_episodes=20", "checkpoint_every=100000"])
     learner = train(config, str(tmp_path / algo), verbose=0)
-    results = {ways: evaluate(learner, omniglot.split("test"), ways, 1, 5,
+    results = {ways: evaluate(learner, omniglot.split("test"), EpisodeShape(ways, 1, 5),
                               num_episodes=EPISODES, seed=99)
                for ways in (5, 20)}
     print(f"\n{algo} after {config.num_steps} steps: " + json.dumps(

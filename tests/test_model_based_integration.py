@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tfmeta.config import apply_overrides, get_config
-from tfmeta.data import load_dataset
+from tfmeta.data import EpisodeShape, load_dataset
 from tfmeta.evaluation import evaluate
 from tfmeta.training.trainer import train
 
@@ -50,7 +50,7 @@ def test_trains_above_chance_on_held_out_alphabets(algo, tmp_path, test_alphabet
     steps, extra = RUNS[algo]
     config = shrunk_config(algo, steps, extra)
     learner = train(config, str(tmp_path / algo), verbose=0)
-    result = evaluate(learner, test_alphabets, 5, 1, 5, num_episodes=200, seed=1234)
+    result = evaluate(learner, test_alphabets, EpisodeShape(5, 1, 5), num_episodes=200, seed=1234)
     print(f"{algo}: 5-way 1-shot on test alphabets {result['accuracy']:.3f} "
           f"+- {result['ci95']:.3f}")
     assert_above_chance(result)

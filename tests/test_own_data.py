@@ -13,7 +13,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfmeta.data import FewShotDataset, episode_dataset, load_dataset, own_data
+from tfmeta.data import (
+    EpisodeShape,
+    episode_dataset,
+    from_arrays,
+    from_tf_dataset,
+    load_dataset,
+    own_data,
+)
 from tfmeta.data import images as image_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,13 +211,13 @@ def test_small_classes_leave_episodes_with_a_warning_and_too_few_is_one_line(tmp
     data = load_dataset("folder", str(tmp_path), image_size=8, class_split={
         "train": ["big0", "big1", "tiny"], "val": ["big2"], "test": ["big3"]})
     with caplog.at_level(logging.WARNING):
-        episode = next(iter(episode_dataset(data, 2, 2, 2, split="train")))
+        episode = next(iter(episode_dataset(data, EpisodeShape(2, 2, 2), split="train")))
     assert episode["support_images"].shape == (4, 8, 8, 3)
     assert any("'tiny' (2)" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match=r"Only 2 of the 3 classes in the 'train' split have "
                                          r"at least shots \+ queries = 2 \+ 2 = 4 images, "
                                          r"fewer than ways=3"):
-        episode_dataset(data, 3, 2, 2, split="train")
+        episode_dataset(data, EpisodeShape(3, 2, 2), split="train")
 
 
 def test_decoded_folders_are_cached_on_the_files_fingerprint(tmp_path, monkeypatch):
@@ -242,31 +249,31 @@ def test_from_arrays_and_from_tf_dataset_build_episodes_in_one_call():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (60, 10, 10), dtype=np.uint8)
     labels = np.repeat(np.array([f"kind{k}" for k in range(10)]), 6)
-    data = FewShotDataset.from_arrays(images, labels, image_size=12)
+    data = from_arrays(images, labels, image_size=12)
     assert data.raw_shape == (10, 10, 1) and data.input_shape == (12, 12, 1)
     assert sorted(n for s in data.chosen_split.values() for n in s) == sorted(set(labels))
-    episode = next(iter(episode_dataset(data, 3, 1, 2, meta_batch_size=2)))
+    episode = next(iter(episode_dataset(data, EpisodeShape(3, 1, 2), meta_batch_size=2)))
     assert episode["query_images"].shape == (2, 6, 12, 12, 1)
-    floats = FewShotDataset.from_arrays(images / 255.0, np.repeat(np.arange(10), 6),
-                                        class_names=[f"c{k}" for k in range(10)])
+    floats = from_arrays(images / 255.0, np.repeat(np.arange(10), 6),
+                         class_names=[f"c{k}" for k in range(10)])
     np.testing.assert_array_equal(
         np.sort(np.concatenate([s.images.ravel() for s in floats.splits.values()])),
         np.sort(images.ravel()))  # float [0, 1] stored back as the same uint8 pixels
     with pytest.raises(ValueError, match="60 images but 59 labels"):
-        FewShotDataset.from_arrays(images, labels[:59])
+        from_arrays(images, labels[:59])
     with pytest.raises(ValueError, match=r"must be in \[0.0, 1.0\]"):
-        FewShotDataset.from_arrays(images * 2.0, labels)
+        from_arrays(images * 2.0, labels)
 
     sizes = [(8 + k % 3, 9 + k % 4) for k in range(40)]
     stream = tf.data.Dataset.from_generator(
         lambda: ((rng.integers(0, 256, (*s, 3), dtype=np.uint8), k % 8)
                  for k, s in enumerate(sizes)),
         output_signature=(tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int64)))
-    from_stream = FewShotDataset.from_tf_dataset(stream, image_size=8, channels=1)
+    from_stream = from_tf_dataset(stream, image_size=8, channels=1)
     assert from_stream.raw_shape == (8, 8, 1)
     assert sum(len(s.images) for s in from_stream.splits.values()) == 40
     with pytest.raises(ValueError, match="need image_size"):
-        FewShotDataset.from_tf_dataset(stream)
+        from_tf_dataset(stream)
 
 
 # ---------------------------------------------------------------------- TFDS
@@ -408,7 +415,7 @@ def test_the_readme_own_data_example_runs(tmp_path):
 
     with open(os.path.join(ROOT, "README.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    code = next(b for b in blocks if "FewShotDataset.from_folder" in b)
+    code = next(b for b in blocks if "from_folder(" in b)
     namespace = {}
     exec(code.replace('"photos/"', repr(tree)).replace("image_size=84", "image_size=8"),
          namespace)

@@ -24,8 +24,8 @@ from tfmeta import config as config_lib
 from tfmeta import predict
 from tfmeta.algorithms import ALGORITHMS, learner_class
 from tfmeta.algorithms.finetune import TEST_HEADS
-from tfmeta.data import input_kind, load_dataset
-from tfmeta.episode_spec import DataSpec, EpisodeShape
+from tfmeta.data import EpisodeShape, input_kind, load_dataset
+from tfmeta.episode_spec import DataSpec
 from tfmeta.errors import UserError
 from tfmeta.evaluation import Protocol
 from tfmeta.training import evaluation as evaluation_lib

@@ -32,7 +32,7 @@ IMAGE_SHAPE = (4, 4, 1)
 SUPPORT_SLOTS, QUERY_SLOTS = 8, 6
 
 
-def encoder():
+def backbone():
     """A conv with batch norm: padding inside its batch would shift every real feature."""
     return keras.Sequential([keras.Input(IMAGE_SHAPE), keras.layers.Conv2D(3, 3, padding="same"),
                              keras.layers.BatchNormalization(), keras.layers.ReLU(),
@@ -56,7 +56,7 @@ def takes_padding(algo, arguments) -> bool:
     variable episodes (False where it refuses the arguments; its config as given must
     build)."""
     try:
-        return build_learner(learner_config(algo, arguments), (28, 28, 1)).variable_episodes
+        return build_learner(learner_config(algo, arguments), (28, 28, 1)).takes_padded_episodes
     except ValueError:  # e.g. Meta-SGD's refusal of a fast head
         if not arguments:
             raise
@@ -65,14 +65,14 @@ def takes_padding(algo, arguments) -> bool:
 
 def padded_configurations() -> dict:
     """Test id -> (algo, learner arguments) of every image learner that says it takes padded
-    episodes (`variable_episodes`): each algorithm whose class may (not False whatever its
+    episodes (`takes_padded_episodes`): each algorithm whose class may (not False whatever its
     arguments) as its config says, or where that does not, with the first `OPTIONS` value
     that makes it (a fast head); and that with each other `OPTIONS` value it takes."""
     found = {}
     for algo in sorted(ALGORITHMS):
         cls = learner_class(algo)
         if ("images" not in cls.input_kinds
-                or inspect.getattr_static(cls, "variable_episodes") is False):
+                or inspect.getattr_static(cls, "takes_padded_episodes") is False):
             continue
         config = learner_config(algo, {})
         schema = section_schema(config, "learner")
@@ -98,7 +98,7 @@ def test_every_learner_that_takes_padded_episodes_is_tested():
     option value on some learner (at least the ten configurations once listed by hand)."""
     algos = {algo for algo, _ in LEARNERS.values()}
     always = {a for a in ALGORITHMS if "images" in learner_class(a).input_kinds
-              and inspect.getattr_static(learner_class(a), "variable_episodes") is True}
+              and inspect.getattr_static(learner_class(a), "takes_padded_episodes") is True}
     assert always and always <= algos, always - algos
     prototype_heads = {a for a, arguments in LEARNERS.values()
                        if arguments.get("head") == "prototypes"}
@@ -110,11 +110,11 @@ def test_every_learner_that_takes_padded_episodes_is_tested():
 
 
 def make_learner(name):
-    """The learner of configuration `name` on the small batch-norm `encoder` above."""
+    """The learner of configuration `name` on the small batch-norm `backbone` above."""
     algo, arguments = LEARNERS[name]
     keras.utils.set_random_seed(0)
     cls = learner_class(algo)
-    learner = cls(encoder(), **learner_config(algo, arguments).learner)
+    learner = cls(backbone(), **learner_config(algo, arguments).learner)
     learner.compile(optimizer=keras.optimizers.SGD(0.1))
     return learner
 
@@ -165,7 +165,7 @@ def real_rows(logits, tasks):
 @pytest.mark.parametrize("name", LEARNERS)
 def test_padding_never_reaches_the_logits(name, training):
     learner = make_learner(name)
-    assert learner.variable_episodes
+    assert learner.takes_padded_episodes
     zeros = learner.query_logits(meta_batch([padded(t, "zeros") for t in EPISODES]), training)
     noise = learner.query_logits(meta_batch([padded(t, "random", i)
                                              for i, t in enumerate(EPISODES)]), training)
@@ -217,8 +217,8 @@ def test_padded_batches_of_any_ways_trace_once():
 
 
 def test_only_the_learners_that_leave_padding_out_say_they_take_it():
-    assert not MAML(encoder(), head="learned").variable_episodes
-    assert MAML(encoder(), head="prototypes").variable_episodes
+    assert not MAML(backbone(), head="learned").takes_padded_episodes
+    assert MAML(backbone(), head="prototypes").takes_padded_episodes
 
 
 # ---------------------------------------------------------------- the helpers

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tfmeta import config as config_lib
 from tfmeta.algorithms.anil import ANIL
 from tfmeta.algorithms.prototypical import PrototypicalNetwork
-from tfmeta.data import FewShotDataset
+from tfmeta.data import ClassImages, FewShotDataset
 from tfmeta.models import backbone_from_config, blocks, external, resolved_fields
 from tfmeta.models.heads import on_features
 from tfmeta.training import features
@@ -275,8 +275,6 @@ def test_resolved_fields_record_the_backbone_s_own_size_and_normalization(vit_pr
 # ------------------------------------------------------------------ frozen: features once
 def small_dataset():
     """Six classes of five 12x12 grey images, three per split (train, val, test)."""
-    from tfmeta.data.episodes import ClassImages
-
     data = images(30, 12).reshape(6, 5, 12, 12, 1)
     splits = {name: ClassImages.from_dense(data[2 * i:2 * i + 2],
                                            [f"{name}{k}" for k in range(2)])
@@ -395,14 +393,15 @@ def test_every_learner_that_wraps_a_backbone_trains_only_its_last_block(
         algo, extra, saved_cnn, omniglot_small):
     """One meta-step of each learner around the saved CNN with `model.trainable=last:1`:
     the second block and the learner's own weights move, the first block does not."""
-    from tfmeta.data import episode_dataset
+    from tfmeta.data import EpisodeShape, episode_dataset
     from tfmeta.training.run import build_compiled_learner
 
     config = config_lib.apply_overrides(config_lib.get_config(algo, "omniglot"), [
         f"model.name=file:{saved_cnn}", "model.trainable=last:1", "ways=5", *extra])
     config_lib.validate_config(config)
     learner = build_compiled_learner(config, (14, 14, 1))
-    batch = next(iter(episode_dataset(omniglot_small.split("train"), 5, 1, 2, 2, seed=3)))
+    batch = next(iter(episode_dataset(omniglot_small.split("train"), EpisodeShape(5, 1, 2), 2,
+                                          seed=3)))
     assert learner.query_logits(batch, training=False).shape[:2] == (2, 10)
     backbone = learner.feature_model()
     first = [v for v in backbone.variables if v.path.startswith("block1")]

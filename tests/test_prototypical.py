@@ -10,7 +10,7 @@ from tfmeta.algorithms.prototypical import PrototypicalNetwork
 from tfmeta.models import conv4
 
 
-def identity_encoder(shape):
+def identity_backbone(shape):
     return keras.Sequential([keras.Input(shape), keras.layers.Identity()])
 
 
@@ -19,7 +19,7 @@ class TestPrototypicalContract(ClassifierContract):
         return PrototypicalNetwork(conv4(input_shape, filters=16))
 
 
-# Two classes of 2-d "images" (the encoder is the identity), support out of class order:
+# Two classes of 2-d "images" (the backbone is the identity), support out of class order:
 #   class 0: [0, 0], [2, 0]  -> prototype [1, 0]
 #   class 1: [0, 2], [0, 4]  -> prototype [0, 3]
 SUPPORT = [[0.0, 2.0], [0.0, 0.0], [0.0, 4.0], [2.0, 0.0]]
@@ -35,14 +35,14 @@ def episode(support=SUPPORT, labels=LABELS, query=QUERY):
 
 
 def test_prototypes_are_class_means():
-    learner = PrototypicalNetwork(identity_encoder((2,)))
+    learner = PrototypicalNetwork(identity_backbone((2,)))
     support, _ = learner.embed(episode())
     prototypes = learner.prototypes(support, tf.constant([LABELS]))
     np.testing.assert_allclose(prototypes[0].numpy(), [[1, 0], [0, 3]])
 
 
 def test_logits_are_negative_squared_distances_and_loss_is_cross_entropy():
-    learner = PrototypicalNetwork(identity_encoder((2,)))
+    learner = PrototypicalNetwork(identity_backbone((2,)))
     batch = episode()
     logits = learner.query_logits(batch)
     np.testing.assert_allclose(logits[0].numpy(), [[-1, -5], [-10, 0]], atol=1e-6)
@@ -52,14 +52,14 @@ def test_logits_are_negative_squared_distances_and_loss_is_cross_entropy():
 
 
 def test_cosine_distance():
-    learner = PrototypicalNetwork(identity_encoder((2,)), distance="cosine")
+    learner = PrototypicalNetwork(identity_backbone((2,)), distance="cosine")
     # query [2, 0]: cos 1 to [1, 0], cos 0 to [0, 3]; query [1, 1]: 1/sqrt(2) to both
     logits = learner.query_logits(episode(query=[[2.0, 0.0], [1.0, 1.0]]))
     np.testing.assert_allclose(logits[0].numpy(), [[1, 0], [0.5**0.5, 0.5**0.5]], atol=1e-6)
 
 
 def test_serves_any_number_of_ways_and_ignores_support_order():
-    learner = PrototypicalNetwork(identity_encoder((2,)))
+    learner = PrototypicalNetwork(identity_backbone((2,)))
     support = tf.constant([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
     query = tf.constant([[4.0, 0.0], [0.0, 4.0], [0.1, 0.0]])
     labels = tf.constant([0, 1, 2])
@@ -74,6 +74,6 @@ def test_serves_any_number_of_ways_and_ignores_support_order():
 
 def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match="'manhattan'"):
-        PrototypicalNetwork(identity_encoder((2,)), distance="manhattan")
+        PrototypicalNetwork(identity_backbone((2,)), distance="manhattan")
     with pytest.raises(ValueError, match=r"\(2, 2, 1\).*flatten=True"):
-        PrototypicalNetwork(identity_encoder((2, 2, 1)))
+        PrototypicalNetwork(identity_backbone((2, 2, 1)))

@@ -1,6 +1,6 @@
-"""Per-class records (`tfmeta.data.records`, bin/convert.py): the round trip, and episodes
-streamed from them: deterministic, resumed bitwise, shared disjointly by workers, drawn from
-one source at a time, in bounded memory."""
+"""Per-class records (bin/convert.py; `tfmeta.data.record_writer`, `record_store`,
+`record_stream`): the round trip, and episodes streamed from them: deterministic, resumed
+bitwise, shared disjointly by workers, drawn from one source at a time, in bounded memory."""
 
 import json
 import os
@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta.data import ClassImages, FewShotDataset, episode_dataset, records
-from tfmeta.data.variable_episodes import VariableEpisodes
+from tfmeta.data import (
+    ClassImages,
+    EpisodeShape,
+    FewShotDataset,
+    VariableEpisodes,
+    episode_dataset,
+    from_arrays,
+    record_format,
+    record_store,
+    record_stream,
+    record_writer,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,13 +40,13 @@ def coded_images(classes=12, per_class=8, size=12, seed=0):
 @pytest.fixture(scope="module")
 def source():
     images, labels = coded_images()
-    return FewShotDataset.from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
+    return from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
 
 
 @pytest.fixture(scope="module")
 def converted(source, tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("records") / "r")
-    records.convert(source, folder, threads=2)
+    record_writer.convert(source, folder, threads=2)
     return folder
 
 
@@ -45,7 +55,7 @@ def multiset(examples):
 
 
 def test_round_trip_keeps_every_example_class_and_split(source, converted):
-    loaded = records.load(converted)
+    loaded = record_store.load(converted)
     assert set(loaded.splits) == set(source.splits)
     for split, classes in source.splits.items():
         streamed = loaded.split(split)
@@ -69,17 +79,17 @@ def test_tensor_examples_round_trip_exactly(tmp_path):
     split = lambda i, j: ClassImages.from_lists(per_class[i:j])  # noqa: E731
     dataset = FewShotDataset("vectors", {"train": split(0, 4), "test": split(4, 6)}, (7,),
                              lambda x: x, value_range=None)
-    records.convert(dataset, str(tmp_path / "r"))
-    loaded = records.load(str(tmp_path / "r"))
-    assert json.load(open(tmp_path / "r" / records.SPEC_FILE))["encoding"] == "tensor"
+    record_writer.convert(dataset, str(tmp_path / "r"))
+    loaded = record_store.load(str(tmp_path / "r"))
+    assert json.load(open(tmp_path / "r" / record_format.SPEC_FILE))["encoding"] == "tensor"
     for i in range(4):
         assert multiset(loaded.split("train").stored_examples(i)) == multiset(per_class[i])
 
 
 def test_an_interrupted_conversion_resumes_and_other_data_is_refused(source, tmp_path):
     folder = str(tmp_path / "r")
-    records.convert(source, folder)
-    spec_path = os.path.join(folder, records.SPEC_FILE)
+    record_writer.convert(source, folder)
+    spec_path = os.path.join(folder, record_format.SPEC_FILE)
     spec = json.load(open(spec_path))
     # As if killed after some classes: the spec still partial, two class files not there.
     os.replace(spec_path, spec_path + ".partial")
@@ -89,18 +99,18 @@ def test_an_interrupted_conversion_resumes_and_other_data_is_refused(source, tmp
     for path in missing:
         os.remove(path)
     with pytest.raises(FileNotFoundError, match="did not finish.*rerun bin/convert.py"):
-        records.load(folder)
-    records.convert(source, folder)
+        record_store.load(folder)
+    record_writer.convert(source, folder)
     assert all(os.path.exists(p) for p in missing) and os.stat(kept).st_mtime_ns == kept_mtime
-    assert records.load(folder).split("train").num_classes == source.split("train").num_classes
+    assert record_store.load(folder).split("train").num_classes == source.split("train").num_classes
     images, labels = coded_images(seed=5)
-    other = FewShotDataset.from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
+    other = from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
     with pytest.raises(ValueError, match="already holds records of other data"):
-        records.convert(other, folder)
+        record_writer.convert(other, folder)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="is not empty"):
-        records.convert(source, str(tmp_path / "busy"))
+        record_writer.convert(source, str(tmp_path / "busy"))
 
 
 def decode_codes(episodes, loaded):
@@ -116,14 +126,17 @@ def decode_codes(episodes, loaded):
     return codes
 
 
-def stream(loaded, split="train", **kwargs):
-    options = dict(ways=3, shots=2, queries=2, meta_batch_size=4, seed=5)
+def stream(loaded, split="train", ways=3, shots=2, queries=2, sampler="fixed", variable=None,
+           grouping="any", **kwargs):
+    options = dict(meta_batch_size=4, seed=5)
     options.update(kwargs)
-    return episode_dataset(loaded.split(split), **options)
+    shape = EpisodeShape(ways, shots, queries, sampler=sampler, variable=variable,
+                         grouping=grouping)
+    return episode_dataset(loaded.split(split), shape, **options)
 
 
 def test_streamed_episodes_hold_their_classes_without_repeats(source, converted):
-    loaded = records.load(converted)
+    loaded = record_store.load(converted)
     names = loaded.split("train").class_names
     class_codes = {int(n) for n in names}
     seen = set()
@@ -151,7 +164,7 @@ def assert_same(a, b):
 
 
 def test_streams_are_deterministic_resume_bitwise_and_split_over_workers(converted):
-    loaded = records.load(converted)
+    loaded = record_store.load(converted)
     whole = list(stream(loaded).take(7))
     assert_same(whole, list(stream(loaded).take(7)))
     assert_same(whole[4:], list(stream(loaded, start_step=4).take(3)))
@@ -164,7 +177,7 @@ def test_streams_are_deterministic_resume_bitwise_and_split_over_workers(convert
 
 
 def test_variable_episodes_stream_within_the_sampler_bounds(converted):
-    loaded = records.load(converted)
+    loaded = record_store.load(converted)
     spec = VariableEpisodes(min_ways=2, max_ways=5, max_queries=3, max_support=12)
     options = dict(sampler="variable", variable=spec, meta_batch_size=2)
     batches = list(stream(loaded, **options).take(6))
@@ -186,11 +199,11 @@ def test_each_episode_draws_from_one_source(tmp_path):
     for seed, offset in ((0, 0), (1, 100)):  # source 2's class codes start at 100
         images, labels = coded_images(classes=8, seed=seed)
         images[:, 0, 0, 0] = labels + offset
-        data = FewShotDataset.from_arrays(images, labels + offset,
+        data = from_arrays(images, labels + offset,
                                           split_fractions=(0.75, 0.125, 0.125))
         folders.append(str(tmp_path / f"s{seed}"))
-        records.convert(data, folders[-1])
-    loaded = records.load(",".join(folders), source_weights=(1, 3), normalize=False)
+        record_writer.convert(data, folders[-1])
+    loaded = record_store.load(",".join(folders), source_weights=(1, 3), normalize=False)
     assert loaded.split("train").num_classes == 12
     sources = []
     for batch in stream(loaded, ways=2, shots=1, queries=1).take(15):
@@ -200,17 +213,17 @@ def test_each_episode_draws_from_one_source(tmp_path):
         sources += list(high[:, 0])
     assert 0.55 < np.mean(sources) < 0.95  # weights 1:3
     with pytest.raises(ValueError, match="one positive weight per records folder"):
-        records.load(",".join(folders), source_weights=(1,))
+        record_store.load(",".join(folders), source_weights=(1,))
 
 
 def test_bad_folders_are_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        records.load(str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=f"no {records.SPEC_FILE}.*bin/convert.py"):
-        records.load(str(tmp_path))
-    (tmp_path / records.SPEC_FILE).write_text("{not json")
+        record_store.load(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=f"no {record_format.SPEC_FILE}.*bin/convert.py"):
+        record_store.load(str(tmp_path))
+    (tmp_path / record_format.SPEC_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not readable JSON"):
-        records.load(str(tmp_path))
+        record_store.load(str(tmp_path))
 
 
 def run_command(*args):
@@ -263,13 +276,13 @@ def test_a_dataset_larger_than_the_trainer_may_use_trains_in_bounded_memory(tmp_
 def test_pretraining_batches_stream_labelled_examples_and_resume(converted):
     from tfmeta.algorithms.pretrain import example_batches
 
-    loaded = records.load(converted, normalize=False)
+    loaded = record_store.load(converted, normalize=False)
     train = loaded.split("train")
     batches = list(example_batches(train, 6, seed=2).take(4))
     resumed = list(example_batches(train, 6, seed=2, start_step=2).take(2))
     for a, b in zip(batches[2:], resumed):
         np.testing.assert_array_equal(a["images"], b["images"])
-    for batch in records.stream_examples(train, 6, seed=2).take(4):  # (before crop and flip)
+    for batch in record_stream.stream_examples(train, 6, seed=2).take(4):  # (before crop and flip)
         codes = np.rint(batch["images"].numpy()[:, 0, 0, 0] * 255).astype(int)
         names = [int(train.class_names[i]) for i in batch["labels"].numpy()]
         assert list(codes) == names  # each image under its own class's label
@@ -284,6 +297,6 @@ def test_records_stream_from_a_gfile_url(converted):
             target = "ram://records_test/" + os.path.relpath(path, converted)
             tf.io.gfile.makedirs(os.path.dirname(target))
             tf.io.gfile.copy(path, target, overwrite=True)
-    remote, local = records.load("ram://records_test"), records.load(converted)
+    remote, local = record_store.load("ram://records_test"), record_store.load(converted)
     assert remote.data_dir == "ram://records_test"
     assert_same(list(stream(remote).take(2)), list(stream(local).take(2)))

@@ -17,7 +17,7 @@ class TestRelationContract(ClassifierContract):
         return RelationNetwork(relation_embedding(input_shape, filters=16), relation_filters=16)
 
 
-def identity_encoder(shape):
+def identity_backbone(shape):
     return keras.Sequential([keras.Input(shape), keras.layers.Identity()])
 
 
@@ -36,7 +36,8 @@ def test_class_sums_of_feature_maps():
 
 
 def test_pairs_are_query_then_class_sum():
-    learner = RelationNetwork(identity_encoder((1, 1, 1)), relation_module=query_minus_twice_class())
+    learner = RelationNetwork(identity_backbone((1, 1, 1)),
+                              relation_module=query_minus_twice_class())
     # class 0 shots 1 and 3 -> sum 4; class 1 shots 10 and 2 -> sum 12 (the paper sums, not
     # averages). query 5: 5 - 2*4 = -3 and 5 - 2*12 = -19.
     images = [[[[v]]] for v in (1.0, 10.0, 3.0, 2.0)]
@@ -46,7 +47,8 @@ def test_pairs_are_query_then_class_sum():
 
 
 def test_loss_is_mse_of_sigmoid_scores_against_one_hot():
-    learner = RelationNetwork(identity_encoder((1, 1, 1)), relation_module=query_minus_twice_class())
+    learner = RelationNetwork(identity_backbone((1, 1, 1)),
+                              relation_module=query_minus_twice_class())
     batch = {"query_labels": tf.constant([[0], [1]])}
     # sigmoid(ln 3) = 0.75, sigmoid(-ln 3) = 0.25.
     # episode 0, label 0: ((0.75 - 1)^2 + (0.25 - 0)^2) / 2 = 0.0625
@@ -63,6 +65,6 @@ def test_serves_any_number_of_ways():
     assert logits.shape == (3, 7)
 
 
-def test_bad_encoder_names_the_shape():
+def test_bad_backbone_names_the_shape():
     with pytest.raises(ValueError, match=r"\(4,\)"):
-        RelationNetwork(identity_encoder((4,)))
+        RelationNetwork(identity_backbone((4,)))

@@ -14,7 +14,7 @@ from tfmeta.algorithms import reptile_family
 from tfmeta.algorithms.inner_optimizers import InnerAdam, InnerSGD
 from tfmeta.algorithms.reptile import Reptile
 from tfmeta.algorithms.reptile_family import linear_anneal
-from tfmeta.data import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset
 from tfmeta.models import conv4
 
 
@@ -70,7 +70,7 @@ def test_one_outer_update_matches_hand_computation(outer_optimizer):
     learner.train_on_batch(two_tasks())
     mean_w = hand_worked_mean_w(c)
     expected = c + 0.5 * (mean_w - c)  # phi + epsilon * (mean(W) - phi)
-    kernel = learner.model.trainable_variables[0].numpy()
+    kernel = learner.backbone.trainable_variables[0].numpy()
     np.testing.assert_allclose(kernel[0], expected, rtol=1e-5)
     assert int(learner.optimizer.iterations.numpy()) == 3
 
@@ -78,7 +78,7 @@ def test_one_outer_update_matches_hand_computation(outer_optimizer):
 def test_adapt_inner_sgd_steps_match_hand_computation():
     learner = tiny_reptile(0.0)
     episode = two_tasks()
-    params = weights.values(learner.model.trainable_variables)
+    params = weights.values(learner.backbone.trainable_variables)
     fast = learner.adapt(params, [], episode["support_images"][1], episode["support_labels"][1],
                          2, 1, tf.constant([0, 0]))
     delta_b = 1.0 + 2 * (1 - sigmoid(4.0))
@@ -137,13 +137,13 @@ def test_non_transductive_queries_are_independent(omniglot_small):
     learner = Reptile(conv4(omniglot_small.input_shape, num_classes=5, filters=8,
                             downsample="strided"),
                       inner_steps_test=2, transductive=False)
-    batch = next(iter(episode_dataset(omniglot_small.split("test"), 5, 1, 3, 2, seed=1)))
+    batch = next(iter(episode_dataset(omniglot_small.split("test"), EpisodeShape(5, 1, 3), 2, seed=1)))
     logits = learner.query_logits(batch, training=False).numpy()
     # Classifying the first query alone (with the support set) gives the same logits.
     single = dict(batch, query_images=batch["query_images"][:, :1])
     np.testing.assert_allclose(learner.query_logits(single, training=False).numpy()[:, 0],
                                logits[:, 0], rtol=1e-4, atol=1e-5)
-    transductive = Reptile(learner.model, inner_steps_test=2, transductive=True)
+    transductive = Reptile(learner.backbone, inner_steps_test=2, transductive=True)
     other = transductive.query_logits(single, training=False).numpy()[:, 0]
     assert not np.allclose(other, logits[:, 0], atol=1e-3)
 
@@ -191,8 +191,9 @@ class TestReptileContract(ClassifierContract):
     queries_are_supports = False
 
     def training_batches(self, dataset, seed):
-        train = episode_dataset(dataset.split("train"), self.ways, self.train_shots,
-                                self.queries, self.meta_batch_size, seed=seed)
+        train = episode_dataset(dataset.split("train"),
+                                EpisodeShape(self.ways, self.train_shots, self.queries),
+                                self.meta_batch_size, seed=seed)
         if self.queries_are_supports:
             train = train.map(lambda e: dict(e, query_images=e["support_images"],
                                              query_labels=e["support_labels"]))

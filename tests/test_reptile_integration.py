@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from tfmeta.algorithms.reptile import Reptile
-from tfmeta.data import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset
 from tfmeta.evaluation import evaluate
 from tfmeta.models import conv4
 
@@ -29,10 +29,10 @@ def test_reptile_learns_on_held_out_alphabets(omniglot_small):
                       meta_step_size_final=0.0, anneal_steps=steps)
     learner.compile(optimizer=keras.optimizers.SGD())
     test = omniglot_small.split("test")
-    untrained = evaluate(learner, test, 5, 1, 1, num_episodes=200, meta_batch_size=20, seed=3)
-    train = episode_dataset(omniglot_small.split("train"), 5, 10, 1, 5, seed=0)
+    untrained = evaluate(learner, test, EpisodeShape(5, 1, 1), num_episodes=200, meta_batch_size=20, seed=3)
+    train = episode_dataset(omniglot_small.split("train"), EpisodeShape(5, 10, 1), 5, seed=0)
     learner.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
-    result = evaluate(learner, test, 5, 1, 1, num_episodes=200, meta_batch_size=20, seed=3)
+    result = evaluate(learner, test, EpisodeShape(5, 1, 1), num_episodes=200, meta_batch_size=20, seed=3)
     print(f"Reptile 5-way 1-shot, held-out alphabets: {result['accuracy']:.3f} +- "
           f"{result['ci95']:.3f} (untrained init: {untrained['accuracy']:.3f} +- "
           f"{untrained['ci95']:.3f})")

@@ -1,5 +1,6 @@
-"""The MAML family's task loop in each of its forms gives the loop's numbers: every task in
-one pass (`task_parallel="vectorized"`, `tfmeta.task_batch`) and unrolled under XLA;
+"""The MAML family's task loop in each of its forms (`tfmeta.algorithms.task_forms`, resolved
+once from the settings) gives the loop's numbers: every task in one pass
+(`task_parallel="vectorized"`, `tfmeta.task_batch`) and unrolled under XLA;
 meta-gradients first and second order, to 1e-5 of their scale; on the real backbones
 (Conv4, ResNet-12), with the grouped convolution and with a convolution per task (what
 runs where the kernels cannot differentiate a grouped convolution, e.g. oneDNN off)."""
@@ -20,6 +21,7 @@ from tfmeta.algorithms.lstm_meta import LSTMMetaLearner
 from tfmeta.algorithms.maml import MAML
 from tfmeta.algorithms.maml_plusplus import MAMLPlusPlus
 from tfmeta.algorithms.metasgd import MetaSGD
+from tfmeta.algorithms.task_forms import LoopedTasks, UnrolledTasks, VectorizedTasks
 from tfmeta.models import conv4, resnet12
 from tfmeta.models.mlp import mlp
 
@@ -134,16 +136,28 @@ def test_recompute_is_refused_where_there_is_nothing_to_recompute_or_it_would_co
         MAML(model, batch_norm="running_stats", recompute=True)
 
 
-def test_unrolled_loop_equals_the_while_loop(episodes):
+@pytest.mark.parametrize("case, batch_norm", [("maml_second_order", "batch_stats"),
+                                              ("maml_second_order", "running_stats"),
+                                              ("maml_plusplus", "running_stats")])
+def test_unrolled_loop_equals_the_while_loop(case, batch_norm, episodes):
     """The form XLA gets (compiled with `jit_compile`: B copies of the task in the graph),
     run here without XLA so that only the form is compared; XLA's own numbers are checked
     against the hand-unrolled meta-gradient in tests/test_maml.py (on a conv net they also
-    differ by max-pool ties broken otherwise)."""
-    cls, kwargs = CASES["maml_second_order"]
-    unrolled = build(cls, kwargs, "loop", jit_compile=True)
-    assert unrolled.unrolled_tasks(episodes) == TASKS
+    differ by max-pool ties broken otherwise). With batch_norm=running_stats the moving
+    averages (MAML++'s per-step copies) are threaded from task to task in both, and come
+    out the same after the step."""
+    cls, kwargs = CASES[case]
+    unrolled = build(cls, kwargs, "loop", jit_compile=True, batch_norm=batch_norm)
+    looped = build(cls, kwargs, "loop", batch_norm=batch_norm)
+    assert isinstance(unrolled.task_form, UnrolledTasks)
+    assert type(looped.task_form) is LoopedTasks
     assert "unrolled" in unrolled.task_loop_form()
-    assert_same_run(run(unrolled, episodes), run(build(cls, kwargs, "loop"), episodes))
+    before = [v.numpy() for v in looped.loop_state_variables]
+    assert_same_run(run(unrolled, episodes), run(looped, episodes))
+    after = weights.values(looped.loop_state_variables)
+    assert_same(weights.values(unrolled.loop_state_variables), after, "moving averages")
+    moved = max(float(np.abs(a.numpy() - b).max()) for a, b in zip(after, before, strict=True))
+    assert moved > 1e-4 if batch_norm == "running_stats" else moved == 0.0
 
 
 @pytest.mark.parametrize("name", ["conv4", "resnet12", "mlp", "conv4_features"])
@@ -185,14 +199,59 @@ def test_vectorized_is_refused_with_the_reason():
         MAML(model, task_parallel="threads")
 
 
-def test_auto_loops_on_cpus_and_vectorizes_where_it_can_with_a_gpu(monkeypatch):
-    monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: False)
+def test_the_form_is_resolved_once_from_the_settings_and_again_in_compile(episodes,
+                                                                            monkeypatch):
+    """`task_form`: "loop" loops, "vectorized" vectorizes, "auto" loops on CPUs and
+    vectorizes with a GPU where nothing refuses it (batch_norm=running_stats, MAML's fast
+    head: read after MAML's constructor has set it); `compile(jit_compile=True)` unrolls
+    the loop and leaves the vectorized pass. Resolved when built and in compile, never
+    again: the learner runs the form it resolved though the settings it read change."""
+
+    def form(jit_compile=None, backbone=None, **kwargs):
+        learner = MAML(backbone or conv4((28, 28, 1), num_classes=5, filters=4), **kwargs)
+        if jit_compile is not None:
+            learner.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit_compile)
+        return type(learner.task_form)
+
+    monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: False)  # a CPU
+    assert form(task_parallel="loop") is LoopedTasks
+    assert form(task_parallel="vectorized") is VectorizedTasks
+    assert form(task_parallel="auto") is LoopedTasks
     assert not MAML(conv4((28, 28, 1), num_classes=5, filters=4)).vectorized
-    monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: True)
+    assert form(task_parallel="loop", jit_compile=True) is UnrolledTasks
+    assert form(task_parallel="auto", jit_compile=True) is UnrolledTasks
+    assert form(task_parallel="loop", jit_compile=False) is LoopedTasks
+    assert form(task_parallel="vectorized", jit_compile=True) is VectorizedTasks
+    monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: True)  # a GPU
+    assert form(task_parallel="auto") is VectorizedTasks
     assert MAML(conv4((28, 28, 1), num_classes=5, filters=4)).vectorized
+    assert form(task_parallel="auto", batch_norm="running_stats") is LoopedTasks
+    assert form(task_parallel="auto", head="prototypes",
+                backbone=conv4((28, 28, 1), filters=4)) is LoopedTasks
+    assert form(task_parallel="loop") is LoopedTasks
     running = MAML(conv4((28, 28, 1), num_classes=5, filters=4), batch_norm="running_stats")
     assert not running.vectorized  # auto falls back to the loop, and says why
     assert "running_stats" in running.task_loop_form()
+
+    # Compiled again without XLA, the unrolled loop is the while_loop again; and the form
+    # is not resolved again where it runs (a refusal now would raise, and "auto" vectorize).
+    monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: False)
+    inputs = keras.Input((28, 28, 1))
+    learner = MAML(keras.Model(inputs, keras.layers.Dense(WAYS)(keras.layers.Flatten()(inputs))))
+    learner.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=True)
+    assert type(learner.task_form) is UnrolledTasks
+    learner.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    assert type(learner.task_form) is LoopedTasks
+
+    def refuse(*_):
+        raise AssertionError("the form was resolved again")
+
+    monkeypatch.setattr(task_loop, "vectorize_by_default", lambda: True)
+    monkeypatch.setattr(MAML, "vectorized_refusal", refuse)
+    monkeypatch.setattr(MAML, "resolve_task_form", refuse)
+    assert not learner.vectorized and type(learner.task_form) is LoopedTasks
+    assert learner.query_logits(episodes).shape == (TASKS, WAYS * QUERIES, WAYS)
+    learner.compute_meta_gradients(episodes)
 
 
 # ------------------------------------------------------------- the real backbones
@@ -337,12 +396,12 @@ def test_vectorized_runs_where_the_kernels_cannot_differentiate_a_grouped_convol
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("task_parallel", ["loop", "vectorized"])
-def test_weight_penalties_are_added_once_and_whole(episodes, task_parallel):
+@pytest.mark.parametrize("form", [LoopedTasks, VectorizedTasks, UnrolledTasks])
+def test_weight_penalties_are_added_once_and_whole(episodes, form):
     """The meta-loss is the mean task loss plus `regularization_loss` once, whole (Keras's
     `model.losses`; what `EpisodicClassifier.meta_loss` adds), in every form of the task
-    loop. Before (issue 35), the MAML family divided it by the meta-batch: the gradient of
-    an L2 penalty c * |W|^2 came out 2cW / B."""
+    loop (the unrolled one run eagerly, without XLA). Before (issue 35), the MAML family
+    divided it by the meta-batch: the gradient of an L2 penalty c * |W|^2 came out 2cW / B."""
     penalty = 0.05
 
     def learner(c):
@@ -350,14 +409,16 @@ def test_weight_penalties_are_added_once_and_whole(episodes, task_parallel):
         inputs = keras.Input((28, 28, 1))
         outputs = keras.layers.Dense(WAYS, kernel_regularizer=keras.regularizers.L2(c))(
             keras.layers.Flatten()(inputs))
-        maml = MAML(keras.Model(inputs, outputs), inner_steps=1, task_parallel=task_parallel)
-        maml.compile(optimizer=keras.optimizers.SGD(0.1))
+        maml = MAML(keras.Model(inputs, outputs), inner_steps=1,
+                    task_parallel="vectorized" if form is VectorizedTasks else "loop")
+        maml.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=form is UnrolledTasks)
+        assert type(maml.task_form) is form
         return maml
 
     with_penalty, without = learner(penalty), learner(0.0)
     grads, loss, _ = with_penalty.compute_meta_gradients(episodes)
     plain_grads, plain_loss, _ = without.compute_meta_gradients(episodes)
-    kernel = with_penalty.model.layers[-1].kernel
+    kernel = with_penalty.backbone.layers[-1].kernel
     index = [id(v) for v in with_penalty.trainable_variables].index(id(kernel))
     np.testing.assert_allclose(grads[index] - plain_grads[index], 2 * penalty * kernel.numpy(),
                                atol=1e-6)

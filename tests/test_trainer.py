@@ -178,6 +178,94 @@ def test_configs_recorded_by_earlier_versions_are_read_in_the_current_form(tmp_p
     assert identity({"inner_lr": 0.01, "task_parallel": "loop"}) == {"inner_lr": 0.01}
 
 
+def small_learner(algo, seed):
+    """A compiled learner of `algo` on a 4-input MLP backbone with batch norm (whose moving
+    statistics a checkpoint keys under the backbone's attribute alone), every weight drawn
+    from `seed`, and its optimizer built, as the trainer builds it before restoring."""
+    import keras
+
+    from tfmeta.algorithms.maml import MAML
+    from tfmeta.algorithms.mann import MANN
+    from tfmeta.algorithms.prototypical import PrototypicalNetwork
+
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()]
+    head = [keras.layers.Dense(2, name="head")] if algo == "maml" else []
+    backbone = keras.Sequential(layers + head)
+    learner = {"maml": lambda: MAML(backbone, inner_lr=0.1),
+               "protonet": lambda: PrototypicalNetwork(backbone),
+               "mann": lambda: MANN(backbone, num_classes=2, units=4, memory_slots=3,
+                                    slot_size=2, heads=1)}[algo]()
+    learner.compile(optimizer=keras.optimizers.Adam(1e-3))
+    learner.optimizer.build(learner.trainable_variables)
+    rng = np.random.default_rng(seed)
+    for variable in learner.weights:
+        if variable.dtype == "float32":
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype(np.float32))
+    return learner
+
+
+@pytest.mark.parametrize("algo, old_name", [("maml", "model"), ("protonet", "encoder"),
+                                            ("mann", "encoder")])
+def test_checkpoints_of_the_backbone_under_its_old_name_restore(tmp_path, algo, old_name):
+    """A checkpoint written before the wrapped network was `backbone` everywhere (the MAML
+    family's `model`, the metric learners' and MANN's `encoder`) restores every weight into
+    a fresh learner (`restore_latest`, through `tfmeta.migrate.checkpoint_learner`); read
+    as it is, its batch-norm statistics would be left out, silently (`expect_partial`).
+    A checkpoint of the current form still round-trips."""
+    from tfmeta.migrate import checkpoint_learner
+    from tfmeta.training.checkpoints import (
+        checkpoint_manager,
+        learner_checkpoint,
+        restore_latest,
+        untracked_variables,
+    )
+
+    def values(learner):
+        return [v.numpy() for v in learner.weights]
+
+    def same(learner, expected):
+        return all(np.array_equal(a, b) for a, b in zip(values(learner), expected))
+
+    saved = small_learner(algo, seed=1)
+    saved.optimizer.iterations.assign(7)
+    expected = values(saved)
+    children = tf.train.TrackableView(saved).children(saved)
+    assert "backbone" in children and old_name not in children
+    stand_in = tf.Module()  # the learner as earlier versions tracked it
+    for name, child in children.items():
+        setattr(stand_in, old_name if name == "backbone" else name, child)
+    old = str(tmp_path / "old")
+    tf.train.Checkpoint(learner=stand_in, optimizer=saved.optimizer,
+                        variables=untracked_variables(saved)).write(
+        os.path.join(old, "checkpoints", "ckpt-7"))
+    keys = [name for name, _ in tf.train.list_variables(os.path.join(old, "checkpoints",
+                                                                     "ckpt-7"))]
+    assert any(k.startswith(f"learner/{old_name}/") for k in keys)
+    assert not any(k.startswith("learner/backbone/") for k in keys)
+
+    fresh = small_learner(algo, seed=2)
+    assert not same(fresh, expected)
+    assert checkpoint_learner(fresh, keys) is not fresh
+    assert restore_latest(fresh, old) == 7
+    assert same(fresh, expected)
+    for restored, original in zip(fresh.backbone.weights, saved.backbone.weights, strict=True):
+        np.testing.assert_array_equal(restored.numpy(), original.numpy(), restored.path)
+
+    unmigrated = small_learner(algo, seed=2)  # what restoring without the migration gives
+    learner_checkpoint(unmigrated).restore(
+        os.path.join(old, "checkpoints", "ckpt-7")).expect_partial()
+    assert not same(unmigrated, expected)
+
+    current = str(tmp_path / "current")
+    checkpoint_manager(saved, os.path.join(current, "checkpoints")).save(checkpoint_number=7)
+    again = small_learner(algo, seed=3)
+    assert checkpoint_learner(again, [name for name, _ in tf.train.list_variables(
+        os.path.join(current, "checkpoints", "ckpt-7"))]) is again
+    assert restore_latest(again, current) == 7
+    assert same(again, expected)
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
     trainer.train(tiny_config("num_steps=2", "checkpoint_every=2"), workdir, verbose=0)

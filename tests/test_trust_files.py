@@ -17,8 +17,7 @@ import tensorflow as tf
 from tfmeta import files, predict
 from tfmeta.algorithms import build_learner
 from tfmeta.config import apply_overrides, get_config, tiny_overrides
-from tfmeta.data import FewShotDataset
-from tfmeta.data.episodes import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset, from_arrays
 from tfmeta.training import portable
 from tfmeta.training.export import METADATA_FILE, export_learner, export_metadata
 
@@ -240,7 +239,7 @@ def one_class_test_split():
     images = np.random.default_rng(0).integers(0, 255, (len(labels), 8, 8), np.uint8)
     names = [f"c{i}" for i in range(10)]
     split = {"train": names[:7], "val": names[7:9], "test": names[9:]}
-    return FewShotDataset.from_arrays(images, labels, class_names=names, class_split=split)
+    return from_arrays(images, labels, class_names=names, class_split=split)
 
 
 def assert_needs_two_classes(error, split="'test' split"):
@@ -259,23 +258,23 @@ def test_a_split_of_one_class_says_it_needs_two_not_ways_1():
     with pytest.raises(ValueError, match=r"larger than the 1 class available in the 'test' "
                                          r"split.*give the split more classes.*"
                                          r"data\.class_split or data\.split_fractions") as error:
-        episode_dataset(data, 5, 1, 1, split="test")
+        episode_dataset(data, EpisodeShape(5, 1, 1), split="test")
     assert_needs_two_classes(error)
     with pytest.raises(ValueError, match="2 or more examples") as error:
-        episode_dataset(data, 5, 1, 1, split="test", sampler="variable")
+        episode_dataset(data, EpisodeShape(5, 1, 1, sampler="variable"), split="test")
     assert_needs_two_classes(error)
     # Two test classes, one of them too small for 4 + 1 images: one class is left.
-    small = FewShotDataset.from_arrays(
+    small = from_arrays(
         np.zeros((57, 8, 8), np.uint8), np.repeat(np.arange(10), [6] * 9 + [3]),
         class_names=[f"c{i}" for i in range(10)],
         class_split={"train": [f"c{i}" for i in range(7)], "val": ["c7"], "test": ["c8", "c9"]})
     with pytest.raises(ValueError, match=r"Only 1 of the 2 classes in the 'test' split") as error:
-        episode_dataset(small, 2, 4, 1, split="test")
+        episode_dataset(small, EpisodeShape(2, 4, 1), split="test")
     assert_needs_two_classes(error)
     # Episodes within one group, where every group has one class.
     train = data.split("train")
     grouped = dataclasses.replace(train, class_groups=list(train.class_names))
     with pytest.raises(ValueError, match="has 1 class, and an episode needs at least 2 classes; "
                                          "use episode_grouping=any") as error:
-        episode_dataset(grouped, 2, 1, 1, split="train", grouping="within")
+        episode_dataset(grouped, EpisodeShape(2, 1, 1, grouping="within"), split="train")
     assert_needs_two_classes(error, "'train' split")

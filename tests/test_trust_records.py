@@ -14,15 +14,22 @@ import tensorflow as tf
 
 from tests.test_records import REPO, coded_images
 from tfmeta import cli, errors
-from tfmeta.data import FewShotDataset, episode_dataset, records
+from tfmeta.data import (
+    EpisodeShape,
+    episode_dataset,
+    from_arrays,
+    record_format,
+    record_store,
+    record_writer,
+)
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     images, labels = coded_images(classes=8, per_class=6)
-    source = FewShotDataset.from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
+    source = from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
     folder = str(tmp_path_factory.mktemp("trusted") / "r")
-    records.convert(source, folder, threads=1)
+    record_writer.convert(source, folder, threads=1)
     return folder
 
 
@@ -34,7 +41,7 @@ def copy(converted, tmp_path):
 
 
 def edit_spec(folder, change):
-    path = os.path.join(folder, records.SPEC_FILE)
+    path = os.path.join(folder, record_format.SPEC_FILE)
     spec = json.load(open(path))
     change(spec)
     json.dump(spec, open(path, "w"))
@@ -42,7 +49,7 @@ def edit_spec(folder, change):
 
 
 def first_file(folder):
-    spec = json.load(open(os.path.join(folder, records.SPEC_FILE)))
+    spec = json.load(open(os.path.join(folder, record_format.SPEC_FILE)))
     return os.path.join(folder, spec["classes"][0]["file"])
 
 
@@ -53,11 +60,12 @@ def test_a_class_file_outside_the_folder_is_refused(copy, tmp_path, file):
     `../../../../etc/passwd` was opened as a record file (traceback)."""
     outside = tmp_path.parent / "outside.tfrecord"
     shutil.copy(first_file(copy), outside)
-    shutil.copy(first_file(copy) + records.INDEX_SUFFIX, str(outside) + records.INDEX_SUFFIX)
+    shutil.copy(first_file(copy) + record_format.INDEX_SUFFIX,
+                str(outside) + record_format.INDEX_SUFFIX)
     edit_spec(copy, lambda spec: spec["classes"][0].update(file=file))
     with pytest.raises(ValueError, match=r"dataset_spec.json: class entry 0 .* names the file "
                                          r".* not a relative path inside"):
-        records.load(copy)
+        record_store.load(copy)
 
 
 def test_a_class_file_linked_outside_the_folder_is_refused(copy, tmp_path):
@@ -66,7 +74,7 @@ def test_a_class_file_linked_outside_the_folder_is_refused(copy, tmp_path):
     shutil.move(first_file(copy), target)
     os.symlink(target, first_file(copy))
     with pytest.raises(ValueError, match="not a relative path inside"):
-        records.load(copy)
+        record_store.load(copy)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -87,7 +95,7 @@ def test_a_malformed_spec_entry_is_one_line_naming_the_spec(copy, change, messag
     "shots + queries <= -5"."""
     path = edit_spec(copy, change)
     with pytest.raises(ValueError, match=message) as raised:
-        records.load(copy)
+        record_store.load(copy)
     assert path in str(raised.value) and "convert the data again" in str(raised.value)
 
 
@@ -97,7 +105,7 @@ def test_counts_are_checked_against_the_files(copy):
     edit_spec(copy, lambda spec: spec["classes"][0].update(count=10 ** 12))
     with pytest.raises(ValueError, match=r"spec counts 1000000000000 records of .*class_00000"
                                          r".* but the file holds 6"):
-        records.load(copy)
+        record_store.load(copy)
 
 
 def test_a_stored_shape_that_is_not_the_records_is_one_line_at_load(copy):
@@ -106,7 +114,7 @@ def test_a_stored_shape_that_is_not_the_records_is_one_line_at_load(copy):
     with pytest.raises(ValueError, match=r"A record of .*class_00000.tfrecord holds an example "
                                          r"of shape 12x12x3, not the spec's stored_shape "
                                          r"10x10x3"):
-        records.load(copy)
+        record_store.load(copy)
 
 
 def test_a_truncated_record_file_is_one_line_at_load(copy):
@@ -116,10 +124,10 @@ def test_a_truncated_record_file_is_one_line_at_load(copy):
         f.truncate(os.path.getsize(file) - 100)
     with pytest.raises(ValueError, match=r"class_00000.tfrecord holds \d+ bytes but its 6 "
                                          r"records take \d+: it was truncated"):
-        records.load(copy)
-    os.remove(file + records.INDEX_SUFFIX)
+        record_store.load(copy)
+    os.remove(file + record_format.INDEX_SUFFIX)
     with pytest.raises(ValueError, match=r"Cannot read the index .*class_00000.tfrecord.index"):
-        records.load(copy)
+        record_store.load(copy)
 
 
 def flip_byte(file, at):
@@ -134,10 +142,11 @@ def test_a_flipped_byte_stops_the_stream_with_a_line_naming_the_file(copy):
     """Before: `DataLossError` (a corrupted record) traceback from inside the pipeline. Now
     the record's CRC-32 (written at conversion) is checked as it is read, and the error
     carries one line that `tfmeta.cli` prints."""
-    loaded = records.load(copy)
+    loaded = record_store.load(copy)
     train = loaded.split("train")
     flip_byte(train.files[1], 200)
-    episodes = episode_dataset(train, ways=4, shots=2, queries=1, meta_batch_size=2, seed=1)
+    episodes = episode_dataset(train, EpisodeShape(ways=4, shots=2, queries=1), meta_batch_size=2,
+                               seed=1)
     with pytest.raises(tf.errors.OpError) as raised:
         for _ in episodes.take(6):
             pass
@@ -171,15 +180,15 @@ def test_two_conversions_of_the_same_data_are_the_same_bytes(converted, tmp_path
 
 def convert_again(folder):
     images, labels = coded_images(classes=8, per_class=6)
-    source = FewShotDataset.from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
-    records.convert(source, folder, threads=1)
+    source = from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
+    record_writer.convert(source, folder, threads=1)
 
 
 def test_a_full_disk_during_conversion_is_one_line_and_resumes(tmp_path, monkeypatch):
     """Before: `ResourceExhaustedError` traceback from the record writer. Writes go to
     /dev/full here, which fails as a full disk does (ENOSPC)."""
     images, labels = coded_images(classes=8, per_class=6)
-    source = FewShotDataset.from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
+    source = from_arrays(images, labels, split_fractions=(0.5, 0.25, 0.25))
     real = tf.io.TFRecordWriter
     full = {"after": 3}
 
@@ -187,24 +196,24 @@ def test_a_full_disk_during_conversion_is_one_line_and_resumes(tmp_path, monkeyp
         full["after"] -= 1
         return real("/dev/full" if full["after"] < 0 else path)
 
-    monkeypatch.setattr(records.tf.io, "TFRecordWriter", writer)
+    monkeypatch.setattr(record_writer.tf.io, "TFRecordWriter", writer)
     folder = str(tmp_path / "r")
     with pytest.raises(OSError, match=r"Writing records to .*/r failed after \d of 8 classes "
                                       r"\(.*No space left on device\); free space there .* "
                                       r"rerun the same bin/convert.py"):
-        records.convert(source, folder, threads=1)
+        record_writer.convert(source, folder, threads=1)
     leftovers = [n for _, _, names in os.walk(folder) for n in names if "partial" in n]
-    assert leftovers == [records.SPEC_FILE + ".partial"]  # no half-written class file
-    monkeypatch.setattr(records.tf.io, "TFRecordWriter", real)
-    records.convert(source, folder, threads=1)  # the rerun completes it
-    assert records.load(folder).split("train").num_classes == 4
+    assert leftovers == [record_format.SPEC_FILE + ".partial"]  # no half-written class file
+    monkeypatch.setattr(record_writer.tf.io, "TFRecordWriter", real)
+    record_writer.convert(source, folder, threads=1)  # the rerun completes it
+    assert record_store.load(folder).split("train").num_classes == 4
 
 
 def test_records_version_1_is_refused_with_the_fix(copy):
     """Records written before the index (version 1) cannot be read on demand."""
     edit_spec(copy, lambda spec: spec.update(version=1))
     with pytest.raises(ValueError, match="version 1, not 2 .* convert the data again"):
-        records.load(copy)
+        record_store.load(copy)
 
 
 def test_a_pipeline_message_is_found_in_a_tensorflow_error_and_nothing_else_is():
@@ -243,4 +252,4 @@ def test_a_bugs_valueerror_keeps_its_traceback_and_a_user_error_is_one_line(tmp_
     assert cli.user_message(errors.UserError("--ways=0 is\n not allowed")) == \
         "--ways=0 is not allowed"
     with pytest.raises(errors.UserError, match="needs --data_dir"):
-        records.load(None)  # what tfmeta raises for a user is a UserError
+        record_store.load(None)  # what tfmeta raises for a user is a UserError

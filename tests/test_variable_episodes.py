@@ -14,17 +14,19 @@ import tensorflow as tf
 from tfmeta import config as config_lib
 from tfmeta import evaluation
 from tfmeta.algorithms import build_learner
-from tfmeta.data import ClassImages, episode_dataset
-from tfmeta.data.variable_episodes import (
-    VariableEpisodes,
+from tfmeta.data import ClassImages, EpisodeShape, VariableEpisodes, episode_dataset
+from tfmeta.data.variable_sampling import (
     arrange_padded,
-    check_variable_spec,
+    check_variable,
     sample_episode_shape,
 )
 
 # Small enough that its bounds bind often: 3 to 6 ways, support sets of at most 20.
 SMALL = VariableEpisodes(min_ways=3, max_ways=6, max_queries=3, max_support=20,
                          max_support_per_class=5)
+# Variable episodes of SMALL's parameters (their ways, shots and queries are drawn: the
+# shape's own counts are not used).
+SMALL_EPISODES = EpisodeShape(3, 1, 1, sampler="variable", variable=SMALL)
 
 
 def draw_shapes(counts, spec, draws=300, seed=0):
@@ -185,8 +187,8 @@ def test_memory_sampler_episodes_are_padded_and_true_to_their_classes(augmented)
     every real image of its labelled class; no example twice in an episode. Augmentation
     (here + 0.5) reaches the real examples only."""
     augment = (lambda images, seed: images + 0.5) if augmented else None
-    dataset = episode_dataset(coded_classes(COUNTS), 0, 0, 0, meta_batch_size=2, seed=5,
-                              augment=augment, sampler="variable", variable=SMALL)
+    dataset = episode_dataset(coded_classes(COUNTS), SMALL_EPISODES, meta_batch_size=2, seed=5,
+                              augment=augment)
     assert all(spec.shape.is_fully_defined() for spec in dataset.element_spec.values())
     assert dataset.element_spec["support_images"].shape == (2, 20, 2, 2, 1)
     assert dataset.element_spec["query_labels"].shape == (2, 18)
@@ -225,8 +227,8 @@ def test_memory_sampler_is_a_function_of_the_seed():
     classes = coded_classes(COUNTS)
 
     def first(seed):
-        batch = next(iter(episode_dataset(classes, 0, 0, 0, meta_batch_size=3, seed=seed,
-                                          sampler="variable", variable=SMALL)))
+        batch = next(iter(episode_dataset(classes, SMALL_EPISODES, meta_batch_size=3,
+                                          seed=seed)))
         return {k: v.numpy() for k, v in batch.items()}
 
     a, b, c = first(1), first(1), first(2)
@@ -238,14 +240,14 @@ def test_memory_sampler_is_a_function_of_the_seed():
 
 def test_classes_too_small_or_too_few_are_refused_or_dropped(caplog):
     with pytest.raises(ValueError, match=r"Class '9' has 1 example .* at least 2"):
-        check_variable_spec(ClassImages.from_lists([np.zeros((3, 1))] * 9 + [np.zeros((1, 1))]),
-                            SMALL)
+        check_variable(ClassImages.from_lists([np.zeros((3, 1))] * 9 + [np.zeros((1, 1))]),
+                       SMALL_EPISODES)
     with pytest.raises(ValueError, match=r"min_ways=3 classes, but only 2 classes in the "
                                          r"'val' split"):
-        check_variable_spec(ClassImages.from_lists([np.zeros((3, 1))] * 2), SMALL, "val")
+        check_variable(ClassImages.from_lists([np.zeros((3, 1))] * 2), SMALL_EPISODES, "val")
     own = ClassImages.from_lists([np.zeros((3, 1))] * 4 + [np.zeros((1, 1))],
                                  drop_small_classes=True)
-    assert check_variable_spec(own, SMALL).num_classes == 4
+    assert check_variable(own, SMALL_EPISODES).num_classes == 4
     assert "'4' (1)" in caplog.text
 
 
@@ -289,11 +291,12 @@ class AlwaysClassZero:
 @pytest.mark.parametrize("sampler", ["fixed", "variable"])
 def test_evaluate_reports_the_drawn_ways_and_shots(sampler):
     classes = coded_classes(COUNTS)
-    result = evaluation.evaluate(AlwaysClassZero(), classes, ways=4, shots=2, queries=1,
-                                 num_episodes=10, meta_batch_size=4, sampler=sampler,
-                                 variable=SMALL)
-    episodes = episode_dataset(classes, 4, 2, 1, 4, seed=1234, num_episodes=12,
-                               sampler=sampler, variable=SMALL)
+    variable = SMALL if sampler == "variable" else None  # (fixed episodes take none)
+    result = evaluation.evaluate(AlwaysClassZero(), classes,
+                                 EpisodeShape(4, 2, 1, sampler, variable),
+                                 num_episodes=10, meta_batch_size=4)
+    episodes = episode_dataset(classes, EpisodeShape(4, 2, 1, sampler, variable), 4,
+                               seed=1234, num_episodes=12)
     labels = [(b["support_labels"].numpy(), b["query_labels"].numpy()) for b in episodes]
     sizes = evaluation.episode_sizes(np.concatenate([s for s, _ in labels])[:10],
                                      np.concatenate([q for _, q in labels])[:10])

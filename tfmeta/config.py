@@ -29,6 +29,7 @@ from absl import logging
 
 from tfmeta.data.folder import CLASS_DEPTH
 from tfmeta.data.images import IMAGE_PIXELS
+from tfmeta.data.shape import EPISODE_GROUPINGS, EPISODE_SAMPLERS, check_variable_fields
 from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their old home)
 from tfmeta.errors import UserError
 from tfmeta.files import atomic_write
@@ -287,8 +288,6 @@ def validate_config(config) -> None:
     runnable: known sections and arguments, known names, numbers in range."""
     from tfmeta.algorithms import learner_class
     from tfmeta.data import input_kind
-    from tfmeta.data.episodes import EPISODE_GROUPINGS, EPISODE_SAMPLERS
-    from tfmeta.data.variable_episodes import check_variable_fields
     from tfmeta.models import blocks, check_backbone_name
 
     name = config.model.get("name", NO_BACKBONE)

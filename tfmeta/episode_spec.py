@@ -5,39 +5,16 @@ The trainer, `bin/evaluate.py` and the benchmarks build a `DataSpec` from a run'
 (`DataSpec.from_config`); a learner reads these fields and nothing else of the config.
 This module sits below the learners and the config, so that no learner imports
 `tfmeta.config` (which imports the learners to validate a config); it reads `tfmeta.models`
-and `tfmeta.data` (the augmentation and variable-episode settings it builds).
+and `tfmeta.data` (the augmentation and variable-episode settings it builds). Its episodes
+are `tfmeta.data.shape.EpisodeShape`s, what `tfmeta.data.episode_dataset` takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from tfmeta.data.shape import EpisodeShape, VariableEpisodes
 from tfmeta.models import is_frozen
-
-
-@dataclasses.dataclass(frozen=True)
-class EpisodeShape:
-    """N-way K-shot episodes with `queries` queries per class; `sampler` "fixed" (or another
-    `tfmeta.data.episodes.EPISODE_SAMPLERS` name), or "variable" with `variable` a
-    `tfmeta.data.variable_episodes.VariableEpisodes` (padded episodes of their own sizes);
-    `grouping` "any" (classes from the whole split) or "within" (from one group of classes,
-    `tfmeta.data.episodes.EPISODE_GROUPINGS`)."""
-
-    ways: int
-    shots: int
-    queries: int
-    sampler: str = "fixed"
-    variable: object = None
-    grouping: str = "any"
-
-    def options(self) -> dict:
-        """`episode_dataset`'s `sampler`, `variable` and `grouping` arguments."""
-        return {"sampler": self.sampler, "variable": self.variable, "grouping": self.grouping}
-
-    def fixed(self, ways: int | None = None, shots: int | None = None) -> EpisodeShape:
-        """Fixed episodes of this setting (and grouping), with `ways`/`shots` where given."""
-        return EpisodeShape(ways or self.ways, shots or self.shots, self.queries,
-                            grouping=self.grouping)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +25,17 @@ class GenerationProtocol:
     samples: int
     metric_classes: int
     classifier_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineProtocol:
+    """The pretrained baseline a regression meta-test compares with (Finn et al. 2017, 5.1):
+    a network of the backbone's architecture trained by plain regression for the run's
+    `steps` (capped by `tfmeta.algorithms.regression_protocol`), at the run's
+    `learning_rate`."""
+
+    steps: int
+    learning_rate: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +53,8 @@ class DataSpec:
     seed: the run's seed (episode draws are pure functions of it and the step).
     batch_size: examples per batch of supervised pre-training.
     augment: the training augmentation (a `tfmeta.data.augment.RandomAffine`) or None.
-    num_steps, learning_rate: the run's length and meta-learning rate (baselines that train
-      as long as the run).
+    baseline: the regression meta-test's pretrained baseline, trained as long as the run at
+      its learning rate (None where the config has no optimizer).
     generation: Reptile-GAN's metric, where the config has one.
     """
 
@@ -80,8 +68,7 @@ class DataSpec:
     eval_queries: int | None = None
     batch_size: int | None = None
     augment: object = None
-    num_steps: int = 0
-    learning_rate: float | None = None
+    baseline: BaselineProtocol | None = None
     generation: GenerationProtocol | None = None
 
     @classmethod
@@ -106,8 +93,8 @@ class DataSpec:
             # (none on a frozen backbone's cached features: tfmeta.training.features)
             augment=None if is_frozen(config.get("model")) else RandomAffine.from_config(
                 config.get("augment")),
-            num_steps=config.num_steps,
-            learning_rate=optimizer.get("learning_rate") if optimizer else None,
+            baseline=BaselineProtocol(config.num_steps, optimizer.get("learning_rate"))
+            if optimizer else None,
             generation=GenerationProtocol(**dict(generation)) if generation else None)
 
 
@@ -118,11 +105,8 @@ def eval_spec(config):
 
 
 def sampler_options(config) -> dict:
-    """`episode_dataset`'s `sampler` and `variable` arguments for the episodes `config` asks
-    for."""
+    """`EpisodeShape`'s `sampler` and `variable` fields for the episodes `config` asks for."""
     sampler = config.episode_sampler
     if sampler != "variable":
         return {"sampler": sampler, "variable": None}
-    from tfmeta.data.variable_episodes import VariableEpisodes
-
     return {"sampler": sampler, "variable": VariableEpisodes.from_config(config.variable_episodes)}

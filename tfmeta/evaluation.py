@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import calibration
-from tfmeta.data import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset
 from tfmeta.errors import UserError
 from tfmeta.ranges import EVAL_EPISODES
 from tfmeta.tensors import accuracy
@@ -116,26 +116,26 @@ def open_set_support(labels: np.ndarray, known_ways: int) -> np.ndarray:
     return np.where(labels < known_ways, labels, -1)
 
 
-def scored_episodes(learner, classes, ways, shots, queries, num_episodes=600,
-                    meta_batch_size=20, seed=1234, split="test", sampler="fixed",
-                    variable=None, grouping="any", protocol: Protocol | None = None,
-                    outputs_fn=None) -> Scores:
-    """`Scores` of `learner` on fresh episodes (`episode_dataset`'s arguments, `protocol`'s
-    uneven or open-set episodes); `outputs_fn(batch) -> {"logits", maybe "distance"}`
-    (default: the learner's `query_logits`)."""
+def scored_episodes(learner, classes, shape: EpisodeShape, num_episodes=600,
+                    meta_batch_size=20, seed=1234, split="test",
+                    protocol: Protocol | None = None, outputs_fn=None) -> Scores:
+    """`Scores` of `learner` on fresh episodes of `shape` (`episode_dataset`'s arguments;
+    `protocol`'s uneven or open-set episodes drawn from it); `outputs_fn(batch) -> {"logits",
+    maybe "distance"}` (default: the learner's `query_logits`)."""
     EVAL_EPISODES.check("num_episodes", num_episodes)
     protocol = protocol or Protocol()
     meta_batch_size = max(1, min(meta_batch_size, num_episodes))
     batches = math.ceil(num_episodes / meta_batch_size)
+    ways, shots, queries = shape.ways, shape.shots, shape.queries
     sample_ways, sample_queries = ways, queries
     if protocol.open_set:
         sample_ways = 2 * ways
     if protocol.query_balance is not None:
         cap = int(np.min(classes.class_counts)) - shots
         sample_queries = min(cap, ways * queries)
-    episodes = episode_dataset(classes, sample_ways, shots, sample_queries, meta_batch_size,
-                               seed=seed, num_episodes=batches * meta_batch_size, split=split,
-                               sampler=sampler, variable=variable, grouping=grouping)
+    drawn = dataclasses.replace(shape, ways=sample_ways, queries=sample_queries)
+    episodes = episode_dataset(classes, drawn, meta_batch_size, seed=seed,
+                               num_episodes=batches * meta_batch_size, split=split)
     outputs_fn = outputs_fn or (lambda batch: {"logits": learner.query_logits(batch)})
     temperature = protocol.temperature
 
@@ -183,37 +183,35 @@ def scored_episodes(learner, classes, ways, shots, queries, num_episodes=600,
                   (known_labels >= 0)[real])
 
 
-def episode_accuracies(learner, classes, ways, shots, queries, num_episodes=600,
-                       meta_batch_size=20, seed=1234, split="test", sampler="fixed",
-                       variable=None, grouping="any") -> np.ndarray:
-    """Per-episode query accuracy of `learner` on `num_episodes` fresh episodes."""
-    return scored_episodes(learner, classes, ways, shots, queries, num_episodes,
-                           meta_batch_size, seed, split, sampler, variable,
-                           grouping).accuracies
+def episode_accuracies(learner, classes, shape: EpisodeShape, num_episodes=600,
+                       meta_batch_size=20, seed=1234, split="test") -> np.ndarray:
+    """Per-episode query accuracy of `learner` on `num_episodes` fresh episodes of `shape`."""
+    return scored_episodes(learner, classes, shape, num_episodes, meta_batch_size, seed,
+                           split).accuracies
 
 
-def evaluate(learner, classes, ways, shots, queries, num_episodes=600, meta_batch_size=20,
-             seed=1234, split="test", sampler="fixed", variable=None,
-             grouping="any", protocol: Protocol | None = None, outputs_fn=None) -> dict:
+def evaluate(learner, classes, shape: EpisodeShape, num_episodes=600, meta_batch_size=20,
+             seed=1234, split="test", protocol: Protocol | None = None,
+             outputs_fn=None) -> dict:
     """Returns {"accuracy", "ci95", "episodes", "ways", "shots", "queries", "sampler",
-    "grouping", "drawn", "ece", ...}: `drawn` is {"ways", "shots", "queries": {"min",
-    "mean", "max"}} of the episodes evaluated (shots and queries per class), and with
-    variable episodes (`sampler` "variable", parameters `variable`) `ways`, `shots` and
-    `queries` are None; `grouping` "within" draws each episode's classes within one group.
+    "grouping", "drawn", "ece", ...} over `num_episodes` episodes of `shape`: `drawn` is
+    {"ways", "shots", "queries": {"min", "mean", "max"}} of the episodes evaluated (shots
+    and queries per class), and with variable episodes `ways`, `shots` and `queries` are
+    None; `grouping` "within" draws each episode's classes within one group.
     `ece` is the expected calibration error of the softmax of the logits, and with a
     `protocol.temperature` other than 1 `ece_calibrated` that at the temperature;
     `protocol.query_balance` adds `query_balance`, `protocol.open_set` adds `open_set`
     (`tfmeta.calibration.open_set_scores`)."""
     protocol = protocol or Protocol()
-    scores = scored_episodes(learner, classes, ways, shots, queries, num_episodes,
-                             meta_batch_size, seed, split, sampler, variable, grouping,
-                             protocol, outputs_fn)
+    scores = scored_episodes(learner, classes, shape, num_episodes, meta_batch_size, seed,
+                             split, protocol, outputs_fn)
     mean, ci95 = mean_and_ci95(scores.accuracies)
-    fixed = sampler == "fixed"
+    fixed = not shape.padded
     known = scores.known
     result = {"accuracy": mean, "ci95": ci95, "episodes": int(scores.accuracies.size),
-              "ways": ways if fixed else None, "shots": shots if fixed else None,
-              "queries": queries if fixed else None, "sampler": sampler, "grouping": grouping,
+              "ways": shape.ways if fixed else None, "shots": shape.shots if fixed else None,
+              "queries": shape.queries if fixed else None, "sampler": shape.sampler,
+              "grouping": shape.grouping,
               "drawn": {name: summary(v) for name, v in scores.sizes.items()},
               "ece": calibration.calibration_error(scores.confidence[known],
                                                    scores.correct[known])}

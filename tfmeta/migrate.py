@@ -10,6 +10,14 @@ knows the older forms, and each rule says what changed:
   episode_sampler missing         before variable episodes: "fixed".
   episode_grouping missing        before episodes within one group: "any".
 
+And checkpoints (`checkpoint_learner`, which `tfmeta.training.checkpoints.restore_latest`
+asks before restoring):
+
+  learner/model/, learner/encoder/  before every learner called its wrapped network
+                                  `backbone` (the MAML family and Reptile said `model`; the
+                                  metric learners, supervised pre-training and MANN
+                                  `encoder`): restored into `backbone`.
+
 (Data fingerprints recorded before "v2:" are not rewritten here: whether the files are
 still the same needs the files, `FewShotDataset.same_files`, which the trainer and
 `tfmeta.training.run` ask.)
@@ -18,6 +26,8 @@ still the same needs the files, `FewShotDataset.same_files`, which the trainer a
 from __future__ import annotations
 
 import copy
+
+import tensorflow as tf
 
 # Top-level fields added since the first config.json, with what a run that did not record
 # them did.
@@ -48,3 +58,27 @@ def migrate(recorded: dict) -> dict:
     if issubclass(cls, ANIL) and learner.get("head") not in (None, *HEADS):
         learner["head_layer"] = learner.pop("head")
     return current
+
+
+# What a learner's wrapped network was called in checkpoints before it was `backbone`.
+OLD_BACKBONE_NAMES = ("model", "encoder")
+
+
+def checkpoint_learner(learner, saved_keys):
+    """What to restore a checkpoint whose variables are `saved_keys` (`tf.train.list_variables`
+    names) into: `learner` itself, or, for a checkpoint of an earlier version that saved the
+    learner's backbone under an old name, a stand-in with the learner's children where the
+    backbone is reached by that name (the object graph matches it; the variables restored
+    are the learner's own)."""
+    children = tf.train.TrackableView(learner).children(learner)
+    if "backbone" not in children or any(k.startswith("learner/backbone/") for k in saved_keys):
+        return learner
+    old = next((name for name in OLD_BACKBONE_NAMES if name not in children and any(
+        k.startswith(f"learner/{name}/") for k in saved_keys)), None)
+    if old is None:
+        return learner
+    stand_in = tf.Module()  # (tracks what is set on it, as a Keras layer does)
+    for name, child in children.items():
+        setattr(stand_in, old if name == "backbone" else name, child)
+    return stand_in
+

@@ -3,7 +3,7 @@
 Shapes use the episode notation of `tfmeta.data.episodes`: B episodes per meta-batch,
 N ways, K shots, S = N*K support examples, M queries, D feature size.
 
-Padding. A variable episode (`tfmeta.data.variable_episodes`) is padded to static shapes:
+Padding. A variable episode (`tfmeta.data.variable_sampling`) is padded to static shapes:
 its real examples come first and the padding slots after them carry the label -1. The
 helpers here count real examples only: the losses and the accuracy average over real
 queries, and a padding label's one-hot row is zero (`tf.one_hot` of -1), so class sums and

@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from tfmeta import weights  # noqa: E402
-from tfmeta.data import episode_dataset  # noqa: E402
+from tfmeta.data import EpisodeShape, episode_dataset  # noqa: E402
 from tfmeta.tensors import cross_entropy  # noqa: E402
 from tfmeta.training.run import open_run  # noqa: E402
 
@@ -47,8 +47,9 @@ def main(workdir, episodes=100):
     steps = learner.inner_steps_test
     params = weights.values(learner.params)
     state = weights.values(learner.loop_state_variables)
-    batches = episode_dataset(run.dataset.split("test"), config.ways, config.shots,
-                              config.queries, 10, seed=1234, num_episodes=episodes)
+    batches = episode_dataset(run.dataset.split("test"),
+                              EpisodeShape(config.ways, config.shots, config.queries), 10,
+                              seed=1234, num_episodes=episodes)
     for support_batch_stats in (True, False):
         for query_batch_stats in (True, False):
             losses, accuracies = [], []

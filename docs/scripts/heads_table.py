@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from tfmeta import heads  # noqa: E402
-from tfmeta.episode_spec import EpisodeShape  # noqa: E402
+from tfmeta.data import EpisodeShape  # noqa: E402
 from tfmeta.evaluation import Protocol  # noqa: E402
 from tfmeta.training import evaluation  # noqa: E402
 from tfmeta.training.features import train_feature_mean  # noqa: E402

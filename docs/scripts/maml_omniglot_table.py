@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from tfmeta import config as config_lib  # noqa: E402
 from tfmeta import evaluation  # noqa: E402
-from tfmeta.data import load_dataset  # noqa: E402
+from tfmeta.data import EpisodeShape, load_dataset  # noqa: E402
 from tfmeta.training import trainer  # noqa: E402
 
 COMMON = ["num_steps=300", "checkpoint_every=300", "meta_batch_size=8", "queries=5",
@@ -52,7 +52,7 @@ for name in sys.argv[1:] or ["maml", "all", "msl", "lslr", "bn", "da", "cosine"]
     trained = time.time() - start
     row = {"row": name, "train_s": round(trained)}
     for ways, episodes in ((5, 300), (20, 200)):
-        r = evaluation.evaluate(learner, omniglot.split("test"), ways=ways, shots=1, queries=5,
+        r = evaluation.evaluate(learner, omniglot.split("test"), EpisodeShape(ways, 1, 5),
                                 num_episodes=episodes, meta_batch_size=10)
         row[f"{ways}way"] = [round(100 * r["accuracy"], 1), round(100 * r["ci95"], 1)]
     print(json.dumps(row), flush=True)

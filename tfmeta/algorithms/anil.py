@@ -34,7 +34,7 @@ class ANIL(MAML):
         learner = ANIL(tfmeta.models.conv4((28, 28, 1), num_classes=5), head_layer="head")
 
     Args:
-      model: a built Keras classifier.
+      backbone: a built Keras classifier.
       head_layer: name of the layer whose parameters the inner loop adapts (Conv4's is
         "head").
       **kwargs: MAML's arguments.
@@ -42,31 +42,31 @@ class ANIL(MAML):
 
     fast_head_refusal = "ANIL adapts a layer of the backbone (head_layer), not a head per task"
 
-    def __init__(self, model: keras.Model, head_layer: str = "head", **kwargs):
-        super().__init__(model, **kwargs)
-        names = [layer.name for layer in model.layers]
+    def __init__(self, backbone: keras.Model, head_layer: str = "head", **kwargs):
+        super().__init__(backbone, **kwargs)
+        names = [layer.name for layer in backbone.layers]
         if head_layer not in names:
             raise UserError(f"ANIL adapts the layer named head_layer={head_layer!r}, but "
-                            f"{model.name!r} has no such layer; its layers are {names}. Pass "
+                            f"{backbone.name!r} has no such layer; its layers are {names}. Pass "
                             "head_layer=<one of them>.")
-        head_ids = {id(v) for v in model.get_layer(head_layer).trainable_variables}
+        head_ids = {id(v) for v in backbone.get_layer(head_layer).trainable_variables}
         self.head_layer = head_layer
         self._head_indices = [i for i, v in enumerate(self.params) if id(v) in head_ids]
         if not self._head_indices:
-            raise UserError(f"Layer {head_layer!r} of {model.name!r} has no trainable "
-                            "parameters, so ANIL would adapt nothing; name the model's output "
+            raise UserError(f"Layer {head_layer!r} of {backbone.name!r} has no trainable "
+                            "parameters, so ANIL would adapt nothing; name the backbone's output "
                             "layer.")
 
     # ---------------------------------------- exports beyond TensorFlow (bin/export.py)
     def portable_refusal(self) -> str | None:
-        """None where the head is the model's last layer, a linear `Dense`: its inner steps
+        """None where the head is the backbone's last layer, a linear `Dense`: its inner steps
         are then written without a tape (`portable_logits`)."""
-        head = self.model.get_layer(self.head_layer)
+        head = self.backbone.get_layer(self.head_layer)
         if not self.inner_steps_test or (
-                self.model.layers[-1] is head and isinstance(head, keras.layers.Dense)
+                self.backbone.layers[-1] is head and isinstance(head, keras.layers.Dense)
                 and head.activation in (None, keras.activations.linear)):
             return None
-        return (f"ANIL's head_layer={self.head_layer!r} is not the model's last layer, a "
+        return (f"ANIL's head_layer={self.head_layer!r} is not the backbone's last layer, a "
                 "linear Dense, so its inner steps need gradient ops")
 
     def portable_logits(self, support_images, support_labels, query_images):
@@ -75,8 +75,8 @@ class ANIL(MAML):
         the body is not adapted, so each inner step would compute the same ones."""
         if not self.inner_steps_test:
             return super().portable_logits(support_images, support_labels, query_images)
-        head = self.model.get_layer(self.head_layer)
-        body = keras.Model(self.model.inputs, head.input)
+        head = self.backbone.get_layer(self.head_layer)
+        body = keras.Model(self.backbone.inputs, head.input)
         trainable, state = (weights.values(body.trainable_variables),
                             weights.values(body.non_trainable_variables))
         support, _ = body.stateless_call(trainable, state, support_images, training=True)

@@ -26,9 +26,10 @@ Hooks, each with a default or an error naming what to write:
     meta_test(dataset, spec, split, ...)
                                        the method's meta-test protocol -> dict
   serving
-    variable_episodes                  whether it takes padded variable episodes
+    takes_padded_episodes              whether it takes padded variable episodes
     serving_module(dataset)            the tf.Module a SavedModel export holds
     feature_model()                    the backbone whose features write_embeddings writes
+                                       (without its head, if it has one)
   construction
     arguments_from_data(arguments, dataset)   constructor arguments the data decides
     from_experiment(config, input_shape)   the learner a config names
@@ -85,7 +86,7 @@ class MetaLearner(keras.Model):
     min_ways: int = 2
     # Whether it trains and evaluates on variable episodes (`episode_sampler="variable"`:
     # padded, labels -1 in the padding), which the trainer refuses for a learner without.
-    variable_episodes = False
+    takes_padded_episodes = False
     # Whether `jit_compile="auto"` may turn XLA on (Keras then does so with a GPU and no
     # distribution strategy); a learner that XLA compiles badly says no, with its reason.
     xla_auto = True
@@ -252,7 +253,9 @@ class MetaLearner(keras.Model):
         raise NotImplementedError(f"{type(self).__name__} must implement serving_module().")
 
     def feature_model(self) -> keras.Model:
-        """The Keras backbone whose outputs are this learner's image features."""
+        """The learner's Keras backbone, whose features (its outputs without its head, if
+        it has one: `tfmeta.embeddings.feature_extractor`) are this learner's image features;
+        what `bin/write_embeddings.py` embeds with and `model.init_from` copies."""
         raise UserError(f"{type(self).__name__} has no single image backbone to write "
                         "features with; pass a Keras feature model to write_embeddings().")
 

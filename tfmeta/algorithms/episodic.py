@@ -40,7 +40,8 @@ import tensorflow as tf
 
 from tfmeta import evaluation
 from tfmeta.algorithms.base import MetaLearner, batch_dict, validation_batch_size
-from tfmeta.data.episodes import EPISODE_KEYS, episode_dataset
+from tfmeta.data.episodes import episode_dataset
+from tfmeta.data.shape import EPISODE_KEYS
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE
@@ -160,19 +161,17 @@ class EpisodicClassifier(MetaLearner):
         of `workers` samples its share of each meta-batch. Validation: `spec.val_episodes`
         `spec.test` episodes of the val split. Fixed or variable, as the shapes say.
         """
-        train = episode_dataset(dataset.split("train"), spec.train.ways, spec.train.shots,
-                                spec.train.queries, spec.meta_batch_size, seed=spec.seed,
-                                split="train", augment=spec.augment, start_step=start_step,
-                                worker=worker, workers=workers, **spec.train.options())
+        train = episode_dataset(dataset.split("train"), spec.train, spec.meta_batch_size,
+                                seed=spec.seed, split="train", augment=spec.augment,
+                                start_step=start_step, worker=worker, workers=workers)
         return train, self.validation_episodes(dataset, spec, replicas)
 
     def validation_episodes(self, dataset, spec, replicas: int = 1):
         """The meta-validation episodes `fit` scores after each epoch: `spec.val_episodes`
         `spec.test` episodes of the val split, the same every epoch."""
-        test = spec.test
-        return episode_dataset(dataset.split("val"), test.ways, test.shots, test.queries,
+        return episode_dataset(dataset.split("val"), spec.test,
                                validation_batch_size(spec, replicas), seed=spec.seed + 1,
-                               num_episodes=spec.val_episodes, split="val", **test.options())
+                               num_episodes=spec.val_episodes, split="val")
 
     def check_ways(self, ways: int) -> None:
         """Raises a ValueError if this learner cannot serve `ways`-way episodes."""
@@ -205,11 +204,10 @@ class EpisodicClassifier(MetaLearner):
                             f"but variable episodes have up to variable_episodes.max_ways="
                             f"{variable.max_ways}; use --set=variable_episodes.max_ways="
                             f"{self.max_ways}.")
-        return evaluation.evaluate(AtTestTime(self), dataset.split(split), episodes.ways,
-                                   episodes.shots, episodes.queries,
+        return evaluation.evaluate(AtTestTime(self), dataset.split(split), episodes,
                                    num_episodes or spec.eval_episodes,
-                                   spec.eval_meta_batch_size, seed, split, **episodes.options(),
-                                   protocol=protocol, outputs_fn=self.test_outputs)
+                                   spec.eval_meta_batch_size, seed, split, protocol=protocol,
+                                   outputs_fn=self.test_outputs)
 
     # ----------------------------------------------------------------- serving
     @property

@@ -155,13 +155,13 @@ def episode_seed(support_images):
 
 # --------------------------------------------------------------------- learners
 class FineTuningClassifier(EpisodicClassifier):
-    """A few-shot classifier on the features of a backbone `encoder` that can fine-tune a
+    """A few-shot classifier on the features of a `backbone` that can fine-tune a
     copy of the backbone on each test episode's support set (see the module docstring).
     `EmbeddingLearner` (ProtoNet, Matching, Relation, Siamese) and `Pretrain` are; they
     write `compare`, their head, and this base writes the rest.
 
     Args:
-      encoder: a built Keras model, images -> features `[n, *F]`.
+      backbone: a built Keras model, images -> features `[n, *F]`.
       finetune_steps: fine-tuning steps per test episode; 0: none (the learner as trained).
       finetune_lr: the fine-tuning learning rate; 0: none.
       finetune_augment: the pseudo-queries: "none" (the support images) or the support
@@ -182,7 +182,7 @@ class FineTuningClassifier(EpisodicClassifier):
                        "finetune_optimizer": Choice(FINETUNE_OPTIMIZERS),
                        "test_head": Choice(TEST_HEADS)}
 
-    def __init__(self, encoder: keras.Model, finetune_steps: int = 0,
+    def __init__(self, backbone: keras.Model, finetune_steps: int = 0,
                  finetune_lr: float = DEFAULT_FINETUNE_LR,
                  finetune_augment: str = "color_translate_flip",
                  finetune_optimizer: str = "adam", test_head: str = OWN_HEAD,
@@ -194,10 +194,10 @@ class FineTuningClassifier(EpisodicClassifier):
                               "test_head": test_head})
         if open_set_threshold is not None:
             NON_NEGATIVE.check("open_set_threshold", open_set_threshold)
-        if not encoder.built:
-            raise UserError(f"{type(self).__name__} needs a built encoder; build "
-                            f"{encoder.name!r} with an input shape.")
-        self.encoder = encoder
+        if not backbone.built:
+            raise UserError(f"{type(self).__name__} needs a built backbone; build "
+                            f"{backbone.name!r} with an input shape.")
+        self.backbone = backbone
         self.finetune_steps = int(finetune_steps)
         self.finetune_lr = float(finetune_lr)
         self.finetune_augment = finetune_augment
@@ -229,15 +229,15 @@ class FineTuningClassifier(EpisodicClassifier):
         not images."""
         if not self.finetune_steps:
             return
-        if not self.encoder.trainable_variables:
+        if not self.backbone.trainable_variables:
             raise UserError(
                 f"learner.finetune_steps={self.finetune_steps} fine-tunes the backbone's "
                 "trainable weights, but this backbone has none (model.trainable=none); use "
                 "model.trainable=all or last:K, or finetune_steps=0.")
-        if self.finetune_augment != "none" and len(self.encoder.input_shape) != 4:
+        if self.finetune_augment != "none" and len(self.backbone.input_shape) != 4:
             raise UserError(
                 f"learner.finetune_augment={self.finetune_augment} augments images, but this "
-                f"backbone takes inputs of shape {self.encoder.input_shape[1:]}; use "
+                f"backbone takes inputs of shape {self.backbone.input_shape[1:]}; use "
                 "learner.finetune_augment=none.")
 
     # ------------------------------------------------------------------- hooks
@@ -264,7 +264,7 @@ class FineTuningClassifier(EpisodicClassifier):
         fine-tuning, where the learner fine-tunes) and each query's open-set distance
         (`tfmeta.heads.open_set_distance`, on the learner's own features, not fine-tuned)."""
         support, queries = embed_support_and_query(
-            self.encoder, episodes["support_images"], episodes["query_images"], False,
+            self.backbone, episodes["support_images"], episodes["query_images"], False,
             episodes["support_labels"], episodes.get("query_labels"))
         labels = tf.cast(episodes["support_labels"], tf.int32)
         if self.finetune_steps and self.finetune_lr:
@@ -311,15 +311,15 @@ class FineTuningClassifier(EpisodicClassifier):
 
     def backbone_features(self, fast, state, images):
         """Features `[n, *F]` float32 of images `[n, ...]` under fast weights `fast` (one
-        tensor per trainable variable of the encoder), batch norm in inference mode."""
-        features, _ = self.encoder.stateless_call(fast, state, images, training=False)
+        tensor per trainable variable of the backbone), batch norm in inference mode."""
+        features, _ = self.backbone.stateless_call(fast, state, images, training=False)
         return tf.cast(features, tf.float32)
 
     def finetune(self, params, state, support_images, support_labels, seed):
         """Fast weights after `finetune_steps` steps on one episode's support set.
 
         Args:
-          params: the encoder's trainable values, the starting point.
+          params: the backbone's trainable values, the starting point.
           state: its non-trainable values (frozen layers, batch-norm statistics).
           support_images: `[S, ...]`, the real support examples of one episode.
           support_labels: `[S]` int32, 0..N-1.
@@ -379,8 +379,8 @@ class FineTuningClassifier(EpisodicClassifier):
     def finetuned_query_logits(self, episodes):
         """Query logits `[B, M, N]`, each episode classified by its own fine-tuned copy of
         the backbone, every copy starting from the learner's weights."""
-        params = weights.values(self.encoder.trainable_variables)
-        state = weights.values(self.encoder.non_trainable_variables)
+        params = weights.values(self.backbone.trainable_variables)
+        state = weights.values(self.backbone.non_trainable_variables)
         keys = [k for k in self.batch_keys if k in episodes]
         width = num_ways(tf.cast(episodes["support_labels"], tf.int32))
 

@@ -49,6 +49,7 @@ from keras import layers
 from tfmeta import evaluation, weights
 from tfmeta.algorithms.base import NOISE_SALT
 from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.data.shape import EpisodeShape
 from tfmeta.errors import UserError
 from tfmeta.ranges import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 from tfmeta.tensors import class_means, num_ways
@@ -136,7 +137,8 @@ class LEO(EpisodicClassifier):
         dataset = tfmeta.data.load_dataset("mini_imagenet", data_dir="embeddings", embeddings="center")
         leo = LEO(embedding_dim=640, num_latents=64, inner_steps=5, finetuning_steps=5)
         leo.compile(optimizer=keras.optimizers.Adam(2.7e-4))
-        leo.fit(episode_dataset(dataset.split("train"), 5, 1, 15, meta_batch_size=12), ...)
+        leo.fit(episode_dataset(dataset.split("train"), EpisodeShape(5, 1, 15),
+                                meta_batch_size=12), ...)
         logits = leo.adapt_and_predict(support_embeddings, support_labels, query_embeddings)
 
     Args:
@@ -389,6 +391,6 @@ class LEO(EpisodicClassifier):
             raise UserError(f"The smallest class of the {split!r} split has "
                             f"{int(classes.class_counts.min())} examples, none left as queries "
                             f"after {shots} shots; use fewer shots.")
-        return evaluation.evaluate(self, classes, ways, shots, queries,
+        return evaluation.evaluate(self, classes, EpisodeShape(ways, shots, queries),
                                    num_episodes or spec.eval_episodes,
                                    spec.eval_meta_batch_size, seed, split)

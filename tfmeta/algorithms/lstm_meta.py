@@ -66,7 +66,7 @@ class LSTMMetaLearner(TaskLoopLearner):
         learner.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=0.25))
 
     Args:
-      model: a built Keras classifier; its trainable parameters are the cell state.
+      backbone: a built Keras classifier; its trainable parameters are the cell state.
       inner_steps: LSTM updates of the learner while meta-training (T).
       inner_steps_test: updates at meta-test time.
       hidden_units: units of the first (plain) LSTM layer; 0 feeds the preprocessed
@@ -78,10 +78,10 @@ class LSTMMetaLearner(TaskLoopLearner):
     fixed_arguments = ("batch_norm",)  # batch statistics always
     vectorizable = False  # the meta-LSTM reads one task's parameters as one vector
 
-    def __init__(self, model: keras.Model, inner_steps: int = 5, inner_steps_test: int = 5,
+    def __init__(self, backbone: keras.Model, inner_steps: int = 5, inner_steps_test: int = 5,
                  hidden_units: int = 20, preprocess_p: float = 10.0, **kwargs):
         self.check_arguments({"hidden_units": hidden_units, "preprocess_p": preprocess_p})
-        super().__init__(model, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
+        super().__init__(backbone, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
                          batch_norm="batch_stats", **kwargs)
         self.hidden_units = int(hidden_units)
         self.preprocess_p = float(preprocess_p)

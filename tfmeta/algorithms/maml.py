@@ -66,11 +66,11 @@ class MAML(TaskLoopLearner):
         backbone = tfmeta.models.conv4((28, 28, 1), num_classes=5)
         maml = MAML(backbone, inner_lr=0.4, inner_steps=1, inner_steps_test=3)
         maml.compile(optimizer=keras.optimizers.Adam(1e-3))
-        maml.fit(episode_dataset(train_classes, 5, 1, 1, meta_batch_size=32), ...)
+        maml.fit(episode_dataset(train_classes, EpisodeShape(5, 1, 1), meta_batch_size=32), ...)
         logits = maml.adapt_and_predict(support_images, support_labels, query_images)
 
     Args:
-      model: a built Keras model mapping inputs to `[n, num_outputs]` outputs (logits, or
+      backbone: a built Keras model mapping inputs to `[n, num_outputs]` outputs (logits, or
         features for a "prototypes"/"zeros" head).
       inner_lr: step size of the inner gradient steps.
       inner_steps: inner steps while meta-training.
@@ -78,8 +78,8 @@ class MAML(TaskLoopLearner):
       first_order: drop second-order terms (FOMAML).
       batch_norm: "batch_stats" or "running_stats" (see `tfmeta.algorithms.task_loop`).
       parallel_tasks: tasks of a meta-batch run concurrently in the task loop.
-      head: "learned" (the model's own head), "prototypes" or "zeros" (a fast `[D, N]`
-        head started per task; the model then outputs features).
+      head: "learned" (the backbone's own head), "prototypes" or "zeros" (a fast `[D, N]`
+        head started per task; the backbone then outputs features).
       max_head_ways: with a "prototypes"/"zeros" head, the most ways served (None: any).
       recompute: keep no inner step's activations for the meta-gradient, recompute each
         step's in the backward pass instead (`weights.recomputed_in_backward`): less
@@ -94,12 +94,12 @@ class MAML(TaskLoopLearner):
     # can (`tfmeta.algorithms.prototype_head_algorithms` lists those that can).
     fast_head_refusal: str | None = None
 
-    def __init__(self, model: keras.Model, inner_lr: float = 0.4, inner_steps: int = 1,
+    def __init__(self, backbone: keras.Model, inner_lr: float = 0.4, inner_steps: int = 1,
                  inner_steps_test: int = 3, first_order: bool = False,
                  batch_norm: str = "batch_stats", parallel_tasks: int = PARALLEL_TASKS,
                  head: str = "learned", max_head_ways: int | None = None,
                  recompute: bool = False, **kwargs):
-        super().__init__(model, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
+        super().__init__(backbone, inner_steps=inner_steps, inner_steps_test=inner_steps_test,
                          batch_norm=batch_norm, parallel_tasks=parallel_tasks, **kwargs)
         self.check_arguments({"inner_lr": inner_lr, "head": head, "max_head_ways": max_head_ways})
         if head in FAST_HEADS and self.fast_head_refusal:
@@ -118,6 +118,7 @@ class MAML(TaskLoopLearner):
         self.recompute = bool(recompute)
         self.head_mode = head
         self.max_head_ways = max_head_ways
+        self.task_form = self.resolve_task_form()  # again: `vectorized_refusal` reads the head
 
     @classmethod
     def from_experiment(cls, config, input_shape):
@@ -130,8 +131,9 @@ class MAML(TaskLoopLearner):
         """The base's reasons, and for "auto" a fast head: it may be given padded variable
         episodes, whose tasks have sizes of their own (an explicit "vectorized" takes only
         the meta-batch's shapes)."""
-        # (`head_mode` is not set yet while the base's constructor checks an explicit
-        # "vectorized", to which this reason does not apply)
+        # (`head_mode` is not set yet while the base's constructor first resolves the form,
+        # refusing an explicit "vectorized", to which this reason does not apply; MAML's
+        # constructor resolves it again once the head is set)
         if self.task_parallel == "auto" and getattr(self, "head_mode", "learned") != "learned":
             return (f"head={self.head_mode} may be given padded variable episodes, which run "
                     "task by task")
@@ -143,7 +145,7 @@ class MAML(TaskLoopLearner):
         return self.head_mode != "learned"
 
     @property
-    def variable_episodes(self) -> bool:
+    def takes_padded_episodes(self) -> bool:
         """A fast head takes padded variable episodes, N ways per task, in the task loop (a
         vectorized pass runs every task at the meta-batch's shapes); a learned head has its
         fixed `num_outputs`."""

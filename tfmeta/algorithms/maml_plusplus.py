@@ -93,10 +93,10 @@ class MAMLPlusPlus(MAML):
     argument_ranges = {"msl_annealing_steps": POSITIVE_INT,
                        "first_order_steps": NON_NEGATIVE_INT}
 
-    def __init__(self, model: keras.Model, multi_step_loss: bool = True,
+    def __init__(self, backbone: keras.Model, multi_step_loss: bool = True,
                  msl_annealing_steps: int = 5000, first_order_steps: int = 0,
                  learned_inner_lrs: bool = True, per_step_batch_norm: bool = True, **kwargs):
-        super().__init__(model, **kwargs)
+        super().__init__(backbone, **kwargs)
         self.check_arguments({"msl_annealing_steps": msl_annealing_steps,
                               "first_order_steps": first_order_steps})
         self.multi_step_loss = bool(multi_step_loss)
@@ -112,10 +112,10 @@ class MAMLPlusPlus(MAML):
                                self.params[i].shape, True, f"bn_step{k}_{j}")
                  for j, i in enumerate(self._bn_indices)]
                 for k in range(1, self.inner_steps + 1)]
-            self.step_bn_stats = [list(self.model.non_trainable_variables)] + [
+            self.step_bn_stats = [list(self.backbone.non_trainable_variables)] + [
                 [self._held_weight(keras.initializers.Constant(np.asarray(v)), v.shape, False,
                                f"bn_stats_step{k}_{j}")
-                 for j, v in enumerate(self.model.non_trainable_variables)]
+                 for j, v in enumerate(self.backbone.non_trainable_variables)]
                 for k in range(1, self.inner_steps + 1)]
         if self.learned_inner_lrs:
             tensors = len(self.adapted_indices) + (2 if self.fast_head else 0)
@@ -135,7 +135,7 @@ class MAMLPlusPlus(MAML):
         return variable
 
     def _batch_norm_parameter_indices(self):
-        ids = {id(v) for layer in self.model.layers
+        ids = {id(v) for layer in self.backbone.layers
                if isinstance(layer, keras.layers.BatchNormalization)
                for v in layer.trainable_variables}
         return [i for i, v in enumerate(self.params) if id(v) in ids]
@@ -170,7 +170,7 @@ class MAMLPlusPlus(MAML):
         params = list(params)
         for i, value in zip(self._bn_indices, weights.values(self.step_bn_weights[k])):
             params[i] = value
-        size = len(self.model.non_trainable_variables)
+        size = len(self.backbone.non_trainable_variables)
         outputs, new_copy = self.forward(params, state[k * size:(k + 1) * size], inputs,
                                          training)
         return outputs, [*state[:k * size], *new_copy, *state[(k + 1) * size:]]

@@ -48,14 +48,14 @@ class MAMLRegression(MAML):
         learner.fit(tasks.episodes(10, 10, 25), steps_per_epoch=100)
         predictions = learner.adapt_and_predict_regression(support_x, support_y, query_x)
 
-    Args: as MAML's; `model` maps inputs to `[n, outputs]` predictions, and `head` stays
+    Args: as MAML's; `backbone` maps inputs to `[n, outputs]` predictions, and `head` stays
     "learned" (a fast head is started from the classes of a support set).
     """
 
     input_kinds = ("regression",)
 
-    def __init__(self, model: keras.Model, **kwargs):
-        super().__init__(model, **kwargs)
+    def __init__(self, backbone: keras.Model, **kwargs):
+        super().__init__(backbone, **kwargs)
         if self.fast_head:
             raise UserError(f"head={self.head_mode!r} starts a classification head from the "
                             "classes of the support set; regression needs head='learned'.")
@@ -95,7 +95,7 @@ class MAMLRegression(MAML):
         del split, ways
         return regression_protocol.meta_test(
             self, dataset, spec, num_episodes, seed, shots, log_dir, step,
-            baseline_learner=lambda model: MAMLRegression(model, inner_lr=self.inner_lr))
+            baseline_learner=lambda backbone: MAMLRegression(backbone, inner_lr=self.inner_lr))
 
     def serving_module(self, dataset) -> tf.Module:
         return RegressionServing(self, dataset)

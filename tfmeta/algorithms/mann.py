@@ -44,8 +44,8 @@ Two choices the paper leaves open or that it makes differently:
 `accuracy_by_instance` reports accuracy by presentation number (1st, 2nd, 5th, 10th),
 as the paper's Table 1, on sequences of `instances` examples per class.
 
-Inputs to the controller are features of an image encoder (any Keras feature model;
-the paper used flattened 20x20 pixels: pass `encoder=None`).
+Inputs to the controller are features of an image backbone (any Keras feature model;
+the paper used flattened 20x20 pixels: pass `backbone=None`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import tensorflow as tf
 
 from tfmeta.algorithms.base import ORDER_SALT
 from tfmeta.algorithms.episodic import EpisodicClassifier
-from tfmeta.data import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INTERVAL
@@ -141,8 +141,8 @@ class MANN(EpisodicClassifier):
         support_logits, query_logits, order = learner.sequence_logits(episodes)
 
     Args:
-      encoder: Keras model, images -> features `[n, D]`; None flattens the pixels.
-      input_shape: one example's shape (needed when `encoder` is None).
+      backbone: Keras model, images -> features `[n, D]`; None flattens the pixels.
+      input_shape: one example's shape (needed when `backbone` is None).
       num_classes: label classes of the sequence (one-hot size, the most ways served).
       units, memory_slots, slot_size, heads, gamma: as LRUAMemory (paper: 200, 128,
         40, 4, 0.95).
@@ -156,25 +156,25 @@ class MANN(EpisodicClassifier):
                        "eval_order_seed": NON_NEGATIVE_INT}
     fixed_arguments = ("input_shape",)  # the dataset's
 
-    def __init__(self, encoder: keras.Model | None, num_classes: int, input_shape=None,
+    def __init__(self, backbone: keras.Model | None, num_classes: int, input_shape=None,
                  units: int = 200, memory_slots: int = 128, slot_size: int = 40,
                  heads: int = 4, gamma: float = 0.95, write_key: bool = False,
                  key_strength: bool = False, eval_order_seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.check_arguments(locals())
-        if encoder is None:
+        if backbone is None:
             if input_shape is None:
-                raise UserError("MANN without an encoder flattens pixels and needs "
+                raise UserError("MANN without a backbone flattens pixels and needs "
                                 "input_shape=(H, W, C); got input_shape=None.")
             feature_dim = int(np.prod(input_shape))
-        elif not encoder.built or len(encoder.output_shape) != 2:
-            raise UserError("MANN's encoder must be a built model with flat features [n, D]; "
-                            f"got output shape {getattr(encoder, 'output_shape', None)}.")
+        elif not backbone.built or len(backbone.output_shape) != 2:
+            raise UserError("MANN's backbone must be a built model with flat features [n, D]; "
+                            f"got output shape {getattr(backbone, 'output_shape', None)}.")
         else:
-            feature_dim = int(encoder.output_shape[-1])
+            feature_dim = int(backbone.output_shape[-1])
         if num_classes < 2:
             raise UserError(f"num_classes must be >= 2; got {num_classes}.")
-        self.encoder = encoder
+        self.backbone = backbone
         self.num_classes = int(num_classes)
         self.eval_order_seed = int(eval_order_seed)
         self.memory = LRUAMemory(feature_dim + num_classes, units, memory_slots, slot_size,
@@ -185,17 +185,17 @@ class MANN(EpisodicClassifier):
     @classmethod
     def from_experiment(cls, config, input_shape):
         """MANN on the pixels (`model.name="none"`, the paper's) or on the features of the
-        configured encoder, with `config.ways` label classes."""
-        encoder = backbone_from_config(config.model, input_shape)
-        return cls(encoder, num_classes=config.ways, input_shape=input_shape, **config.learner)
+        configured backbone, with `config.ways` label classes."""
+        backbone = backbone_from_config(config.model, input_shape)
+        return cls(backbone, num_classes=config.ways, input_shape=input_shape, **config.learner)
 
     def _features(self, images, training):
-        """`[B, n, ...]` examples -> `[B, n, D]` controller inputs (pixels or encoder features)."""
+        """`[B, n, ...]` examples -> `[B, n, D]` controller inputs (pixels or backbone features)."""
         flat = fold(images)
-        if self.encoder is None:
+        if self.backbone is None:
             features = tf.reshape(flat, [tf.shape(flat)[0], -1])
         else:
-            features = tf.cast(self.encoder(flat, training=training), tf.float32)
+            features = tf.cast(self.backbone(flat, training=training), tf.float32)
         return unfold(features, tf.shape(images)[0])
 
     def time_order(self, support_images, training):
@@ -280,9 +280,9 @@ class MANN(EpisodicClassifier):
         return result
 
     def feature_model(self) -> keras.Model:
-        if self.encoder is None:
+        if self.backbone is None:
             return super().feature_model()
-        return self.encoder
+        return self.backbone
 
 
 def instance_numbers(labels):
@@ -308,8 +308,8 @@ def accuracy_by_instance(learner, classes, ways=5, instances=10, num_episodes=10
         raise UserError(f"Reporting instance {max(report)} needs instances >= {max(report)}; "
                         f"got instances={instances}.")
     batches = math.ceil(num_episodes / meta_batch_size)
-    episodes = episode_dataset(classes, ways, instances, 1, meta_batch_size, seed=seed,
-                               num_episodes=batches * meta_batch_size)
+    episodes = episode_dataset(classes, EpisodeShape(ways, instances, 1), meta_batch_size,
+                               seed=seed, num_episodes=batches * meta_batch_size)
     run = tf.function(lambda batch: learner.sequence_logits(batch, training=False))
     correct, numbers = [], []
     for batch in episodes:

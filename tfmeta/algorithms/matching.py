@@ -9,7 +9,7 @@ similarities between the query's and the support examples' embeddings:
     loss = -log(y_hat[m, query_label_m])
     params = optimizer.apply(grad(loss, params), params)
 
-Without full context embeddings (`fce=False`) f and g are the same encoder f'. With
+Without full context embeddings (`fce=False`) f and g are the same backbone f'. With
 `fce=True` (the paper's "full context embeddings"):
 
     g(x_i, S) = h_fwd_i + h_bwd_i + g'(x_i)        # a bidirectional LSTM over the support set
@@ -49,26 +49,27 @@ LOG_EPSILON = 1e-12  # log(0) guard for classes with (numerically) zero attentio
 
 
 class MatchingNetwork(EmbeddingLearner):
-    """Matching Networks around any encoder of images to feature vectors.
+    """Matching Networks around any backbone of images to feature vectors.
 
     Example:
 
         matching = MatchingNetwork(tfmeta.models.conv4((28, 28, 1)), fce=True)
         matching.compile(optimizer=keras.optimizers.Adam(1e-3))
-        matching.fit(episode_dataset(train_classes, 5, 1, 15, meta_batch_size=16), ...)
+        matching.fit(episode_dataset(train_classes, EpisodeShape(5, 1, 15),
+                                     meta_batch_size=16), ...)
 
     Args:
-      encoder: a built Keras model mapping images to `[n, D]` features (f' = g').
+      backbone: a built Keras model mapping images to `[n, D]` features (f' = g').
       fce: use full context embeddings (the LSTMs above).
       processing_steps: K, the attention LSTM's steps over the support set (fce only).
     """
 
-    variable_episodes = True
+    takes_padded_episodes = True
     argument_ranges = {"processing_steps": POSITIVE_INT}
 
-    def __init__(self, encoder: keras.Model, fce: bool = False, processing_steps: int = 5,
+    def __init__(self, backbone: keras.Model, fce: bool = False, processing_steps: int = 5,
                  **kwargs):
-        super().__init__(encoder, **kwargs)
+        super().__init__(backbone, **kwargs)
         check_flat_features(type(self).__name__, self.feature_shape)
         if int(processing_steps) != processing_steps or processing_steps < 1:
             raise UserError(f"processing_steps must be a positive integer; got "

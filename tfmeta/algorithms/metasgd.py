@@ -47,8 +47,8 @@ class MetaSGD(MAML):
 
     fast_head_refusal = "Meta-SGD learns a rate per coordinate of fixed-shape parameters"
 
-    def __init__(self, model: keras.Model, inner_lr: float = 0.4, **kwargs):
-        super().__init__(model, inner_lr=inner_lr, **kwargs)
+    def __init__(self, backbone: keras.Model, inner_lr: float = 0.4, **kwargs):
+        super().__init__(backbone, inner_lr=inner_lr, **kwargs)
         self.alpha = learned_rates(self, [self.params[i].shape for i in self.adapted_indices],
                                    self.inner_lr, "alpha")
 

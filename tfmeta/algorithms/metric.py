@@ -5,7 +5,7 @@ comparing its embedding with the embeddings of the support set. As trained, none
 them adapts weights at test time: "adaptation" is embedding the support set (and, for
 Prototypical and Relation networks, pooling it per class), so they serve any
 number of ways N, read from the labels as `max(support_labels) + 1`. With
-`finetune_steps > 0` each fine-tunes a copy of its encoder on every test episode's support
+`finetune_steps > 0` each fine-tunes a copy of its backbone on every test episode's support
 set first (P>M>F, `tfmeta.algorithms.finetune`), with `compare` as the head.
 
 `EmbeddingLearner.query_logits` embeds the support and query images of the whole
@@ -16,8 +16,8 @@ hands the embeddings to the subclass's `compare`:
     logits = compare(support_features, support_labels, query_features)   # [B, M, N]
 
 Padded variable episodes (labels -1 in the padding, `tfmeta.tensors`): `embed` runs the
-encoder on the real examples only and gives padding zero features; a learner whose
-`compare` leaves padding and absent classes out says so with `variable_episodes = True`.
+backbone on the real examples only and gives padding zero features; a learner whose
+`compare` leaves padding and absent classes out says so with `takes_padded_episodes = True`.
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ class EmbeddingLearner(FineTuningClassifier):
     """A learner that scores queries against the support set in a learned embedding space.
 
     Args:
-      encoder: a built Keras model mapping images `[n, H, W, C]` to features `[n, *F]`
+      backbone: a built Keras model mapping images `[n, H, W, C]` to features `[n, *F]`
         (a vector `[n, D]` or a feature map `[n, h, w, c]`).
       finetune_steps, finetune_lr, finetune_augment, finetune_optimizer: fine-tuning the
-        encoder on each test episode's support set (`tfmeta.algorithms.finetune`; off with
+        backbone on each test episode's support set (`tfmeta.algorithms.finetune`; off with
         the default `finetune_steps=0`).
     """
 
-    def __init__(self, encoder: keras.Model, **kwargs):
-        super().__init__(encoder, **kwargs)
-        self.feature_shape = tuple(encoder.output_shape[1:])
+    def __init__(self, backbone: keras.Model, **kwargs):
+        super().__init__(backbone, **kwargs)
+        self.feature_shape = tuple(backbone.output_shape[1:])
 
     def compare(self, support_features, support_labels, query_features, training):
         """Query logits `[B, M, N]` from support features `[B, N*K, *F]`, labels `[B, N*K]`
@@ -52,9 +52,9 @@ class EmbeddingLearner(FineTuningClassifier):
 
     def embed(self, episodes, training=False):
         """(support features `[B, N*K, *F]`, query features `[B, M, *F]`), float32, from one
-        encoder call on the real support and query images of every episode (batch norm in
+        backbone call on the real support and query images of every episode (batch norm in
         training mode therefore normalizes over the whole meta-batch, padding left out)."""
-        return embed_support_and_query(self.encoder, episodes["support_images"],
+        return embed_support_and_query(self.backbone, episodes["support_images"],
                                        episodes["query_images"], training,
                                        episodes["support_labels"], episodes.get("query_labels"))
 
@@ -64,11 +64,11 @@ class EmbeddingLearner(FineTuningClassifier):
         return self.compare(support_features, labels, query_features, training)
 
     def feature_model(self) -> keras.Model:
-        return self.encoder
+        return self.backbone
 
 
 def check_flat_features(learner_name, feature_shape):
-    """Raises a ValueError unless the encoder returns vectors `[n, D]`."""
+    """Raises a ValueError unless the backbone returns vectors `[n, D]`."""
     if len(feature_shape) != 1:
-        raise UserError(f"{learner_name} compares feature vectors, but the encoder returns "
+        raise UserError(f"{learner_name} compares feature vectors, but the backbone returns "
                         f"features of shape {feature_shape}; use a backbone with flatten=True.")

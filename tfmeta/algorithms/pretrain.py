@@ -47,7 +47,10 @@ import tensorflow as tf
 
 from tfmeta.algorithms.base import batch_dict
 from tfmeta.algorithms.finetune import FineTuningClassifier, flip, translate
-from tfmeta.data.episodes import stored_tensor, unsharded
+from tfmeta.data import record_stream
+from tfmeta.data.episodes import stored_tensor
+from tfmeta.data.record_store import RecordClasses
+from tfmeta.data.sampling import unsharded
 from tfmeta.errors import UserError
 from tfmeta.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Choice, Range
 from tfmeta.tensors import (
@@ -111,7 +114,7 @@ class Pretrain(FineTuningClassifier):
         logits = learner.adapt_and_predict(support_images, support_labels, query_images)
 
     Args:
-      encoder: a built Keras model, images -> feature vectors `[n, D]` (no head).
+      backbone: a built Keras model, images -> feature vectors `[n, D]` (no head).
       num_classes: outputs of the training head: at least the number of training classes
         (a config's None: the training split's, filled in by the trainer).
       classifier: "nearest_centroid" or "logistic", the in-graph few-shot classifier.
@@ -126,29 +129,29 @@ class Pretrain(FineTuningClassifier):
     """
 
     input_kinds = ("images",)
-    variable_episodes = True
+    takes_padded_episodes = True
     batch_size_field = "batch_size"  # it trains on batches of examples
     argument_ranges = {"num_classes": Range(1, integer=True, optional=True),
                        "classifier": Choice(CLASSIFIERS), "weight_decay": NON_NEGATIVE,
                        "scale": POSITIVE, "logistic_steps": NON_NEGATIVE_INT,
                        "logistic_lr": POSITIVE, "logistic_l2": NON_NEGATIVE}
 
-    def __init__(self, encoder: keras.Model, num_classes: int = 64,
+    def __init__(self, backbone: keras.Model, num_classes: int = 64,
                  classifier: str = "nearest_centroid", weight_decay: float = 5e-4,
                  scale: float = 10.0, logistic_steps: int = 100, logistic_lr: float = 1.0,
                  logistic_l2: float = 0.1, **kwargs):
-        super().__init__(encoder, **kwargs)
+        super().__init__(backbone, **kwargs)
         self.check_arguments(locals())
         if num_classes is None:
             raise UserError("Pretrain needs num_classes, the training head's size (at least "
                             "the training split's class count).")
-        if len(encoder.output_shape) != 2:
-            raise UserError(f"Pretrain needs a built encoder of images to feature vectors "
-                            f"[n, D]; {encoder.name!r} returns {encoder.output_shape}. Use a "
+        if len(backbone.output_shape) != 2:
+            raise UserError(f"Pretrain needs a built backbone of images to feature vectors "
+                            f"[n, D]; {backbone.name!r} returns {backbone.output_shape}. Use a "
                             "backbone with flatten=True or pooling='avg' and no head.")
         self.num_classes = int(num_classes)
         self.head = keras.layers.Dense(self.num_classes, name="head")
-        self.head.build(encoder.output_shape)
+        self.head.build(backbone.output_shape)
         self.classifier = classifier
         self.weight_decay = float(weight_decay)
         self.scale = float(scale)
@@ -159,7 +162,7 @@ class Pretrain(FineTuningClassifier):
     # ------------------------------------------------------------ training
     def class_logits(self, images, training=False):
         """Logits `[n, num_classes]` of the training classes."""
-        return tf.cast(self.head(self.encoder(images, training=training)), tf.float32)
+        return tf.cast(self.head(self.backbone(images, training=training)), tf.float32)
 
     def regularization_loss(self):
         if not self.weight_decay:
@@ -211,7 +214,7 @@ class Pretrain(FineTuningClassifier):
     # ------------------------------------------------------------ few-shot
     def query_logits(self, episodes, training=False):
         support, queries = embed_support_and_query(
-            self.encoder, episodes["support_images"], episodes["query_images"], training,
+            self.backbone, episodes["support_images"], episodes["query_images"], training,
             episodes["support_labels"], episodes.get("query_labels"))
         labels = tf.cast(episodes["support_labels"], tf.int32)
         return self.compare(support, labels, queries, training)
@@ -236,7 +239,7 @@ class Pretrain(FineTuningClassifier):
         return cross_entropy(support_labels, logits)
 
     def feature_model(self) -> keras.Model:
-        return self.encoder
+        return self.backbone
 
     # ------------------------------------------------------------ data
     @classmethod
@@ -282,9 +285,7 @@ def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0
                         f"has learner.num_classes={num_classes} outputs; "
                         f"--set=learner.num_classes={classes.num_classes}.")
     colour = len(classes.example_shape) == 3 and classes.example_shape[-1] == 3
-    if getattr(classes, "streamed", False):  # records: streamed (tfmeta.data.records)
-        from tfmeta.data import records
-
+    if isinstance(classes, RecordClasses):  # records: streamed (tfmeta.data.record_stream)
         def augmented(step, batch):
             draw = tf.random.experimental.stateless_fold_in(
                 tf.random.experimental.stateless_fold_in(tf.constant([seed, 8], tf.int64),
@@ -294,8 +295,8 @@ def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0
                 images = crop_and_flip(images, tf.random.experimental.stateless_fold_in(draw, 1))
             return {"images": images, "labels": batch["labels"]}
 
-        return records.stream_examples(classes, batch_size, seed, start_step, worker,
-                                       workers).enumerate().map(augmented)
+        return record_stream.stream_examples(classes, batch_size, seed, start_step, worker,
+                                             workers).enumerate().map(augmented)
     images = stored_tensor(classes.images)
     labels = tf.constant([c for c, n in enumerate(classes.class_counts) for _ in range(n)],
                          tf.int32)

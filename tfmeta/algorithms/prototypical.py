@@ -35,26 +35,26 @@ DISTANCES = ("squared_euclidean", "cosine")
 
 
 class PrototypicalNetwork(EmbeddingLearner):
-    """Prototypical Networks around any encoder of images to feature vectors.
+    """Prototypical Networks around any backbone of images to feature vectors.
 
     Example:
 
-        encoder = tfmeta.models.conv4((28, 28, 1))          # 64-d features
-        protonet = PrototypicalNetwork(encoder)
+        backbone = tfmeta.models.conv4((28, 28, 1))          # 64-d features
+        protonet = PrototypicalNetwork(backbone)
         protonet.compile(optimizer=keras.optimizers.Adam(1e-3))
-        protonet.fit(episode_dataset(train_classes, 60, 1, 5, meta_batch_size=1), ...)
+        protonet.fit(episode_dataset(train_classes, EpisodeShape(60, 1, 5), meta_batch_size=1), ...)
         logits = protonet.adapt_and_predict(support_images, support_labels, query_images)
 
     Args:
-      encoder: a built Keras model mapping images to `[n, D]` features.
+      backbone: a built Keras model mapping images to `[n, D]` features.
       distance: "squared_euclidean" or "cosine".
     """
 
-    variable_episodes = True
+    takes_padded_episodes = True
     argument_ranges = {"distance": Choice(DISTANCES)}
 
-    def __init__(self, encoder: keras.Model, distance: str = "squared_euclidean", **kwargs):
-        super().__init__(encoder, **kwargs)
+    def __init__(self, backbone: keras.Model, distance: str = "squared_euclidean", **kwargs):
+        super().__init__(backbone, **kwargs)
         self.check_arguments({"distance": distance})
         check_flat_features(type(self).__name__, self.feature_shape)
         self.distance = distance

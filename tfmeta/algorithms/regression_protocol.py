@@ -76,12 +76,12 @@ def episode_errors(learner, episodes, steps: int) -> np.ndarray:
     return np.concatenate([compute(batch).numpy() for batch in episodes])
 
 
-def pretrain(model, dataset, spec, steps: int, seed: int = 0) -> keras.Model:
-    """A fresh copy of `model`'s architecture trained by plain regression (Adam at the
+def pretrain(backbone, dataset, spec, steps: int, seed: int = 0) -> keras.Model:
+    """A fresh copy of `backbone`'s architecture trained by plain regression (Adam at the
     run's learning rate) on the pooled points of `spec.meta_batch_size` tasks a step."""
     keras.utils.set_random_seed(seed)
-    network = keras.models.clone_model(model)
-    optimizer = keras.optimizers.Adam(spec.learning_rate)
+    network = keras.models.clone_model(backbone)
+    optimizer = keras.optimizers.Adam(spec.baseline.learning_rate)
     optimizer.build(network.trainable_variables)
     batches = dataset.episodes(spec.train.shots, spec.train.queries, spec.meta_batch_size,
                                seed=spec.seed + 3)
@@ -103,7 +103,7 @@ def pretrain(model, dataset, spec, steps: int, seed: int = 0) -> keras.Model:
 def meta_test(learner, dataset, spec, num_episodes=None, seed=1234, shots=None,
               log_dir=None, step=0, baseline_learner=None) -> dict:
     """The regression meta-test: a dict with `mse_1_step`, `mse_10_steps` (and `_ci95`),
-    the same for `baseline_` (when `baseline_learner(model)` makes the fine-tuning learner
+    the same for `baseline_` (when `baseline_learner(backbone)` makes the fine-tuning learner
     of a pretrained network), `mse_by_step`, `episodes`, `shots`, `queries`; with
     `log_dir`, the TensorBoard image of adapted curves (`regression_plots.log_curves`)."""
     check_tasks(dataset)
@@ -118,10 +118,10 @@ def meta_test(learner, dataset, spec, num_episodes=None, seed=1234, shots=None,
     result = {"episodes": int(num_episodes), "shots": shots, "queries": queries}
     learners = {"": learner}
     if baseline_learner is not None:
-        network = pretrain(learner.model, dataset, spec,
-                           min(spec.num_steps, BASELINE_MAX_STEPS), seed=spec.seed)
+        network = pretrain(learner.backbone, dataset, spec,
+                           min(spec.baseline.steps, BASELINE_MAX_STEPS), seed=spec.seed)
         learners["baseline_"] = baseline_learner(network)
-        result["baseline_pretrain_steps"] = min(spec.num_steps, BASELINE_MAX_STEPS)
+        result["baseline_pretrain_steps"] = min(spec.baseline.steps, BASELINE_MAX_STEPS)
     for prefix, each in learners.items():
         errors = episode_errors(each, episodes, steps)[:num_episodes]
         result[f"{prefix}mse_by_step"] = [float(v) for v in errors.mean(0)]

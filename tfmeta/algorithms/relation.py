@@ -27,17 +27,17 @@ from tfmeta.tensors import class_sums
 
 
 class RelationNetwork(EmbeddingLearner):
-    """Relation Networks around an encoder of images to feature maps.
+    """Relation Networks around a backbone of images to feature maps.
 
     Example:
 
-        encoder = tfmeta.models.relation_net.relation_embedding((28, 28, 1))
-        relation = RelationNetwork(encoder)
+        backbone = tfmeta.models.relation_net.relation_embedding((28, 28, 1))
+        relation = RelationNetwork(backbone)
         relation.compile(optimizer=keras.optimizers.Adam(1e-3))
-        relation.fit(episode_dataset(train_classes, 5, 1, 19, meta_batch_size=1), ...)
+        relation.fit(episode_dataset(train_classes, EpisodeShape(5, 1, 19), meta_batch_size=1), ...)
 
     Args:
-      encoder: a built Keras model mapping images to feature maps `[n, h, w, c]`.
+      backbone: a built Keras model mapping images to feature maps `[n, h, w, c]`.
       relation_module: a built Keras model mapping pairs `[n, h, w, 2c]` to `[n, 1]`
         pre-sigmoid scores; by default the paper's, with the two arguments below.
       relation_filters: filters of the default relation module's convolutions.
@@ -47,12 +47,12 @@ class RelationNetwork(EmbeddingLearner):
     argument_ranges = {"relation_filters": POSITIVE_INT, "relation_units": POSITIVE_INT}
     fixed_arguments = ("relation_module",)  # a Keras model; configs set its sizes
 
-    def __init__(self, encoder: keras.Model, relation_module: keras.Model | None = None,
+    def __init__(self, backbone: keras.Model, relation_module: keras.Model | None = None,
                  relation_filters: int = 64, relation_units: int = 8, **kwargs):
-        super().__init__(encoder, **kwargs)
+        super().__init__(backbone, **kwargs)
         self.check_arguments(locals())
         if len(self.feature_shape) != 3:
-            raise UserError(f"RelationNetwork compares feature maps [h, w, c], but the encoder "
+            raise UserError(f"RelationNetwork compares feature maps [h, w, c], but the backbone "
                             f"returns features of shape {self.feature_shape}; use a backbone "
                             "that does not flatten, such as relation_embedding.")
         pair_shape = (*self.feature_shape[:2], 2 * self.feature_shape[2])

@@ -53,11 +53,11 @@ class Reptile(ReptileFamily, EpisodicClassifier):
         backbone = tfmeta.models.conv4((28, 28, 1), num_classes=5, downsample="strided")
         reptile = Reptile(backbone, inner_steps=5, inner_batch_size=10, anneal_steps=100000)
         reptile.compile(optimizer=keras.optimizers.SGD())  # counts steps (outer_optimizer=False)
-        reptile.fit(episode_dataset(train_classes, 5, 10, 1, meta_batch_size=5), ...)
+        reptile.fit(episode_dataset(train_classes, EpisodeShape(5, 10, 1), meta_batch_size=5), ...)
         logits = reptile.adapt_and_predict(support_images, support_labels, query_images)
 
     Args:
-      model: a built Keras model mapping images to `[n, num_outputs]` logits.
+      backbone: a built Keras model mapping images to `[n, num_outputs]` logits.
       inner_steps, inner_batch_size: inner iterations and their batch size while training.
       inner_steps_test, inner_batch_size_test: the same when evaluating or serving.
       transductive: classify an episode's queries in one batch (else one at a time).
@@ -70,22 +70,22 @@ class Reptile(ReptileFamily, EpisodicClassifier):
     argument_ranges = {"inner_steps": NON_NEGATIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
                        "inner_batch_size": POSITIVE_INT, "inner_batch_size_test": POSITIVE_INT}
 
-    def __init__(self, model: keras.Model, inner_steps: int = 5, inner_batch_size: int = 10,
+    def __init__(self, backbone: keras.Model, inner_steps: int = 5, inner_batch_size: int = 10,
                  inner_steps_test: int = 50, inner_batch_size_test: int = 5,
                  transductive: bool = True, **kwargs):
         super().__init__(**kwargs)
-        if not model.built:
-            raise UserError(f"Reptile needs a built model; build {model.name!r} with an "
+        if not backbone.built:
+            raise UserError(f"Reptile needs a built backbone; build {backbone.name!r} with an "
                             "input shape.")
         self.check_arguments({"inner_steps": inner_steps, "inner_steps_test": inner_steps_test,
                               "inner_batch_size": inner_batch_size,
                               "inner_batch_size_test": inner_batch_size_test})
-        self.model = model
+        self.backbone = backbone
         self.inner_steps, self.inner_steps_test = int(inner_steps), int(inner_steps_test)
         self.inner_batch_size = int(inner_batch_size)
         self.inner_batch_size_test = int(inner_batch_size_test)
         self.transductive = bool(transductive)
-        self.num_outputs = int(model.output_shape[-1])
+        self.num_outputs = int(backbone.output_shape[-1])
 
     @classmethod
     def from_experiment(cls, config, input_shape):
@@ -97,7 +97,7 @@ class Reptile(ReptileFamily, EpisodicClassifier):
     # -------------------------------------------------------------------- the method
     def forward(self, params, state, images):
         """Logits `[n, num_outputs]` with fast weights; batch norm uses batch statistics."""
-        logits, _ = self.model.stateless_call(params, state, images, training=True)
+        logits, _ = self.backbone.stateless_call(params, state, images, training=True)
         return tf.cast(logits, tf.float32)
 
     def adapt(self, params, state, images, labels, steps: int, batch_size: int, seed):
@@ -150,8 +150,8 @@ class Reptile(ReptileFamily, EpisodicClassifier):
         return self._query_logits(episodes, training)
 
     def _query_logits(self, episodes, training):
-        params = weights.values(self.model.trainable_variables)
-        state = weights.values(self.model.non_trainable_variables)
+        params = weights.values(self.backbone.trainable_variables)
+        state = weights.values(self.backbone.non_trainable_variables)
         steps = self.inner_steps if training else self.inner_steps_test
         batch_size = self.inner_batch_size if training else self.inner_batch_size_test
         step = tf.cast(self._seed_step(training), tf.int64)
@@ -170,7 +170,7 @@ class Reptile(ReptileFamily, EpisodicClassifier):
     def adapt_task(self, params, batch, index, seed, training=True):
         """Adapts to task `index`; its metrics are the adapted weights' query loss and
         accuracy (reported, never used to update)."""
-        state = weights.values(self.model.non_trainable_variables)
+        state = weights.values(self.backbone.non_trainable_variables)
         support_images = batch["support_images"][index]
         steps = self.inner_steps if training else self.inner_steps_test
         batch_size = self.inner_batch_size if training else self.inner_batch_size_test
@@ -185,4 +185,4 @@ class Reptile(ReptileFamily, EpisodicClassifier):
         return self.num_outputs
 
     def feature_model(self) -> keras.Model:
-        return self.model
+        return self.backbone

@@ -51,20 +51,20 @@ def verification_loss(pair_logits, same):
 
 
 class SiameseNetwork(EmbeddingLearner):
-    """Siamese Networks around any encoder of images to feature vectors (the twin).
+    """Siamese Networks around any backbone of images to feature vectors (the twin).
 
     Example:
 
         siamese = SiameseNetwork(tfmeta.models.siamese_net.siamese_twin((28, 28, 1)))
         siamese.compile(optimizer=keras.optimizers.Adam(1e-3))
-        siamese.fit(episode_dataset(train_classes, 5, 1, 5, meta_batch_size=8), ...)
+        siamese.fit(episode_dataset(train_classes, EpisodeShape(5, 1, 5), meta_batch_size=8), ...)
 
     Args:
-      encoder: a built Keras model mapping images to `[n, D]` features.
+      backbone: a built Keras model mapping images to `[n, D]` features.
     """
 
-    def __init__(self, encoder: keras.Model, **kwargs):
-        super().__init__(encoder, **kwargs)
+    def __init__(self, backbone: keras.Model, **kwargs):
+        super().__init__(backbone, **kwargs)
         check_flat_features(type(self).__name__, self.feature_shape)
         # alpha_j and the bias of the weighted L1 distance.
         self.weighted_l1 = keras.layers.Dense(1, name="weighted_l1")

@@ -14,7 +14,9 @@ and this base runs it for every task of a meta-batch:
 Fast weights are plain tensors run through Keras 3 `stateless_call`; the backbone's
 variables are never assigned inside the inner loop.
 
-The loop's forms (`task_parallel=`, the same numbers in each, tests/test_task_parallel.py):
+The loop's forms (`task_parallel=`, the same numbers in each, tests/test_task_parallel.py),
+each written once in `tfmeta.algorithms.task_forms` and resolved once, when the learner is
+built and again in `compile()` (`task_form`):
   "loop": a `tf.while_loop`, up to `parallel_tasks` tasks alive at once (on a CPU a task
       per core, each op on one: `config.cpu_threads`, tfmeta.training.cpu_threads); under XLA
       (`jit_compile`) unrolled in Python over the static meta-batch, because XLA compiles a
@@ -41,7 +43,7 @@ modes differ in the query passes:
       moving averages from the support and query passes; meta-test query passes use the
       moving averages (each query is classified independently of the others).
 
-Padded variable episodes (labels -1 in the padding; a learner whose `variable_episodes`
+Padded variable episodes (labels -1 in the padding; a learner whose `takes_padded_episodes`
 is True): each task is gathered down to its real examples before the subclass sees it, so
 the inner loop, batch norm and the query loss never meet padding, and its query outputs
 are scattered back to the padded query count (0 in padding rows) and widened to the
@@ -56,6 +58,7 @@ import tensorflow as tf
 from tfmeta import task_batch, weights
 from tfmeta.algorithms.base import replica_mean
 from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.algorithms.task_forms import LoopedTasks, UnrolledTasks, VectorizedTasks
 from tfmeta.errors import UserError
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, Choice
 from tfmeta.tensors import absent_logit, num_ways, real_positions, scatter_rows
@@ -77,14 +80,14 @@ class TaskLoopLearner(EpisodicClassifier):
     """Runs a subclass's inner loop on every task of a meta-batch (see the module docstring).
 
     Args:
-      model: a built Keras model mapping inputs to `[n, num_outputs]` outputs.
+      backbone: a built Keras model mapping inputs to `[n, num_outputs]` outputs.
       inner_steps: inner steps while meta-training.
       inner_steps_test: inner steps when evaluating or serving.
       batch_norm: "batch_stats" or "running_stats".
       parallel_tasks: tasks of a meta-batch that may run concurrently in the loop.
       task_parallel: "loop" (task by task), "vectorized" (every task of a meta-batch
         in one pass, `tfmeta.task_batch`) or "auto" (vectorized where the learner, its
-        model and its settings allow it; `vectorized_refusal` says why not).
+        backbone and its settings allow it; `vectorized_refusal` says why not).
     """
 
     backbone_has_head = True
@@ -99,25 +102,33 @@ class TaskLoopLearner(EpisodicClassifier):
     # Whether the subclass's inner loop is written for tensors with a leading task axis.
     vectorizable = True
 
-    def __init__(self, model: keras.Model, inner_steps: int = 1, inner_steps_test: int = 3,
+    def __init__(self, backbone: keras.Model, inner_steps: int = 1, inner_steps_test: int = 3,
                  batch_norm: str = "batch_stats", parallel_tasks: int = PARALLEL_TASKS,
                  task_parallel: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.check_arguments({"inner_steps": inner_steps, "inner_steps_test": inner_steps_test,
                               "parallel_tasks": parallel_tasks, "batch_norm": batch_norm,
                               "task_parallel": task_parallel})
-        if not model.built:
-            raise UserError(f"{type(self).__name__} needs a built model; build {model.name!r} "
-                            "with an input shape.")
-        self.model = model
+        if not backbone.built:
+            raise UserError(f"{type(self).__name__} needs a built backbone; build "
+                            f"{backbone.name!r} with an input shape.")
+        self.backbone = backbone
         self.inner_steps = int(inner_steps)
         self.inner_steps_test = int(inner_steps_test)
         self.batch_norm = batch_norm
         self.parallel_tasks = int(parallel_tasks)
-        self.num_outputs = int(model.output_shape[-1])
+        self.num_outputs = int(backbone.output_shape[-1])
         self.task_parallel = task_parallel
-        self._input_rank = len(model.input_shape)
-        self.vectorized  # noqa: B018 (refuses task_parallel="vectorized" where it cannot be)
+        self._input_rank = len(backbone.input_shape)
+        # (refuses task_parallel="vectorized" where it cannot be; a subclass whose
+        # `vectorized_refusal` reads its own settings resolves again once it has set them)
+        self.task_form = self.resolve_task_form()
+
+    def compile(self, *args, **kwargs):
+        """Keras's `compile`, then the task loop's form resolved again: `jit_compile`, set
+        here, unrolls the loop (XLA)."""
+        super().compile(*args, **kwargs)
+        self.task_form = self.resolve_task_form(xla=self.jit_compile is True)
 
     @classmethod
     def cpu_threads_auto(cls, config, cores: int, jit_compile) -> tuple[str, str]:
@@ -140,28 +151,39 @@ class TaskLoopLearner(EpisodicClassifier):
         return "tasks", (f"{cls.__name__}'s task loop runs {side_by_side} tasks at once, at "
                          f"least two per core ({cores} cores)")
 
+    def resolve_task_form(self, xla: bool = False) -> VectorizedTasks | LoopedTasks:
+        """The form of the task loop (`tfmeta.algorithms.task_forms`) for `task_parallel`:
+        vectorized where asked for ("auto": with a GPU, `vectorize_by_default`) and nothing
+        refuses it (a ValueError where "vectorized" is asked for and refused), else task by
+        task: unrolled under XLA (`xla`, the compiled `jit_compile`), else a while_loop."""
+        if self.task_parallel != "loop":
+            refusal = self.vectorized_refusal()
+            if refusal and self.task_parallel == "vectorized":
+                raise UserError(f"learner.task_parallel=vectorized: {refusal}. Use "
+                                "learner.task_parallel=loop (or auto).")
+            if refusal is None and (self.task_parallel == "vectorized"
+                                    or vectorize_by_default()):
+                return VectorizedTasks()
+        return UnrolledTasks() if xla else LoopedTasks()
+
     @property
     def vectorized(self) -> bool:
-        """Whether the meta-batch's tasks run side by side in one pass (`task_parallel`)."""
-        if self.task_parallel == "loop":
-            return False
-        refusal = self.vectorized_refusal()
-        if refusal and self.task_parallel == "vectorized":
-            raise UserError(f"learner.task_parallel=vectorized: {refusal}. Use "
-                            "learner.task_parallel=loop (or auto).")
-        return refusal is None and (self.task_parallel == "vectorized" or vectorize_by_default())
+        """Whether the meta-batch's tasks run side by side in one pass (`task_form`)."""
+        return isinstance(self.task_form, VectorizedTasks)
 
     def task_loop_form(self) -> str:
-        """How the meta-batch's tasks run, and why, in words (the trainer logs it)."""
+        """How the meta-batch's tasks run (`task_form`), and why, in words (the trainer logs
+        it)."""
         if self.vectorized:
-            if task_batch.convolutions_task_by_task(self.model):
+            if task_batch.convolutions_task_by_task(self.backbone):
                 return ("every task of a meta-batch in one pass (vectorized), each task's "
                         "convolutions apart: this device's kernels cannot differentiate a "
                         "grouped convolution")
             return "every task of a meta-batch in one pass (vectorized)"
         refusal = None if self.task_parallel == "loop" else self.vectorized_refusal()
-        how = ("unrolled, one task after another (XLA)" if getattr(self, "jit_compile", False)
-               is True else f"in a tf.while_loop, up to {self.parallel_tasks} tasks at once")
+        how = ("unrolled, one task after another (XLA)"
+               if isinstance(self.task_form, UnrolledTasks)
+               else f"in a tf.while_loop, up to {self.parallel_tasks} tasks at once")
         if refusal:
             return f"{how}, as {refusal}"
         if self.task_parallel == "auto":
@@ -175,23 +197,23 @@ class TaskLoopLearner(EpisodicClassifier):
         if self.batch_norm == "running_stats":
             return ("batch_norm=running_stats threads the moving averages from task to task, "
                     "which tasks run side by side cannot")
-        layers = task_batch.unsupported_layers(self.model)
+        layers = task_batch.unsupported_layers(self.backbone)
         if layers:
-            return f"the model {self.model.name!r} has layers that cannot run task by task in " \
-                   f"one pass: {', '.join(layers)}"
+            return f"the backbone {self.backbone.name!r} has layers that cannot run task by " \
+                   f"task in one pass: {', '.join(layers)}"
         return None
 
     # ------------------------------------------------------------------ hooks
     @property
     def params(self):
         """The variables the task loop differentiates: the backbone's trainable ones."""
-        return self.model.trainable_variables
+        return self.backbone.trainable_variables
 
     @property
     def loop_state_variables(self):
         """The variables the task loop threads as `state` (the backbone's non-trainable ones,
         batch-norm moving averages; MAML++ keeps one copy per inner step)."""
-        return self.model.non_trainable_variables
+        return self.backbone.non_trainable_variables
 
     def adapt(self, params, state, support_images, support_labels, steps, training=True):
         """The inner loop: fast weights (one tensor per `params`) after `steps` steps.
@@ -213,9 +235,9 @@ class TaskLoopLearner(EpisodicClassifier):
         one pass, task t with `params[i][t]` (`tfmeta.task_batch`; the state is returned as
         given); inputs `[n, ...]` run through Keras's `stateless_call`."""
         if inputs.shape.rank == self._input_rank + 1:
-            outputs = task_batch.call(self.model, params, state, inputs, training)
+            outputs = task_batch.call(self.backbone, params, state, inputs, training)
             return tf.cast(outputs, tf.float32), state
-        outputs, new_state = self.model.stateless_call(params, state, inputs, training=training)
+        outputs, new_state = self.backbone.stateless_call(params, state, inputs, training=training)
         return tf.cast(outputs, tf.float32), new_state
 
     def bn_training(self, training):
@@ -243,7 +265,7 @@ class TaskLoopLearner(EpisodicClassifier):
     def logit_width(self, episodes):
         """The ways of a meta-batch of padded variable episodes, every task's logit width;
         None where the learner does not take them (its tasks are run as they come)."""
-        return num_ways(episodes["support_labels"]) if self.variable_episodes else None
+        return num_ways(episodes["support_labels"]) if self.takes_padded_episodes else None
 
     def real_task(self, task):
         """(the real examples of one padded task, positions int64 `[r]` of its real queries).
@@ -287,27 +309,8 @@ class TaskLoopLearner(EpisodicClassifier):
 
     # -------------------------------------------------------- the meta-batch
     def query_logits(self, episodes, training=False):
-        params = weights.values(self.params)
-        state = weights.values(self.loop_state_variables)
-        # The query labels too where given: they tell padding queries apart.
-        keys = [k for k in self.batch_keys if k in episodes]
-        if self.vectorized:
-            logits, _ = self.task_query_logits(self.task_params(params, episodes), state,
-                                               {k: episodes[k] for k in keys}, training)
-            return logits
-        width = self.logit_width(episodes)
-
-        def one_task(task):
-            logits, _ = self.run_task_query_logits(params, state, dict(zip(keys, task)),
-                                                   training, width)
-            return logits
-
-        tasks = self.unrolled_tasks(episodes)
-        if tasks is not None:
-            return tf.stack([one_task([episodes[k][i] for k in keys]) for i in range(tasks)])
-        return tf.map_fn(one_task, [episodes[k] for k in keys],
-                         fn_output_signature=self.output_signature(),
-                         parallel_iterations=self.parallel_tasks)
+        """Query outputs `[B, M, N]` of every task of the meta-batch, in `task_form`."""
+        return self.task_form.query_logits(self, episodes, training)
 
     def portable_refusal(self) -> str | None:
         """None where serving takes no inner step (`inner_steps_test=0`), else why not."""
@@ -332,63 +335,20 @@ class TaskLoopLearner(EpisodicClassifier):
 
     def compute_meta_gradients(self, episodes):
         """The meta-gradient over `task_meta_loss` (the per-task hook of this family; the
-        base's `meta_loss` is not used here): every task in one pass where `vectorized`,
-        else task by task (`unrolled` under XLA, else in a `tf.while_loop`).
+        base's `meta_loss` is not used here), its tasks run in `task_form`: the mean task
+        loss, then the weight penalties (`_regularized`) added once, whatever the form.
 
-        The vectorized pass gives `task_meta_loss` the whole meta-batch: tensors with a
+        The vectorized form gives `task_meta_loss` the whole meta-batch: tensors with a
         leading task axis, parameters `[B, *shape]` (one copy per task), per-task losses
         `[B]`. It holds every task's activations at once; the loop holds one task's, so
-        memory does not grow with B.
+        memory does not grow with B. Where batch_norm=running_stats, the moving averages
+        threaded from task to task are assigned after the loop.
         """
-        if self.vectorized:
-            return self.vectorized_meta_gradients(episodes)
-        variables = self.trainable_variables
-        batch = tf.shape(episodes[self.batch_keys[1]])[0]
-        global_batch = tf.cast(batch, tf.float32)
-        state = weights.values(self.loop_state_variables)
-        width = self.logit_width(episodes)
-        keep_state = self.batch_norm == "running_stats"
-
-        def one_task(i, state):
-            """(meta-gradient, loss, state after it, query outputs) of task i."""
-            task = {k: v[i] for k, v in episodes.items()}
-            with tf.GradientTape() as tape:
-                params = weights.values(self.params)
-                loss, logits, new_state = self.run_task_meta_loss(params, state, task, width)
-                scaled = self.optimizer.scale_loss(replica_mean(loss) / global_batch)
-            grads = tape.gradient(scaled, variables)
-            # Zeros for unconnected variables (e.g. per-step copies a first-order pass does
-            # not reach), made here: the tape's ZERO option fails on Keras variables eagerly.
-            grads = [tf.zeros(v.shape, tf.float32) if g is None else g
-                     for g, v in zip(grads, variables)]
-            return grads, loss, new_state if keep_state else state, logits
-
-        tasks = self.unrolled_tasks(episodes)
-        if tasks is not None:
-            grads, loss_sum, all_logits = [tf.zeros_like(v) for v in variables], 0.0, []
-            for i in range(tasks):
-                task_grads, loss, state, logits = one_task(i, state)
-                grads, loss_sum = weights.add(grads, task_grads), loss_sum + loss
-                all_logits.append(logits)
-            logits = tf.stack(all_logits)
-        else:
-            def body(i, grads_sum, loss_sum, state, logits_array):
-                grads, loss, state, logits = one_task(i, state)
-                return (i + 1, weights.add(grads_sum, grads), loss_sum + loss, state,
-                        logits_array.write(i, logits))
-
-            logits_array = tf.TensorArray(tf.float32, size=batch,
-                                          element_shape=self.output_signature().shape)
-            _, grads, loss_sum, state, logits_array = tf.while_loop(
-                lambda i, *_: i < batch, body,
-                (tf.constant(0), [tf.zeros_like(v) for v in variables], tf.constant(0.0),
-                 state, logits_array),
-                parallel_iterations=self.parallel_tasks)
-            logits = logits_array.stack()
-        if keep_state:
+        grads, loss, logits, state = self.task_form.meta_gradients(self, episodes)
+        if state is not None:
             weights.assign(self.loop_state_variables, state)
-        grads, regularization = self._regularized(grads, variables)
-        return self._transformed(grads), loss_sum / global_batch + regularization, logits
+        grads, regularization = self._regularized(grads, self.trainable_variables)
+        return self._transformed(grads), loss + regularization, logits
 
     def _regularized(self, grads, variables):
         """(`grads` plus the gradients of `regularization_loss`, that loss): the weight
@@ -402,35 +362,9 @@ class TaskLoopLearner(EpisodicClassifier):
         return ([g if e is None else g + e for g, e in zip(grads, extra, strict=True)],
                 regularization)
 
-    def unrolled_tasks(self, episodes) -> int | None:
-        """The meta-batch size where the task loop is unrolled in Python, else None.
-
-        Under XLA (`jit_compile`), with a static meta-batch: XLA compiles a gradient tape
-        inside a `tf.while_loop` into a program 33x slower than without XLA (issue 23), and
-        the unrolled loop (B copies of the task in the graph, traced once) as it should.
-        """
-        tasks = episodes[self.batch_keys[1]].shape[0]
-        return tasks if getattr(self, "jit_compile", False) is True else None
-
-    def vectorized_meta_gradients(self, episodes):
-        """`compute_meta_gradients` with every task of the meta-batch in one pass; the loss
-        is the loop's: the mean task loss plus the regularization (`_regularized`)."""
-        variables = self.trainable_variables
-        state = weights.values(self.loop_state_variables)
-        with tf.GradientTape() as tape:
-            params = self.task_params(weights.values(self.params), episodes)
-            losses, logits, _ = self.task_meta_loss(params, state, episodes)
-            loss = tf.reduce_mean(losses)
-            scaled = self.optimizer.scale_loss(replica_mean(loss))
-        grads = tape.gradient(scaled, variables)
-        grads = [tf.zeros(v.shape, tf.float32) if g is None else g
-                 for g, v in zip(grads, variables)]
-        grads, regularization = self._regularized(grads, variables)
-        return self._transformed(grads), loss + regularization, logits
-
     @property
     def max_ways(self):
         return self.num_outputs
 
     def feature_model(self) -> keras.Model:
-        return self.model
+        return self.backbone

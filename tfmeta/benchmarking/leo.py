@@ -10,7 +10,7 @@ import numpy as np
 from tfmeta.algorithms import leo
 from tfmeta.benchmarking.common import time_train_steps
 from tfmeta.config import get_config
-from tfmeta.data import ClassImages, episode_dataset
+from tfmeta.data import ClassImages, EpisodeShape, episode_dataset
 from tfmeta.training.run import build_compiled_learner
 
 EMBEDDING_DIM, CLASSES, PER_CLASS = 640, 64, 40
@@ -25,8 +25,9 @@ def synthetic_embeddings(seed: int = 0) -> ClassImages:
 def _leo_case(setting: str):
     def run(steps: int) -> dict:
         config = get_config("leo", "mini_imagenet", setting)
-        episodes = episode_dataset(synthetic_embeddings(), config.ways, config.shots,
-                                   config.queries, config.meta_batch_size)
+        episodes = episode_dataset(synthetic_embeddings(),
+                                   EpisodeShape(config.ways, config.shots, config.queries),
+                                   config.meta_batch_size)
         learner = build_compiled_learner(config, (EMBEDDING_DIM,))
         if not isinstance(learner, leo.LEO):
             raise TypeError(f"configs/leo.py built a {type(learner).__name__}")

@@ -34,7 +34,7 @@ TEST_BATCH = 20
 def _case(trainable: str):
     def run(steps: int) -> dict:
         from tfmeta.config import apply_overrides, get_config, validate_config
-        from tfmeta.data import episode_dataset, load_dataset
+        from tfmeta.data import EpisodeShape, episode_dataset, load_dataset
         from tfmeta.episode_spec import DataSpec
         from tfmeta.training import cpu_threads
         from tfmeta.training.run import build_compiled_learner, learner_dataset
@@ -65,7 +65,7 @@ def _case(trainable: str):
             result.update(train_ms_per_episode=timed["median_ms_per_step"],
                           first_train_step_s=timed["first_step_s"])
         episodes = [batch for batch in episode_dataset(
-            dataset.split("test"), 5, 1, 15, TEST_BATCH, seed=1,
+            dataset.split("test"), EpisodeShape(5, 1, 15), TEST_BATCH, seed=1,
             num_episodes=TEST_BATCH * (steps + 1))]
         score = tf.function(lambda batch: learner.query_logits(batch, training=False))
         _block(score(episodes[0]))

@@ -1,4 +1,5 @@
-"""Streaming episodes from per-class records (`--dataset=records`, `tfmeta.data.records`):
+"""Streaming episodes from per-class records (`--dataset=records`,
+`tfmeta.data.record_stream`):
 
   records_vs_memory_84    episodes per second at mini-ImageNet's size (84x84x3, 5-way
                           1-shot 15-query, meta-batch 4; 64 classes of 100 noise images),
@@ -29,20 +30,20 @@ import numpy as np
 
 from tfmeta.benchmarking.common import sampler_rate
 from tfmeta.benchmarking.images import synthetic_dataset
-from tfmeta.data import episode_dataset, records
+from tfmeta.data import EpisodeShape, episode_dataset, record_format, record_store, record_writer
 
 
 def records_vs_memory(steps: int) -> dict:
     dataset = synthetic_dataset(classes=64, per_class=100)
     with tempfile.TemporaryDirectory() as folder:
-        records.convert(dataset, folder)
-        streamed = records.load(folder)
+        record_writer.convert(dataset, folder)
+        streamed = record_store.load(folder)
         batches = max(5 * steps, 100)
         rates = {}
         for name, source in (("memory", dataset), ("records", streamed)):
             # Warmed up for as many batches as are timed: every class stream has filled
             # its first window by then (steady state, not start-up).
-            episodes = episode_dataset(source.split("train"), 5, 1, 15, 4, seed=0)
+            episodes = episode_dataset(source.split("train"), EpisodeShape(5, 1, 15), 4, seed=0)
             rates[name] = sampler_rate(episodes.skip(batches), batches, 4)
     return {"memory_episodes_per_s": rates["memory"], "records_episodes_per_s": rates["records"],
             "records_over_memory": rates["records"] / rates["memory"], "batches": batches}
@@ -67,20 +68,21 @@ def write_synthetic_records(folder: str, classes: int, per_class: int, size: int
             if noise:
                 image = np.random.RandomState(c * variants + v).randint(
                     0, 256, image.shape).astype(np.uint8)
-            encoded.append(records.record_bytes(image, c, "png"))
+            encoded.append(record_writer.record_bytes(image, c, "png"))
         name = f"train/class_{c:05d}.tfrecord"
-        records.write_records(os.path.join(folder, name),
-                              (encoded[i % variants] for i in range(per_class)))
+        record_writer.write_records(os.path.join(folder, name),
+                                    (encoded[i % variants] for i in range(per_class)))
         entries.append({"name": f"c{c}", "split": split_of(c, classes), "count": per_class,
                         "file": name})
-    spec = {"format": records.FORMAT, "version": records.VERSION, "name": "synthetic",
-            "description": "synthetic gradients", "source_fingerprint": "", "encoding": "png",
+    spec = {"format": record_format.FORMAT, "version": record_format.VERSION,
+            "name": "synthetic", "description": "synthetic gradients", "source_fingerprint": "",
+            "encoding": "png",
             "stored_shape": [size, size, 3], "stored_dtype": "uint8",
             "transform": {"size": [size, size], "scale": [1.0] * 3, "offset": [0.0] * 3},
             "raw_shape": [size, size, 3], "value_range": [0.0, 1.0],
             "decoding": {"image_size": size, "channels": 3, "crop_to_aspect_ratio": False},
             "shuffle_seed": 0, "classes": entries}
-    with open(os.path.join(folder, records.SPEC_FILE), "w", encoding="utf-8") as f:
+    with open(os.path.join(folder, record_format.SPEC_FILE), "w", encoding="utf-8") as f:
         json.dump(spec, f)
     return classes * per_class * size * size * 3
 
@@ -130,7 +132,7 @@ def records_rss_by_classes(steps: int) -> dict:
                 folder, "records", "train", "class_00000.tfrecord")) / 260 / 1024
             peaks[f"peak_rss_mb_{classes}_classes"] = train_streamed(
                 os.path.join(folder, "records"), os.path.join(folder, "run"), max(steps, 5),
-                buffer=records.DEFAULT_SHUFFLE_BUFFER)
+                buffer=record_format.DEFAULT_SHUFFLE_BUFFER)
     return {**peaks, "record_kb": record_kb, "records_per_class": 260}
 
 

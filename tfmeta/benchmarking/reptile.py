@@ -9,13 +9,14 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfmeta.benchmarking.common import time_config_training, time_function
-from tfmeta.data import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset
 
 
 def _reptile_case(*overrides):
     def run(steps: int) -> dict:
         result, learner, dataset = time_config_training("reptile", steps, overrides=overrides)
-        test = next(iter(episode_dataset(dataset.split("test"), 5, 1, 1, 20, seed=1)))
+        test = next(iter(episode_dataset(dataset.split("test"), EpisodeShape(5, 1, 1), 20,
+                                         seed=1)))
         evaluate = tf.function(lambda batch: learner.query_logits(batch, training=False))
         timing = time_function(evaluate, (test,), max(2, steps // 5))
         result["eval_50_steps_ms_per_20_episodes"] = timing["median_ms"]

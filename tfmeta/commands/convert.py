@@ -17,7 +17,7 @@ from absl import flags
 
 from tfmeta import cli
 from tfmeta import config as config_lib
-from tfmeta.data import load_dataset, records
+from tfmeta.data import load_dataset, record_writer
 from tfmeta.errors import UserError
 
 flags.DEFINE_string("dataset", None, "Dataset to convert (a name in tfmeta.data.DATASETS or "
@@ -59,8 +59,8 @@ def main(argv):
                                         FLAGS.set)
     dataset = load_dataset(FLAGS.dataset, FLAGS.data_dir, download=FLAGS.download,
                            **config.data)
-    spec = records.convert(dataset, FLAGS.output_dir, FLAGS.threads,
-                           progress if sys.stderr.isatty() else None, FLAGS.seed)
+    spec = record_writer.convert(dataset, FLAGS.output_dir, FLAGS.threads,
+                                 progress if sys.stderr.isatty() else None, FLAGS.seed)
     counts = {}
     for entry in spec["classes"]:
         classes, examples = counts.get(entry["split"], (0, 0))

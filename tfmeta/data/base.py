@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tfmeta import files
-from tfmeta.data.episodes import ClassImages
+from tfmeta.data.classes import ClassStore
 from tfmeta.errors import UserError
 
 # Files up to this size that are not images count by their contents in the fingerprint.
@@ -29,14 +29,47 @@ def file_digest(path: str, algorithm: str = "sha1") -> str:
     return digest.hexdigest()
 
 
+class TaskSource:
+    """What the trainer, evaluation and export read of any dataset: a `FewShotDataset` of
+    files, or a generator of tasks (`tfmeta.data.sinusoid.SinusoidTasks`,
+    `tfmeta.rl.navigation.NavigationTasks`) with no files and no classes, whose values these
+    defaults are.
+
+    Attributes: `name`, `raw_shape` (one raw input), `input_shape` (one model input),
+    `preprocess` (raw inputs -> model inputs), `description`, `value_range` (None:
+    unbounded), `data_dir` and `source_files` (none for a generator), `chosen_split` (the
+    split a loader chose, which config.json records; None).
+    """
+
+    name: str
+    raw_shape: tuple
+    description: str = ""
+    value_range: tuple | None = None
+    data_dir: str | None = None
+    source_files: tuple = ()
+    chosen_split: dict | None = None
+
+    def fingerprint(self) -> str:
+        """A key of the source files (empty: no files)."""
+        return ""
+
+    def same_files(self, recorded: str) -> bool:
+        """Whether `recorded` (a fingerprint config.json holds) is this dataset's."""
+        return recorded == self.fingerprint()
+
+    def file_decoding(self) -> dict | None:
+        """How an image file becomes one raw input (None: inputs are not image files)."""
+        return None
+
+
 @dataclasses.dataclass
-class FewShotDataset:
+class FewShotDataset(TaskSource):
     """A dataset split into disjoint sets of classes, ready for episode sampling.
 
     Attributes:
       name: the registry name (`omniglot`, ...).
-      splits: split name -> `ClassImages` holding *preprocessed* examples, i.e. what
-        the model takes as input.
+      splits: split name -> `ClassStore` (`ClassImages` in memory, or `RecordClasses`)
+        whose model inputs are the *preprocessed* examples.
       raw_shape: the shape of one example as decoded from the dataset's own files
         (105x105x1 for Omniglot). Exported models take inputs of this shape.
       preprocess: maps a float32 batch `[n, *raw_shape]` of decoded examples (images
@@ -57,9 +90,9 @@ class FewShotDataset:
 
     A user's own data, in one call each (see `tfmeta.data.own_data`):
 
-        FewShotDataset.from_folder("photos/")        # one subfolder per class
-        FewShotDataset.from_arrays(images, labels)
-        FewShotDataset.from_tf_dataset(tf.data.Dataset.from_tensor_slices((x, y)))
+        tfmeta.data.from_folder("photos/")        # one subfolder per class
+        tfmeta.data.from_arrays(images, labels)
+        tfmeta.data.from_tf_dataset(tf.data.Dataset.from_tensor_slices((x, y)))
     """
 
     name: str
@@ -72,30 +105,6 @@ class FewShotDataset:
     source_files: tuple = ()
     chosen_split: dict | None = None
     decoding: dict | None = None
-
-    @classmethod
-    def from_folder(cls, data_dir: str, **options) -> FewShotDataset:
-        """One subfolder per class (or train/, val/, test/ of them); `options` are
-        `tfmeta.data.folder.load`'s (image_size=84, channels=3, split_fractions, ...)."""
-        from tfmeta.data import folder
-
-        return folder.load(data_dir, **options)
-
-    @classmethod
-    def from_arrays(cls, images, labels, **options) -> FewShotDataset:
-        """Images `[n, H, W(, C)]` (uint8, or float in [0, 1]) and their labels `[n]`;
-        `options` are `tfmeta.data.own_data.from_arrays`'s."""
-        from tfmeta.data import own_data
-
-        return own_data.from_arrays(images, labels, **options)
-
-    @classmethod
-    def from_tf_dataset(cls, dataset, **options) -> FewShotDataset:
-        """A `tf.data.Dataset` of `(image, label)`; `options` are
-        `tfmeta.data.own_data.from_tf_dataset`'s (image_size=... for images of mixed sizes)."""
-        from tfmeta.data import own_data
-
-        return own_data.from_tf_dataset(dataset, **options)
 
     def file_decoding(self) -> dict | None:
         """How an image file becomes one raw input of this dataset (`decoding`, or for a
@@ -136,7 +145,7 @@ class FewShotDataset:
         dataset's."""
         return recorded == self.fingerprint(legacy=not recorded.startswith("v2:"))
 
-    def split(self, name: str) -> ClassImages:
+    def split(self, name: str) -> ClassStore:
         if name not in self.splits:
             raise UserError(
                 f"Dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}.")

@@ -26,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data import image_headers
-from tfmeta.data.episodes import ClassImages
+from tfmeta.data.base import FewShotDataset
+from tfmeta.data.classes import ClassImages
 from tfmeta.errors import UserError
 from tfmeta.ranges import Range
 
@@ -414,8 +415,6 @@ def image_dataset(name: str, title: str, splits: dict, train_on_val: bool, data_
                   source_files, raw_shape, preprocess):
     """The `FewShotDataset` of an image benchmark's decoded `splits` (train + val merged for
     training when `train_on_val`), described by `title` and the split sizes."""
-    from tfmeta.data.base import FewShotDataset
-
     if train_on_val:
         splits["train"] = merge_splits(splits["train"], splits["val"])
     description = (f"{title} from {data_dir}{', training on train + val' if train_on_val else ''}"

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tfmeta.data import safe_pickle
 from tfmeta.data.base import FewShotDataset, download_file, extract_archive, read_npz
-from tfmeta.data.episodes import ClassImages
+from tfmeta.data.classes import ClassImages
 from tfmeta.errors import UserError
 
 PUBLISHED = {"miniImageNet": ("center", "multiview"), "tieredImageNet": ("center",)}

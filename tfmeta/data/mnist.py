@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tfmeta.data import base
 from tfmeta.data.base import FewShotDataset, download_file
-from tfmeta.data.episodes import ClassImages
+from tfmeta.data.classes import ClassImages
 from tfmeta.errors import UserError
 
 FILE_NAME = "mnist.npz"

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data.base import FewShotDataset, download_file, load_cached_arrays, source_fingerprint
-from tfmeta.data.episodes import ClassImages
+from tfmeta.data.classes import ClassImages
 from tfmeta.errors import UserError
 
 URL_PREFIX = "https://github.com/brendenlake/omniglot/raw/master/python/"

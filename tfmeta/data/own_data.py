@@ -1,9 +1,9 @@
 """A user's own images as a `FewShotDataset`: what `--dataset=folder`, `--dataset=tfds:NAME`
-and the Python constructors (`FewShotDataset.from_arrays`, `.from_tf_dataset`,
-`.from_folder`) share.
+and the Python constructors (`tfmeta.data.from_arrays`, `from_tf_dataset`, `from_folder`)
+share.
 
-    data = FewShotDataset.from_arrays(images, labels)          # uint8 [n, H, W(, C)], [n]
-    train = episode_dataset(data, ways=5, shots=1, queries=15, meta_batch_size=4)
+    data = tfmeta.data.from_arrays(images, labels)          # uint8 [n, H, W(, C)], [n]
+    train = episode_dataset(data, EpisodeShape(ways=5, shots=1, queries=15), meta_batch_size=4)
 
 Few-shot splits are by class: the classes (not the images) are split into train, val and
 test by seeded fractions (`split_fractions`, default 0.64 / 0.16 / 0.20, mini-ImageNet's
@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.data import images as image_utils
+from tfmeta.data.base import FewShotDataset
 from tfmeta.errors import UserError
 from tfmeta.ranges import IMAGE_SIZE
 
@@ -147,8 +148,6 @@ def build_dataset(name: str, pixels: np.ndarray, labels: np.ndarray, class_names
     `class_names[labels[i]]`, split by class (see the module docstring); `class_groups`,
     one group name per class (or None), are split by group when no `class_split` is given
     and become the splits' `ClassImages.class_groups`."""
-    from tfmeta.data.base import FewShotDataset
-
     names = [str(n) for n in class_names]
     if len(set(names)) != len(names):
         raise UserError(f"Class names must be distinct; got {names}.")

@@ -20,7 +20,8 @@ import math
 
 import tensorflow as tf
 
-from tfmeta.data.episodes import episode_numbers, unsharded
+from tfmeta.data.base import TaskSource
+from tfmeta.data.sampling import episode_numbers, unsharded
 from tfmeta.errors import UserError
 from tfmeta.ranges import Range
 
@@ -28,7 +29,7 @@ from tfmeta.ranges import Range
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
 
 
-class SinusoidTasks:
+class SinusoidTasks(TaskSource):
     """The distribution of sinusoid regression tasks.
 
     Args:
@@ -41,7 +42,6 @@ class SinusoidTasks:
     raw_shape = (1,)
     input_shape = (1,)
     value_range = None  # served x may lie anywhere (extrapolation); only finiteness is checked
-    data_dir = None
 
     def __init__(self, amplitude_min=0.1, amplitude_max=5.0, phase_min=0.0, phase_max=math.pi,
                  x_min=-5.0, x_max=5.0):
@@ -62,10 +62,6 @@ class SinusoidTasks:
     def preprocess(x):
         """x is the model input as it is."""
         return tf.convert_to_tensor(x, tf.float32)
-
-    def fingerprint(self) -> str:
-        """No files: the options are the config's, so nothing to fingerprint."""
-        return ""
 
     def split(self, name: str):
         raise UserError(f"sinusoid has no class splits (asked for {name!r}): its tasks are "

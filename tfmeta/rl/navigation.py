@@ -29,6 +29,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from tfmeta.data.base import TaskSource
 from tfmeta.errors import UserError
 from tfmeta.ranges import POSITIVE, POSITIVE_INT, check_all
 
@@ -99,7 +100,7 @@ def _identity(observations):
 
 
 @dataclasses.dataclass
-class NavigationTasks:
+class NavigationTasks(TaskSource):
     """The task distribution of 2D navigation, with what the trainer, evaluation and export
     use of a `FewShotDataset` (no files: `data_dir` is None, the fingerprint empty).
 
@@ -109,9 +110,6 @@ class NavigationTasks:
     environment: Navigation2D
     name: str = "navigation_2d"
     raw_shape: tuple = (2,)
-    value_range: tuple | None = None
-    data_dir: str | None = None
-    source_files: tuple = ()
 
     @property
     def description(self) -> str:
@@ -128,9 +126,6 @@ class NavigationTasks:
     def preprocess(self):
         """Observations are the policy's inputs as they are."""
         return _identity
-
-    def fingerprint(self) -> str:
-        return ""
 
     def goals(self, split: str, count: int, seed: int, index) -> tf.Tensor:
         return self.environment.sample_goals(count, goal_seed(seed, split, index))

@@ -20,6 +20,7 @@ import shutil
 import tensorflow as tf
 
 from tfmeta.errors import UserError
+from tfmeta.migrate import checkpoint_learner
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "ckpt"
@@ -42,10 +43,12 @@ def untracked_variables(learner) -> dict:
     return missing
 
 
-def learner_checkpoint(learner) -> tf.train.Checkpoint:
+def learner_checkpoint(learner, saved_keys=()) -> tf.train.Checkpoint:
     """A checkpoint of the learner (every variable: see `untracked_variables`) and its
-    optimizer."""
-    return tf.train.Checkpoint(learner=learner, optimizer=learner.optimizer,
+    optimizer; with the `saved_keys` of a checkpoint to restore, one that reads it in the
+    names it was written with (`tfmeta.migrate.checkpoint_learner`)."""
+    return tf.train.Checkpoint(learner=checkpoint_learner(learner, saved_keys),
+                               optimizer=learner.optimizer,
                                variables=untracked_variables(learner))
 
 
@@ -127,11 +130,11 @@ def restore_latest(learner, workdir, require=False) -> int:
             raise FileNotFoundError(f"No checkpoint in {workdir}/{CHECKPOINTS}; train first "
                                     f"with bin/train.py --workdir={workdir}.")
         return 0
-    checkpoint = learner_checkpoint(learner)
     failures = []
     for _, prefix in reversed(candidates):
         try:
-            checkpoint.restore(prefix).expect_partial()
+            saved_keys = [name for name, _ in tf.train.list_variables(prefix)]
+            learner_checkpoint(learner, saved_keys).restore(prefix).expect_partial()
         except Exception as error:  # noqa: BLE001 - TF raises OpError, IndexError, ValueError
             # for a checkpoint that does not read; any of them means: try the one before.
             reason = " ".join(str(error).split())[:200]

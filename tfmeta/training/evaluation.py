@@ -184,9 +184,9 @@ def check_protocol(learner, alpha, open_set: bool, variable: bool) -> None:
     asked = ("--query_balance" if alpha is not None else "--open_set" if open_set else None)
     if asked is None:
         return
-    if not learner.variable_episodes or type(learner).meta_test is not \
+    if not learner.takes_padded_episodes or type(learner).meta_test is not \
             EpisodicClassifier.meta_test:
-        able = [a for a in head_learners() if learner_class(a).variable_episodes]
+        able = [a for a in head_learners() if learner_class(a).takes_padded_episodes]
         raise UserError(f"{asked}: {name} does not take episodes with padded queries or "
                         f"support classes; the learners that do: {', '.join(able)}.")
     if open_set and not isinstance(learner, FineTuningClassifier):
@@ -234,12 +234,11 @@ def calibrate_run(run, spec, episodes: int, seed: int, keep: float, ways=None, s
 def collect_outputs(learner, classes, setting, episodes: int, meta_batch_size: int,
                     seed: int) -> tuple:
     """(logits `[n, N]`, labels `[n]`, open-set distances of the real queries `[r]` or None)
-    of `learner`'s `test_outputs` on `episodes` episodes of `setting` (`EpisodeSpec`)."""
+    of `learner`'s `test_outputs` on `episodes` episodes of `setting` (an `EpisodeShape`)."""
     EVAL_EPISODES.check("calibration_episodes", episodes)
     batch = max(1, min(meta_batch_size, episodes))
-    stream = episode_dataset(classes, setting.ways, setting.shots, setting.queries, batch,
-                             seed=seed + 2, num_episodes=-(-episodes // batch) * batch,
-                             split="val", **setting.options())
+    stream = episode_dataset(classes, setting, batch, seed=seed + 2,
+                             num_episodes=-(-episodes // batch) * batch, split="val")
     outputs_fn = tf.function(learner.test_outputs)
     logits, labels, distances = [], [], []
     width = 0

@@ -52,13 +52,11 @@ def export_metadata(learner, dataset, backbone: dict | None = None) -> dict:
     (`FewShotDataset.file_decoding`: decode, resize, / 255), and the run's backbone (its
     config section: an external one's input size and normalization, which run in the
     graph, and what trained)."""
-    value_range = getattr(dataset, "value_range", None)
-    decoding = getattr(dataset, "file_decoding", None)  # task generators have no files
-    return {"learner": type(learner).__name__, "dataset": getattr(dataset, "name", None),
+    return {"learner": type(learner).__name__, "dataset": dataset.name,
             "max_ways": getattr(learner, "max_ways", None),
-            "raw_shape": [int(d) for d in getattr(dataset, "raw_shape", ())],
-            "value_range": list(value_range) if value_range else None,
-            "decoding": decoding() if decoding else None,
+            "raw_shape": [int(d) for d in dataset.raw_shape],
+            "value_range": list(dataset.value_range) if dataset.value_range else None,
+            "decoding": dataset.file_decoding(),
             "backbone": backbone, **serving_settings(learner)}
 
 

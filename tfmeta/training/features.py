@@ -29,8 +29,9 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.data import episode_dataset
+from tfmeta.data import EpisodeShape, episode_dataset
 from tfmeta.data.base import load_cached_arrays
+from tfmeta.data.classes import ClassImages
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config, copy_backbone_weights, is_frozen
 
@@ -77,8 +78,8 @@ def _classes_key(classes) -> str:
     the class names and counts (the dataset's files count through its fingerprint)."""
     digest = hashlib.sha1(repr((classes.class_names, list(map(int, classes.class_counts))))
                           .encode())
-    images = getattr(classes, "images", None)
-    if isinstance(images, np.ndarray):
+    if isinstance(classes, ClassImages):
+        images = classes.images
         digest.update(f"{images.shape}|{images.dtype}".encode())
         digest.update(np.ascontiguousarray(images).tobytes())
     return digest.hexdigest()
@@ -97,8 +98,6 @@ def _split_features(classes, embed) -> list:
 
 def _with_features(classes, per_class):
     """The split `classes` with its examples replaced by their features (`per_class`)."""
-    from tfmeta.data.episodes import ClassImages
-
     if isinstance(classes, ClassImages):
         return dataclasses.replace(classes, images=np.concatenate(per_class), transform=None)
     return ClassImages.from_lists(per_class, classes.class_names,  # records, streamed
@@ -197,15 +196,15 @@ def train_feature_mean(learner, dataset) -> np.ndarray:
     ways = min(20, classes.num_classes)
     shots = max(1, min(5, int(np.min(classes.class_counts)) - 1))
     per_episode = ways * (shots + 1)
-    episodes = episode_dataset(classes, ways, shots, 1, meta_batch_size=1,
+    episodes = episode_dataset(classes, EpisodeShape(ways, shots, 1), meta_batch_size=1,
                                seed=FEATURE_MEAN_SEED, split="train",
                                num_episodes=-(-FEATURE_MEAN_IMAGES // per_episode))
-    encoder = learner.feature_model()
+    backbone = learner.feature_model()
 
     @tf.function
     def features(episode):
         images = tf.concat([episode["support_images"][0], episode["query_images"][0]], 0)
-        values = tf.cast(encoder(images, training=False), tf.float32)
+        values = tf.cast(backbone(images, training=False), tf.float32)
         return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), 0)
 
     total = sum(features(e).numpy().astype(np.float64) for e in episodes)

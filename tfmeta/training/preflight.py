@@ -70,7 +70,7 @@ def check_workdir_config(config, workdir, dataset=None):
                         {k: (new or {}).get(k) for k in keys if old.get(k) is not None})
             recorded = old.get("fingerprint", "")
             if recorded and not recorded.startswith("v2:") and dataset is not None and \
-                    hasattr(dataset, "same_files") and dataset.same_files(recorded):
+                    dataset.same_files(recorded):
                 new["fingerprint"] = recorded  # recorded by an earlier version, still the same
         if old is not None and json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
             raise UserError(
@@ -84,9 +84,9 @@ def check_workdir_config(config, workdir, dataset=None):
 
 def check_episode_sampler(learner, config, input_shape) -> None:
     """Refuses, in one line, variable episodes (`episode_sampler="variable"`) for a learner
-    that cannot take them (its `variable_episodes` False), naming those that can."""
+    that cannot take them (its `takes_padded_episodes` False), naming those that can."""
     if (config.get("episode_sampler") or "fixed") != "variable" or \
-            getattr(learner, "variable_episodes", False):
+            learner.takes_padded_episodes:
         return
     raise UserError(
         f"--algo={config.algo} with these settings does not take variable episodes "
@@ -103,7 +103,7 @@ def variable_episode_learners(dataset: str, input_shape) -> list:
 
     found, prototype_heads = [], prototype_head_algorithms()
     for algo in sorted(ALGORITHMS):
-        declared = inspect.getattr_static(learner_class(algo), "variable_episodes", False)
+        declared = inspect.getattr_static(learner_class(algo), "takes_padded_episodes")
         if not isinstance(declared, property):
             if declared:
                 found.append(f"--algo={algo}")
@@ -112,7 +112,7 @@ def variable_episode_learners(dataset: str, input_shape) -> list:
             else [[]]
         for overrides in variants:
             config = apply_overrides(get_config(algo, dataset), overrides)
-            if build_learner(config, input_shape).variable_episodes:
+            if build_learner(config, input_shape).takes_padded_episodes:
                 found.append(" ".join([f"--algo={algo}", *(f"--set={o}" for o in overrides)]))
                 break
     return found

@@ -69,7 +69,7 @@ def data_source(dataset) -> dict:
     """What config.json records of the data a run trained on: its folder, the fingerprint
     of its files, and the classes of each split where the loader chose them."""
     return {"data_dir": dataset.data_dir, "fingerprint": dataset.fingerprint(),
-            "class_split": getattr(dataset, "chosen_split", None)}
+            "class_split": dataset.chosen_split}
 
 
 def recorded_class_split(config) -> dict | None:

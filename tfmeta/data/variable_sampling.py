@@ -28,109 +28,21 @@ The episode is padded to a static shape so that a `tf.function` sees one signatu
 
 Real examples come first, class after class (class 0's, then class 1's, ...), then padding:
 label -1 and an all-zero image. N = max(support_labels) + 1; every class 0..N-1 has at least
-one support example and exactly q queries. `sample_episode_shape` and `arrange_padded` are
-the two halves any reader of examples shares (in memory here, records elsewhere).
+one support example and exactly q queries. `variable_composer` (what an episode is made of)
+and `arrange_padded` (the episode of its examples) are the two halves every store's reader
+shares, through `tfmeta.data.sampling`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.data.episodes import MIN_CLASSES, MORE_CLASSES, ClassImages, stored_tensor
+from tfmeta.data.classes import MIN_CLASSES, MORE_CLASSES, ClassStore
+from tfmeta.data.shape import EpisodeShape, VariableEpisodes
 from tfmeta.errors import UserError
-from tfmeta.ranges import Range, check_all
-
-# Meta-Dataset's class weights: a class's share of the support set is scaled by a factor
-# drawn log-uniformly in [1/2, 2].
-LOG_HALF, LOG_TWO = math.log(0.5), math.log(2.0)
-
-# Far above the published settings, low enough that a typo (an extra zero or two) is refused
-# here rather than exhausting memory in the padded episodes.
-FIELD_RANGES = {
-    "min_ways": Range(2, 1000, integer=True),
-    "max_ways": Range(2, 1000, integer=True),
-    "max_queries": Range(1, 1000, integer=True),
-    "max_support": Range(2, 10000, integer=True),
-    "max_support_per_class": Range(1, 10000, integer=True),
-    "min_log_weight": Range(-10, 10),
-    "max_log_weight": Range(-10, 10),
-}
-
-
-def check_variable_fields(values, prefix: str = "") -> None:
-    """Raises a ValueError naming the first field of `values` (a mapping of `VariableEpisodes`'
-    fields) outside its range, or the pair that contradict each other; `prefix` is prepended
-    to the names (a config's section)."""
-    unknown = sorted(set(values) - set(FIELD_RANGES))
-    if unknown:
-        raise UserError(f"Unknown variable-episode field{'s' if len(unknown) > 1 else ''} "
-                        f"{', '.join(prefix + k for k in unknown)}; valid fields: "
-                        f"{sorted(FIELD_RANGES)}.")
-    check_all(FIELD_RANGES, values, prefix)
-    field = {k: prefix + k for k in FIELD_RANGES}
-    if values["max_ways"] < values["min_ways"]:
-        raise UserError(f"{field['max_ways']}={values['max_ways']} is less than "
-                        f"{field['min_ways']}={values['min_ways']}; set max_ways >= min_ways.")
-    if values["max_support"] < values["max_ways"]:
-        raise UserError(
-            f"{field['max_support']}={values['max_support']} is less than "
-            f"{field['max_ways']}={values['max_ways']}, but every class of an episode needs a "
-            f"support example; set max_support >= {values['max_ways']} or fewer max_ways.")
-    if values["max_log_weight"] < values["min_log_weight"]:
-        raise UserError(f"{field['max_log_weight']}={values['max_log_weight']} is less than "
-                        f"{field['min_log_weight']}={values['min_log_weight']}; set "
-                        "min_log_weight <= max_log_weight.")
-
-
-@dataclasses.dataclass(frozen=True)
-class VariableEpisodes:
-    """The variable-episode sampler's parameters (Meta-Dataset's defaults).
-
-    Attributes:
-      min_ways, max_ways: N is uniform in [min_ways, min(max_ways, C)] (reference:
-        `min_ways`, `max_ways_upper_bound`).
-      max_queries: the most query examples per class (`max_num_query`).
-      max_support: the most support examples in an episode (`max_support_set_size`); also
-        the padded support length.
-      max_support_per_class: the most a class adds to the drawn support-set size, which is
-        not a limit on its support examples (`max_support_size_contrib_per_class`).
-      min_log_weight, max_log_weight: each class's share of the support set is its example
-        count times exp(uniform(min_log_weight, max_log_weight)): class imbalance.
-    """
-
-    min_ways: int = 5
-    max_ways: int = 50
-    max_queries: int = 10
-    max_support: int = 500
-    max_support_per_class: int = 100
-    min_log_weight: float = LOG_HALF
-    max_log_weight: float = LOG_TWO
-
-    def __post_init__(self):
-        check_variable_fields(dataclasses.asdict(self))
-
-    @classmethod
-    def from_config(cls, values, prefix: str = "variable_episodes.") -> VariableEpisodes:
-        """From a config section (a mapping of some of the fields; the others keep their
-        defaults); errors name the fields as `prefix + field`."""
-        values = {**dataclasses.asdict(cls()), **dict(values)}
-        check_variable_fields(values, prefix)
-        return cls(**values)
-
-    @property
-    def support_slots(self) -> int:
-        """The padded support length: `max_support`."""
-        return self.max_support
-
-    @property
-    def query_slots(self) -> int:
-        """The padded query length: `max_ways * max_queries`."""
-        return self.max_ways * self.max_queries
 
 
 def sample_episode_shape(seed, class_counts, spec: VariableEpisodes) -> dict:
@@ -139,7 +51,7 @@ def sample_episode_shape(seed, class_counts, spec: VariableEpisodes) -> dict:
     Args:
       seed: `[2]` int64 stateless seed.
       class_counts: `[C]` int, the example count of each class of the split (C >= min_ways,
-        every count >= 2: `check_variable_spec`).
+        every count >= 2: `check_variable`).
       spec: the sampler's parameters.
 
     Returns:
@@ -241,13 +153,14 @@ def arrange_padded(examples, shape: dict, spec: VariableEpisodes, example_shape=
             "query_images": query_images, "query_labels": query_labels}
 
 
-def check_variable_spec(classes: ClassImages, spec: VariableEpisodes, split="") -> ClassImages:
+def check_variable(classes: ClassStore, shape: EpisodeShape, split: str = "") -> ClassStore:
     """The classes variable episodes are drawn from; raises a ValueError naming the counts and
     the fix if there are too few.
 
     A class needs 2 examples (one support, one query). A smaller class is refused, or where
     the classes allow it (`drop_small_classes`: a user's own data) left out with a warning.
     """
+    spec = shape.variable
     where = f" in the {split!r} split" if split else ""
     small = np.flatnonzero(classes.class_counts < 2)
     if len(small) and not classes.drop_small_classes:
@@ -275,40 +188,8 @@ def check_variable_spec(classes: ClassImages, spec: VariableEpisodes, split="") 
     return classes
 
 
-def make_variable_episode_sampler(classes: ClassImages, spec: VariableEpisodes, augment=None):
-    """Returns `sample(seed) -> padded episode dict`, a pure TF function of a `[2]` int seed.
-
-    Like `tfmeta.data.episodes.make_episode_sampler`, but the episode's shape is drawn by
-    `sample_episode_shape`; each chosen class's examples are drawn without replacement,
-    `classes.transform` and `augment(images, seed)` see only the real examples, and padding
-    is added after them (so padding images are exact zeros).
-    """
-    images = stored_tensor(classes.images)
-    offsets = tf.constant(classes.class_offsets, tf.int64)
+def variable_composer(classes: ClassStore, shape: EpisodeShape):
+    """`compose(seed) -> composition` of variable episodes over `classes`: `sample_episode_shape`
+    with the split's class counts and `shape.variable`."""
     counts = tf.constant(classes.class_counts, tf.int64)
-    max_count = int(classes.class_counts.max())
-    # The most one class gives an episode: its support (at most the whole support set) and
-    # its queries, and never more than it has.
-    picks_per_class = min(max_count, spec.max_support + spec.max_queries)
-    stored_shape, example_shape = tuple(classes.images.shape[1:]), classes.example_shape
-
-    def sample(seed):
-        shape_seed, example_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        shape = sample_episode_shape(shape_seed, counts, spec)
-        chosen = shape["classes"]
-        scores = tf.random.stateless_uniform([spec.max_ways, max_count], example_seed)
-        valid = tf.range(max_count, dtype=tf.int64)[None, :] < tf.gather(counts, chosen)[:, None]
-        scores = tf.where(valid, scores, -1.0)  # beyond a class's count: never chosen
-        _, picks = tf.math.top_k(scores, picks_per_class)  # [W, P], without replacement
-        taken = tf.range(picks_per_class)[None, :] < (shape["support"] + shape["queries"])[:, None]
-        # Row-major: class after class, each class's first `support` picks then its queries.
-        index = tf.boolean_mask(tf.gather(offsets, chosen)[:, None] + tf.cast(picks, tf.int64),
-                                taken)
-        examples = tf.reshape(tf.gather(images, index), [-1, *stored_shape])
-        if classes.transform is not None:
-            examples = classes.transform(examples)
-        if augment is not None:
-            examples = augment(examples, tf.random.experimental.stateless_fold_in(seed, 2))
-        return arrange_padded(examples, shape, spec, example_shape)
-
-    return sample
+    return lambda seed: sample_episode_shape(seed, counts, shape.variable)
