@@ -24,28 +24,15 @@ def layer_of(module: str):
 
 
 def layer_imports() -> dict:
-    """layer -> {layer it imports: a module where it does}, from every import statement of
-    every module, at the top or inside a function."""
+    """layer -> {layer it imports: "module line N" where it does}: `module_imports` seen
+    from above (`tfmeta.configs` is the configs/ folder, installed inside the package)."""
     graph = {}
-    for folder, _, files in os.walk(PACKAGE):
-        for name in files:
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(folder, name)
-            module = os.path.relpath(path[:-3], ROOT).replace(os.sep, ".")
-            source = layer_of(module.removesuffix(".__init__"))
-            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
-                targets = []
-                if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                elif isinstance(node, ast.Import):
-                    targets = [a.name for a in node.names]
-                for target in targets:
-                    layer = layer_of(target)
-                    if layer and layer != source and layer != "configs" and (
-                            os.path.isdir(os.path.join(PACKAGE, layer))
-                            or os.path.isfile(os.path.join(PACKAGE, layer + ".py"))):
-                        graph.setdefault(source, {}).setdefault(layer, module)
+    for module, targets in module_imports().items():
+        source = layer_of(module)
+        for target, where in targets.items():
+            layer = layer_of(target)
+            if layer and source and layer != source and layer != "configs":
+                graph.setdefault(source, {}).setdefault(layer, f"{module} {where}")
     return graph
 
 
@@ -131,7 +118,8 @@ def module_imports() -> dict:
 
 def test_no_module_imports_itself_through_others():
     """No circle among tfmeta's modules, inside a folder included (tfmeta/data/ was one
-    knot of seven modules, held apart by imports inside functions): imports inside
+    knot of seven modules, held apart by imports inside functions; MAML once imported
+    maml_regression inside a function, maml_regression importing MAML): imports inside
     functions count, so none of them can be what keeps a circle from failing at import."""
     graph = module_imports()
     assert {"tfmeta.data.episodes", "tfmeta.data.classes"} <= set(graph)
@@ -170,46 +158,6 @@ def test_an_import_inside_a_function_counts():  # the module graph sees what the
     graph = module_imports()
     assert "tfmeta.algorithms" in graph["tfmeta.config"]  # imported inside functions only
     assert "tfmeta.data.images" in graph["tfmeta.data.own_data"]  # `from pkg import module`
-
-
-def algorithm_imports() -> dict:
-    """module -> {module it imports -> where}, among the modules of tfmeta/algorithms, at the
-    top or inside a function (`from tfmeta.algorithms import learner_class` imports the
-    package's `__init__`)."""
-    folder = os.path.join(PACKAGE, "algorithms")
-    modules = {name[:-3] for name in os.listdir(folder) if name.endswith(".py")}
-
-    def module_of(target):
-        name = target.removeprefix("tfmeta.algorithms").lstrip(".").split(".")[0]
-        return name if name in modules else "__init__"
-
-    graph = {}
-    for module in sorted(modules):
-        path = os.path.join(folder, module + ".py")
-        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
-            targets = []
-            if isinstance(node, ast.ImportFrom) and node.module == "tfmeta.algorithms":
-                targets = [f"tfmeta.algorithms.{a.name}" for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                targets = [node.module]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            for target in targets:
-                if target.split(".")[:2] == ["tfmeta", "algorithms"]:
-                    graph.setdefault(module, {}).setdefault(module_of(target),
-                                                            f"line {node.lineno}")
-    return graph
-
-
-def test_the_learners_modules_import_each_other_one_way():
-    # (MAML once imported maml_regression inside a function, maml_regression importing MAML:
-    # a circle held apart by the import's place. The learner of a dataset's kind is chosen
-    # in tfmeta.algorithms.learner_class, which names both.)
-    graph = algorithm_imports()
-    cycle = find_cycle(graph)
-    where = [f"{a} -> {b} ({a}.py {graph[a][b]})" for a, b in zip(cycle, cycle[1:])] if cycle \
-        else []
-    assert cycle is None, "tfmeta/algorithms' modules import in a circle: " + "; ".join(where)
 
 
 def is_class_factory(node) -> bool:

@@ -179,19 +179,20 @@ def test_configs_recorded_by_earlier_versions_are_read_in_the_current_form(tmp_p
 
 
 def small_learner(algo, seed):
-    """A compiled learner of `algo` on a 4-input MLP backbone with batch norm (whose moving
-    statistics a checkpoint keys under the backbone's attribute alone), every weight drawn
-    from `seed`, and its optimizer built, as the trainer builds it before restoring."""
+    """A compiled learner of `algo` on a small Conv4 backbone (8x8 grey images, batch norm,
+    whose moving statistics a checkpoint keys under the backbone's attribute alone), every
+    weight drawn from `seed`, and its optimizer built, as the trainer builds it before
+    restoring."""
     import keras
 
     from tfmeta.algorithms.maml import MAML
     from tfmeta.algorithms.mann import MANN
     from tfmeta.algorithms.prototypical import PrototypicalNetwork
+    from tfmeta.models import conv4
 
     keras.utils.set_random_seed(seed)
-    layers = [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()]
-    head = [keras.layers.Dense(2, name="head")] if algo == "maml" else []
-    backbone = keras.Sequential(layers + head)
+    backbone = conv4((8, 8, 1), num_classes=2 if algo == "maml" else None, filters=3,
+                     num_blocks=2)
     learner = {"maml": lambda: MAML(backbone, inner_lr=0.1),
                "protonet": lambda: PrototypicalNetwork(backbone),
                "mann": lambda: MANN(backbone, num_classes=2, units=4, memory_slots=3,
