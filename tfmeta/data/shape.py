@@ -168,9 +168,3 @@ class EpisodeShape:
         """Fixed episodes of this setting (and grouping), with `ways`/`shots` where given."""
         return EpisodeShape(ways or self.ways, shots or self.shots, self.queries,
                             grouping=self.grouping)
-
-    def with_counts(self, ways: int | None = None, shots: int | None = None,
-                    queries: int | None = None) -> EpisodeShape:
-        """This shape (sampler, parameters, grouping) with the given ways/shots/queries."""
-        return dataclasses.replace(self, ways=ways or self.ways, shots=shots or self.shots,
-                                   queries=queries or self.queries)
