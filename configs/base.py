@@ -48,21 +48,21 @@ def get_config(algo: str, dataset: str, setting: str = "5w1s") -> ml_collections
     config.eval_episodes = 600
     config.eval_meta_batch_size = 20
     config.val_episodes = 100
-    # "fixed": the N-way K-shot episodes above. "variable": Meta-Dataset's episodes for
-    # training, validation and meta-test alike (ways, shots and queries drawn per episode
-    # within these bounds, its published defaults; see tfmeta.data.variable_sampling), for
-    # the learners that take them; ways, shots, queries and their eval_* are then unused.
-    config.episode_sampler = "fixed"
+    # The episode sampler and its settings. name "fixed": the N-way K-shot episodes above.
+    # "variable": Meta-Dataset's episodes for training, validation and meta-test alike (ways,
+    # shots and queries drawn per episode within the bounds below, its published defaults;
+    # see tfmeta.data.variable_sampling), for the learners that take them; ways, shots,
+    # queries and their eval_* are then unused, as the bounds are with "fixed".
+    config.episode_sampler = ml_collections.ConfigDict(
+        {"name": "fixed", "min_ways": 5, "max_ways": 50, "max_queries": 10, "max_support": 500,
+         "max_support_per_class": 100, "min_log_weight": math.log(0.5),
+         "max_log_weight": math.log(2.0)})
     # "any": each training episode's classes are drawn from the whole split. "within": from
     # one group of classes (Omniglot's alphabets, data.class_depth=2 folders), drawn
     # uniformly among the groups with at least `ways` classes: harder, finer episodes
     # (tfmeta.data.fixed_sampling). Validation and meta-test stay "any" (bin/evaluate.py
     # --within_group asks for "within").
     config.episode_grouping = "any"
-    config.variable_episodes = ml_collections.ConfigDict(
-        {"min_ways": 5, "max_ways": 50, "max_queries": 10, "max_support": 500,
-         "max_support_per_class": 100, "min_log_weight": math.log(0.5),
-         "max_log_weight": math.log(2.0)})
 
     # schedule: None (constant), "step" (x decay_rate every decay_steps) or "cosine"
     # (to 0 over decay_steps, default num_steps); see tfmeta.training.optimizer.

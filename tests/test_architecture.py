@@ -1,8 +1,9 @@
 """docs/architecture.md against the code: the layers of tfmeta import each other in one
 direction only (function-level imports included), and so do its modules, one by one, inside
 every folder (so no import inside a function holds a circle apart); no class
-is built at run time with `type(name, bases, namespace)`; and the learner hook table says
-which classes override each hook."""
+is built at run time with `type(name, bases, namespace)`; the hook tables (learners and
+their recipes) say which classes override each hook; and no learner carries its recipe's
+run policy."""
 
 import ast
 import importlib
@@ -11,7 +12,7 @@ import os
 import pkgutil
 import re
 
-from tfmeta.algorithms import base, episodic
+from tfmeta.algorithms import ALGORITHMS, REGRESSION_RECIPES, base, episodic, recipe, recipe_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "tfmeta")
@@ -188,16 +189,17 @@ def test_a_class_factory_is_found():  # the check above can fail
     assert not is_class_factory(call("type(config.model)({'name': 'mlp'})"))
 
 
-def learner_classes() -> dict:
-    """Every MetaLearner subclass defined in tfmeta.algorithms, by class name."""
+def learner_classes(root=base.MetaLearner) -> dict:
+    """Every subclass of `root` (MetaLearner, or Recipe) defined in tfmeta.algorithms, by
+    class name."""
     import tfmeta.algorithms as algorithms
 
     found = {}
     for info in pkgutil.iter_modules(algorithms.__path__):
         module = importlib.import_module(f"tfmeta.algorithms.{info.name}")
         for name, value in vars(module).items():
-            if inspect.isclass(value) and issubclass(value, base.MetaLearner) and \
-                    value is not base.MetaLearner and value.__module__ == module.__name__:
+            if inspect.isclass(value) and issubclass(value, root) and \
+                    value is not root and value.__module__ == module.__name__:
                 found[name] = value
     return found
 
@@ -222,10 +224,13 @@ def hook_tables() -> dict:
 
 
 def test_the_hook_tables_name_the_classes_that_override_each_hook():
-    tables, classes = hook_tables(), learner_classes()
-    bases = {"MetaLearner": base.MetaLearner, "EpisodicClassifier": episodic.EpisodicClassifier}
+    tables = hook_tables()
+    classes = {**learner_classes(), **learner_classes(recipe.Recipe)}
+    bases = {"MetaLearner": base.MetaLearner, "EpisodicClassifier": episodic.EpisodicClassifier,
+             "Recipe": recipe.Recipe}
     assert set(tables) == set(bases)
     assert len(tables["MetaLearner"]) >= 15 and len(tables["EpisodicClassifier"]) >= 5
+    assert len(tables["Recipe"]) >= 9
     for name, rows in tables.items():
         for hook, listed in rows.items():
             assert hook in vars(bases[name]), f"{hook} is not a hook {name} defines"
@@ -234,6 +239,37 @@ def test_the_hook_tables_name_the_classes_that_override_each_hook():
             assert listed == overriding, (
                 f"docs/architecture.md says {name}.{hook} is overridden by {sorted(listed)}; "
                 f"the code by {sorted(overriding)}")
+
+
+# What a learner's recipe holds and its Keras model does not (`build` is also Keras's own
+# `Model.build`, and `from_experiment` was the learner's constructor from a config).
+RUN_POLICY = {name for name in vars(recipe.Recipe) if not name.startswith("_")
+              and name not in ("build", "name")} | {"from_experiment"}
+
+
+def test_the_learners_hold_the_method_and_their_recipes_the_run_policy():
+    """Issue 35, item 5: construction and run policy (XLA, CPU threads, batch-size field,
+    input kinds, fixed arguments, fewest ways, building from a config) are each learner's
+    recipe, not members of its Keras model; every registered name resolves to a recipe of a
+    learner, and every learner class that trains under a name has one."""
+    assert {"xla_auto", "cpu_threads_auto", "batch_size_field", "input_kinds", "min_ways",
+            "fixed_arguments", "arguments_from_data", "check_input_kind"} <= RUN_POLICY
+    for name, cls in {"MetaLearner": base.MetaLearner, **learner_classes()}.items():
+        assert not RUN_POLICY & set(dir(cls)), (name, sorted(RUN_POLICY & set(dir(cls))))
+    registered = [recipe_of(a) for a in ALGORITHMS] + \
+        [recipe_of(a, "regression") for a in REGRESSION_RECIPES]
+    for each in registered:
+        assert isinstance(each, recipe.Recipe) and issubclass(each.learner, base.MetaLearner)
+    concrete = {c for c in learner_classes().values() if not inspect.isabstract(c)}
+    assert {each.learner for each in registered} <= concrete
+    assert len({each.learner for each in registered}) == len(ALGORITHMS) + len(REGRESSION_RECIPES)
+
+
+def test_a_learner_with_run_policy_is_found():  # the check above can fail
+    class Stray(base.MetaLearner):
+        xla_auto = False
+
+    assert RUN_POLICY & set(dir(Stray)) == {"xla_auto"}
 
 
 def test_only_classifiers_have_classifier_hooks():

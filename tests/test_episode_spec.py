@@ -37,7 +37,7 @@ def test_a_spec_reads_the_training_and_the_meta_test_settings():
 
 def test_variable_episodes_and_a_fixed_setting_asked_of_them():
     config = apply_overrides(get_config("protonet", "omniglot", "5w1s"),
-                             ["episode_sampler='variable'", "variable_episodes.max_ways=6"])
+                             ["episode_sampler.name='variable'", "episode_sampler.max_ways=6"])
     spec = DataSpec.from_config(config)
     assert spec.train.sampler == spec.test.sampler == "variable"
     assert isinstance(spec.test.variable, VariableEpisodes)

@@ -126,8 +126,8 @@ def test_refusals_name_the_value_and_the_fix():
                                          r"'val' split has.*'big', has 6 classes"):
         episode_dataset(grouped_classes(), EpisodeShape(7, 1, 1, grouping="within"),
                         split="val")
-    with pytest.raises(ValueError, match=r"episode_sampler=variable draws its ways from every "
-                                         r"class; use episode_grouping=any"):
+    with pytest.raises(ValueError, match=r"episode_sampler\.name=variable draws its ways from "
+                                         r"every class; use episode_grouping=any"):
         episode_dataset(grouped_classes(), EpisodeShape(3, 1, 1, sampler="variable",
                                                         grouping="within"))
     with pytest.raises(ValueError, match=r"must be one of \['any', 'within'\]; got 'one'"):
@@ -289,7 +289,7 @@ def test_episode_grouping_validates_and_reaches_the_training_episodes():
 
 
 def test_a_learner_draws_its_training_episodes_within_groups():
-    from tfmeta.algorithms import learner_class
+    from tfmeta.algorithms import recipe_of
 
     config = config_lib.apply_overrides(config_lib.get_config("protonet", "omniglot"), [
         "model.filters=2", "episode_grouping=within", "ways=3", "shots=1", "queries=1",
@@ -298,7 +298,7 @@ def test_a_learner_draws_its_training_episodes_within_groups():
     classes = grouped_classes(image_shape=(16, 16, 1))
     dataset = FewShotDataset("toy", {"train": classes, "val": classes}, (16, 16, 1),
                              lambda x: x)
-    learner = learner_class("protonet").from_experiment(config, dataset.input_shape)
+    learner = recipe_of("protonet").build(config, dataset.input_shape)
     train, validation = learner.training_episodes(dataset, DataSpec.from_config(config))
     episodes = [{"support_images": b["support_images"][e]} for b in train.take(20)
                 for e in range(2)]

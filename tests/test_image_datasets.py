@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta.algorithms import ALGORITHMS, learner_class
+from tfmeta.algorithms import ALGORITHMS, recipe_of
 from tfmeta.data import cifar, load_dataset
 from tfmeta.data import images as image_utils
 
@@ -467,7 +467,7 @@ def test_configs_and_input_kinds_are_checked_before_building(algo, dataset, over
             validate_config(config)
 
 
-IMAGE_LEARNERS = sorted(a for a in ALGORITHMS if "images" in learner_class(a).input_kinds)
+IMAGE_LEARNERS = sorted(a for a in ALGORITHMS if "images" in recipe_of(a).input_kinds)
 
 
 @pytest.mark.parametrize("dataset", ["mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100"])

@@ -281,15 +281,15 @@ def test_configs_hold_the_papers_hyperparameters(dataset, setting, outer_lr, kl_
     assert config.learner.kl_weight == kl_weight
     assert (config.meta_batch_size, config.learner.inner_steps, config.learner.finetuning_steps,
             config.learner.num_latents) == (12, 5, 5, 64)
-    learner = LEO.from_experiment(config, (EMBEDDING_DIM,))
+    learner = leo_lib.RECIPE.build(config, (EMBEDDING_DIM,))
     assert learner.dropout_rate == config.learner.dropout_rate
 
 
-def test_from_experiment_rejects_images():
+def test_building_from_a_config_rejects_images():
     from tfmeta.config import get_config
 
     with pytest.raises(ValueError, match=r"\(28, 28, 1\).*write_embeddings"):
-        LEO.from_experiment(get_config("leo", "mini_imagenet"), (28, 28, 1))
+        leo_lib.RECIPE.build(get_config("leo", "mini_imagenet"), (28, 28, 1))
     with pytest.raises(ValueError, match="inner_steps must be an integer >= 1; got 0"):
         LEO(embedding_dim=4, inner_steps=0)
 
@@ -298,7 +298,7 @@ def test_evaluation_uses_every_remaining_example_as_a_query(leo_embeddings):
     from tfmeta.config import get_config
 
     config = get_config("leo", "mini_imagenet", "5w1s")
-    learner = LEO.from_experiment(config, leo_embeddings.input_shape)
+    learner = leo_lib.RECIPE.build(config, leo_embeddings.input_shape)
     spec = DataSpec.from_config(config)
     result = learner.meta_test(leo_embeddings, spec, "test", 20, seed=0)
     assert result["queries"] == 9  # smallest test class: 10 examples, minus 1 shot

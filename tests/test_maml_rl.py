@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfmeta.algorithms import recipe_of
 from tfmeta.algorithms.maml_rl import MAMLRL
 from tfmeta.episode_spec import DataSpec
 from tfmeta.rl.navigation import Navigation2D, load
@@ -233,7 +234,7 @@ def test_trains_through_the_trainer_and_export_round_trips(tmp_path):
         "optimizer.learning_rate=0.01", "data.horizon=50", "learner.inner_steps_test=1"])
     workdir = str(tmp_path / "run")
     learner = train(config, workdir, verbose=0, export=True)
-    before_learner = MAMLRL.from_experiment(config, (2,))
+    before_learner = recipe_of("maml_rl").build(config, (2,))
     spec = DataSpec.from_config(config)
     before = before_learner.meta_test(load(horizon=50), spec, "test", num_episodes=40)
     after = learner.meta_test(load(horizon=50), spec, "test", num_episodes=40)

@@ -427,12 +427,12 @@ def test_every_config_takes_datasets_it_has_never_heard_of():
     """`configs/<algo>.py` gives a valid run for `folder` and any `tfds:NAME` (no data is
     read); the learners of embeddings and environments are refused in one line."""
     from tfmeta import config as config_lib
-    from tfmeta.algorithms import ALGORITHMS, learner_class
+    from tfmeta.algorithms import ALGORITHMS, recipe_of
 
     for algo in sorted(ALGORITHMS):
         for dataset in ("folder", "tfds:oxford_flowers102"):
             config = config_lib.get_config(algo, dataset)
-            if "images" in learner_class(algo).input_kinds:
+            if "images" in recipe_of(algo).input_kinds:
                 config_lib.validate_config(config)
             else:
                 with pytest.raises(ValueError, match=f"--dataset={dataset}.* gives images"):
@@ -477,6 +477,7 @@ def test_predict_names_exactly_the_learners_that_serve_any_number_of_classes():
         build_learner,
         learner_class,
         prototype_head_algorithms,
+        recipe_of,
     )
 
     def max_ways(algo, *overrides):  # of the learner its config describes, made tiny
@@ -484,7 +485,7 @@ def test_predict_names_exactly_the_learners_that_serve_any_number_of_classes():
                                             [*config_lib.tiny_overrides(algo), *overrides])
         return build_learner(config, (28, 28, 1)).max_ways
 
-    classifiers = sorted(a for a in ALGORITHMS if "images" in learner_class(a).input_kinds
+    classifiers = sorted(a for a in ALGORITHMS if "images" in recipe_of(a).input_kinds
                          and issubclass(learner_class(a), EpisodicClassifier))
     any_ways = {a for a in classifiers if max_ways(a) is None}
     assert any_ways == set(any_ways_algorithms())

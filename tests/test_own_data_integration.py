@@ -22,7 +22,7 @@ from tests import browser
 from tests.conftest import ROOT, docs_script
 from tfmeta import config as config_lib
 from tfmeta import predict
-from tfmeta.algorithms import ALGORITHMS, learner_class
+from tfmeta.algorithms import ALGORITHMS, recipe_of
 from tfmeta.algorithms.finetune import TEST_HEADS
 from tfmeta.data import EpisodeShape, input_kind, load_dataset
 from tfmeta.episode_spec import DataSpec
@@ -275,7 +275,7 @@ def one_step_config(algo):
     return config_lib.apply_overrides(config, overrides)
 
 
-IMAGE_LEARNERS = sorted(a for a in ALGORITHMS if "images" in learner_class(a).input_kinds)
+IMAGE_LEARNERS = sorted(a for a in ALGORITHMS if "images" in recipe_of(a).input_kinds)
 
 
 @pytest.mark.slow
@@ -288,7 +288,7 @@ def test_every_image_learner_trains_on_a_folder_with_its_default_config(characte
     for algo in IMAGE_LEARNERS:
         config = one_step_config(algo)
         config_lib.validate_config(config)
-        config.learner.update(learner_class(algo).arguments_from_data(config.learner, dataset))
+        config.learner.update(recipe_of(algo).arguments_from_data(config.learner, dataset))
         keras.utils.set_random_seed(0)
         learner = run_lib.build_compiled_learner(config, dataset.input_shape)
         train, _ = learner.training_episodes(dataset, DataSpec.from_config(config))
@@ -298,7 +298,7 @@ def test_every_image_learner_trains_on_a_folder_with_its_default_config(characte
     for algo in sorted(set(ALGORITHMS) - set(IMAGE_LEARNERS)):
         with pytest.raises(ValueError, match="--dataset=folder (with these options )?gives "
                                              "images"):
-            learner_class(algo).check_input_kind(input_kind("folder"), "folder")
+            recipe_of(algo).check_input_kind(input_kind("folder"), "folder")
 
 
 # --------------------------------------------- heads, calibration, "none of these" (issue 32)

@@ -16,6 +16,7 @@ from tfmeta.algorithms import (
     build_learner,
     learner_class,
     prototype_head_algorithms,
+    recipe_of,
 )
 from tfmeta.config import apply_overrides, get_config, section_schema, tiny_overrides
 from tfmeta.tensors import (
@@ -71,7 +72,7 @@ def padded_configurations() -> dict:
     found = {}
     for algo in sorted(ALGORITHMS):
         cls = learner_class(algo)
-        if ("images" not in cls.input_kinds
+        if ("images" not in recipe_of(algo).input_kinds
                 or inspect.getattr_static(cls, "takes_padded_episodes") is False):
             continue
         config = learner_config(algo, {})
@@ -97,7 +98,7 @@ def test_every_learner_that_takes_padded_episodes_is_tested():
     always takes padded episodes, each prototype-head learner with that head, and every
     option value on some learner (at least the ten configurations once listed by hand)."""
     algos = {algo for algo, _ in LEARNERS.values()}
-    always = {a for a in ALGORITHMS if "images" in learner_class(a).input_kinds
+    always = {a for a in ALGORITHMS if "images" in recipe_of(a).input_kinds
               and inspect.getattr_static(learner_class(a), "takes_padded_episodes") is True}
     assert always and always <= algos, always - algos
     prototype_heads = {a for a, arguments in LEARNERS.values()

@@ -28,7 +28,13 @@ import tensorflow as tf
 
 from tests.conftest import ROOT, docs_script
 from tfmeta import lite
-from tfmeta.algorithms import ALGORITHMS, EpisodicClassifier, build_learner, learner_class
+from tfmeta.algorithms import (
+    ALGORITHMS,
+    EpisodicClassifier,
+    build_learner,
+    learner_class,
+    recipe_of,
+)
 from tfmeta.config import apply_overrides, get_config, tiny_overrides
 from tfmeta.linear_images import NotSeparable, SeparableMap, matrix_resize, resize_matrix
 from tfmeta.tensors import cross_entropy, linear_head_gradients
@@ -117,7 +123,7 @@ def image_classifiers() -> dict:
     the variants above."""
     cases = {a: (a, ()) for a in sorted(ALGORITHMS)
              if issubclass(learner_class(a), EpisodicClassifier)
-             and "images" in learner_class(a).input_kinds}
+             and "images" in recipe_of(a).input_kinds}
     return {**cases, **VARIANTS}
 
 

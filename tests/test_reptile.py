@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tests.learner_contract import ClassifierContract
 from tfmeta import weights
-from tfmeta.algorithms import reptile_family
+from tfmeta.algorithms import recipe_of, reptile_family
 from tfmeta.algorithms.inner_optimizers import InnerAdam, InnerSGD
 from tfmeta.algorithms.reptile import Reptile
 from tfmeta.algorithms.reptile_family import linear_anneal
@@ -167,7 +167,7 @@ def test_configs_build_and_follow_the_paper():
             config.meta_batch_size, config.learner.inner_lr, config.learner.meta_step_size,
             config.learner.meta_step_size_final, config.train_shots) == (10, 5, 5, 1e-3, 1.0, 0.0,
                                                                          10)
-    learner = Reptile.from_experiment(config, (28, 28, 1))
+    learner = recipe_of("reptile").build(config, (28, 28, 1))
     assert learner.anneal_steps == config.num_steps
     mnist = reptile_config.get_config("mnist")
     assert mnist.data.split == "classification"

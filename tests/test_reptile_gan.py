@@ -16,7 +16,7 @@ import tensorflow as tf
 from configs import reptile_gan as reptile_gan_config
 from tests.learner_contract import LearnerContract
 from tests.test_mnist import write_mnist_npz
-from tfmeta.algorithms import wgan_gp
+from tfmeta.algorithms import recipe_of, wgan_gp
 from tfmeta.algorithms.reptile_gan import ReptileGAN
 from tfmeta.data import load_dataset
 from tfmeta.data.episodes import single_class_tasks
@@ -225,7 +225,7 @@ def test_trains_resumes_evaluates_and_exports_on_mnist(mnist_dataset, tmp_path):
 @pytest.mark.slow
 def test_omniglot_meta_steps_and_raw_size_samples(omniglot):
     config = tiny_config("omniglot")
-    learner = ReptileGAN.from_experiment(config, omniglot.input_shape)
+    learner = recipe_of("reptile_gan").build(config, omniglot.input_shape)
     learner.compile(optimizer=keras.optimizers.Adam(1e-4))
     train, val = learner.training_episodes(omniglot, DataSpec.from_config(config))
     history = learner.fit(train, steps_per_epoch=2, epochs=1, validation_data=val, verbose=0)

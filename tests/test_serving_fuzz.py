@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfmeta.algorithms import ALGORITHMS, build_learner, learner_class
+from tfmeta.algorithms import ALGORITHMS, build_learner, recipe_of
 from tfmeta.config import apply_overrides, get_config, tiny_overrides, validate_config
 from tfmeta.data import ClassImages, FewShotDataset
 from tfmeta.data.leo_embeddings import l2_normalize
@@ -21,7 +21,7 @@ from tfmeta.training.export import export_learner
 
 # Each algorithm is built from its own config shrunk by the config's TINY overrides
 # (`tiny_overrides`), for the dataset below of the kind of input its learner takes
-# (`learner_class(algo).input_kinds`); no list here names a learner.
+# (`recipe_of(algo).input_kinds`); no list here names a learner.
 # Exports that take episodes of examples: fuzzed by the first test.
 EPISODE_KINDS = {"images": "omniglot", "embeddings": "mini_imagenet"}
 # Exports that serve another signature, fuzzed by the last test: MAML-RL's adapt_and_act.
@@ -117,7 +117,7 @@ FUZZ = textwrap.dedent("""
 
 def kind_of(algo, kinds):
     """The first kind of input in `kinds` that `algo`'s learner takes (None: none)."""
-    return next((k for k in learner_class(algo).input_kinds if k in kinds), None)
+    return next((k for k in recipe_of(algo).input_kinds if k in kinds), None)
 
 
 def test_every_algorithm_shrinks_and_is_fuzzed():
@@ -127,7 +127,7 @@ def test_every_algorithm_shrinks_and_is_fuzzed():
     for algo in sorted(ALGORITHMS):
         kind = kind_of(algo, kinds)
         assert kind is not None, (
-            f"{algo} takes {learner_class(algo).input_kinds}; no test here fuzzes its exports")
+            f"{algo} takes {recipe_of(algo).input_kinds}; no test here fuzzes its exports")
         validate_config(apply_overrides(get_config(algo, kinds[kind]), tiny_overrides(algo)))
 
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import config as config_lib
-from tfmeta.algorithms import MAML, build_learner, learner_class, regression_plots
+from tfmeta.algorithms import MAML, build_learner, learner_class, recipe_of, regression_plots
 from tfmeta.algorithms.maml_regression import MAMLRegression
 from tfmeta.data import input_kind, load_dataset
 from tfmeta.migrate import migrate
@@ -89,7 +89,7 @@ def test_regression_is_a_learner_type_not_a_mode():
     assert type(learner) is MAMLRegression and learner.num_outputs == 1
     assert type(build_learner(config_lib.get_config("maml", "omniglot"), (28, 28, 1))) is MAML
     # learner_class chooses by the dataset's input kind; a learner of no regression stays
-    # itself (its check_input_kind refuses the dataset).
+    # itself (its recipe's check_input_kind refuses the dataset).
     assert learner_class("maml", "regression") is MAMLRegression
     assert learner_class("maml", "images") is learner_class("maml") is MAML
     assert learner_class("protonet", "regression") is learner_class("protonet")
@@ -102,7 +102,8 @@ def test_regression_is_a_learner_type_not_a_mode():
     # loss: None, since learners compile without one).
     with pytest.raises(ValueError, match="Unrecognized keyword arguments .*loss"):
         MAML(mlp((1,), num_classes=1), loss="mse")
-    assert MAML.input_kinds == ("images",) and MAMLRegression.input_kinds == ("regression",)
+    assert recipe_of("maml").input_kinds == ("images",)
+    assert recipe_of("maml", "regression").input_kinds == ("regression",)
     for each in (learner, MAML(mlp((1,), num_classes=2))):
         each.compile(optimizer=keras.optimizers.SGD(0.0))
         assert each.loss is None

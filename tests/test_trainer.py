@@ -145,6 +145,11 @@ def test_workdir_of_another_experiment_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match=r"holds a run with learner=.*'inner_lr': 0.4"):
         preflight.check_workdir_config(saved("learner.inner_lr=0.1"), workdir)
+    # The variable sampler's bounds are not a fixed-episode run's experiment; its name is.
+    preflight.check_workdir_config(saved("episode_sampler.max_ways=8"), workdir)
+    with pytest.raises(ValueError, match=r"holds a run with episode_sampler=\{'name': 'fixed'\}, "
+                                         r"but this run has episode_sampler=\{.*'name': 'variable'"):
+        preflight.check_workdir_config(saved("episode_sampler.name=variable"), workdir)
     # How a step runs is not the experiment: these resume.
     preflight.check_workdir_config(saved(
         "learner.task_parallel=vectorized", "learner.parallel_tasks=2",
@@ -153,8 +158,8 @@ def test_workdir_of_another_experiment_is_refused(tmp_path):
 
 def test_configs_recorded_by_earlier_versions_are_read_in_the_current_form(tmp_path):
     """A run's config.json from before regression was its own learner (loss="mse"), before
-    ANIL's layer was `head_layer` (head="head") and before episode_sampler and
-    episode_grouping existed is read (`load_config`, through `tfmeta.migrate`) as this
+    ANIL's layer was `head_layer` (head="head"), before episode_sampler and
+    episode_grouping existed, and before the sampler's settings were its section, is read (`load_config`, through `tfmeta.migrate`) as this
     version writes it, so it builds and resumes as the same experiment."""
     from tfmeta.migrate import migrate
 
@@ -166,8 +171,11 @@ def test_configs_recorded_by_earlier_versions_are_read_in_the_current_form(tmp_p
     assert migrate(recorded("anil", head="zeros"))["learner"] == {"head": "zeros"}  # a mode
     assert migrate(recorded("protonet", loss="x"))["learner"] == {"loss": "x"}  # not MAML's
     old = recorded("maml", loss="mse")
-    assert (migrate(old)["episode_sampler"], migrate(old)["episode_grouping"]) == ("fixed",
-                                                                                  "any")
+    assert (migrate(old)["episode_sampler"], migrate(old)["episode_grouping"]) == (
+        {"name": "fixed"}, "any")
+    variable = {**old, "episode_sampler": "variable", "variable_episodes": {"max_ways": 8}}
+    assert migrate(variable)["episode_sampler"] == {"name": "variable", "max_ways": 8}
+    assert "variable_episodes" not in migrate(variable)
     assert old == recorded("maml", loss="mse")  # (the recorded dict is left as it was)
     current = config_lib.get_config("anil", "omniglot").to_dict()
     assert migrate(current) == current

@@ -252,7 +252,7 @@ def assert_needs_two_classes(error, split="'test' split"):
 def test_a_split_of_one_class_says_it_needs_two_not_ways_1():
     """Before: "ways=5 is larger than the 1 classes available in the 'test' split; use ways
     <= 1 or a dataset with more classes", and the same "ways <= 1" (or
-    "variable_episodes.min_ways <= 1") for a split whose other classes are too small, for
+    "episode_sampler.min_ways <= 1") for a split whose other classes are too small, for
     variable episodes, and for groups of one class: not a valid setting (ways >= 2)."""
     data = one_class_test_split()
     with pytest.raises(ValueError, match=r"larger than the 1 class available in the 'test' "

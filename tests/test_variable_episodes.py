@@ -49,8 +49,7 @@ def test_defaults_are_meta_datasets_and_the_config_holds_them():
     assert spec.max_log_weight == pytest.approx(math.log(2))
     assert (spec.support_slots, spec.query_slots) == (500, 500)
     config = config_lib.get_config("protonet", "omniglot")
-    assert config.episode_sampler == "fixed"
-    assert config.variable_episodes.to_dict() == dataclasses.asdict(spec)
+    assert config.episode_sampler.to_dict() == {"name": "fixed", **dataclasses.asdict(spec)}
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -67,15 +66,26 @@ def test_contradictory_or_out_of_range_fields_are_refused(field, value, message)
 
 def test_config_validation_names_the_field_and_the_sampler():
     config = config_lib.get_config("protonet", "omniglot")
-    config_lib.validate_config(config_lib.apply_overrides(config, ["episode_sampler=variable"]))
-    with pytest.raises(ValueError, match=r"^episode_sampler must be one of \['fixed', "
+    config_lib.validate_config(config_lib.apply_overrides(config,
+                                                          ["episode_sampler.name=variable"]))
+    with pytest.raises(ValueError, match=r"^episode_sampler\.name must be one of \['fixed', "
                                          r"'variable'\]; got 'meta'\.$"):
         config_lib.validate_config(config_lib.apply_overrides(
-            config_lib.get_config("protonet", "omniglot"), ["episode_sampler=meta"]))
-    with pytest.raises(ValueError, match=r"variable_episodes\.max_ways=3 is less than "
-                                         r"variable_episodes\.min_ways=5"):
+            config_lib.get_config("protonet", "omniglot"), ["episode_sampler.name=meta"]))
+    with pytest.raises(ValueError, match=r"episode_sampler\.max_ways=3 is less than "
+                                         r"episode_sampler\.min_ways=5"):
         config_lib.validate_config(config_lib.apply_overrides(
-            config_lib.get_config("protonet", "omniglot"), ["variable_episodes.max_ways=3"]))
+            config_lib.get_config("protonet", "omniglot"), ["episode_sampler.max_ways=3"]))
+    # The switch's old form (a name, before the sampler's settings were its section) is one
+    # line saying what to write; so is the old section's name.
+    with pytest.raises(ValueError, match=r"^episode_sampler is a section of fields \[.*'name'"
+                                         r".*\]; set one of them, e\.g\. "
+                                         r"--set=episode_sampler\.name=variable\.$"):
+        config_lib.apply_overrides(config_lib.get_config("protonet", "omniglot"),
+                                   ["episode_sampler=variable"])
+    with pytest.raises(ValueError, match=r"Unknown config section 'variable_episodes'"):
+        config_lib.apply_overrides(config_lib.get_config("protonet", "omniglot"),
+                                   ["variable_episodes.max_ways=8"])
 
 
 @pytest.mark.parametrize("spec, counts", [
@@ -255,7 +265,7 @@ def test_variable_episodes_refused_for_maml_with_its_learned_head_in_one_line():
     from tfmeta.training.preflight import check_episode_sampler
 
     config = config_lib.apply_overrides(config_lib.get_config("maml", "omniglot"),
-                                        ["episode_sampler=variable", "model.filters=4"])
+                                        ["episode_sampler.name=variable", "model.filters=4"])
     learner = build_learner(config, (28, 28, 1))
     with pytest.raises(ValueError) as error:
         check_episode_sampler(learner, config, (28, 28, 1))
@@ -266,7 +276,7 @@ def test_variable_episodes_refused_for_maml_with_its_learned_head_in_one_line():
             "--algo=maml --set=learner.head=prototypes"} <= able
     assert not able & {"--algo=maml", "--algo=leo", "--algo=reptile", "--algo=mann",
                        "--algo=relation", "--algo=metasgd"}
-    fixed = config_lib.apply_overrides(config, ["episode_sampler=fixed"])
+    fixed = config_lib.apply_overrides(config, ["episode_sampler.name=fixed"])
     check_episode_sampler(learner, fixed, (28, 28, 1))  # fixed episodes: any learner
 
 
@@ -317,8 +327,8 @@ def test_protonet_trains_and_evaluates_on_variable_omniglot_episodes(tmp_path):
     from tfmeta.training import trainer
 
     config = config_lib.apply_overrides(config_lib.get_config("protonet", "omniglot"), [
-        "episode_sampler=variable", "variable_episodes.max_ways=8",
-        "variable_episodes.max_support=20", "variable_episodes.max_queries=2",
+        "episode_sampler.name=variable", "episode_sampler.max_ways=8",
+        "episode_sampler.max_support=20", "episode_sampler.max_queries=2",
         "model.filters=4", "num_steps=3", "log_every=3",
         "checkpoint_every=3", "val_episodes=2", "eval_meta_batch_size=2",
         "meta_batch_size=2"])

@@ -29,7 +29,7 @@ from absl import logging
 
 from tfmeta.data.folder import CLASS_DEPTH
 from tfmeta.data.images import IMAGE_PIXELS
-from tfmeta.data.shape import EPISODE_GROUPINGS, EPISODE_SAMPLERS, check_variable_fields
+from tfmeta.data.shape import EPISODE_GROUPINGS, EPISODE_SAMPLERS, VariableEpisodes
 from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their old home)
 from tfmeta.errors import UserError
 from tfmeta.files import atomic_write
@@ -180,11 +180,11 @@ def _keyword_arguments(function, stop_at=None) -> dict:
 def section_schema(config, section: str) -> dict:
     """The keys `config.<section>` may hold (name -> the target's default)."""
     if section == "learner":
-        from tfmeta.algorithms import learner_class
+        from tfmeta.algorithms import recipe_of
 
-        cls = learner_class(config.algo)
-        return {k: v for k, v in _keyword_arguments(cls, stop_at="MetaLearner.").items()
-                if k not in cls.fixed_arguments}
+        chosen = recipe_of(config.algo)
+        return {k: v for k, v in _keyword_arguments(chosen.learner, stop_at="MetaLearner.").items()
+                if k not in chosen.fixed_arguments}
     if section == "model":
         from tfmeta.models import backbone_function
 
@@ -241,6 +241,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
                 continue
             raise UserError(f"Unknown config field {key!r}; valid fields here: "
                             f"{sorted(node.keys())}.")
+        if isinstance(node[leaf], ml_collections.ConfigDict):
+            example = f"{key}.name={text}" if "name" in node[leaf] else f"{key}.<field>={text}"
+            raise UserError(f"{key} is a section of fields {sorted(node[leaf].keys())}; set "
+                            f"one of them, e.g. --set={example}.")
         if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value,
                                                                                        bool):
             value = float(value)
@@ -286,7 +290,7 @@ def _raw_images_for_external_backbone(config) -> None:
 def validate_config(config) -> None:
     """Raises a ValueError naming the field and its allowed values unless `config` is
     runnable: known sections and arguments, known names, numbers in range."""
-    from tfmeta.algorithms import learner_class
+    from tfmeta.algorithms import recipe_of
     from tfmeta.data import input_kind
     from tfmeta.models import blocks, check_backbone_name
 
@@ -297,8 +301,8 @@ def validate_config(config) -> None:
         raise UserError(f"model.name: {error}") from None
     data_options = section_schema(config, "data")
     kind = input_kind(config.dataset, {k: v for k, v in config.data.items() if k in data_options})
-    learner = learner_class(config.algo, kind)
-    learner.check_input_kind(kind, config.dataset)
+    chosen = recipe_of(config.algo, kind)
+    chosen.check_input_kind(kind, config.dataset)
     for section in SECTIONS:
         schema = section_schema(config, section)
         unknown = sorted(set(config[section]) - set(schema))
@@ -310,11 +314,11 @@ def validate_config(config) -> None:
     check_all(DATA_RANGES, config.data, "data.")
     if kind in ("images", "embeddings"):
         for field in ("ways", "eval_ways"):
-            if config.get(field) is not None and config[field] < learner.min_ways:
+            if config.get(field) is not None and config[field] < chosen.min_ways:
                 raise UserError(
                     f"{field}={config[field]}: a {config[field]}-way episode has nothing to tell "
                     f"apart (its loss is 0 and its accuracy 1 whatever the model); "
-                    f"{learner.__name__} needs {field} >= {learner.min_ways}.")
+                    f"{chosen.name} needs {field} >= {chosen.min_ways}.")
     blocks.parse_trainable(config.model.get("trainable"))
     if external.split_name(name)[0] is not None and "normalize" in data_options and \
             config.data.get("normalize", data_options["normalize"]):
@@ -322,13 +326,12 @@ def validate_config(config) -> None:
                         "loader must not: set data.normalize=False.")
     check_all(OPTIMIZER_RANGES, config.optimizer, "optimizer.")
     check_all(AUGMENT_RANGES, config.augment, "augment.")
-    learner.check_arguments(config.learner, "learner.")
-    sampler = config.episode_sampler
-    if sampler not in EPISODE_SAMPLERS:
-        raise UserError(f"episode_sampler must be one of {list(EPISODE_SAMPLERS)}; got "
-                        f"{sampler!r}.")
-    if "variable_episodes" in config:
-        check_variable_fields(config.variable_episodes, "variable_episodes.")
+    chosen.learner.check_arguments(config.learner, "learner.")
+    sampler = dict(config.episode_sampler)
+    if sampler.get("name") not in EPISODE_SAMPLERS:
+        raise UserError(f"episode_sampler.name must be one of {list(EPISODE_SAMPLERS)}; got "
+                        f"{sampler.get('name')!r}.")
+    VariableEpisodes.from_config({k: v for k, v in sampler.items() if k != "name"})
     Choice(EPISODE_GROUPINGS).check("episode_grouping", config.episode_grouping)
     STRATEGY.check("strategy", config.strategy)
     jit_compile_flag(config.jit_compile)

@@ -104,9 +104,15 @@ def eval_spec(config):
             config.eval_queries or config.queries)
 
 
+def variable_episodes(config) -> VariableEpisodes | None:
+    """The variable sampler's settings where `config.episode_sampler.name` is "variable";
+    None for fixed episodes."""
+    section = config.episode_sampler
+    if section.name != "variable":
+        return None
+    return VariableEpisodes.from_config({k: v for k, v in section.items() if k != "name"})
+
+
 def sampler_options(config) -> dict:
     """`EpisodeShape`'s `sampler` and `variable` fields for the episodes `config` asks for."""
-    sampler = config.episode_sampler
-    if sampler != "variable":
-        return {"sampler": sampler, "variable": None}
-    return {"sampler": sampler, "variable": VariableEpisodes.from_config(config.variable_episodes)}
+    return {"sampler": config.episode_sampler.name, "variable": variable_episodes(config)}

@@ -8,6 +8,8 @@ knows the older forms, and each rule says what changed:
   learner.head, ANIL, a layer     before ANIL's layer was `head_layer` (`head` is MAML's
                                   head mode: learned, prototypes, zeros): moved there.
   episode_sampler missing         before variable episodes: "fixed".
+  episode_sampler a name,         before the sampler's settings were its section:
+    variable_episodes a section   {"name": the name, the variable_episodes fields}.
   episode_grouping missing        before episodes within one group: "any".
 
 And checkpoints (`checkpoint_learner`, which `tfmeta.training.checkpoints.restore_latest`
@@ -46,6 +48,9 @@ def migrate(recorded: dict) -> dict:
     current = copy.deepcopy(recorded)
     for field, value in ADDED_FIELDS.items():
         current.setdefault(field, value)
+    if isinstance(current["episode_sampler"], str):
+        current["episode_sampler"] = {"name": current["episode_sampler"],
+                                      **(current.pop("variable_episodes", None) or {})}
     learner = current.get("learner")
     cls = _learner_class(current.get("algo"))
     if not isinstance(learner, dict) or cls is None:

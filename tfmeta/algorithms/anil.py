@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.maml import MAML
+from tfmeta.algorithms.maml import MAML, MAMLRecipe
 from tfmeta.errors import UserError
 from tfmeta.tensors import linear_head_gradients, num_ways
 
@@ -94,3 +94,6 @@ class ANIL(MAML):
     def adapted_indices(self):
         """Indices into `params` of the head's parameters (the only ones adapted)."""
         return list(self._head_indices)
+
+
+RECIPE = MAMLRecipe(ANIL)

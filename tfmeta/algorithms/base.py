@@ -2,11 +2,11 @@
 
 It holds what every learner shares, whatever it learns: Keras integration, the
 meta-gradient of `meta_loss(batch) -> (loss, outputs)` with loss scaling and the replica
-split, stateless per-step seeds, construction from a config, and the hooks the trainer
-calls. What a meta-batch is, what is measured and what an export serves belong to the
-subclass. Few-shot classifiers subclass `tfmeta.algorithms.episodic.EpisodicClassifier`,
-which adds query logits, episode checks, accuracy and `adapt_and_predict`; Reptile-GAN
-(generation) and MAML-RL (reinforcement learning) subclass this base directly.
+split, stateless per-step seeds, and the hooks the trainer, evaluation and export call.
+What a meta-batch is, what is measured and what an export serves belong to the subclass.
+Few-shot classifiers subclass `tfmeta.algorithms.episodic.EpisodicClassifier`, which adds
+query logits, episode checks, accuracy and `adapt_and_predict`; Reptile-GAN (generation)
+and MAML-RL (reinforcement learning) subclass this base directly.
 
 Hooks, each with a default or an error naming what to write:
 
@@ -31,13 +31,14 @@ Hooks, each with a default or an error naming what to write:
     feature_model()                    the backbone whose features write_embeddings writes
                                        (without its head, if it has one)
   construction
-    arguments_from_data(arguments, dataset)   constructor arguments the data decides
-    from_experiment(config, input_shape)   the learner a config names
+    argument_ranges, check_arguments(arguments)   its constructor's allowed values
 
-The data hooks take a `tfmeta.episode_spec.DataSpec`, the typed and frozen account of a
-run's episodes and evaluation protocol that the trainer builds from the config; construction
-(`from_experiment`) alone reads the config. (`meta_test` is not Keras's `evaluate`, which
-`fit` itself calls for validation.)
+How a run builds and runs a learner (what data it takes, its batch-size field, XLA and CPU
+threading, building it from a config) is its `tfmeta.algorithms.recipe.Recipe`, which the
+trainer and the config read; the learner holds the method. The data hooks take a
+`tfmeta.episode_spec.DataSpec`, the typed and frozen account of a run's episodes and
+evaluation protocol that the trainer builds from the config. (`meta_test` is not Keras's
+`evaluate`, which `fit` itself calls for validation.)
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ import keras
 import tensorflow as tf
 
 from tfmeta.errors import UserError
-from tfmeta.models import backbone_from_config
 from tfmeta.ranges import check_all
 
 # Seed salts of the stateless random draws a learner makes per meta-step.
@@ -78,21 +78,9 @@ class MetaLearner(keras.Model):
 
     # The keys a meta-batch must have.
     batch_keys: tuple = ()
-    # What its examples may be (tfmeta.data.INPUT_KINDS).
-    input_kinds: tuple = ("images",)
-    # The config field that sizes its training batches (split over workers and replicas).
-    batch_size_field = "meta_batch_size"
-    # The fewest classes a task may have (config checks `ways` against it).
-    min_ways: int = 2
-    # Whether it trains and evaluates on variable episodes (`episode_sampler="variable"`:
+    # Whether it trains and evaluates on variable episodes (`episode_sampler.name="variable"`:
     # padded, labels -1 in the padding), which the trainer refuses for a learner without.
     takes_padded_episodes = False
-    # Whether `jit_compile="auto"` may turn XLA on (Keras then does so with a GPU and no
-    # distribution strategy); a learner that XLA compiles badly says no, with its reason.
-    xla_auto = True
-    xla_auto_reason = ""
-    # Constructor arguments a config does not set (the subclass or from_experiment does).
-    fixed_arguments: tuple = ()
     # Whether opening a run must give it its training classes' mean feature before it serves
     # (`feature_mean`: a head that centres on it, `tfmeta.algorithms.finetune`).
     needs_feature_mean = False
@@ -107,55 +95,12 @@ class MetaLearner(keras.Model):
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def cpu_threads_auto(cls, config, cores: int, jit_compile) -> tuple[str, str]:
-        """What `config.cpu_threads="auto"` takes for this learner's `config` on `cores`
-        cores, `jit_compile` being the run's ("auto", True or False): ("ops" or "tasks",
-        why) (tfmeta.training.cpu_threads). Each op on every core, unless a learner knows
-        better."""
-        return "ops", f"{cls.__name__}'s ops are split over the cores"
-
-    @classmethod
     def check_arguments(cls, arguments, prefix: str = "") -> None:
         """Raises a ValueError naming the first argument outside its `argument_ranges`."""
         ranges = {}
         for klass in reversed(cls.__mro__):
             ranges.update(vars(klass).get("argument_ranges", {}))
         check_all(ranges, arguments, prefix)
-
-    @classmethod
-    def check_input_kind(cls, kind: str | None, dataset: str) -> None:
-        """Raises a ValueError if this learner cannot take `dataset`'s examples (`kind`:
-        "images", "embeddings", "regression" or "environment"; None: unknown, not checked)."""
-        if kind is None or kind in cls.input_kinds:
-            return
-        hints = {
-            "regression": "regression tasks need a learner of them: --algo=maml (which "
-                          "learns them as MAMLRegression), metasgd, anil or maml_plusplus",
-            "environment": "it is a reinforcement-learning task distribution; use "
-                           "--algo=maml_rl",
-            "embeddings": "choose the dataset's images (--set=data.embeddings=None) or a "
-                          "learner of embeddings such as --algo=leo",
-        }
-        hint = ("write embeddings of an image dataset with bin/write_embeddings.py, or choose "
-                "the dataset's embedding files (data.embeddings)"
-                if kind == "images" and "embeddings" in cls.input_kinds else
-                hints.get(kind, f"choose a dataset of {' or '.join(cls.input_kinds)}"))
-        raise UserError(f"{cls.__name__} takes {' or '.join(cls.input_kinds)}, but "
-                        f"--dataset={dataset} with these options gives {kind}; {hint}.")
-
-    @classmethod
-    def arguments_from_data(cls, arguments, dataset) -> dict:
-        """Constructor arguments that the data decides where the config leaves them open
-        (e.g. Pretrain's head size on a user's dataset); the trainer records them in
-        config.json. `arguments`: the config's `learner` section."""
-        del arguments, dataset
-        return {}
-
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """The learner `config` describes: `cls(backbone, **config.learner)`, the backbone
-        named by `config.model`."""
-        return cls(backbone_from_config(config.model, input_shape), **config.learner)
 
     # -------------------------------------------------------------- the method
     def meta_loss(self, batch):

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from tfmeta import evaluation
 from tfmeta.algorithms.base import MetaLearner, batch_dict, validation_batch_size
+from tfmeta.algorithms.recipe import Recipe
 from tfmeta.data.episodes import episode_dataset
 from tfmeta.data.shape import EPISODE_KEYS
 from tfmeta.errors import UserError
@@ -54,8 +55,6 @@ class EpisodicClassifier(MetaLearner):
 
     # The keys of an episode meta-batch (the last one only when labelled).
     batch_keys = EPISODE_KEYS
-    # from_experiment: the backbone gets a classification head of `config.ways` outputs.
-    backbone_has_head = False
     # The open-set distance beyond which a served query is `unknown` (None: no rejection);
     # learners that measure the distance take it as an argument (`FineTuningClassifier`).
     open_set_threshold = None
@@ -72,13 +71,6 @@ class EpisodicClassifier(MetaLearner):
         self.check_arguments({"temperature": temperature})
         self.temperature = float(temperature)
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
-
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """`cls(backbone, **config.learner)`, the backbone named by `config.model` with a
-        `config.ways`-way head if `backbone_has_head`."""
-        head = {"num_classes": config.ways} if cls.backbone_has_head else {}
-        return cls(backbone_from_config(config.model, input_shape, **head), **config.learner)
 
     # -------------------------------------------------------------- the method
     def query_logits(self, episodes, training=False):
@@ -201,8 +193,8 @@ class EpisodicClassifier(MetaLearner):
             self.check_ways(episodes.ways)
         elif self.max_ways is not None and variable.max_ways > self.max_ways:
             raise UserError(f"This {type(self).__name__} serves at most {self.max_ways} ways, "
-                            f"but variable episodes have up to variable_episodes.max_ways="
-                            f"{variable.max_ways}; use --set=variable_episodes.max_ways="
+                            f"but variable episodes have up to episode_sampler.max_ways="
+                            f"{variable.max_ways}; use --set=episode_sampler.max_ways="
                             f"{self.max_ways}.")
         return evaluation.evaluate(AtTestTime(self), dataset.split(split), episodes,
                                    num_episodes or spec.eval_episodes,
@@ -300,3 +292,16 @@ class AtTestTime:
     def query_logits(self, episodes, training=False):
         del training  # always False at meta-test time
         return self.learner.test_logits(episodes)
+
+
+class ClassifierRecipe(Recipe):
+    """A classifier's recipe: its backbone has a `config.ways`-way classification head
+    where the learner's backbone is its classifier (`backbone_has_head`: the task loop's
+    learners), else the backbone's features as they are."""
+
+    backbone_has_head = False
+
+    def build(self, config, input_shape):
+        head = {"num_classes": config.ways} if self.backbone_has_head else {}
+        return self.learner(backbone_from_config(config.model, input_shape, **head),
+                            **config.learner)

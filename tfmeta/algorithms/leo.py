@@ -49,6 +49,7 @@ from keras import layers
 from tfmeta import evaluation, weights
 from tfmeta.algorithms.base import NOISE_SALT
 from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.algorithms.recipe import Recipe
 from tfmeta.data.shape import EpisodeShape
 from tfmeta.errors import UserError
 from tfmeta.ranges import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
@@ -157,7 +158,6 @@ class LEO(EpisodicClassifier):
         (the paper's choice); False samples them at test time too.
     """
 
-    input_kinds = ("embeddings",)
     argument_ranges = {
         "embedding_dim": POSITIVE_INT, "num_latents": POSITIVE_INT, "inner_steps": POSITIVE_INT,
         "finetuning_steps": NON_NEGATIVE_INT, "inner_lr_init": POSITIVE,
@@ -206,16 +206,6 @@ class LEO(EpisodicClassifier):
         self.finetuning_lr = self.add_weight(
             shape=(self.embedding_dim,), name="finetuning_lr",
             initializer=keras.initializers.Constant(finetuning_lr_init))
-
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """LEO for embeddings of `input_shape` `(D,)` from `config.learner`."""
-        if len(input_shape) != 1:
-            raise UserError(
-                f"LEO takes embeddings of shape (D,); got examples of shape "
-                f"{tuple(input_shape)}. Train it on --dataset=mini_imagenet, tiered_imagenet or "
-                "embeddings (write embeddings of an image dataset with bin/write_embeddings.py).")
-        return cls(embedding_dim=int(input_shape[0]), **config.learner)
 
     # ------------------------------------------------------------ the parts
     def draws(self, training) -> Draws:
@@ -394,3 +384,21 @@ class LEO(EpisodicClassifier):
         return evaluation.evaluate(self, classes, EpisodeShape(ways, shots, queries),
                                    num_episodes or spec.eval_episodes,
                                    spec.eval_meta_batch_size, seed, split)
+
+
+class LEORecipe(Recipe):
+    """LEO takes embeddings (`(D,)` examples), and builds no backbone of its own."""
+
+    input_kinds = ("embeddings",)
+
+    def build(self, config, input_shape):
+        """LEO for embeddings of `input_shape` `(D,)` from `config.learner`."""
+        if len(input_shape) != 1:
+            raise UserError(
+                f"LEO takes embeddings of shape (D,); got examples of shape "
+                f"{tuple(input_shape)}. Train it on --dataset=mini_imagenet, tiered_imagenet or "
+                "embeddings (write embeddings of an image dataset with bin/write_embeddings.py).")
+        return self.learner(embedding_dim=int(input_shape[0]), **config.learner)
+
+
+RECIPE = LEORecipe(LEO)

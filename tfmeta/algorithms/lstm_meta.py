@@ -42,7 +42,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.task_loop import TaskLoopLearner
+from tfmeta.algorithms.task_loop import TaskLoopLearner, TaskLoopRecipe
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE
 
 
@@ -75,7 +75,6 @@ class LSTMMetaLearner(TaskLoopLearner):
     """
 
     argument_ranges = {"hidden_units": NON_NEGATIVE_INT, "preprocess_p": POSITIVE}
-    fixed_arguments = ("batch_norm",)  # batch statistics always
     vectorizable = False  # the meta-LSTM reads one task's parameters as one vector
 
     def __init__(self, backbone: keras.Model, inner_steps: int = 5, inner_steps_test: int = 5,
@@ -139,3 +138,9 @@ class LSTMMetaLearner(TaskLoopLearner):
             params = weights.unflatten(theta[:, 0], params)
         return params
 
+
+class LSTMMetaRecipe(TaskLoopRecipe):
+    fixed_arguments = ("batch_norm",)  # batch statistics always
+
+
+RECIPE = LSTMMetaRecipe(LSTMMetaLearner)

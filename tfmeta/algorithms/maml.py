@@ -46,7 +46,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.task_loop import PARALLEL_TASKS, TaskLoopLearner
+from tfmeta.algorithms.task_loop import PARALLEL_TASKS, TaskLoopLearner, TaskLoopRecipe
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE, Choice, Range
@@ -87,7 +87,6 @@ class MAML(TaskLoopLearner):
         compute (docs/performance.md has both). The meta-gradient is the same.
     """
 
-    input_kinds = ("images",)
     argument_ranges = {"inner_lr": POSITIVE, "head": Choice(HEADS),
                        "max_head_ways": Range(1, integer=True, optional=True)}
     # Why a subclass cannot take a fast head (head="prototypes" or "zeros"), or None where it
@@ -119,13 +118,6 @@ class MAML(TaskLoopLearner):
         self.head_mode = head
         self.max_head_ways = max_head_ways
         self.task_form = self.resolve_task_form()  # again: `vectorized_refusal` reads the head
-
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """The backbone gets a `config.ways`-way head ("learned") or none (a fast head)."""
-        arguments = dict(config.learner)
-        head = {} if arguments.get("head") in FAST_HEADS else {"num_classes": config.ways}
-        return cls(backbone_from_config(config.model, input_shape, **head), **arguments)
 
     def vectorized_refusal(self) -> str | None:
         """The base's reasons, and for "auto" a fast head: it may be given padded variable
@@ -266,3 +258,17 @@ class MAML(TaskLoopLearner):
     @property
     def max_ways(self):
         return self.max_head_ways if self.fast_head else self.num_outputs
+
+
+class MAMLRecipe(TaskLoopRecipe):
+    """The MAML family's recipe: the backbone gets a `config.ways`-way head ("learned") or
+    none (a fast head, started from each task's support set)."""
+
+    def build(self, config, input_shape):
+        arguments = dict(config.learner)
+        head = {} if arguments.get("head") in FAST_HEADS else {"num_classes": config.ways}
+        return self.learner(backbone_from_config(config.model, input_shape, **head),
+                            **arguments)
+
+
+RECIPE = MAMLRecipe(MAML)

@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.maml import MAML
+from tfmeta.algorithms.maml import MAML, MAMLRecipe
 from tfmeta.algorithms.metasgd import learned_rates
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT
 
@@ -215,3 +215,6 @@ class MAMLPlusPlus(MAML):
             return tf.cond(self.meta_step() < self.first_order_steps,
                            lambda: scored(True), lambda: scored(False))
         return scored(None)
+
+
+RECIPE = MAMLRecipe(MAMLPlusPlus)

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfmeta.algorithms import regression_protocol
 from tfmeta.algorithms.anil import ANIL
-from tfmeta.algorithms.maml import MAML
+from tfmeta.algorithms.maml import MAML, MAMLRecipe
 from tfmeta.algorithms.maml_plusplus import MAMLPlusPlus
 from tfmeta.algorithms.metasgd import MetaSGD
 from tfmeta.errors import UserError
@@ -52,19 +52,12 @@ class MAMLRegression(MAML):
     "learned" (a fast head is started from the classes of a support set).
     """
 
-    input_kinds = ("regression",)
 
     def __init__(self, backbone: keras.Model, **kwargs):
         super().__init__(backbone, **kwargs)
         if self.fast_head:
             raise UserError(f"head={self.head_mode!r} starts a classification head from the "
                             "classes of the support set; regression needs head='learned'.")
-
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """The backbone gets one output (the regression target)."""
-        return cls(backbone_from_config(config.model, input_shape, num_classes=1),
-                   **config.learner)
 
     def loss_fn(self, labels, outputs):
         """The mean squared error over the points (`mean_squared_error`)."""
@@ -119,3 +112,20 @@ class ANILRegression(MAMLRegression, ANIL):
 
 class MAMLPlusPlusRegression(MAMLRegression, MAMLPlusPlus):
     """MAML++ (per-step batch norm, learned per-step rates, ...) on regression tasks."""
+
+
+class RegressionRecipe(MAMLRecipe):
+    """A learner of regression tasks: the backbone gets one output (the target)."""
+
+    input_kinds = ("regression",)
+
+    def build(self, config, input_shape):
+        return self.learner(backbone_from_config(config.model, input_shape, num_classes=1),
+                            **config.learner)
+
+
+# The recipes `tfmeta.algorithms.REGRESSION_RECIPES` names for --algo on regression tasks.
+MAML_RECIPE = RegressionRecipe(MAMLRegression)
+METASGD_RECIPE = RegressionRecipe(MetaSGDRegression)
+ANIL_RECIPE = RegressionRecipe(ANILRegression)
+MAML_PLUSPLUS_RECIPE = RegressionRecipe(MAMLPlusPlusRegression)

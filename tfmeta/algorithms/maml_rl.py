@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from tfmeta import weights
 from tfmeta.algorithms.base import MetaLearner, validation_batch_size
+from tfmeta.algorithms.recipe import Recipe
 from tfmeta.errors import UserError
 from tfmeta.evaluation import mean_and_ci95
 from tfmeta.ranges import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Choice, Range
@@ -87,8 +88,6 @@ class MAMLRL(MetaLearner):
     """
 
     batch_keys = ("goals",)
-    input_kinds = ("environment",)
-    fixed_arguments = ("policy",)
     argument_ranges = {"inner_lr": POSITIVE, "later_steps_lr_scale": POSITIVE,
                        "baseline": Choice(BASELINES),
                        "inner_steps": POSITIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
@@ -120,20 +119,6 @@ class MAMLRL(MetaLearner):
         self.first_order = bool(first_order)
         self.return_before = keras.metrics.Mean(name="return_before")
         self.return_after = keras.metrics.Mean(name="return_after")
-
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """The environment `config.data` describes (navigation_2d is simulated: nothing is
-        read, so the learner needs no dataset, and --data_dir has no say in it)."""
-        del input_shape
-        return cls(Navigation2D(**config.data), **config.learner)
-
-    @classmethod
-    def check_input_kind(cls, kind, dataset):
-        if kind is not None and kind not in cls.input_kinds:
-            raise UserError(f"{cls.__name__} learns from environments, but --dataset={dataset} "
-                            f"gives {kind}; use --dataset=navigation_2d, or a learner of "
-                            f"{kind} such as --algo=maml.")
 
     # ------------------------------------------------------------ the policy
     def task_params(self, tasks):
@@ -305,3 +290,25 @@ class MAMLRL(MetaLearner):
 
     def feature_model(self) -> keras.Model:
         return self.policy
+
+
+class MAMLRLRecipe(Recipe):
+    """MAML-RL learns from an environment (`config.data` describes it: navigation_2d is
+    simulated, so nothing is read and --data_dir has no say in it); its policy is built
+    for the environment's observations and actions."""
+
+    input_kinds = ("environment",)
+    fixed_arguments = ("policy",)
+
+    def check_input_kind(self, kind, dataset):
+        if kind is not None and kind not in self.input_kinds:
+            raise UserError(f"{self.name} learns from environments, but --dataset={dataset} "
+                            f"gives {kind}; use --dataset=navigation_2d, or a learner of "
+                            f"{kind} such as --algo=maml.")
+
+    def build(self, config, input_shape):
+        del input_shape
+        return self.learner(Navigation2D(**config.data), **config.learner)
+
+
+RECIPE = MAMLRLRecipe(MAMLRL)

@@ -58,6 +58,7 @@ import tensorflow as tf
 
 from tfmeta.algorithms.base import ORDER_SALT
 from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.algorithms.recipe import Recipe
 from tfmeta.data import EpisodeShape, episode_dataset
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
@@ -154,7 +155,6 @@ class MANN(EpisodicClassifier):
     argument_ranges = {"units": POSITIVE_INT, "memory_slots": POSITIVE_INT,
                        "slot_size": POSITIVE_INT, "heads": POSITIVE_INT, "gamma": UNIT_INTERVAL,
                        "eval_order_seed": NON_NEGATIVE_INT}
-    fixed_arguments = ("input_shape",)  # the dataset's
 
     def __init__(self, backbone: keras.Model | None, num_classes: int, input_shape=None,
                  units: int = 200, memory_slots: int = 128, slot_size: int = 40,
@@ -181,13 +181,6 @@ class MANN(EpisodicClassifier):
                                  heads, gamma, write_key, key_strength, name="memory")
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
         self.classifier.build((None, self.memory.output_dim))
-
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """MANN on the pixels (`model.name="none"`, the paper's) or on the features of the
-        configured backbone, with `config.ways` label classes."""
-        backbone = backbone_from_config(config.model, input_shape)
-        return cls(backbone, num_classes=config.ways, input_shape=input_shape, **config.learner)
 
     def _features(self, images, training):
         """`[B, n, ...]` examples -> `[B, n, D]` controller inputs (pixels or backbone features)."""
@@ -320,3 +313,17 @@ def accuracy_by_instance(learner, classes, ways=5, instances=10, num_episodes=10
     correct, numbers = np.concatenate(correct), np.concatenate(numbers)
     return {k: float(correct[numbers == k].mean()) for k in report}
 
+
+class MANNRecipe(Recipe):
+    """MANN on the pixels (`model.name="none"`, the paper's) or on the features of the
+    configured backbone, with `config.ways` label classes."""
+
+    fixed_arguments = ("input_shape",)  # the dataset's
+
+    def build(self, config, input_shape):
+        backbone = backbone_from_config(config.model, input_shape)
+        return self.learner(backbone, num_classes=config.ways, input_shape=input_shape,
+                            **config.learner)
+
+
+RECIPE = MANNRecipe(MANN)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfmeta.algorithms.episodic import ClassifierRecipe
 from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
 from tfmeta.errors import UserError
 from tfmeta.ranges import POSITIVE_INT
@@ -136,3 +137,5 @@ class MatchingNetwork(EmbeddingLearner):
         return mask_absent_classes(tf.math.log(label_distribution + LOG_EPSILON),
                                    support_labels)
 
+
+RECIPE = ClassifierRecipe(MatchingNetwork)

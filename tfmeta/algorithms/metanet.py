@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from tfmeta.algorithms.episodic import EpisodicClassifier
 from tfmeta.algorithms.lstm_meta import preprocess_gradients
+from tfmeta.algorithms.recipe import Recipe
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import POSITIVE, POSITIVE_INT
@@ -211,11 +212,15 @@ class MetaNet(EpisodicClassifier):
     def feature_model(self) -> keras.Model:
         return self.base
 
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """MetaNet with two backbones of the configured kind (u's and b's feature CNNs) and
-        `config.ways` outputs."""
+
+class MetaNetRecipe(Recipe):
+    """MetaNet with two backbones of the configured kind (u's and b's feature CNNs) and
+    `config.ways` outputs."""
+
+    def build(self, config, input_shape):
         embedding = backbone_from_config(config.model, input_shape)
         base = backbone_from_config(config.model, input_shape)
-        return cls(embedding, base, num_classes=config.ways, **config.learner)
+        return self.learner(embedding, base, num_classes=config.ways, **config.learner)
 
+
+RECIPE = MetaNetRecipe(MetaNet)

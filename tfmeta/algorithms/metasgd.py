@@ -22,7 +22,7 @@ from __future__ import annotations
 import keras
 
 from tfmeta import weights
-from tfmeta.algorithms.maml import MAML
+from tfmeta.algorithms.maml import MAML, MAMLRecipe
 
 
 def learned_rates(layer, shapes, value: float, name: str) -> list:
@@ -57,3 +57,5 @@ class MetaSGD(MAML):
         del step
         return weights.gradient_step(params, grads, weights.values(self.alpha))
 
+
+RECIPE = MAMLRecipe(MetaSGD)

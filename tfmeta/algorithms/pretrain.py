@@ -46,6 +46,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta.algorithms.base import batch_dict
+from tfmeta.algorithms.episodic import ClassifierRecipe
 from tfmeta.algorithms.finetune import FineTuningClassifier, flip, translate
 from tfmeta.data import record_stream
 from tfmeta.data.episodes import stored_tensor
@@ -128,9 +129,7 @@ class Pretrain(FineTuningClassifier):
         the default `finetune_steps=0`).
     """
 
-    input_kinds = ("images",)
     takes_padded_episodes = True
-    batch_size_field = "batch_size"  # it trains on batches of examples
     argument_ranges = {"num_classes": Range(1, integer=True, optional=True),
                        "classifier": Choice(CLASSIFIERS), "weight_decay": NON_NEGATIVE,
                        "scale": POSITIVE, "logistic_steps": NON_NEGATIVE_INT,
@@ -242,13 +241,6 @@ class Pretrain(FineTuningClassifier):
         return self.backbone
 
     # ------------------------------------------------------------ data
-    @classmethod
-    def arguments_from_data(cls, arguments, dataset) -> dict:
-        """`num_classes=None` becomes the training split's class count."""
-        if arguments.get("num_classes") is None:
-            return {"num_classes": dataset.split("train").num_classes}
-        return {}
-
     def training_episodes(self, dataset, spec, replicas: int = 1, start_step: int = 0,
                           worker: int = 0, workers: int = 1):
         """(train, validation): batches `{"images" [b, ...], "labels" [b]}` of every training
@@ -331,3 +323,19 @@ def example_batches(classes, batch_size: int, seed: int = 0, start_step: int = 0
 
     steps = tf.data.Dataset.counter().map(lambda k: k + int(start_step))
     return unsharded(steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+
+
+class PretrainRecipe(ClassifierRecipe):
+    """Supervised pre-training trains on batches of `batch_size` examples; its head has as
+    many outputs as the training split has classes unless `learner.num_classes` says."""
+
+    batch_size_field = "batch_size"
+
+    def arguments_from_data(self, arguments, dataset) -> dict:
+        """`num_classes=None` becomes the training split's class count."""
+        if arguments.get("num_classes") is None:
+            return {"num_classes": dataset.split("train").num_classes}
+        return {}
+
+
+RECIPE = PretrainRecipe(Pretrain)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import keras
 
+from tfmeta.algorithms.episodic import ClassifierRecipe
 from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
 from tfmeta.ranges import Choice
 from tfmeta.tensors import (
@@ -72,3 +73,5 @@ class PrototypicalNetwork(EmbeddingLearner):
             logits = -squared_euclidean(query_features, prototypes)
         return mask_absent_classes(logits, support_labels)
 
+
+RECIPE = ClassifierRecipe(PrototypicalNetwork)

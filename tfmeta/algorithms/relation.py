@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfmeta.algorithms.episodic import ClassifierRecipe
 from tfmeta.algorithms.metric import EmbeddingLearner
 from tfmeta.errors import UserError
 from tfmeta.models.relation_net import relation_module as build_relation_module
@@ -45,7 +46,6 @@ class RelationNetwork(EmbeddingLearner):
     """
 
     argument_ranges = {"relation_filters": POSITIVE_INT, "relation_units": POSITIVE_INT}
-    fixed_arguments = ("relation_module",)  # a Keras model; configs set its sizes
 
     def __init__(self, backbone: keras.Model, relation_module: keras.Model | None = None,
                  relation_filters: int = 64, relation_units: int = 8, **kwargs):
@@ -86,3 +86,9 @@ class RelationNetwork(EmbeddingLearner):
         targets = tf.one_hot(episodes["query_labels"], tf.shape(logits)[-1], dtype=tf.float32)
         return tf.reduce_mean(tf.square(self.relation_scores(logits) - targets), axis=[1, 2])
 
+
+class RelationRecipe(ClassifierRecipe):
+    fixed_arguments = ("relation_module",)  # a Keras model; configs set its sizes
+
+
+RECIPE = RelationRecipe(RelationNetwork)

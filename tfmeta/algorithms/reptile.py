@@ -37,8 +37,13 @@ import keras
 import tensorflow as tf
 
 from tfmeta import weights
-from tfmeta.algorithms.episodic import EpisodicClassifier
-from tfmeta.algorithms.reptile_family import EVAL_SEED, ReptileFamily, minibatch_indices
+from tfmeta.algorithms.episodic import ClassifierRecipe, EpisodicClassifier
+from tfmeta.algorithms.reptile_family import (
+    EVAL_SEED,
+    ReptileFamily,
+    annealed_arguments,
+    minibatch_indices,
+)
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT
@@ -66,7 +71,6 @@ class Reptile(ReptileFamily, EpisodicClassifier):
         outer_optimizer: as `ReptileFamily`.
     """
 
-    backbone_has_head = True
     argument_ranges = {"inner_steps": NON_NEGATIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
                        "inner_batch_size": POSITIVE_INT, "inner_batch_size_test": POSITIVE_INT}
 
@@ -87,18 +91,14 @@ class Reptile(ReptileFamily, EpisodicClassifier):
         self.transductive = bool(transductive)
         self.num_outputs = int(backbone.output_shape[-1])
 
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """Reptile around the configured backbone with `config.ways` outputs; epsilon anneals
-        over `config.num_steps` unless `learner.anneal_steps` is set."""
-        return cls(backbone_from_config(config.model, input_shape, num_classes=config.ways),
-                   **cls.annealed_arguments(config))
-
     # -------------------------------------------------------------------- the method
-    def forward(self, params, state, images):
-        """Logits `[n, num_outputs]` with fast weights; batch norm uses batch statistics."""
-        logits, _ = self.backbone.stateless_call(params, state, images, training=True)
-        return tf.cast(logits, tf.float32)
+    def forward(self, params, state, inputs, training):
+        """(logits `[n, num_outputs]`, new state) of the backbone run with fast weights
+        `params`: the task loop's `forward` (TaskLoopLearner). Reptile passes
+        `training=True` always: batch norm uses batch statistics, as in the paper's code."""
+        logits, new_state = self.backbone.stateless_call(params, state, inputs,
+                                                         training=training)
+        return tf.cast(logits, tf.float32), new_state
 
     def adapt(self, params, state, images, labels, steps: int, batch_size: int, seed):
         """Inner loop: `steps` optimizer steps on mini-batches of one task's support set.
@@ -118,8 +118,8 @@ class Reptile(ReptileFamily, EpisodicClassifier):
             index = batches[k]
             with tf.GradientTape() as tape:
                 tape.watch(fast)
-                loss = self.loss_fn(tf.gather(labels, index),
-                                    self.forward(fast, state, tf.gather(images, index)))
+                logits, _ = self.forward(fast, state, tf.gather(images, index), training=True)
+                loss = self.loss_fn(tf.gather(labels, index), logits)
             grads = tape.gradient(loss, fast)
             fast, optimizer_state = self.inner_optimizer.step(fast, grads, optimizer_state)
             return k + 1, fast, optimizer_state
@@ -132,10 +132,11 @@ class Reptile(ReptileFamily, EpisodicClassifier):
     def predict_queries(self, fast, state, support_images, query_images):
         """Query logits `[m, num_outputs]`, transductively or one query at a time."""
         if self.transductive:
-            return self.forward(fast, state, query_images)
+            return self.forward(fast, state, query_images, training=True)[0]
 
         def one_query(query):
-            return self.forward(fast, state, tf.concat([support_images, query[None]], 0))[-1]
+            both = tf.concat([support_images, query[None]], 0)
+            return self.forward(fast, state, both, training=True)[0][-1]
 
         return tf.map_fn(one_query, query_images,
                          fn_output_signature=tf.TensorSpec([self.num_outputs], tf.float32))
@@ -186,3 +187,16 @@ class Reptile(ReptileFamily, EpisodicClassifier):
 
     def feature_model(self) -> keras.Model:
         return self.backbone
+
+
+class ReptileRecipe(ClassifierRecipe):
+    """Reptile around the configured backbone with `config.ways` outputs; epsilon anneals
+    over `config.num_steps` unless `learner.anneal_steps` is set."""
+
+    def build(self, config, input_shape):
+        return self.learner(
+            backbone_from_config(config.model, input_shape, num_classes=config.ways),
+            **annealed_arguments(config))
+
+
+RECIPE = ReptileRecipe(Reptile)

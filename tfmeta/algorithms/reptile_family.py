@@ -120,14 +120,6 @@ class ReptileFamily(MetaLearner):
         self.anneal_steps = int(anneal_steps)
         self.outer_optimizer = bool(outer_optimizer)
 
-    @classmethod
-    def annealed_arguments(cls, config) -> dict:
-        """Constructor arguments of `config`: its learner section, with epsilon annealed over
-        the run (`anneal_steps=None`)."""
-        arguments = dict(config.learner)
-        arguments["anneal_steps"] = arguments.get("anneal_steps") or config.num_steps
-        return arguments
-
     @property
     def meta_variables(self) -> list:
         """phi: the variables the outer step moves."""
@@ -170,3 +162,11 @@ class ReptileFamily(MetaLearner):
         reptile_update(self.optimizer, self.meta_variables, adapted_mean,
                        self.current_meta_step_size(), self.outer_optimizer)
         return self.report(values, tf.shape(batch[self.batch_keys[0]])[0])
+
+
+def annealed_arguments(config) -> dict:
+    """A Reptile learner's constructor arguments of `config`: its learner section, with
+    epsilon annealed over the run (`anneal_steps=None`)."""
+    arguments = dict(config.learner)
+    arguments["anneal_steps"] = arguments.get("anneal_steps") or config.num_steps
+    return arguments

@@ -35,7 +35,8 @@ from tfmeta import weights
 from tfmeta.algorithms import wgan_gp
 from tfmeta.algorithms.base import validation_batch_size
 from tfmeta.algorithms.generation_eval import evaluate_generation
-from tfmeta.algorithms.reptile_family import EVAL_SEED, ReptileFamily
+from tfmeta.algorithms.recipe import Recipe
+from tfmeta.algorithms.reptile_family import EVAL_SEED, ReptileFamily, annealed_arguments
 from tfmeta.data.episodes import single_class_tasks
 from tfmeta.errors import UserError
 from tfmeta.models import backbone_from_config
@@ -67,7 +68,6 @@ class ReptileGAN(ReptileFamily):
     """
 
     batch_keys = ("images",)
-    min_ways = 1  # a task is images of one class, to generate more of
     argument_ranges = {"inner_steps": NON_NEGATIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
                        "penalty_weight": NON_NEGATIVE}
 
@@ -91,13 +91,6 @@ class ReptileGAN(ReptileFamily):
         self.latent_dim = int(generator.input_shape[-1])
         self.image_shape = tuple(critic.input_shape[1:])
         self.trackers = [keras.metrics.Mean(name=name) for name in METRICS]
-
-    @classmethod
-    def from_experiment(cls, config, input_shape):
-        """ReptileGAN around the (generator, critic) pair `config.model` names (FIGR's ResNets:
-        `resnet_gan` with filters, blocks, units_per_block, latent_dim)."""
-        generator, critic = backbone_from_config(config.model, input_shape)
-        return cls(generator, critic, **cls.annealed_arguments(config))
 
     @property
     def metrics(self):
@@ -265,3 +258,17 @@ class ReptileGAN(ReptileFamily):
                                 self.inner_steps_test, adapt_seed)
         g_params, _ = self._split(adapted)
         return self.generate(num_samples, sample_seed, g_params)
+
+
+class ReptileGANRecipe(Recipe):
+    """ReptileGAN around the (generator, critic) pair `config.model` names (FIGR's ResNets:
+    `resnet_gan` with filters, blocks, units_per_block, latent_dim)."""
+
+    min_ways = 1  # a task is images of one class, to generate more of
+
+    def build(self, config, input_shape):
+        generator, critic = backbone_from_config(config.model, input_shape)
+        return self.learner(generator, critic, **annealed_arguments(config))
+
+
+RECIPE = ReptileGANRecipe(ReptileGAN)

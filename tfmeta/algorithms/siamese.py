@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfmeta.algorithms.episodic import ClassifierRecipe
 from tfmeta.algorithms.metric import EmbeddingLearner, check_flat_features
 from tfmeta.tensors import one_hot_classes
 
@@ -96,3 +97,5 @@ class SiameseNetwork(EmbeddingLearner):
         loss = tf.reduce_mean(verification_loss(pair_logits, same)) + self.regularization_loss()
         return loss, best_shot_logits(pair_logits, support_labels)
 
+
+RECIPE = ClassifierRecipe(SiameseNetwork)

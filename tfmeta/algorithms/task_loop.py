@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from tfmeta import task_batch, weights
 from tfmeta.algorithms.base import replica_mean
-from tfmeta.algorithms.episodic import EpisodicClassifier
+from tfmeta.algorithms.episodic import ClassifierRecipe, EpisodicClassifier
 from tfmeta.algorithms.task_forms import LoopedTasks, UnrolledTasks, VectorizedTasks
 from tfmeta.errors import UserError
 from tfmeta.ranges import NON_NEGATIVE_INT, POSITIVE_INT, Choice
@@ -90,12 +90,6 @@ class TaskLoopLearner(EpisodicClassifier):
         backbone and its settings allow it; `vectorized_refusal` says why not).
     """
 
-    backbone_has_head = True
-    xla_auto = False
-    xla_auto_reason = ("XLA was measured slower for this family on a CPU (the task loop "
-                       "unrolled for XLA, with a long compile; the numbers and the command "
-                       "are in docs/performance.md) and has not been measured on a GPU; "
-                       "--set=jit_compile=true forces it")
     argument_ranges = {"inner_steps": NON_NEGATIVE_INT, "inner_steps_test": NON_NEGATIVE_INT,
                        "parallel_tasks": POSITIVE_INT, "batch_norm": Choice(BATCH_NORM_MODES),
                        "task_parallel": Choice(TASK_PARALLEL)}
@@ -129,27 +123,6 @@ class TaskLoopLearner(EpisodicClassifier):
         here, unrolls the loop (XLA)."""
         super().compile(*args, **kwargs)
         self.task_form = self.resolve_task_form(xla=self.jit_compile is True)
-
-    @classmethod
-    def cpu_threads_auto(cls, config, cores: int, jit_compile) -> tuple[str, str]:
-        """A task per core where the task loop keeps at least two tasks per core running on
-        a CPU: small ops split over the cores left them waiting (Omniglot 5-way 1-shot, meta-
-        batch 32, second order: 336 against 622 ms a step); with a task per core or fewer
-        (mini-ImageNet 5-shot, meta-batch 2, on 2 cores) the two were even, and the ops
-        keep every core (docs/performance.md)."""
-        learner = config.learner
-        side_by_side = min(learner.get("parallel_tasks", PARALLEL_TASKS), config.meta_batch_size)
-        if tf.config.list_physical_devices("GPU"):
-            return "ops", "a GPU runs the task loop"
-        if jit_compile is True:
-            return "ops", "XLA runs the unrolled tasks' ops one after another"
-        if learner.get("task_parallel") == "vectorized":
-            return "ops", "the vectorized pass runs every task in each op"
-        if side_by_side < 2 * cores:
-            return "ops", (f"the task loop runs {side_by_side} task(s) at once, fewer than two "
-                           f"per core ({cores} cores)")
-        return "tasks", (f"{cls.__name__}'s task loop runs {side_by_side} tasks at once, at "
-                         f"least two per core ({cores} cores)")
 
     def resolve_task_form(self, xla: bool = False) -> VectorizedTasks | LoopedTasks:
         """The form of the task loop (`tfmeta.algorithms.task_forms`) for `task_parallel`:
@@ -368,3 +341,35 @@ class TaskLoopLearner(EpisodicClassifier):
 
     def feature_model(self) -> keras.Model:
         return self.backbone
+
+
+class TaskLoopRecipe(ClassifierRecipe):
+    """The task loop's recipe: the backbone is the classifier (a `config.ways`-way head),
+    XLA off under auto, a task per core where the loop runs enough of them."""
+
+    backbone_has_head = True
+    xla_auto = False
+    xla_auto_reason = ("XLA was measured slower for this family on a CPU (the task loop "
+                       "unrolled for XLA, with a long compile; the numbers and the command "
+                       "are in docs/performance.md) and has not been measured on a GPU; "
+                       "--set=jit_compile=true forces it")
+
+    def cpu_threads_auto(self, config, cores: int, jit_compile) -> tuple[str, str]:
+        """A task per core where the task loop keeps at least two tasks per core running on
+        a CPU: small ops split over the cores left them waiting (Omniglot 5-way 1-shot, meta-
+        batch 32, second order: 336 against 622 ms a step); with a task per core or fewer
+        (mini-ImageNet 5-shot, meta-batch 2, on 2 cores) the two were even, and the ops
+        keep every core (docs/performance.md)."""
+        learner = config.learner
+        side_by_side = min(learner.get("parallel_tasks", PARALLEL_TASKS), config.meta_batch_size)
+        if tf.config.list_physical_devices("GPU"):
+            return "ops", "a GPU runs the task loop"
+        if jit_compile is True:
+            return "ops", "XLA runs the unrolled tasks' ops one after another"
+        if learner.get("task_parallel") == "vectorized":
+            return "ops", "the vectorized pass runs every task in each op"
+        if side_by_side < 2 * cores:
+            return "ops", (f"the task loop runs {side_by_side} task(s) at once, fewer than two "
+                           f"per core ({cores} cores)")
+        return "tasks", (f"{self.name}'s task loop runs {side_by_side} tasks at once, at "
+                         f"least two per core ({cores} cores)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from tfmeta.errors import UserError
 
-# The fewest classes an episode tells apart (`EpisodicClassifier.min_ways`; ways >= 2): what a
+# The fewest classes an episode tells apart (`Recipe.min_ways`; ways >= 2): what a
 # split needs whatever `ways` asks, and what to do about one with fewer (a user's own data).
 MIN_CLASSES = 2
 MORE_CLASSES = ("give the split more classes: more classes in the data, or a data.class_split "

@@ -89,7 +89,7 @@ class VariableEpisodes:
         check_variable_fields(dataclasses.asdict(self))
 
     @classmethod
-    def from_config(cls, values, prefix: str = "variable_episodes.") -> VariableEpisodes:
+    def from_config(cls, values, prefix: str = "episode_sampler.") -> VariableEpisodes:
         """From a config section (a mapping of some of the fields; the others keep their
         defaults); errors name the fields as `prefix + field`."""
         values = {**dataclasses.asdict(cls()), **dict(values)}
@@ -116,7 +116,7 @@ def check_grouping(grouping: str, sampler: str = "fixed") -> None:
     if grouping == "within" and sampler == "variable":
         raise UserError(
             "episode_grouping=within draws N-way K-shot episodes within one group, but "
-            "episode_sampler=variable draws its ways from every class; use "
+            "episode_sampler.name=variable draws its ways from every class; use "
             "episode_grouping=any with variable episodes, or fixed ones (bin/evaluate.py "
             "--within_group with --ways and --shots).")
 
@@ -149,7 +149,8 @@ class EpisodeShape:
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise UserError(f"{name} must be a positive integer; got {value!r}.")
         if self.sampler not in EPISODE_SAMPLERS:
-            raise UserError(f"sampler (episode_sampler) must be one of {list(EPISODE_SAMPLERS)}; "
+            raise UserError(f"sampler (episode_sampler.name) must be one of "
+                            f"{list(EPISODE_SAMPLERS)}; "
                             f"got {self.sampler!r}.")
         check_grouping(self.grouping, self.sampler)
         if self.sampler == "variable" and self.variable is None:

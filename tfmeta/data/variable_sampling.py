@@ -183,7 +183,7 @@ def check_variable(classes: ClassStore, shape: EpisodeShape, split: str = "") ->
         if classes.num_classes < MIN_CLASSES:
             raise UserError(f"{few}, and an episode needs at least {MIN_CLASSES} classes; add "
                             f"examples to the small classes, or {MORE_CLASSES}.")
-        raise UserError(f"{few}; set variable_episodes.min_ways <= {classes.num_classes} (and "
+        raise UserError(f"{few}; set episode_sampler.min_ways <= {classes.num_classes} (and "
                         "max_ways) or use a dataset with more classes.")
     return classes
 

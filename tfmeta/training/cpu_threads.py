@@ -8,7 +8,7 @@
       over the cores they leave them mostly waiting; a task per core keeps them busy
       (docs/performance.md has the measurement and its command).
   "auto" (the default): the learner's choice for its config
-      (`MetaLearner.cpu_threads_auto`), said in the log.
+      (`Recipe.cpu_threads_auto`, tfmeta.algorithms.recipe), said in the log.
 
 TensorFlow fixes its thread pools when its runtime starts (the first op a process runs),
 so `configure` must come first: `tfmeta.training.trainer.train` and `open_run` (evaluation,
@@ -43,10 +43,10 @@ def resolve(config) -> tuple[str, str]:
     requested = config.get("cpu_threads", "auto")
     if requested != "auto":
         return requested, "as asked"
-    from tfmeta.algorithms import learner_class
+    from tfmeta.algorithms import recipe_of
     from tfmeta.config import jit_compile_flag
 
-    return learner_class(config.algo).cpu_threads_auto(
+    return recipe_of(config.algo).cpu_threads_auto(
         config, cores(), jit_compile_flag(config.get("jit_compile", "auto")))
 
 

@@ -60,7 +60,7 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
     """Evaluates the newest checkpoint of a run and writes `<workdir>/eval.json`.
 
     `data_dir` defaults to the data the run was trained on (config.json records it). The
-    episodes are the run's (fixed, or variable with `episode_sampler=variable`); `ways` or
+    episodes are the run's (fixed, or variable with `episode_sampler.name=variable`); `ways` or
     `shots` ask for fixed episodes of that setting instead, `queries` for that many queries
     per class (the config's `eval_queries`). `within_group` draws each
     episode's classes within one group (Omniglot's alphabets; `within_group_spec`).

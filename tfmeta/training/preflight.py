@@ -24,13 +24,14 @@ from tfmeta.algorithms import (
     prototype_head_algorithms,
 )
 from tfmeta.config import apply_overrides, get_config, load_config
+from tfmeta.episode_spec import variable_episodes
 from tfmeta.errors import UserError
 from tfmeta.training.checkpoints import has_checkpoint
 from tfmeta.training.run import CONFIG_FILE
 
 # Changing these in a workdir that already holds a run would mix two experiments.
 IDENTITY_FIELDS = ("algo", "dataset", "model", "learner", "ways", "shots", "episode_sampler",
-                   "variable_episodes", "episode_grouping", "data_source")
+                   "episode_grouping", "data_source")
 # Learner options of what happens at test time only (fine-tuning, tfmeta.algorithms.finetune,
 # whose learning rate bin/evaluate.py --select_finetune_lr records in config.json): kept from
 # a run's config.json when it resumes.
@@ -46,6 +47,13 @@ def learner_identity(learner) -> dict:
     `NOT_TRAINING_OPTIONS`. (A run's config.json in an older form is read in this version's:
     `tfmeta.migrate`.)"""
     return {k: v for k, v in dict(learner or {}).items() if k not in NOT_TRAINING_OPTIONS}
+
+
+def sampler_identity(sampler) -> dict:
+    """A config's `episode_sampler` section as the experiment it names: fixed episodes
+    whatever the variable sampler's bounds (which they do not read)."""
+    sampler = dict(sampler or {})
+    return {"name": "fixed"} if sampler.get("name", "fixed") == "fixed" else sampler
 
 
 def check_workdir_config(config, workdir, dataset=None):
@@ -64,6 +72,8 @@ def check_workdir_config(config, workdir, dataset=None):
         new = new.to_dict() if hasattr(new, "to_dict") else new
         if field == "learner" and old is not None:
             old, new = learner_identity(old), learner_identity(new)
+        if field == "episode_sampler" and old is not None:
+            old, new = sampler_identity(old), sampler_identity(new)
         if field == "data_source" and old:
             keys = ("fingerprint", "class_split", "backbone")
             old, new = ({k: old.get(k) for k in keys if old.get(k) is not None},
@@ -83,16 +93,16 @@ def check_workdir_config(config, workdir, dataset=None):
 
 
 def check_episode_sampler(learner, config, input_shape) -> None:
-    """Refuses, in one line, variable episodes (`episode_sampler="variable"`) for a learner
-    that cannot take them (its `takes_padded_episodes` False), naming those that can."""
-    if (config.get("episode_sampler") or "fixed") != "variable" or \
-            learner.takes_padded_episodes:
+    """Refuses, in one line, variable episodes (`episode_sampler.name="variable"`) for a
+    learner that cannot take them (its `takes_padded_episodes` False), naming those that
+    can."""
+    if variable_episodes(config) is None or learner.takes_padded_episodes:
         return
     raise UserError(
         f"--algo={config.algo} with these settings does not take variable episodes "
-        f"(episode_sampler=variable); learners that do: "
+        f"(episode_sampler.name=variable); learners that do: "
         f"{', '.join(variable_episode_learners(config.dataset, input_shape))}. Use one of "
-        "them, or --set=episode_sampler=fixed.")
+        "them, or --set=episode_sampler.name=fixed.")
 
 
 def variable_episode_learners(dataset: str, input_shape) -> list:
@@ -125,9 +135,9 @@ ACTIVATIONS_PER_VALUE = 6
 
 def episode_examples(config) -> int:
     """Examples of one training episode: N * (K + Q), or a padded variable episode's slots."""
-    if config.get("episode_sampler") == "variable":
-        variable = config.variable_episodes
-        return variable.max_support + variable.max_ways * variable.max_queries
+    variable = variable_episodes(config)
+    if variable is not None:
+        return variable.support_slots + variable.query_slots
     return config.ways * ((config.train_shots or config.shots) + config.queries)
 
 
@@ -153,7 +163,7 @@ def check_memory(config, input_shape) -> None:
     if needed > total:
         sizes = (f"batch_size={config.batch_size}" if config.get("batch_size") else
                  f"meta_batch_size={config.meta_batch_size} x {episode_examples(config)} "
-                 "padded examples" if config.get("episode_sampler") == "variable" else
+                 "padded examples" if variable_episodes(config) is not None else
                  f"meta_batch_size={config.meta_batch_size} x ways={config.ways} x "
                  f"{(config.train_shots or config.shots) + config.queries} examples")
         raise UserError(

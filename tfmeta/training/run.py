@@ -21,7 +21,7 @@ import os
 
 import tensorflow as tf
 
-from tfmeta.algorithms import build_learner
+from tfmeta.algorithms import recipe_for
 from tfmeta.config import apply_overrides, jit_compile_flag, load_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
@@ -47,15 +47,16 @@ def build_compiled_learner(config, input_shape, strategy=None, init_from: str | 
         init_from = None  # applied to the frozen backbone (tfmeta.training.features)
     source = init_source(init_from)
     with strategy.scope():
-        learner = build_learner(learner_config(config), input_shape)
+        recipe = recipe_for(config)
+        learner = recipe.build(learner_config(config), input_shape)
         if source is not None:
             copy_backbone_weights(source, learner.feature_model(), init_from)
         requested = jit_compile_flag(config.jit_compile)
-        declined = requested == "auto" and not learner.xla_auto
+        declined = requested == "auto" and not recipe.xla_auto
         learner.compile(optimizer=make_optimizer(config.optimizer, config.num_steps),
                         jit_compile=False if declined else requested)
         learner.optimizer.build(learner.trainable_variables)
-    why = (f" for {type(learner).__name__}: {learner.xla_auto_reason}" if declined else
+    why = (f" for {recipe.name}: {recipe.xla_auto_reason}" if declined else
            " (auto: on with a GPU and no distribution strategy)" if requested == "auto" else "")
     logging.info("jit_compile=%s: XLA %s%s.", config.jit_compile,
                  "on" if learner.jit_compile else "off", why)

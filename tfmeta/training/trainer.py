@@ -26,7 +26,7 @@ import threading
 import keras
 import tensorflow as tf
 
-from tfmeta.algorithms import learner_class
+from tfmeta.algorithms import recipe_for
 from tfmeta.config import save_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
@@ -122,10 +122,10 @@ def _train(config, workdir, scratch, role, data_dir, strategy, verbose, download
     with config.model.unlocked():  # an external backbone's input size and normalization
         config.model.update(resolved_fields(config.model, dataset.input_shape))
     dataset = learner_dataset(config, dataset)  # a frozen backbone's features, once
-    config.learner.update(learner_class(config.algo).arguments_from_data(config.learner,
-                                                                         dataset))
+    recipe = recipe_for(config)
+    config.learner.update(recipe.arguments_from_data(config.learner, dataset))
     check_workdir_config(config, workdir, dataset)
-    field = learner_class(config.algo).batch_size_field
+    field = recipe.batch_size_field
     check_replica_split(config[field], strategy.num_replicas_in_sync, field)
 
     fresh = not has_checkpoint(workdir)
@@ -227,7 +227,7 @@ def _episodes(learner, dataset, config, strategy, step):
     def validation_share(worker, workers):  # episodes each worker scores: its slice
         return validation.rebatch(validation_size // workers).shard(workers, worker)
 
-    field = learner.batch_size_field
+    field = recipe_for(config).batch_size_field
     return (distribute_episodes(strategy, train_share, config[field], field),
             distribute_episodes(strategy, validation_share, validation_size,
                                 "eval_meta_batch_size"))
