@@ -5,6 +5,7 @@ baseline, exported and served."""
 
 import json
 import os
+import re
 
 import keras
 import ml_collections
@@ -13,7 +14,15 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import config as config_lib
-from tfmeta.algorithms import MAML, build_learner, learner_class, recipe_of, regression_plots
+from tfmeta.algorithms import (
+    ALGORITHMS,
+    MAML,
+    REGRESSION_RECIPES,
+    build_learner,
+    learner_class,
+    recipe_of,
+    regression_plots,
+)
 from tfmeta.algorithms.maml_regression import MAMLRegression
 from tfmeta.data import input_kind, load_dataset
 from tfmeta.migrate import migrate
@@ -93,6 +102,12 @@ def test_regression_is_a_learner_type_not_a_mode():
     assert learner_class("maml", "regression") is MAMLRegression
     assert learner_class("maml", "images") is learner_class("maml") is MAML
     assert learner_class("protonet", "regression") is learner_class("protonet")
+    # ... and says which learners take regression tasks: those REGRESSION_RECIPES lists.
+    with pytest.raises(ValueError, match="gives regression") as refusal:
+        recipe_of("protonet", "regression").check_input_kind("regression", "sinusoid")
+    hint = str(refusal.value).split("; ", 1)[1]
+    named = {a for a in ALGORITHMS if re.search(rf"(?<![\w=]){a}\b|--algo={a}\b", hint)}
+    assert named == set(REGRESSION_RECIPES), hint
     # A config.json of a run recorded before MAMLRegression (learner.loss="mse") still builds.
     recorded = config_lib.get_config("maml", "sinusoid").to_dict()
     recorded["learner"]["loss"] = "mse"

@@ -116,16 +116,24 @@ def open_set_support(labels: np.ndarray, known_ways: int) -> np.ndarray:
     return np.where(labels < known_ways, labels, -1)
 
 
+def episode_batches(classes, shape: EpisodeShape, num_episodes: int, meta_batch_size: int,
+                    seed: int, split: str) -> tf.data.Dataset:
+    """Meta-batches of fresh episodes of `shape`: at least `num_episodes`, in whole
+    meta-batches of at most `meta_batch_size` (what an evaluation scores)."""
+    EVAL_EPISODES.check("num_episodes", num_episodes)
+    meta_batch_size = max(1, min(meta_batch_size, num_episodes))
+    batches = math.ceil(num_episodes / meta_batch_size)
+    return episode_dataset(classes, shape, meta_batch_size, seed=seed,
+                           num_episodes=batches * meta_batch_size, split=split)
+
+
 def scored_episodes(learner, classes, shape: EpisodeShape, num_episodes=600,
                     meta_batch_size=20, seed=1234, split="test",
                     protocol: Protocol | None = None, outputs_fn=None) -> Scores:
     """`Scores` of `learner` on fresh episodes of `shape` (`episode_dataset`'s arguments;
     `protocol`'s uneven or open-set episodes drawn from it); `outputs_fn(batch) -> {"logits",
     maybe "distance"}` (default: the learner's `query_logits`)."""
-    EVAL_EPISODES.check("num_episodes", num_episodes)
     protocol = protocol or Protocol()
-    meta_batch_size = max(1, min(meta_batch_size, num_episodes))
-    batches = math.ceil(num_episodes / meta_batch_size)
     ways, shots, queries = shape.ways, shape.shots, shape.queries
     sample_ways, sample_queries = ways, queries
     if protocol.open_set:
@@ -134,8 +142,7 @@ def scored_episodes(learner, classes, shape: EpisodeShape, num_episodes=600,
         cap = int(np.min(classes.class_counts)) - shots
         sample_queries = min(cap, ways * queries)
     drawn = dataclasses.replace(shape, ways=sample_ways, queries=sample_queries)
-    episodes = episode_dataset(classes, drawn, meta_batch_size, seed=seed,
-                               num_episodes=batches * meta_batch_size, split=split)
+    episodes = episode_batches(classes, drawn, num_episodes, meta_batch_size, seed, split)
     outputs_fn = outputs_fn or (lambda batch: {"logits": learner.query_logits(batch)})
     temperature = protocol.temperature
 

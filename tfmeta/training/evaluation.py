@@ -27,7 +27,6 @@ from tfmeta.algorithms.finetune import (
     FineTuningClassifier,
 )
 from tfmeta.config import apply_overrides, load_config, save_config
-from tfmeta.data import episode_dataset
 from tfmeta.errors import UserError
 from tfmeta.files import atomic_write
 from tfmeta.ranges import EVAL_EPISODES, NON_NEGATIVE, NON_NEGATIVE_INT, Range
@@ -236,9 +235,8 @@ def collect_outputs(learner, classes, setting, episodes: int, meta_batch_size: i
     """(logits `[n, N]`, labels `[n]`, open-set distances of the real queries `[r]` or None)
     of `learner`'s `test_outputs` on `episodes` episodes of `setting` (an `EpisodeShape`)."""
     EVAL_EPISODES.check("calibration_episodes", episodes)
-    batch = max(1, min(meta_batch_size, episodes))
-    stream = episode_dataset(classes, setting, batch, seed=seed + 2,
-                             num_episodes=-(-episodes // batch) * batch, split="val")
+    stream = evaluation.episode_batches(classes, setting, episodes, meta_batch_size, seed + 2,
+                                        "val")
     outputs_fn = tf.function(learner.test_outputs)
     logits, labels, distances = [], [], []
     width = 0
