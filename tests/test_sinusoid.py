@@ -22,9 +22,10 @@ from tfmeta.algorithms import (
     learner_class,
     recipe_of,
     regression_plots,
+    regression_protocol,
 )
 from tfmeta.algorithms.maml_regression import MAMLRegression
-from tfmeta.data import input_kind, load_dataset
+from tfmeta.data import from_arrays, input_kind, load_dataset
 from tfmeta.migrate import migrate
 from tfmeta.models import mlp
 
@@ -66,6 +67,14 @@ def test_dataset_interface_and_errors(tasks):
         load_dataset("sinusoid", amplitude_min=2.0, amplitude_max=1.0)
     with pytest.raises(ValueError, match="Leave --data_dir unset"):
         load_dataset("sinusoid", data_dir="/tmp")
+    # A regression learner takes generators of regression tasks (by type), nothing else: an
+    # environment has episodes of its own, and images are refused too.
+    regression_protocol.check_tasks(tasks)
+    images = from_arrays(np.zeros([6, 4, 4, 1], np.float32), np.repeat(np.arange(3), 2))
+    for other in (load_dataset("navigation_2d"), images):
+        with pytest.raises(ValueError, match="MAMLRegression learns regression tasks, but "
+                                             f"--dataset='{other.name}' has none"):
+            regression_protocol.check_tasks(other)
 
 
 def test_mlp_is_the_papers_network():

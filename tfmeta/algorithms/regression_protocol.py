@@ -23,6 +23,7 @@ import tensorflow as tf
 from tfmeta import weights
 from tfmeta.algorithms.base import validation_batch_size
 from tfmeta.algorithms.regression_plots import log_curves
+from tfmeta.data.base import RegressionTasks
 from tfmeta.errors import UserError
 from tfmeta.evaluation import mean_and_ci95
 
@@ -31,7 +32,8 @@ BASELINE_MAX_STEPS = 20000  # the baseline trains config.num_steps steps, at mos
 
 
 def check_tasks(dataset):
-    if not hasattr(dataset, "episodes") or not hasattr(dataset, "sample_episode"):
+    """Raises a UserError unless `dataset` is a generator of regression tasks."""
+    if not isinstance(dataset, RegressionTasks):
         raise UserError(f"MAMLRegression learns regression tasks, but --dataset="
                         f"{getattr(dataset, 'name', dataset)!r} has none; use "
                         "--dataset=sinusoid, or MAML for a classification dataset.")

@@ -62,6 +62,26 @@ class TaskSource:
         return None
 
 
+class RegressionTasks(TaskSource):
+    """A generator of regression tasks, what `MAMLRegression` learns
+    (`tfmeta.algorithms.regression_protocol`): episodes of support and query points of one
+    function each, under the classifiers' keys (`support_images` the inputs x `[K, D]`,
+    `support_labels` the targets y `[K, 1]`, and the same for the queries).
+    `tfmeta.data.sinusoid.SinusoidTasks` is one."""
+
+    def sample_episode(self, seed, shots: int, queries: int, with_parameters=False) -> dict:
+        """One episode from a `[2]` int seed (with the task's parameters if asked)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sample_episode().")
+
+    def episodes(self, shots: int, queries: int, meta_batch_size: int | None = None,
+                 seed: int = 0, num_episodes: int | None = None, start_step: int = 0,
+                 worker: int = 0, workers: int = 1, with_parameters: bool = False):
+        """A `tf.data.Dataset` of episodes (meta-batches of them with `meta_batch_size`),
+        episode `start_step + i` a pure function of (`seed`, its number); worker `worker`
+        of `workers` draws its share."""
+        raise NotImplementedError(f"{type(self).__name__} must implement episodes().")
+
+
 @dataclasses.dataclass
 class FewShotDataset(TaskSource):
     """A dataset split into disjoint sets of classes, ready for episode sampling.

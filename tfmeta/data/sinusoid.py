@@ -20,7 +20,7 @@ import math
 
 import tensorflow as tf
 
-from tfmeta.data.base import TaskSource
+from tfmeta.data.base import RegressionTasks
 from tfmeta.data.sampling import episode_numbers, unsharded
 from tfmeta.errors import UserError
 from tfmeta.ranges import Range
@@ -29,7 +29,7 @@ from tfmeta.ranges import Range
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
 
 
-class SinusoidTasks(TaskSource):
+class SinusoidTasks(RegressionTasks):
     """The distribution of sinusoid regression tasks.
 
     Args:

@@ -22,6 +22,7 @@ import os
 import tensorflow as tf
 
 from tfmeta.algorithms import recipe_for
+from tfmeta.algorithms.task_loop import TaskLoopLearner
 from tfmeta.config import apply_overrides, jit_compile_flag, load_config, validate_config
 from tfmeta.data import load_dataset
 from tfmeta.episode_spec import DataSpec
@@ -60,7 +61,7 @@ def build_compiled_learner(config, input_shape, strategy=None, init_from: str | 
            " (auto: on with a GPU and no distribution strategy)" if requested == "auto" else "")
     logging.info("jit_compile=%s: XLA %s%s.", config.jit_compile,
                  "on" if learner.jit_compile else "off", why)
-    if hasattr(learner, "task_parallel"):
+    if isinstance(learner, TaskLoopLearner):
         logging.info("task_parallel=%s: %s.", learner.task_parallel, learner.task_loop_form())
     return learner
 
