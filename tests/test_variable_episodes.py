@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,6 +21,7 @@ from tfmeta.data.variable_sampling import (
     check_variable,
     sample_episode_shape,
 )
+from tfmeta.migrate import migrate
 
 # Small enough that its bounds bind often: 3 to 6 ways, support sets of at most 20.
 SMALL = VariableEpisodes(min_ways=3, max_ways=6, max_queries=3, max_support=20,
@@ -86,6 +88,12 @@ def test_config_validation_names_the_field_and_the_sampler():
     with pytest.raises(ValueError, match=r"Unknown config section 'variable_episodes'"):
         config_lib.apply_overrides(config_lib.get_config("protonet", "omniglot"),
                                    ["variable_episodes.max_ways=8"])
+    # A config.json edited by hand into something that is not a section: one line.
+    for bad in (5, None):
+        recorded = {**config_lib.get_config("protonet", "omniglot").to_dict(),
+                    "episode_sampler": bad}
+        with pytest.raises(ValueError, match=rf"^episode_sampler must be a section .*got {bad}"):
+            config_lib.validate_config(ml_collections.ConfigDict(migrate(recorded)))
 
 
 @pytest.mark.parametrize("spec, counts", [

@@ -29,7 +29,7 @@ from absl import logging
 
 from tfmeta.data.folder import CLASS_DEPTH
 from tfmeta.data.images import IMAGE_PIXELS
-from tfmeta.data.shape import EPISODE_GROUPINGS, EPISODE_SAMPLERS, VariableEpisodes
+from tfmeta.data.shape import EPISODE_GROUPINGS, VariableEpisodes, sampler_settings
 from tfmeta.episode_spec import eval_spec, sampler_options  # noqa: F401 (their old home)
 from tfmeta.errors import UserError
 from tfmeta.files import atomic_write
@@ -327,11 +327,7 @@ def validate_config(config) -> None:
     check_all(OPTIMIZER_RANGES, config.optimizer, "optimizer.")
     check_all(AUGMENT_RANGES, config.augment, "augment.")
     chosen.learner.check_arguments(config.learner, "learner.")
-    sampler = dict(config.episode_sampler)
-    if sampler.get("name") not in EPISODE_SAMPLERS:
-        raise UserError(f"episode_sampler.name must be one of {list(EPISODE_SAMPLERS)}; got "
-                        f"{sampler.get('name')!r}.")
-    VariableEpisodes.from_config({k: v for k, v in sampler.items() if k != "name"})
+    VariableEpisodes.from_config(sampler_settings(config.episode_sampler)[1])
     Choice(EPISODE_GROUPINGS).check("episode_grouping", config.episode_grouping)
     STRATEGY.check("strategy", config.strategy)
     jit_compile_flag(config.jit_compile)

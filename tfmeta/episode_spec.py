@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tfmeta.data.shape import EpisodeShape, VariableEpisodes
+from tfmeta.data.shape import EpisodeShape, VariableEpisodes, sampler_settings
 from tfmeta.models import is_frozen
 
 
@@ -107,12 +107,11 @@ def eval_spec(config):
 def variable_episodes(config) -> VariableEpisodes | None:
     """The variable sampler's settings where `config.episode_sampler.name` is "variable";
     None for fixed episodes."""
-    section = config.episode_sampler
-    if section.name != "variable":
-        return None
-    return VariableEpisodes.from_config({k: v for k, v in section.items() if k != "name"})
+    name, bounds = sampler_settings(config.episode_sampler)
+    return VariableEpisodes.from_config(bounds) if name == "variable" else None
 
 
 def sampler_options(config) -> dict:
     """`EpisodeShape`'s `sampler` and `variable` fields for the episodes `config` asks for."""
-    return {"sampler": config.episode_sampler.name, "variable": variable_episodes(config)}
+    variable = variable_episodes(config)
+    return {"sampler": "fixed" if variable is None else "variable", "variable": variable}

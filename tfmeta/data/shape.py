@@ -107,6 +107,23 @@ class VariableEpisodes:
         return self.max_ways * self.max_queries
 
 
+def sampler_settings(section) -> tuple[str, dict]:
+    """(name, the variable sampler's bounds) of a config's `episode_sampler` section; a
+    UserError unless it is a section (a mapping, as a hand-edited config.json may not hold)
+    whose name is one of EPISODE_SAMPLERS."""
+    if not hasattr(section, "items") or isinstance(section, str):
+        raise UserError(f"episode_sampler must be a section (name: one of "
+                        f"{list(EPISODE_SAMPLERS)}, and the variable sampler's bounds); got "
+                        f"{section!r}. In a run's config.json, write it as bin/train.py "
+                        'records it: "episode_sampler": {"name": "fixed"}.')
+    settings = dict(section)
+    name = settings.pop("name", None)
+    if name not in EPISODE_SAMPLERS:
+        raise UserError(f"episode_sampler.name must be one of {list(EPISODE_SAMPLERS)}; got "
+                        f"{name!r}.")
+    return name, settings
+
+
 def check_grouping(grouping: str, sampler: str = "fixed") -> None:
     """Raises a ValueError unless `grouping` is one of EPISODE_GROUPINGS that `sampler`'s
     episodes can be drawn with."""
